@@ -1,0 +1,198 @@
+"""Options of the ``[multidest]`` group, declared once for every service.
+
+nova-api, nova-multidest-conductor and nova-compute all read the same
+nova.conf, so one module holds every option and ``list_opts`` feeds
+oslo-config-generator.
+"""
+
+from oslo_config import cfg
+
+GROUP_NAME = 'multidest'
+
+multidest_group = cfg.OptGroup(
+    GROUP_NAME,
+    title='Multi-destination live migration',
+    help='Options of nova-multidest: live migration of one server to '
+         'several destination hosts at once, where the first destination '
+         'that comes up ACTIVE wins and every other one is reverted.')
+
+destination_opts = [
+    cfg.IntOpt(
+        'default_destinations',
+        default=2, min=1, max=16,
+        help='Number of destinations the scheduler picks when a request '
+             'names neither destination hosts nor a count, and the flavor '
+             'has no "multidest:destinations" extra spec.'),
+    cfg.IntOpt(
+        'max_destinations',
+        default=4, min=1, max=16,
+        help='Largest number of destinations one migration may use. Each '
+             'destination holds a placement claim and receives a full copy '
+             'of the guest memory until a winner is elected, so this bounds '
+             'the resources one request can hold.'),
+    cfg.IntOpt(
+        'min_destinations',
+        default=1, min=1, max=16,
+        help='Fewest prepared destinations with which a migration starts '
+             'streaming. Destinations that fail their checks or preparation '
+             'are reverted alone; if fewer than this remain, the migration '
+             'is abandoned and the server stays ACTIVE on its source.'),
+    cfg.StrOpt(
+        'spread',
+        default='none',
+        choices=[
+            ('none', 'No constraint beyond distinct hosts.'),
+            ('availability_zone', 'Each destination in a different '
+                                  'availability zone where possible.'),
+            ('aggregate', 'Each destination in a different host aggregate '
+                          'where possible.'),
+        ],
+        help='Failure domain over which scheduled destinations are spread.'),
+    cfg.IntOpt(
+        'max_rounds',
+        default=1, min=1, max=5,
+        help='Rounds to try when every destination of a round fails. Each '
+             'further round asks the scheduler for hosts not yet tried; the '
+             'server keeps running on its source in between.'),
+]
+
+stream_opts = [
+    cfg.StrOpt(
+        'topology',
+        default='star',
+        choices=[
+            ('star', 'The source host sends one copy of the stream to each '
+                     'destination: lowest latency, N copies on the source '
+                     'link.'),
+            ('chain', 'Each destination host forwards the stream to the '
+                      'next: one copy on every link, a little more latency '
+                      'per hop.'),
+        ],
+        help='How the migration stream reaches the destinations.'),
+    cfg.IntOpt(
+        'lag_limit_mb',
+        default=256, min=1,
+        help='A destination whose backlog exceeds that of the fastest '
+             'destination by more than this many MiB is dropped, so that a '
+             'slow host neither stalls the others nor exhausts relay '
+             'memory.'),
+    cfg.IntOpt(
+        'max_bandwidth_mb',
+        default=0, min=0,
+        help='Migration bandwidth limit in MiB/s given to the hypervisor '
+             'for the whole stream; 0 means unlimited. QEMU defaults to '
+             '128 MiB/s, which would dominate migration time on fast '
+             'links.'),
+    cfg.IntOpt(
+        'downtime_limit_ms',
+        default=500, min=1, max=60000,
+        help='Longest pause of the guest, in milliseconds, that the '
+             'switch-over may cause. Given to QEMU as downtime-limit and '
+             'used by the "downtime" warm-up exit condition.'),
+    cfg.HostAddressOpt(
+        'listen_address',
+        help='Address on which each compute host accepts migration streams '
+             'from other hosts. Defaults to the address Nova uses for '
+             'live migration on that host (live_migration_inbound_addr, '
+             'else my_ip).'),
+    cfg.PortOpt(
+        'port_min',
+        default=49300,
+        help='Lowest TCP port a destination host listens on for streams. '
+             'Open the range port_min..port_max between computes.'),
+    cfg.PortOpt(
+        'port_max',
+        default=49399,
+        help='Highest TCP port a destination host listens on for streams.'),
+    cfg.BoolOpt(
+        'tls',
+        default=False,
+        help='Encrypt streams between hosts with TLS. The per-migration '
+             'secret authenticates every hop either way; TLS also keeps '
+             'guest memory confidential on the wire.'),
+    cfg.StrOpt(
+        'tls_cert_file',
+        help='PEM certificate this host presents on stream connections. '
+             'Required when tls is true.'),
+    cfg.StrOpt(
+        'tls_key_file',
+        help='PEM private key of tls_cert_file.'),
+    cfg.StrOpt(
+        'tls_ca_file',
+        help='PEM bundle of the certificate authorities that signed the '
+             'other compute hosts\' certificates.'),
+]
+
+warm_up_opts = [
+    cfg.StrOpt(
+        'warm_up_exit',
+        default='copied',
+        choices=[
+            ('copied', 'Every page has been sent at least once.'),
+            ('downtime', 'The expected downtime, from the remaining dirty '
+                         'memory and the dirty rate, is below '
+                         'downtime_limit_ms.'),
+        ],
+        help='Condition a destination must reach before a warm-up '
+             'migration is ready to switch over.'),
+    cfg.IntOpt(
+        'warm_up_percent',
+        default=100, min=1, max=100,
+        help='Percentage of live destinations that must meet warm_up_exit '
+             'before a warm-up migration is reported ready.'),
+]
+
+timeout_opts = [
+    cfg.IntOpt(
+        'prepare_timeout',
+        default=300, min=1,
+        help='Seconds a destination may take for its checks, claims, port '
+             'binding, volume attachments and paused incoming domain before '
+             'it is reverted.'),
+    cfg.IntOpt(
+        'completion_timeout',
+        default=1800, min=1,
+        help='Seconds from the start of streaming until the switch-over; a '
+             'migration not finished by then is aborted and the server '
+             'stays on its source. Warm-up migrations wait for force '
+             'complete instead, up to this limit.'),
+    cfg.IntOpt(
+        'election_timeout',
+        default=60, min=1,
+        help='Seconds after the source paused within which some destination '
+             'must report the complete state; else the source resumes.'),
+]
+
+service_opts = [
+    cfg.StrOpt(
+        'conductor_topic',
+        default='nova-multidest-conductor',
+        help='oslo.messaging topic served by nova-multidest-conductor.'),
+    cfg.StrOpt(
+        'compute_topic',
+        default='nova-multidest-compute',
+        help='oslo.messaging topic served by each compute host running '
+             'MultiDestLibvirtDriver.'),
+    cfg.StrOpt(
+        'hypervisor',
+        default='libvirt',
+        help='Name of the hypervisor extension, from the '
+             'nova_multidest.hypervisors entry point namespace, that the '
+             'compute driver drives.'),
+]
+
+ALL_OPTS = (destination_opts + stream_opts + warm_up_opts + timeout_opts +
+            service_opts)
+
+
+def register_opts(conf):
+    conf.register_group(multidest_group)
+    conf.register_opts(ALL_OPTS, group=multidest_group)
+
+
+def list_opts():
+    return [(multidest_group, ALL_OPTS)]
+
+
+CONF = cfg.CONF
+register_opts(CONF)

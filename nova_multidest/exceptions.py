@@ -1,0 +1,57 @@
+"""Every exception nova-multidest raises, in one place.
+
+This module imports the standard library only, so the data plane, which
+must run without Nova or oslo, can share it. ``code`` is the HTTP status
+the API returns when the error reaches a user.
+"""
+
+
+class MultiDestError(Exception):
+    """Base class: the message says what happened and what to do."""
+
+    msg_fmt = 'An unknown multi-destination migration error occurred.'
+    code = 500
+
+    def __init__(self, message=None, **kwargs):
+        self.kwargs = kwargs
+        if message is None:
+            message = self.msg_fmt % kwargs
+        super().__init__(message)
+
+    @property
+    def message(self):
+        return str(self)
+
+
+class InvalidSettings(MultiDestError):
+    msg_fmt = 'Invalid multi-destination settings: %(reason)s'
+    code = 400
+
+
+class UnsupportedCapability(InvalidSettings):
+    msg_fmt = ('Migration capability %(capability)s cannot be used with '
+               'several destinations: %(reason)s. Turn it off and retry.')
+
+
+class AuthenticationFailed(MultiDestError):
+    msg_fmt = ('Stream connection from %(peer)s refused: %(reason)s. Check '
+               'that both hosts belong to the same migration.')
+    code = 403
+
+
+class DestinationFailed(MultiDestError):
+    msg_fmt = 'Destination %(destination)s failed: %(reason)s'
+
+
+class AllDestinationsFailed(MultiDestError):
+    msg_fmt = ('Every destination failed (%(reasons)s); the server keeps '
+               'running on its source. Retry on other hosts.')
+    code = 409
+
+
+class HypervisorError(MultiDestError):
+    msg_fmt = 'Hypervisor operation %(operation)s failed: %(reason)s'
+
+
+class QMPError(HypervisorError):
+    msg_fmt = 'QMP command %(command)s failed: %(reason)s'
