@@ -1,0 +1,267 @@
+"""What the multi-destination session needs from a hypervisor.
+
+The session engine (``session.py``) decides *when* to start, hold, switch
+over, elect, resume and tear down; the classes here say *how* on one
+hypervisor. Two implementations exist: raw QEMU processes
+(``qemu.py``: the demo, the data-plane tests and the benchmark) and
+libvirt domains inside Nova's compute driver. Keeping the engine on this
+interface is what lets the tests here, which run real QEMU, prove the
+logic the compute driver runs in production.
+
+Everything is synchronous and thread-safe enough for one engine thread
+plus the hypervisor's own event threads: event callbacks are called from
+a thread the implementation owns and must return quickly.
+
+Units: bytes, bytes per second, milliseconds for limits, seconds
+(``time.time()`` wall clock) for event timestamps, because events of
+different processes, possibly on different hosts, are compared.
+"""
+
+import abc
+import dataclasses
+import typing
+
+# Migration states as QEMU names them (query-migrate / MIGRATION event).
+# libvirt implementations map their job states onto these.
+STATUS_NONE = 'none'
+STATUS_SETUP = 'setup'
+STATUS_ACTIVE = 'active'
+STATUS_DEVICE = 'device'
+STATUS_PRE_SWITCHOVER = 'pre-switchover'
+STATUS_COMPLETED = 'completed'
+STATUS_FAILED = 'failed'
+STATUS_CANCELLING = 'cancelling'
+STATUS_CANCELLED = 'cancelled'
+FINAL_STATUSES = frozenset((STATUS_COMPLETED, STATUS_FAILED,
+                            STATUS_CANCELLED))
+
+# GuestEvent kinds.
+EVENT_STOPPED = 'stopped'       # the guest's vCPUs stopped
+EVENT_RESUMED = 'resumed'       # the guest's vCPUs run again
+EVENT_MIGRATION = 'migration'   # migration status changed (see .status)
+EVENT_EXITED = 'exited'         # the hypervisor process is gone
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestEvent:
+    """Something a guest's hypervisor reported, with when it happened.
+
+    ``timestamp`` is the hypervisor's own time of the event where it gives
+    one (QMP does), so that downtime (source STOPPED to winner RESUMED) is
+    not inflated by how late our threads see the events.
+    """
+
+    guest: str
+    kind: str
+    timestamp: float
+    status: typing.Optional[str] = None
+    detail: typing.Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationStats:
+    """A snapshot of the outgoing migration, as the source sees it.
+
+    The warm-up exit conditions need ``iterations`` (how many dirty-bitmap
+    passes started: the first pass over all memory is complete once the
+    second one starts), ``remaining`` and ``dirty_rate`` (to estimate the
+    downtime a switch-over would cause now). ``transferred`` is what the
+    source wrote to the stream; what each destination received is the
+    relay's count.
+    """
+
+    status: str
+    transferred: int = 0
+    remaining: int = 0
+    total: int = 0
+    dirty_rate: float = 0.0
+    bandwidth: float = 0.0
+    iterations: int = 0
+    expected_downtime_ms: typing.Optional[int] = None
+    downtime_ms: typing.Optional[int] = None
+    error: typing.Optional[str] = None
+
+    @property
+    def first_pass_done(self):
+        return self.iterations >= 2 or self.status == STATUS_COMPLETED
+
+
+EventCallback = typing.Callable[[GuestEvent], None]
+
+
+class Guest(abc.ABC):
+    """Behaviour both ends share."""
+
+    #: Name used in logs, events, progress and results.
+    name: str
+
+    @abc.abstractmethod
+    def subscribe(self, callback: EventCallback) -> None:
+        """Call ``callback(GuestEvent)`` for every later event.
+
+        Events, not polling, drive the election: the first destination to
+        report completion must win even if the engine thread is busy.
+        """
+
+    @abc.abstractmethod
+    def is_running(self) -> bool:
+        """True if the guest's vCPUs run (not paused, not gone)."""
+
+    @abc.abstractmethod
+    def is_alive(self) -> bool:
+        """True while the hypervisor process or domain exists."""
+
+    def memory_digest(self) -> str:
+        """SHA-256 of guest RAM, to prove two copies are identical.
+
+        Only meaningful while the guest is paused. Optional: used by the
+        demo and tests; production implementations may refuse.
+        """
+        raise NotImplementedError()
+
+
+class SourceGuest(Guest):
+    """The running guest whose state is copied out."""
+
+    @abc.abstractmethod
+    def set_capabilities(self, capabilities: typing.Mapping[str, bool]):
+        """Set migration capabilities (QEMU names, e.g. ``events``).
+
+        The session has already refused those a one-way stream to several
+        destinations cannot carry (``return-path``, ``postcopy-ram``).
+        """
+
+    @abc.abstractmethod
+    def set_parameters(self, max_bandwidth: typing.Optional[int] = None,
+                       downtime_limit_ms: typing.Optional[int] = None):
+        """Set the stream bandwidth cap (bytes/s) and the downtime limit.
+
+        Called again during the migration: the session holds pre-copy
+        during warm-up with a tiny downtime limit and sets the real one at
+        switch-over, so implementations must apply it to a running job.
+        """
+
+    @abc.abstractmethod
+    def migrate(self, uri: str) -> None:
+        """Start the outgoing migration into ``uri`` and return at once.
+
+        ``uri`` is what the relay listens on (``tcp:HOST:PORT``).
+        """
+
+    @abc.abstractmethod
+    def stats(self) -> MigrationStats:
+        """The current migration snapshot."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Abort the outgoing migration.
+
+        The guest keeps (or resumes) running on the source.
+        """
+
+    @abc.abstractmethod
+    def resume(self) -> None:
+        """Let the source guest run again if it is paused.
+
+        Needed when the source finished sending (it stays paused after a
+        'completed' migration) but no destination took over.
+        """
+
+
+class DestinationGuest(Guest):
+    """A paused guest in incoming mode that may become the new home."""
+
+    @property
+    @abc.abstractmethod
+    def incoming_target(self) -> str:
+        """Where this destination's hypervisor accepts the stream.
+
+        ``unix:PATH`` or ``tcp:HOST:PORT``, local to the destination host:
+        the destination's stream agent connects there.
+        """
+
+    @abc.abstractmethod
+    def start_incoming(self) -> None:
+        """Make the destination ready to receive, paused.
+
+        Implementations enable ``events`` and ``late-block-activate``
+        (shared disks must stay inactive until this copy is elected) and
+        start listening on ``incoming_target``. The guest must stay paused
+        after the stream completes: only the elected one ever runs.
+        """
+
+    @abc.abstractmethod
+    def migration_status(self) -> str:
+        """The incoming migration state (one of the STATUS_ values)."""
+
+    @abc.abstractmethod
+    def resume(self) -> None:
+        """Run this copy (it was elected), then announce it on the network.
+
+        Raises HypervisorError if the guest cannot run; the session may
+        then elect another completed destination, since this one never ran.
+        """
+
+    @abc.abstractmethod
+    def destroy(self) -> None:
+        """Stop the guest and remove every bit of its partial state.
+
+        Idempotent, and must work whatever state the destination is in
+        (receiving, completed, crashed).
+        """
+
+    def open_stream(self, secret: bytes, listen=('127.0.0.1', 0)):
+        """Start this destination's stream agent; return its address.
+
+        The agent receives the relayed stream and feeds it into
+        ``incoming_target``.
+        The default runs the agent in this process, which is right when
+        the destination runs on this host. A remote implementation starts
+        it on the destination host instead.
+        """
+        from nova_multidest.dataplane import relay
+        self._stream_agent = relay.DestinationAgent(
+            secret, target=self.incoming_target, listen=listen,
+            name=self.name)
+        self._stream_agent.start()
+        return self._stream_agent.address
+
+    def stream_bytes_received(self) -> int:
+        """Bytes the destination's agent received, for progress."""
+        agent = getattr(self, '_stream_agent', None)
+        return agent.bytes_received if agent is not None else 0
+
+    def close_stream(self) -> None:
+        """Stop the agent; the session calls it for winners and losers."""
+        agent = getattr(self, '_stream_agent', None)
+        if agent is not None:
+            agent.close()
+
+
+class Hypervisor(abc.ABC):
+    """Factory of guest handles on one host.
+
+    Implementations are looked up by name in the
+    ``nova_multidest.hypervisors`` entry point namespace.
+    """
+
+    @abc.abstractmethod
+    def source(self, guest) -> SourceGuest:
+        """Handle on an existing running guest.
+
+        ``guest`` is implementation-specific: a QEMU guest object, a
+        libvirt domain name.
+        """
+
+    @abc.abstractmethod
+    def create_destination(self, name: str,
+                           source: SourceGuest) -> DestinationGuest:
+        """Create a paused, not yet listening destination for ``source``.
+
+        ``name`` identifies the destination (a host name in Nova). The new
+        guest has the source's machine configuration so that the stream
+        loads into it. Call ``start_incoming`` next.
+        """
+
+    def close(self) -> None:
+        """Release what the factory holds (connections); guests stay."""
