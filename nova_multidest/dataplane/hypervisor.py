@@ -181,10 +181,12 @@ class DestinationGuest(Guest):
         """
 
     @abc.abstractmethod
-    def start_incoming(self) -> None:
+    def start_incoming(self, capabilities=None) -> None:
         """Make the destination ready to receive, paused.
 
-        Implementations enable ``events`` and ``late-block-activate``
+        ``capabilities`` are those the source uses that the destination
+        must share (e.g. ``multifd``). Implementations also enable
+        ``events`` and ``late-block-activate``
         (shared disks must stay inactive until this copy is elected) and
         start listening on ``incoming_target``. The guest must stay paused
         after the stream completes: only the elected one ever runs.
@@ -215,6 +217,7 @@ class DestinationGuest(Guest):
 
         The agent receives the relayed stream and feeds it into
         ``incoming_target``.
+
         The default runs the agent in this process, which is right when
         the destination runs on this host. A remote implementation starts
         it on the destination host instead.

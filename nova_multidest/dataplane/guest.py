@@ -1,0 +1,105 @@
+"""A tiny guest kernel that keeps dirtying memory, built at run time.
+
+Migration tests need a guest that really runs and keeps changing its RAM
+(otherwise pre-copy converges at once and the interesting paths are never
+taken), boots in milliseconds under TCG, and needs no download and no
+assembler. This module emits such a kernel as raw i386 machine code with a
+multiboot header using the "a.out kludge" (flag bit 16), which QEMU's
+``-kernel`` loads directly.
+
+The kernel loops forever: it writes an incrementing counter into one
+32-bit word every ``stride`` bytes of ``[dirty_start, dirty_start +
+dirty_size)``, also stores the counter at ``COUNTER_ADDRESS``, and spins
+``delay`` times between writes, which sets its dirty rate.
+"""
+
+import dataclasses
+import os
+import struct
+
+MULTIBOOT_MAGIC = 0x1BADB002
+MULTIBOOT_AOUT_KLUDGE = 1 << 16
+LOAD_ADDRESS = 0x100000
+HEADER_SIZE = 32
+ENTRY_ADDRESS = LOAD_ADDRESS + HEADER_SIZE
+COUNTER_ADDRESS = 0x1FF000
+STACK_TOP = 0x90000
+MiB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class DirtyingGuest:
+    """Parameters of the guest; ``build()`` gives the kernel bytes."""
+
+    dirty_start: int = 2 * MiB
+    dirty_size: int = 16 * MiB
+    stride: int = 4096
+    delay: int = 64
+
+    def validate(self, memory_mb):
+        if self.dirty_start < COUNTER_ADDRESS + 4:
+            raise ValueError('dirty range must start above the kernel')
+        if self.dirty_end > memory_mb * MiB:
+            raise ValueError('dirty range ends at %d MiB, beyond the %d MiB '
+                             'of guest RAM' % (self.dirty_end // MiB,
+                                               memory_mb))
+        if self.stride < 4 or self.stride % 4 or self.dirty_size < 4:
+            raise ValueError('stride and size must be multiples of 4')
+
+    @property
+    def dirty_end(self):
+        return self.dirty_start + self.dirty_size
+
+    def build(self):
+        code = _Code()
+        code.emit(b'\xfa')                                  # cli
+        code.emit(b'\xbc', struct.pack('<I', STACK_TOP))    # mov esp, imm
+        code.emit(b'\x31\xc0')                              # xor eax, eax
+        outer = code.here()
+        code.emit(b'\xbb', struct.pack('<I', self.dirty_start))  # mov ebx
+        inner = code.here()
+        code.emit(b'\x89\x03')                              # mov [ebx], eax
+        code.emit(b'\x40')                                  # inc eax
+        code.emit(b'\xa3', struct.pack('<I', COUNTER_ADDRESS))  # mov [m], eax
+        code.emit(b'\xb9', struct.pack('<I', self.delay + 1))   # mov ecx
+        spin = code.here()
+        code.emit(b'\x49')                                  # dec ecx
+        code.jump(b'\x75', spin)                            # jnz spin
+        code.emit(b'\x81\xc3', struct.pack('<I', self.stride))  # add ebx
+        code.emit(b'\x81\xfb', struct.pack('<I', self.dirty_end))  # cmp ebx
+        code.jump(b'\x72', inner)                           # jb inner
+        code.jump(b'\xeb', outer)                           # jmp outer
+        body = bytes(code.buf)
+        load_end = LOAD_ADDRESS + HEADER_SIZE + len(body)
+        header = struct.pack(
+            '<8I', MULTIBOOT_MAGIC, MULTIBOOT_AOUT_KLUDGE,
+            (-(MULTIBOOT_MAGIC + MULTIBOOT_AOUT_KLUDGE)) & 0xFFFFFFFF,
+            LOAD_ADDRESS, LOAD_ADDRESS, load_end, load_end, ENTRY_ADDRESS)
+        return header + body
+
+    def write(self, directory):
+        """Write the kernel into ``directory``; return its path."""
+        path = os.path.join(directory, 'dirtying-guest.bin')
+        with open(path, 'wb') as f:
+            f.write(self.build())
+        return path
+
+
+class _Code(object):
+    """Just enough of an assembler: bytes plus backward short jumps."""
+
+    def __init__(self):
+        self.buf = bytearray()
+
+    def here(self):
+        return len(self.buf)
+
+    def emit(self, *parts):
+        for part in parts:
+            self.buf += part
+
+    def jump(self, opcode, target):
+        rel = target - (self.here() + 2)
+        if not -128 <= rel < 0:
+            raise ValueError('short backward jumps only')
+        self.buf += opcode + struct.pack('<b', rel)

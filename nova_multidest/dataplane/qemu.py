@@ -1,0 +1,348 @@
+"""The hypervisor interface over raw QEMU processes.
+
+Used by the demo, the data-plane tests and the benchmark: every guest is
+one ``qemu-system-x86_64`` process we start ourselves, with TCG (no KVM
+is needed), no default devices, and QMP on a unix socket in a private
+directory. Removing that directory and killing that PID removes every bit
+of a guest, which is what "destroy a loser" must mean.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from nova_multidest.dataplane import guest as guest_image
+from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import qmp
+from nova_multidest import exceptions
+
+LOG = logging.getLogger(__name__)
+
+QEMU_BINARY = 'qemu-system-x86_64'
+MiB = 1 << 20
+# QEMU's own defaults for announce-self (qemu-options: -announce).
+ANNOUNCE = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
+PAUSED_AFTER_MIGRATION = ('postmigrate', 'finish-migrate', 'paused',
+                          'prelaunch', 'inmigrate')
+
+
+class QemuProcess(object):
+    """One QEMU process, its directory and its QMP session."""
+
+    def __init__(self, name, kernel, memory_mb, incoming=False,
+                 binary=QEMU_BINARY, parent_dir=None):
+        self.name = name
+        self.kernel = kernel
+        self.memory_mb = memory_mb
+        self.dir = tempfile.mkdtemp(prefix='multidest-%s-' % name,
+                                    dir=parent_dir)
+        self._listeners = []
+        self._exit_lock = threading.Lock()
+        self.exited_at = None
+        qmp_path = os.path.join(self.dir, 'qmp.sock')
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(qmp_path)
+            listener.listen(1)
+            argv = [binary, '-name', name, '-accel', 'tcg',
+                    '-machine', 'pc', '-smp', '1', '-m', str(memory_mb),
+                    '-nodefaults', '-no-user-config', '-display', 'none',
+                    '-kernel', kernel,
+                    '-chardev', 'socket,id=qmp,path=%s' % qmp_path,
+                    '-mon', 'chardev=qmp,mode=control']
+            if incoming:
+                argv += ['-S', '-incoming', 'defer']
+            self.log_path = os.path.join(self.dir, 'qemu.log')
+            with open(self.log_path, 'wb') as log:
+                self.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.pid = self.proc.pid
+            LOG.debug('Started QEMU %s pid %s', name, self.pid)
+            try:
+                self.qmp = qmp.QMPClient.accept(
+                    listener, name=name, alive=self.is_alive)
+            except Exception:
+                self.kill()
+                raise
+        finally:
+            listener.close()
+        self._waiter = threading.Thread(target=self._wait_exit,
+                                        name='wait-%s' % name, daemon=True)
+        self._waiter.start()
+
+    def _wait_exit(self):
+        self.proc.wait()
+        with self._exit_lock:
+            self.exited_at = time.time()
+            listeners = list(self._listeners)
+        LOG.debug('QEMU %s pid %s exited with %s', self.name, self.pid,
+                  self.proc.returncode)
+        for callback in listeners:
+            try:
+                callback(self.exited_at, self.proc.returncode)
+            except Exception:
+                LOG.exception('exit callback failed')
+
+    def on_exit(self, callback):
+        """Call ``callback(timestamp, returncode)`` when QEMU exits."""
+        with self._exit_lock:
+            exited_at = self.exited_at
+            if exited_at is None:
+                self._listeners.append(callback)
+        if exited_at is not None:
+            callback(exited_at, self.proc.returncode)
+
+    def is_alive(self):
+        return self.proc.poll() is None
+
+    def wait(self, timeout=None):
+        """Wait for the process to exit; True if it did."""
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self, sig=signal.SIGKILL):
+        """Signal the process by its PID (only ours, never by name)."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def destroy(self):
+        """Kill the process and remove its directory; idempotent."""
+        self.kill()
+        self.proc.wait()
+        qmp_client = getattr(self, 'qmp', None)
+        if qmp_client is not None:
+            qmp_client.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def run_state(self):
+        return self.qmp.execute('query-status')['status']
+
+    def registers(self):
+        """``info registers`` text, for comparing two paused copies."""
+        return self.qmp.hmp('info registers')
+
+    def read_u32(self, address):
+        """A 32-bit word of guest-physical memory."""
+        out = self.qmp.hmp('xp /1wx %#x' % address)
+        return int(out.split(':')[1].split()[0], 16)
+
+    def memory_digest(self):
+        path = os.path.join(self.dir, 'memory.bin')
+        self.qmp.execute('pmemsave', val=0, size=self.memory_mb * MiB,
+                         filename=path, timeout=120)
+        digest = hashlib.sha256()
+        try:
+            with open(path, 'rb') as f:
+                for block in iter(lambda: f.read(4 * MiB), b''):
+                    digest.update(block)
+        finally:
+            os.unlink(path)
+        return digest.hexdigest()
+
+
+class _QemuGuest(hypervisor.Guest):
+    """Event plumbing shared by both ends."""
+
+    def __init__(self, process):
+        self.process = process
+        self.name = process.name
+        self._callbacks = []
+        self._lock = threading.Lock()
+        process.qmp.add_event_callback(self._on_qmp_event)
+        process.on_exit(self._on_exit)
+
+    def _emit(self, event):
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:
+                LOG.exception('event callback failed')
+
+    def _on_qmp_event(self, event):
+        kind = {'STOP': hypervisor.EVENT_STOPPED,
+                'RESUME': hypervisor.EVENT_RESUMED,
+                'MIGRATION': hypervisor.EVENT_MIGRATION}.get(event.name)
+        if kind is not None:
+            self._emit(hypervisor.GuestEvent(
+                guest=self.name, kind=kind, timestamp=event.timestamp,
+                status=event.data.get('status')))
+
+    def _on_exit(self, timestamp, returncode):
+        self._emit(hypervisor.GuestEvent(
+            guest=self.name, kind=hypervisor.EVENT_EXITED,
+            timestamp=timestamp, detail='exit code %s' % returncode))
+
+    def subscribe(self, callback):
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def is_alive(self):
+        return self.process.is_alive()
+
+    def is_running(self):
+        if not self.is_alive():
+            return False
+        try:
+            return self.process.run_state() == 'running'
+        except exceptions.QMPError:
+            return False
+
+    def memory_digest(self):
+        return self.process.memory_digest()
+
+    def registers(self):
+        return self.process.registers()
+
+
+class QemuSource(_QemuGuest, hypervisor.SourceGuest):
+
+    def set_capabilities(self, capabilities):
+        self.process.qmp.execute('migrate-set-capabilities', capabilities=[
+            {'capability': name, 'state': bool(state)}
+            for name, state in capabilities.items()])
+
+    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None):
+        params = {}
+        if max_bandwidth is not None:
+            params['max-bandwidth'] = int(max_bandwidth)
+        if downtime_limit_ms is not None:
+            params['downtime-limit'] = int(downtime_limit_ms)
+        if params:
+            self.process.qmp.execute('migrate-set-parameters', **params)
+
+    def migrate(self, uri):
+        self.process.qmp.execute('migrate', uri=uri)
+
+    def stats(self):
+        info = self.process.qmp.execute('query-migrate')
+        ram = info.get('ram', {})
+        page_size = ram.get('page-size', 4096)
+        return hypervisor.MigrationStats(
+            status=info.get('status', hypervisor.STATUS_NONE),
+            transferred=ram.get('transferred', 0),
+            remaining=ram.get('remaining', 0),
+            total=ram.get('total', 0),
+            dirty_rate=ram.get('dirty-pages-rate', 0) * page_size,
+            bandwidth=ram.get('mbps', 0.0) * 1e6 / 8,
+            iterations=ram.get('dirty-sync-count', 0),
+            expected_downtime_ms=info.get('expected-downtime'),
+            downtime_ms=info.get('downtime'),
+            error=info.get('error-desc'))
+
+    def cancel(self):
+        try:
+            self.process.qmp.execute('migrate_cancel')
+        except exceptions.QMPError as exc:
+            LOG.warning('migrate_cancel on %s: %s', self.name, exc)
+
+    def resume(self):
+        if self.process.run_state() in PAUSED_AFTER_MIGRATION:
+            self.process.qmp.execute('cont')
+
+
+class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
+
+    @property
+    def incoming_target(self):
+        return 'unix:%s' % os.path.join(self.process.dir, 'incoming.sock')
+
+    def start_incoming(self, capabilities=None):
+        caps = {'events': True, 'late-block-activate': True}
+        caps.update(capabilities or {})
+        self.process.qmp.execute('migrate-set-capabilities', capabilities=[
+            {'capability': name, 'state': bool(state)}
+            for name, state in caps.items()])
+        self.process.qmp.execute('migrate-incoming', uri=self.incoming_target)
+
+    def migration_status(self):
+        if not self.is_alive():
+            return hypervisor.STATUS_FAILED
+        try:
+            return self.process.qmp.execute('query-migrate').get(
+                'status', hypervisor.STATUS_NONE)
+        except exceptions.QMPError:
+            return hypervisor.STATUS_FAILED
+
+    def resume(self):
+        try:
+            self.process.qmp.execute('cont')
+            self.process.qmp.execute('announce-self', **ANNOUNCE)
+        except exceptions.QMPError as exc:
+            raise exceptions.HypervisorError(operation='resume %s' % self.name,
+                                             reason=str(exc))
+
+    def destroy(self):
+        self.close_stream()
+        self.process.destroy()
+
+
+class QemuHypervisor(hypervisor.Hypervisor):
+    """Starts and tracks QEMU processes on this host.
+
+    Every process it starts stays listed in ``processes`` so that tests
+    and the demo can prove none is left behind.
+    """
+
+    def __init__(self, binary=QEMU_BINARY, parent_dir=None):
+        self.binary = binary
+        self.parent_dir = parent_dir
+        self.processes = []
+
+    def boot(self, name, memory_mb=64, image=None):
+        """Start a running guest from the tiny dirtying kernel."""
+        image = image or guest_image.DirtyingGuest()
+        image.validate(memory_mb)
+        image_dir = tempfile.mkdtemp(prefix='multidest-image-',
+                                     dir=self.parent_dir)
+        kernel = image.write(image_dir)
+        try:
+            process = self._spawn(name, kernel, memory_mb, incoming=False)
+        except Exception:
+            shutil.rmtree(image_dir, ignore_errors=True)
+            raise
+        # Destinations start from the same kernel file, so it lives as
+        # long as the source process.
+        process.image_dir = image_dir
+        return process
+
+    def _spawn(self, name, kernel, memory_mb, incoming):
+        process = QemuProcess(name, kernel, memory_mb, incoming=incoming,
+                              binary=self.binary, parent_dir=self.parent_dir)
+        self.processes.append(process)
+        return process
+
+    def source(self, guest):
+        process = guest.process if isinstance(guest, _QemuGuest) else guest
+        return QemuSource(process)
+
+    def create_destination(self, name, source):
+        src = source.process
+        process = self._spawn(name, src.kernel, src.memory_mb, incoming=True)
+        return QemuDestination(process)
+
+    def live_processes(self):
+        return [p for p in self.processes if p.is_alive()]
+
+    def destroy_all(self):
+        """Kill every process we started and remove their directories."""
+        for process in self.processes:
+            process.destroy()
+            image_dir = getattr(process, 'image_dir', None)
+            if image_dir:
+                shutil.rmtree(image_dir, ignore_errors=True)

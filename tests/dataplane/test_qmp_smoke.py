@@ -1,0 +1,64 @@
+"""Smoke test: a real QEMU (TCG) guest boots and answers QMP."""
+
+import os
+import time
+
+import testtools
+
+from nova_multidest.dataplane import guest
+from nova_multidest import exceptions
+from tests.dataplane import qemu_fixture
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    """Poll ``predicate`` until true; False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class QMPSmokeTest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.qemu = self.useFixture(qemu_fixture.QemuFixture())
+
+    def test_guest_runs_and_answers_qmp(self):
+        process = self.qemu.boot()
+        status = process.qmp.execute('query-status')
+        self.assertEqual('running', status['status'])
+
+        first = process.read_u32(guest.COUNTER_ADDRESS)
+        regs_before = process.registers()
+        self.assertIn('EIP=', regs_before)
+        self.assertTrue(wait_for(
+            lambda: process.read_u32(guest.COUNTER_ADDRESS) != first))
+        self.assertNotEqual(regs_before, process.registers())
+
+        process.qmp.execute('stop')
+        self.assertIsNotNone(process.qmp.wait_event('STOP', timeout=10))
+        paused = process.read_u32(guest.COUNTER_ADDRESS)
+        self.assertEqual(paused, process.read_u32(guest.COUNTER_ADDRESS))
+        self.assertEqual(process.memory_digest(), process.memory_digest())
+
+    def test_qmp_error_carries_qemu_text(self):
+        process = self.qemu.boot()
+        err = self.assertRaises(exceptions.QMPError,
+                                process.qmp.execute, 'no-such-command')
+        self.assertIn('no-such-command', str(err))
+
+    def test_destroy_removes_process_and_directory(self):
+        process = self.qemu.boot()
+        process.destroy()
+        self.assertFalse(process.is_alive())
+        self.assertFalse(os.path.exists(process.dir))
+        self.assertRaises(exceptions.QMPError,
+                          process.qmp.execute, 'query-status')
+
+    def test_image_too_big_for_ram_rejected_before_start(self):
+        bad = guest.DirtyingGuest(dirty_size=1 << 30)
+        self.assertRaises(ValueError, self.qemu.boot, image=bad)
+        self.assertEqual([], self.qemu.hypervisor.live_processes())
