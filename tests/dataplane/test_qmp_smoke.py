@@ -27,21 +27,22 @@ class QMPSmokeTest(testtools.TestCase):
         self.qemu = self.useFixture(qemu_fixture.QemuFixture())
 
     def test_guest_runs_and_answers_qmp(self):
-        process = self.qemu.boot()
+        image = guest.DirtyingGuest()
+        process = self.qemu.boot(image=image)
         status = process.qmp.execute('query-status')
         self.assertEqual('running', status['status'])
 
-        first = process.read_u32(guest.COUNTER_ADDRESS)
+        first = process.read_u32(image.dirty_start)
         regs_before = process.registers()
         self.assertIn('EIP=', regs_before)
         self.assertTrue(wait_for(
-            lambda: process.read_u32(guest.COUNTER_ADDRESS) != first))
+            lambda: process.read_u32(image.dirty_start) != first))
         self.assertNotEqual(regs_before, process.registers())
 
         process.qmp.execute('stop')
         self.assertIsNotNone(process.qmp.wait_event('STOP', timeout=10))
-        paused = process.read_u32(guest.COUNTER_ADDRESS)
-        self.assertEqual(paused, process.read_u32(guest.COUNTER_ADDRESS))
+        paused = process.read_u32(image.dirty_start)
+        self.assertEqual(paused, process.read_u32(image.dirty_start))
         self.assertEqual(process.memory_digest(), process.memory_digest())
 
     def test_qmp_error_carries_qemu_text(self):
