@@ -1,0 +1,248 @@
+"""One copy of a stream in memory, read at their own pace by several consumers.
+
+A migration stream goes to several destinations that drain it at different
+speeds. Copying it once per destination would multiply memory and CPU, and a
+per-destination queue fed by the source would let the slowest destination
+stall the source. Here the producer writes each byte once; every consumer
+holds a cursor into the same chunks. The producer is held back only by the
+fastest consumer (it may run ``window`` bytes ahead of it), and a consumer
+that falls more than ``lag_limit`` bytes behind the fastest is dropped, so
+memory stays bounded and a slow consumer never blocks the others.
+"""
+
+import collections
+import logging
+import threading
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 2**20
+DEFAULT_WINDOW_BYTES = 8 * 2**20
+_FREE_CHUNKS = 8
+
+
+class StreamAborted(Exception):
+    """The producer side failed: the stream will never be complete."""
+
+
+class CursorDropped(Exception):
+    """This consumer was dropped (by the lag policy or by its owner)."""
+
+
+class Cursor(object):
+    """One consumer's position; ``on_drop(cursor, reason)`` is called once."""
+
+    def __init__(self, name, offset, on_drop):
+        self.name = name
+        self.offset = offset
+        self.dropped = None
+        self.on_drop = on_drop
+
+    def __repr__(self):
+        return '<Cursor %s at %d%s>' % (
+            self.name, self.offset, ' dropped' if self.dropped else '')
+
+
+class StreamBuffer(object):
+    """Shared chunks of one stream channel plus the consumers' cursors."""
+
+    def __init__(self, lag_limit, window=DEFAULT_WINDOW_BYTES,
+                 chunk_size=DEFAULT_CHUNK_BYTES, retain=0):
+        self.lag_limit = lag_limit
+        self.window = max(window, 1)
+        self.chunk_size = chunk_size
+        self.retain = retain
+        self.head = 0
+        self.base = 0
+        self.eof = False
+        self.abort_reason = None
+        self._chunks = collections.deque()
+        self._free = []
+        self._cursors = []
+        self._cond = threading.Condition()
+
+    # -- consumers -------------------------------------------------------
+
+    def add_cursor(self, name, on_drop=None, offset=None):
+        """Register a consumer at ``offset`` (default: oldest kept byte)."""
+        with self._cond:
+            if offset is None:
+                offset = self.base
+            if offset < self.base or offset > self.head:
+                raise CursorDropped(
+                    'offset %d is outside the retained window %d..%d'
+                    % (offset, self.base, self.head))
+            cursor = Cursor(name, offset, on_drop)
+            self._cursors.append(cursor)
+            self._cond.notify_all()
+            return cursor
+
+    def live_cursors(self):
+        with self._cond:
+            return list(self._cursors)
+
+    def drop(self, cursor, reason):
+        """Remove a consumer; its owner's ``on_drop`` runs outside the lock."""
+        with self._cond:
+            dropped = self._drop_locked(cursor, reason)
+            self._trim_locked()
+            self._cond.notify_all()
+        if dropped and cursor.on_drop:
+            cursor.on_drop(cursor, reason)
+
+    def _drop_locked(self, cursor, reason):
+        if cursor.dropped:
+            return False
+        cursor.dropped = reason
+        if cursor in self._cursors:
+            self._cursors.remove(cursor)
+        return True
+
+    def rewind(self, cursor, offset):
+        """Move a consumer to ``offset``, which must still be buffered.
+
+        A repaired chain hop resumes from what its new peer already holds.
+        """
+        with self._cond:
+            if cursor.dropped:
+                raise CursorDropped(cursor.dropped)
+            if offset < self.base or offset > self.head:
+                raise CursorDropped(
+                    'the next hop holds %d bytes but only bytes %d..%d are '
+                    'still buffered' % (offset, self.base, self.head))
+            cursor.offset = offset
+            self._cond.notify_all()
+
+    def peek(self, cursor, timeout=None):
+        """Wait for bytes after ``cursor``; return a view of them.
+
+        Returns an empty view at the end of the stream and None when the
+        timeout expired. Raises CursorDropped or StreamAborted.
+        """
+        with self._cond:
+            while True:
+                if cursor.dropped:
+                    raise CursorDropped(cursor.dropped)
+                if cursor.offset < self.head:
+                    return self._view_locked(cursor.offset)
+                if self.abort_reason:
+                    raise StreamAborted(self.abort_reason)
+                if self.eof:
+                    return memoryview(b'')
+                if not self._cond.wait(timeout):
+                    return None
+
+    def _view_locked(self, offset):
+        for start, chunk in self._chunks:
+            end = start + len(chunk)
+            if start <= offset < end:
+                stop = min(end, self.head)
+                return memoryview(chunk)[offset - start:stop - start]
+        raise AssertionError('offset %d not retained (base %d, head %d)'
+                             % (offset, self.base, self.head))
+
+    def advance(self, cursor, count):
+        """Record that ``count`` more bytes reached the consumer."""
+        laggards = []
+        with self._cond:
+            if cursor.dropped:
+                return
+            cursor.offset += count
+            laggards = self._check_lag_locked()
+            self._trim_locked()
+            self._cond.notify_all()
+        self._notify_dropped(laggards)
+
+    def _check_lag_locked(self):
+        if len(self._cursors) < 2:
+            return []
+        fastest = max(c.offset for c in self._cursors)
+        laggards = []
+        for cursor in list(self._cursors):
+            behind = fastest - cursor.offset
+            if behind > self.lag_limit:
+                reason = ('fell %d bytes behind the fastest destination '
+                          '(lag limit %d)' % (behind, self.lag_limit))
+                self._drop_locked(cursor, reason)
+                laggards.append((cursor, reason))
+        return laggards
+
+    def _notify_dropped(self, laggards):
+        for cursor, reason in laggards:
+            LOG.warning("Dropping stream consumer %s: %s", cursor.name,
+                        reason)
+            if cursor.on_drop:
+                cursor.on_drop(cursor, reason)
+
+    def _trim_locked(self):
+        keep_from = self.head - self.retain
+        if self._cursors:
+            keep_from = min(keep_from,
+                            min(c.offset for c in self._cursors))
+        while self._chunks:
+            start, chunk = self._chunks[0]
+            end = start + len(chunk)
+            if end > keep_from or end > self.head:
+                break
+            self._chunks.popleft()
+            self.base = end
+            if len(self._free) < _FREE_CHUNKS:
+                self._free.append(chunk)
+        if not self._chunks:
+            self.base = self.head
+
+    # -- producer --------------------------------------------------------
+
+    def writable(self, timeout=None):
+        """Wait until the producer may write; return a view to fill.
+
+        Returns None if no consumer is left (nobody to deliver to), if the
+        stream was aborted, or on timeout; the producer then stops.
+        """
+        with self._cond:
+            while True:
+                if not self._cursors or self.abort_reason:
+                    return None
+                fastest = max(c.offset for c in self._cursors)
+                if self.head - fastest < self.window:
+                    break
+                if not self._cond.wait(timeout):
+                    return None
+            if self._chunks:
+                start, chunk = self._chunks[-1]
+                used = self.head - start
+                if used < len(chunk):
+                    return memoryview(chunk)[used:]
+            chunk = (self._free.pop() if self._free
+                     else bytearray(self.chunk_size))
+            self._chunks.append((self.head, chunk))
+            return memoryview(chunk)
+
+    def publish(self, count):
+        """Make ``count`` bytes just written into the writable view visible."""
+        with self._cond:
+            self.head += count
+            laggards = self._check_lag_locked()
+            self._cond.notify_all()
+        self._notify_dropped(laggards)
+
+    def finish(self):
+        """The producer reached the end of the stream."""
+        with self._cond:
+            self.eof = True
+            self._cond.notify_all()
+
+    def abort(self, reason):
+        """The producer failed; consumers get StreamAborted."""
+        with self._cond:
+            if not self.eof and not self.abort_reason:
+                self.abort_reason = reason
+            self._cond.notify_all()
+
+    def wait_drained(self, timeout=None):
+        """Wait until every live consumer reached the end of the stream."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self.abort_reason or (self.eof and all(
+                    c.offset >= self.head for c in self._cursors)),
+                timeout)
