@@ -1,0 +1,281 @@
+"""The one module that uses Nova's private functional test harness.
+
+Nova's functional harness (``nova.tests.functional``) is not a public API:
+it changes between releases, so the test constraints pin nova 34.0.0 and
+every other test module reaches the harness only through the classes
+here. ``MultiDestTestBase`` runs Nova's real API, conductor, scheduler and
+placement with Neutron and Cinder fixtures, and K compute services whose
+driver is ``MultiDestLibvirtDriver`` over Nova's fake libvirt.
+``assert_invariants`` is the checker every test ends with: it proves the
+server runs on exactly one host and nothing of it is left anywhere else.
+"""
+
+import os
+import sys
+import urllib.parse
+
+import fixtures
+from oslo_utils import uuidutils
+
+from nova.compute import vm_states
+from nova import conf as nova_conf
+from nova import context as nova_context
+from nova import objects
+from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.tests.functional import integrated_helpers
+from nova.tests.functional.libvirt import base as libvirt_base
+
+from nova_multidest import conf as multidest_conf
+
+CONF = nova_conf.CONF
+
+DRIVER = 'multidest.MultiDestLibvirtDriver'
+CONDUCTOR_BINARY = 'nova-multidest-conductor'
+CONDUCTOR_MANAGER = (
+    'nova_multidest.conductor.manager.MultiDestConductorManager')
+
+# Migration statuses after which Nova holds nothing for the migration.
+FINAL_MIGRATION_STATUSES = frozenset(
+    ('completed', 'cancelled', 'failed', 'error', 'done', 'reverted',
+     'confirmed'))
+
+
+def nova_api_paste_config():
+    """Nova's own api-paste.ini, as the nova wheel installs it."""
+    return os.path.join(sys.prefix, 'etc', 'nova', 'api-paste.ini')
+
+
+class MultiDestTestBase(libvirt_base.ServersTestBase,
+                        integrated_helpers.InstanceHelperMixin):
+    """Nova with ``COMPUTES`` libvirt computes running our driver.
+
+    Subclasses set ``COMPUTES`` and may override ``api_paste_config`` to
+    run nova-api with another paste pipeline (ours adds a filter).
+    """
+
+    ADMIN_API = True
+    microversion = '2.74'
+    # Multi-destination migrations run for a while in the background; the
+    # tests watch them through the API like an operator would.
+    CAST_AS_CALL = False
+    COMPUTES = 3
+    HOSTNAME_FORMAT = 'compute%d'
+
+    def api_paste_config(self):
+        return nova_api_paste_config()
+
+    def setUp(self):
+        self.flags(api_paste_config=self.api_paste_config(), group='wsgi')
+        multidest_conf.register_opts(CONF)
+        super().setUp()
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Domain.migrateToURI3',
+            self._fake_libvirt_migration))
+        self.multidest_conductor = None
+        self.hostnames = [
+            self.start_compute(hostname=self.HOSTNAME_FORMAT % (i + 1))
+            for i in range(self.COMPUTES)]
+
+    def _setup_compute_service(self):
+        self.flags(compute_driver=DRIVER)
+
+    # -- services ---------------------------------------------------------
+
+    def start_multidest_conductor(self, host='multidest-conductor'):
+        """Run nova-multidest-conductor in-process.
+
+        It runs as its console script would, on the harness's message bus
+        and databases.
+        """
+        service = self.start_service(
+            'multidest-conductor', host=None,
+            binary=CONDUCTOR_BINARY, manager=CONDUCTOR_MANAGER,
+            topic=CONF.multidest.conductor_topic)
+        self.multidest_conductor = service
+        return service
+
+    def restart_multidest_conductor(self):
+        """Stop the conductor mid-operation and start a fresh one.
+
+        The new one must recover every interrupted group from Nova's
+        records alone.
+        """
+        if self.multidest_conductor is not None:
+            self.multidest_conductor.stop()
+        return self.start_multidest_conductor()
+
+    def compute_driver(self, hostname):
+        return self.computes[hostname].driver
+
+    def fake_connection(self, hostname):
+        return self.compute_driver(hostname)._host.get_connection()
+
+    def admin_context(self):
+        return nova_context.get_admin_context()
+
+    # -- Nova's ordinary single-destination live migration -------------------
+
+    def _fake_libvirt_migration(self, domain, dconnuri, params, flags):
+        """Replay a finished libvirt migration on the fake connections.
+
+        Nova's fake libvirt fails every migrateToURI3; this one does what
+        libvirt does on success: the domain runs on the host named in the
+        URI, and the source domain stops and, as Nova asks with
+        VIR_MIGRATE_UNDEFINE_SOURCE, is undefined; then the source job
+        completes, which is what Nova's driver waits for.
+        """
+        dest_host = urllib.parse.urlparse(dconnuri).hostname
+        self.fake_connection(dest_host).createXML(
+            params['destination_xml'], 0)
+        domain.destroy()
+        if flags & fakelibvirt.VIR_MIGRATE_UNDEFINE_SOURCE:
+            domain.undefine()
+        domain.complete_job()
+
+    # -- invariants -------------------------------------------------------
+
+    def get_migrations(self, server_id):
+        ctxt = self.admin_context()
+        return objects.MigrationList.get_by_filters(
+            ctxt, {'instance_uuid': server_id})
+
+    def get_instance(self, server_id):
+        return objects.Instance.get_by_uuid(
+            self.admin_context(), server_id,
+            expected_attrs=['system_metadata', 'migration_context'])
+
+    def assert_invariants(self, server, expected_host):
+        """Prove the server runs on ``expected_host`` and nowhere else.
+
+        Checks Nova's records and every fixture that stands in for a real
+        service: server ACTIVE with no task; no Migration of it still in
+        progress; placement allocations of the instance only on the
+        expected host and none held by its migrations; port bindings only
+        on the expected host, active there; one volume attachment per
+        volume, connected to the expected host; the guest's domain on the
+        expected host's fake libvirt only, running.
+        """
+        server_id = server['id']
+        server = self.admin_api.get_server(server_id)
+        self.assertEqual('ACTIVE', server['status'], server)
+        self.assertIsNone(server['OS-EXT-STS:task_state'], server)
+        self.assertEqual(expected_host, server['OS-EXT-SRV-ATTR:host'])
+
+        instance = self.get_instance(server_id)
+        self.assertEqual(vm_states.ACTIVE, instance.vm_state)
+        self.assertEqual(expected_host, instance.host)
+        self.assertEqual(expected_host, instance.node)
+        self.assertIsNone(instance.migration_context)
+
+        migrations = self.get_migrations(server_id)
+        self.assert_no_migration_in_progress(migrations)
+        self.assert_allocations_only_on(server_id, migrations, expected_host)
+        self.assert_port_bindings_only_on(server_id, expected_host)
+        self.assert_volume_attachments_only_on(server_id, expected_host)
+        self.assert_domain_only_on(server_id, expected_host)
+        self.assert_instance_dir_single(server_id)
+        self.assert_no_group_in_progress(instance)
+        return server
+
+    def assert_no_migration_in_progress(self, migrations):
+        for migration in migrations:
+            self.assertIn(
+                migration.status, FINAL_MIGRATION_STATUSES,
+                'Migration %s to %s still %s' % (
+                    migration.uuid, migration.dest_compute,
+                    migration.status))
+
+    def assert_allocations_only_on(self, server_id, migrations, host):
+        rp_uuid = self.compute_rp_uuids[host]
+        allocations = self.placement.get(
+            '/allocations/%s' % server_id).body['allocations']
+        self.assertEqual([rp_uuid], list(allocations),
+                         'instance allocations: %s' % allocations)
+        for migration in migrations:
+            held = self.placement.get(
+                '/allocations/%s' % migration.uuid).body['allocations']
+            self.assertEqual({}, held, 'migration %s to %s still holds %s' % (
+                migration.uuid, migration.dest_compute, held))
+        consumers = {server_id} | {m.uuid for m in migrations}
+        for other, other_rp in self.compute_rp_uuids.items():
+            if other == host:
+                continue
+            on_other = self.placement.get(
+                '/resource_providers/%s/allocations' % other_rp
+            ).body['allocations']
+            self.assertFalse(
+                consumers & set(on_other),
+                'allocations left on %s: %s' % (other, on_other))
+
+    def server_ports(self, server_id):
+        return [port for port in self.neutron._ports.values()
+                if port.get('device_id') == server_id]
+
+    def assert_port_bindings_only_on(self, server_id, host):
+        for port in self.server_ports(server_id):
+            self.assertEqual(host, port['binding:host_id'], port)
+            bindings = self.neutron._port_bindings.get(port['id'], {})
+            if not bindings:
+                continue
+            self.assertEqual([host], list(bindings),
+                             'port %s bindings: %s' % (port['id'], bindings))
+            self.assertEqual('ACTIVE', bindings[host]['status'])
+
+    def assert_volume_attachments_only_on(self, server_id, host):
+        ctxt = self.admin_context()
+        bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
+            ctxt, server_id)
+        expected = {bdm.volume_id: bdm.attachment_id
+                    for bdm in bdms if bdm.is_volume}
+        found = {}
+        for volume_id, attachments in self.cinder.volume_to_attachment.items():
+            for attachment in attachments.values():
+                if attachment['instance_uuid'] != server_id:
+                    continue
+                self.assertNotIn(volume_id, found,
+                                 'volume %s has several attachments: %s' % (
+                                     volume_id, attachments))
+                found[volume_id] = attachment['id']
+                connector = attachment.get('connector') or {}
+                if connector.get('host'):
+                    self.assertEqual(host, connector['host'], attachment)
+        self.assertEqual(expected, found)
+
+    def assert_domain_only_on(self, server_id, host):
+        for hostname in self.computes:
+            domains = [dom for dom in
+                       self.fake_connection(hostname)._vms.values()
+                       if dom.UUIDString() == server_id]
+            if hostname == host:
+                self.assertEqual(1, len(domains),
+                                 'domains on %s: %s' % (host, domains))
+                self.assertEqual(fakelibvirt.VIR_DOMAIN_RUNNING,
+                                 domains[0].info()[0])
+            else:
+                self.assertEqual([], domains,
+                                 'domain left on %s' % hostname)
+
+    def assert_instance_dir_single(self, server_id):
+        """No directory of the instance but its own.
+
+        The harness shares one instances_path between all computes (as
+        shared storage would), so a leaked per-destination directory shows
+        as any entry of the instance other than its own directory.
+        """
+        entries = [name for name in os.listdir(CONF.instances_path)
+                   if name.startswith(server_id)]
+        self.assertIn(entries, ([], [server_id]))
+
+    def assert_no_group_in_progress(self, instance):
+        group_keys = [key for key in instance.system_metadata
+                      if key.startswith('multidest_') and
+                      key != 'multidest_last_result']
+        self.assertEqual([], group_keys, instance.system_metadata)
+
+    # -- small helpers ------------------------------------------------------
+
+    def boot_server(self, host=None, networks='none', **kwargs):
+        return self._create_server(host=host, networks=networks, **kwargs)
+
+    def new_uuid(self):
+        return uuidutils.generate_uuid()
