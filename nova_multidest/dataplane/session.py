@@ -1,0 +1,638 @@
+"""One multi-destination live migration, at the hypervisor level.
+
+The session owns the whole life of one migration of one guest: it
+prepares N paused incoming destinations, streams the source's single
+migration through the relay to all of them, optionally holds pre-copy
+(warm-up) until a switch-over is requested, elects the first destination
+whose incoming migration completed, lets only that one run, and removes
+every other one. If no destination makes it, the source runs on; a
+callback may name other destinations for another round.
+
+It drives the ``hypervisor`` interface only, so the same logic runs over
+raw QEMU processes (demo, tests) and libvirt domains (compute driver).
+
+Safety rules the code keeps, in order of importance:
+
+* at most one copy ever runs: a destination runs only after
+  ``approve_winner`` accepted it, and once any destination's guest has
+  run, neither another destination nor the source is ever resumed;
+* until a winner runs, the source keeps a complete state: capabilities
+  that would free or hand over source memory early are refused;
+* bad settings are refused before anything is started.
+"""
+
+import collections
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import typing
+
+from nova_multidest.dataplane import hypervisor as hv
+from nova_multidest.dataplane import warmup
+from nova_multidest import exceptions
+
+LOG = logging.getLogger(__name__)
+
+TOPOLOGIES = ('star', 'chain')
+
+# Capabilities QEMU 7.2 knows.
+KNOWN_CAPABILITIES = frozenset((
+    'xbzrle', 'rdma-pin-all', 'auto-converge', 'zero-blocks', 'compress',
+    'events', 'postcopy-ram', 'x-colo', 'release-ram', 'block',
+    'return-path', 'pause-before-switchover', 'multifd', 'dirty-bitmaps',
+    'postcopy-blocktime', 'late-block-activate', 'x-ignore-shared',
+    'validate-uuid', 'background-snapshot', 'zero-copy-send',
+    'postcopy-preempt'))
+
+UNSUPPORTED_CAPABILITIES = {
+    'return-path': 'the stream is one-way; with several destinations only '
+                   'one could answer the source',
+    'postcopy-ram': 'post-copy runs the guest on one destination before '
+                    'the others have the state, and needs a return path',
+    'postcopy-preempt': 'it is part of post-copy',
+    'postcopy-blocktime': 'it is part of post-copy',
+    'release-ram': 'it frees source memory as it is sent, so the source '
+                   'could not resume if every destination failed',
+    'pause-before-switchover': 'the session itself decides the switch-over',
+    'x-colo': 'COLO keeps a secondary running in lockstep',
+    'background-snapshot': 'it writes a snapshot, not a migration',
+    'rdma-pin-all': 'RDMA bypasses the stream relay',
+}
+
+# Capabilities a destination must share with the source.
+SHARED_CAPABILITIES = ('multifd', 'xbzrle', 'compress', 'zero-blocks',
+                       'x-ignore-shared', 'validate-uuid')
+
+# QEMU's downtime-limit bounds (ms). During warm-up the smallest non-zero
+# limit holds pre-copy: QEMU 7.2 completes only when what is still dirty
+# after a bitmap sync fits in bandwidth x limit, and with a limit of 0 it
+# never syncs again after the first pass, so it would complete right away.
+HOLD_DOWNTIME_MS = 1
+MAX_DOWNTIME_MS = 2000 * 1000
+# max-bandwidth meaning "unlimited" (bytes/s); QEMU's 128 MiB/s default
+# would otherwise dominate migration time.
+UNLIMITED_BANDWIDTH = 1 << 40
+# While QEMU measures its first bandwidth sample (100 ms) its threshold is
+# zero, and a small guest finishes its first pass within that window, which
+# completes the migration during warm-up. Starting slow for that window
+# avoids it.
+PROBE_BANDWIDTH = 4 << 20
+
+# Destination states in progress reports.
+PREPARING = 'preparing'
+STREAMING = 'streaming'
+COMPLETED = 'completed'
+RUNNING = 'running'
+FAILED = 'failed'
+REMOVED = 'removed'
+
+
+@dataclasses.dataclass
+class Settings:
+    """How to migrate; see nova_multidest.conf for the matching options."""
+
+    topology: str = 'star'
+    capabilities: typing.Mapping[str, bool] = dataclasses.field(
+        default_factory=dict)
+    max_bandwidth: int = 0
+    downtime_limit_ms: int = 500
+    lag_limit: int = 256 << 20
+    min_destinations: int = 1
+    warm_up: bool = False
+    warm_up_exit: str = warmup.EXIT_COPIED
+    warm_up_percent: int = 100
+    completion_timeout: float = 1800.0
+    switch_over_timeout: float = 10.0
+    election_timeout: float = 60.0
+    max_rounds: int = 1
+    listen_host: str = '127.0.0.1'
+    poll_interval: float = 0.1
+
+    def validate(self, destinations):
+        def bad(reason):
+            raise exceptions.InvalidSettings(reason=reason)
+
+        if not destinations:
+            bad('at least one destination is needed')
+        duplicates = sorted(n for n, c in
+                            collections.Counter(destinations).items()
+                            if c > 1)
+        if duplicates:
+            bad('destination listed more than once: %s'
+                % ', '.join(duplicates))
+        if self.topology not in TOPOLOGIES:
+            bad('unknown topology %r; use one of: %s'
+                % (self.topology, ', '.join(TOPOLOGIES)))
+        for name, enabled in sorted(self.capabilities.items()):
+            if name not in KNOWN_CAPABILITIES:
+                bad('unknown migration capability %r' % name)
+            if enabled and name in UNSUPPORTED_CAPABILITIES:
+                raise exceptions.UnsupportedCapability(
+                    capability=name, reason=UNSUPPORTED_CAPABILITIES[name])
+        if not 1 <= self.min_destinations <= len(destinations):
+            bad('min_destinations must be between 1 and the %d destinations'
+                ' given' % len(destinations))
+        if self.warm_up_exit not in warmup.EXIT_CONDITIONS:
+            bad('unknown warm-up exit condition %r; use one of: %s'
+                % (self.warm_up_exit, ', '.join(warmup.EXIT_CONDITIONS)))
+        if not 1 <= self.warm_up_percent <= 100:
+            bad('warm_up_percent must be between 1 and 100')
+        if not 1 <= self.downtime_limit_ms <= MAX_DOWNTIME_MS:
+            bad('downtime_limit_ms must be between 1 and %d'
+                % MAX_DOWNTIME_MS)
+        if self.max_bandwidth < 0 or self.lag_limit <= 0:
+            bad('max_bandwidth must be >= 0 and lag_limit > 0')
+        if self.max_rounds < 1:
+            bad('max_rounds must be at least 1')
+        for name in ('completion_timeout', 'switch_over_timeout',
+                     'election_timeout', 'poll_interval'):
+            if getattr(self, name) <= 0:
+                bad('%s must be positive' % name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DestinationProgress:
+    state: str
+    bytes: int
+    percent: float
+    reason: typing.Optional[str] = None
+
+
+@dataclasses.dataclass
+class SessionResult:
+    """What happened.
+
+    ``downtime_ms`` is from the source's STOP event to the winner's
+    RESUME event (hypervisor timestamps): the time the guest ran nowhere.
+    It includes ``approval_ms``, the time ``approve_winner`` took.
+    ``total_time_s`` is from the migrate command to that RESUME.
+    """
+
+    winner: typing.Optional[str] = None
+    downtime_ms: typing.Optional[float] = None
+    total_time_s: typing.Optional[float] = None
+    bytes_by_destination: typing.Dict[str, int] = dataclasses.field(
+        default_factory=dict)
+    bytes_from_source: int = 0
+    reasons: typing.Dict[str, str] = dataclasses.field(default_factory=dict)
+    approval_ms: typing.Optional[float] = None
+    rounds: int = 0
+    source_resumed: bool = False
+    error: typing.Optional[str] = None
+
+    @property
+    def succeeded(self):
+        return self.winner is not None
+
+
+class _RoundFailed(Exception):
+    pass
+
+
+class Session(object):
+    """Migrates ``source`` to the named destinations; see module doc.
+
+    Callbacks, all optional, are called from the session thread:
+
+    ``approve_winner(name) -> bool``: called once a destination holds the
+      complete state, before it may run. Nova records the winner durably
+      here. False or an exception: nothing resumes on any destination, and
+      the source runs on.
+    ``on_progress({name: DestinationProgress})``: after each sample.
+    ``more_destinations(round, reasons) -> [names]``: when every
+      destination of a round failed; the names of another round, or an
+      empty list to stop (at most ``max_rounds`` rounds).
+    ``on_destination_ready(name, destination)``: after a destination was
+      created and is listening, before the stream starts (tests use it).
+    """
+
+    def __init__(self, hypervisor, source, destinations, settings=None,
+                 approve_winner=None, on_progress=None,
+                 more_destinations=None, on_destination_ready=None):
+        self.settings = settings or Settings()
+        self.settings.validate(list(destinations))
+        self.hypervisor = hypervisor
+        self.source = source
+        self.names = list(destinations)
+        self.approve_winner = approve_winner or (lambda name: True)
+        self.on_progress = on_progress
+        self.more_destinations = more_destinations
+        self.on_destination_ready = on_destination_ready
+        self.result = SessionResult()
+        self.warm_up_ready = threading.Event()
+        self.switch_over_requested = threading.Event()
+        self._events = queue.Queue()
+        self._done = threading.Event()
+        self._thread = None
+        self._lock = threading.Lock()
+        self._progress = {}
+        self._dests = {}
+        self._relay = None
+        self._resumed_at = {}
+        self._source_stopped_at = None
+        self._a_guest_ran = False
+        self.warm_up_state = None
+        source.subscribe(self._on_source_event)
+
+    # -- public ----------------------------------------------------------
+
+    def start(self):
+        """Start the migration in a background thread and return."""
+        self._thread = threading.Thread(target=self._run,
+                                        name='multidest-session',
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, timeout=None):
+        """Start, switch over when due, and return the SessionResult."""
+        self.start()
+        return self.wait(timeout)
+
+    def wait(self, timeout=None):
+        if not self._done.wait(timeout):
+            raise exceptions.MultiDestError(
+                'The migration did not finish in %ss; call abort() to give '
+                'up and keep the guest on its source.' % timeout)
+        return self.result
+
+    def switch_over(self):
+        """End warm-up: let the migration converge and finish."""
+        self.switch_over_requested.set()
+        self._events.put(('switch-over', None))
+
+    def abort(self, reason='aborted by request'):
+        """Give up: the guest stays on (or returns to) the source.
+
+        Too late once a destination's guest has run.
+        """
+        self._events.put(('abort', reason))
+
+    def progress(self):
+        with self._lock:
+            return dict(self._progress)
+
+    # -- event intake (hypervisor and relay threads) ----------------------
+
+    def _on_source_event(self, event):
+        if event.kind == hv.EVENT_STOPPED and self._source_stopped_at is None:
+            self._source_stopped_at = event.timestamp
+        self._events.put(('source', event))
+
+    def _on_destination_event(self, event):
+        if event.kind == hv.EVENT_RESUMED:
+            self._resumed_at.setdefault(event.guest, event.timestamp)
+            self._a_guest_ran = True
+        self._events.put(('destination', event))
+
+    def _on_relay_drop(self, name, reason):
+        self._events.put(('drop', (name, reason)))
+
+    # -- the session thread ------------------------------------------------
+
+    def _run(self):
+        names = self.names
+        try:
+            for round_no in range(1, self.settings.max_rounds + 1):
+                self.result.rounds = round_no
+                try:
+                    self._round(names)
+                    return
+                except _RoundFailed as exc:
+                    LOG.warning('Round %d failed: %s', round_no, exc)
+                    self.result.error = str(exc)
+                    self._resume_source()
+                if (round_no == self.settings.max_rounds or
+                        self.more_destinations is None or
+                        self.result.error.startswith('aborted')):
+                    break
+                names = list(self.more_destinations(
+                    round_no, dict(self.result.reasons)) or [])
+                if not names:
+                    break
+                self.settings.validate(names)
+        except Exception as exc:
+            LOG.exception('Multi-destination session failed')
+            self.result.error = 'session error: %s' % exc
+            self._remove_all('session error')
+            self._resume_source()
+        finally:
+            if self._relay is not None:
+                self._relay.close()
+                self._relay = None
+            self._done.set()
+
+    def _set_progress(self, name, state=None, received=None, percent=None,
+                      reason=None):
+        with self._lock:
+            old = self._progress.get(name, DestinationProgress(PREPARING, 0,
+                                                               0.0))
+            self._progress[name] = DestinationProgress(
+                state or old.state,
+                old.bytes if received is None else received,
+                old.percent if percent is None else percent,
+                reason or old.reason)
+
+    def _prepare(self, names, secret):
+        # Imported here: relay.py is another module's job and heavier.
+        from nova_multidest.dataplane import relay
+
+        shared = {name: state for name, state in
+                  self.settings.capabilities.items()
+                  if name in SHARED_CAPABILITIES}
+        addresses = []
+        for name in names:
+            self._set_progress(name, PREPARING, 0, 0.0)
+            dest = None
+            try:
+                dest = self.hypervisor.create_destination(name, self.source)
+                dest.subscribe(self._on_destination_event)
+                dest.start_incoming(shared)
+                address = dest.open_stream(
+                    secret, listen=(self.settings.listen_host, 0))
+            except Exception as exc:
+                LOG.warning('Destination %s could not be prepared: %s',
+                            name, exc)
+                self._fail(name, 'preparation failed: %s' % exc, dest)
+                continue
+            self._dests[name] = dest
+            addresses.append((name, address))
+            if self.on_destination_ready is not None:
+                self.on_destination_ready(name, dest)
+        if len(addresses) < self.settings.min_destinations:
+            raise _RoundFailed('only %d of %d destinations could be prepared'
+                               ' (minimum %d)' % (
+                                   len(addresses), len(names),
+                                   self.settings.min_destinations))
+        self._relay = relay.StreamRelay(
+            secret, addresses, topology=self.settings.topology,
+            lag_limit=self.settings.lag_limit, on_drop=self._on_relay_drop)
+        self._relay.start()
+
+    def _round(self, names):
+        from nova_multidest.dataplane import protocol
+
+        self._dests = {}
+        self._completed = []
+        self._source_stopped_at = None
+        s = self.settings
+        try:
+            self._prepare(names, protocol.new_secret())
+        except exceptions.MultiDestError as exc:
+            self._remove_all(str(exc))
+            raise _RoundFailed(str(exc))
+
+        caps = dict(s.capabilities)
+        caps['events'] = True
+        self.source.set_capabilities(caps)
+        bandwidth = s.max_bandwidth or UNLIMITED_BANDWIDTH
+        if s.warm_up:
+            self.source.set_parameters(max_bandwidth=PROBE_BANDWIDTH,
+                                       downtime_limit_ms=HOLD_DOWNTIME_MS)
+        else:
+            self.source.set_parameters(max_bandwidth=bandwidth,
+                                       downtime_limit_ms=s.downtime_limit_ms)
+        monitor = warmup.WarmUpMonitor(s.warm_up_exit, s.warm_up_percent,
+                                       s.downtime_limit_ms)
+        started = time.time()
+        self.source.migrate(self._relay.source_uri)
+        LOG.info('Migrating %s to %s (%s)', self.source.name,
+                 ', '.join(self._dests), s.topology)
+        for name in self._dests:
+            self._set_progress(name, STREAMING)
+
+        probing = s.warm_up
+        switch_at = None if s.warm_up else started
+        forced = False
+        stats = hv.MigrationStats(status=hv.STATUS_SETUP)
+        source_done_at = None
+        next_sample = 0.0
+        while True:
+            try:
+                kind, payload = self._events.get(timeout=s.poll_interval)
+            except queue.Empty:
+                kind, payload = None, None
+            now = time.time()
+            if kind == 'abort':
+                self._cancel_round(payload)
+                raise _RoundFailed('aborted: %s' % payload)
+            if kind == 'switch-over' and switch_at is None:
+                LOG.info('Switch-over requested for %s', self.source.name)
+                switch_at = now
+                self.source.set_parameters(
+                    max_bandwidth=bandwidth,
+                    downtime_limit_ms=s.downtime_limit_ms)
+                probing = False
+            elif kind == 'destination':
+                self._on_dest_event_in_session(payload)
+            elif kind == 'drop':
+                name, reason = payload
+                self._fail(name, reason, self._dests.get(name))
+
+            if self._completed:
+                winner = self._elect()
+                if winner is not None:
+                    self._finish(winner, started)
+                    return
+
+            if now >= next_sample or kind == 'source':
+                next_sample = now + s.poll_interval
+                stats = self.source.stats()
+                self._sample(stats, monitor, now)
+                if probing and stats.bandwidth > 0:
+                    probing = False
+                    self.source.set_parameters(max_bandwidth=bandwidth)
+
+            if not self._live():
+                self._cancel_round('no destination left')
+                raise _RoundFailed('every destination failed')
+            if stats.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):
+                self._cancel_round('source migration %s' % stats.status)
+                raise _RoundFailed('the source migration %s: %s'
+                                   % (stats.status, stats.error))
+            if (stats.status == hv.STATUS_COMPLETED or
+                    self._source_stopped_at is not None):
+                source_done_at = source_done_at or now
+                if now - source_done_at > s.election_timeout:
+                    self._cancel_round('no destination completed')
+                    raise _RoundFailed(
+                        'no destination completed within %ss of the '
+                        'switch-over' % s.election_timeout)
+            elif switch_at is not None:
+                if not forced and now - switch_at > s.switch_over_timeout \
+                        and s.warm_up:
+                    LOG.warning('%s does not converge; forcing the '
+                                'switch-over', self.source.name)
+                    self.source.set_parameters(
+                        downtime_limit_ms=MAX_DOWNTIME_MS)
+                    forced = True
+            if now - started > s.completion_timeout:
+                self._cancel_round('completion timeout')
+                raise _RoundFailed('not complete after %ss'
+                                   % s.completion_timeout)
+
+    def _sample(self, stats, monitor, now):
+        relay_progress = self._relay.progress()
+        from_source = self._relay.bytes_from_source
+        self.result.bytes_from_source = from_source
+        expected = max(stats.transferred + stats.remaining, from_source, 1)
+        samples = {}
+        for name, prog in relay_progress.items():
+            if name not in self._dests:
+                continue
+            live = name in self._live()
+            self.result.bytes_by_destination[name] = prog.bytes_sent
+            state = self._progress.get(name)
+            percent = 100.0 if state and state.state == COMPLETED else min(
+                99.0, 100.0 * prog.bytes_sent / expected)
+            self._set_progress(name, received=prog.bytes_sent,
+                               percent=percent)
+            samples[name] = warmup.DestinationSample(prog.bytes_sent, live)
+        if self.settings.warm_up and not self.warm_up_ready.is_set():
+            self.warm_up_state = monitor.update(now, stats, from_source,
+                                                samples)
+            if self.warm_up_state.ready:
+                LOG.info('Warm-up exit condition %s reached on %s',
+                         self.settings.warm_up_exit,
+                         ', '.join(self.warm_up_state.ready_destinations))
+                self.warm_up_ready.set()
+        if self.on_progress is not None:
+            self.on_progress(self.progress())
+
+    def _live(self):
+        return [name for name, dest in self._dests.items()
+                if self._progress[name].state in (STREAMING, COMPLETED)]
+
+    def _on_dest_event_in_session(self, event):
+        name = event.guest
+        if name not in self._dests or name not in self._live():
+            return
+        if event.kind == hv.EVENT_MIGRATION:
+            if event.status == hv.STATUS_COMPLETED:
+                LOG.info('Destination %s holds the complete state', name)
+                self._set_progress(name, COMPLETED, percent=100.0)
+                self._completed.append(name)
+            elif event.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):
+                self._fail(name, 'incoming migration %s' % event.status,
+                           self._dests[name])
+        elif event.kind == hv.EVENT_EXITED:
+            self._fail(name, 'hypervisor exited (%s)' % event.detail,
+                       self._dests[name])
+
+    def _elect(self):
+        """Resume the first completed destination; None if none can run.
+
+        A candidate that fails to run before its guest ever ran is removed
+        and the next completed one is tried; once one ran, no other.
+        """
+        while self._completed:
+            name = self._completed.pop(0)
+            if name not in self._live():
+                continue
+            dest = self._dests[name]
+            approval_started = time.monotonic()
+            try:
+                approved = self.approve_winner(name)
+            except Exception as exc:
+                LOG.exception('approve_winner refused %s', name)
+                approved = False
+                reason = 'winner not approved: %s' % exc
+            else:
+                reason = 'winner not approved'
+            self.result.approval_ms = (time.monotonic() -
+                                       approval_started) * 1000
+            if not approved:
+                self._cancel_round(reason)
+                raise _RoundFailed('aborted: %s (%s)' % (reason, name))
+            try:
+                dest.resume()
+            except Exception as exc:
+                if self._a_guest_ran or self._ran(name):
+                    raise
+                LOG.warning('Elected %s failed to resume: %s; electing the '
+                            'next', name, exc)
+                self._fail(name, 'failed to resume: %s' % exc, dest)
+                continue
+            LOG.info('Elected %s', name)
+            return name
+        return None
+
+    def _ran(self, name):
+        return name in self._resumed_at
+
+    def _finish(self, winner, started):
+        self._set_progress(winner, RUNNING, percent=100.0)
+        for name in list(self._dests):
+            if name != winner and self._progress[name].state in (
+                    STREAMING, COMPLETED):
+                self._fail(name, 'lost the election to %s' % winner,
+                           self._dests[name])
+        self._dests[winner].close_stream()
+        # QMP sends the RESUME event before the reply to cont; a hypervisor
+        # without such an event is measured when resume() returned.
+        resumed = self._resumed_at.get(winner) or time.time()
+        result = self.result
+        result.winner = winner
+        result.error = None
+        result.total_time_s = resumed - started
+        if self._source_stopped_at is not None:
+            result.downtime_ms = (resumed - self._source_stopped_at) * 1000
+        progress = self._relay.progress()
+        result.bytes_from_source = self._relay.bytes_from_source
+        for name, prog in progress.items():
+            result.bytes_by_destination[name] = prog.bytes_sent
+        if self.on_progress is not None:
+            self.on_progress(self.progress())
+
+    def _fail(self, name, reason, dest):
+        """Cut one destination off and remove it, whatever its state."""
+        state = self._progress.get(name)
+        if state is not None and state.state in (FAILED, REMOVED):
+            return
+        if self._ran(name):
+            LOG.error('Destination %s ran and then failed: %s', name, reason)
+        LOG.info('Removing destination %s: %s', name, reason)
+        self._set_progress(name, FAILED, reason=reason)
+        self.result.reasons[name] = reason
+        if self._relay is not None and name in self._relay.live_destinations():
+            try:
+                self._relay.drop(name, reason)
+            except exceptions.MultiDestError:
+                pass
+        if dest is not None:
+            try:
+                dest.destroy()
+            except Exception:
+                LOG.exception('Could not destroy destination %s', name)
+        self._set_progress(name, REMOVED)
+
+    def _remove_all(self, reason):
+        for name, dest in list(self._dests.items()):
+            self._fail(name, reason, dest)
+
+    def _cancel_round(self, reason):
+        """Stop the source migration, then remove every destination.
+
+        Waits for the source migration to settle, because QEMU resumes
+        the source itself when a migration it stopped the guest for fails
+        or is cancelled, and resuming it ourselves meanwhile would race.
+        """
+        if self.source.is_alive():
+            if self.source.stats().status not in hv.FINAL_STATUSES:
+                self.source.cancel()
+            deadline = time.monotonic() + self.settings.election_timeout
+            while (self.source.stats().status not in hv.FINAL_STATUSES and
+                   time.monotonic() < deadline):
+                time.sleep(self.settings.poll_interval / 4)
+        self._remove_all(reason)
+
+    def _resume_source(self):
+        """Let the source run again, unless any copy already ran."""
+        if self._a_guest_ran:
+            LOG.error('Not resuming the source of %s: a destination copy '
+                      'already ran', self.source.name)
+            return
+        if self.source.is_alive() and not self.source.is_running():
+            self.source.resume()
+            self.result.source_resumed = True
