@@ -10,7 +10,10 @@ multiboot header using the "a.out kludge" (flag bit 16), which QEMU's
 The kernel loops forever: it writes an incrementing counter into one
 32-bit word every ``stride`` bytes of ``[dirty_start, dirty_start +
 dirty_size)`` and spins ``delay`` times between writes, which sets its
-dirty rate. The counter is also in EAX, so registers change too.
+dirty rate. The counter is also in EAX, so registers change too. First,
+if ``fill_size`` is set, it writes once to every page of ``[dirty_start,
+dirty_start + fill_size)``, so that the first migration pass carries that
+much real data instead of cheap zero pages.
 
 It deliberately has no "hot" page written over and over: QEMU 7.2 under
 TCG loses writes to a page whose TLB entry survives a dirty-bitmap sync
@@ -46,6 +49,7 @@ class DirtyingGuest:
     dirty_size: int = 16 * MiB
     stride: int = 4096
     delay: int = 64
+    fill_size: int = 0
 
     def validate(self, memory_mb):
         if self.dirty_start < 2 * MiB:
@@ -53,12 +57,19 @@ class DirtyingGuest:
         if self.dirty_size // max(self.stride, PAGE) < MIN_SWEEP_PAGES:
             raise ValueError('the dirty range must span at least %d pages'
                              % MIN_SWEEP_PAGES)
+        if self.fill_end > memory_mb * MiB:
+            raise ValueError('fill range ends beyond the %d MiB of guest RAM'
+                             % memory_mb)
         if self.dirty_end > memory_mb * MiB:
             raise ValueError('dirty range ends at %d MiB, beyond the %d MiB '
                              'of guest RAM' % (self.dirty_end // MiB,
                                                memory_mb))
         if self.stride < 4 or self.stride % 4 or self.dirty_size < 4:
             raise ValueError('stride and size must be multiples of 4')
+
+    @property
+    def fill_end(self):
+        return self.dirty_start + self.fill_size
 
     @property
     def dirty_end(self):
@@ -69,6 +80,13 @@ class DirtyingGuest:
         code.emit(b'\xfa')                                  # cli
         code.emit(b'\xbc', struct.pack('<I', STACK_TOP))    # mov esp, imm
         code.emit(b'\x31\xc0')                              # xor eax, eax
+        if self.fill_size:
+            code.emit(b'\xbb', struct.pack('<I', self.dirty_start))
+            fill = code.here()
+            code.emit(b'\x89\x1b')                          # mov [ebx], ebx
+            code.emit(b'\x81\xc3', struct.pack('<I', PAGE))  # add ebx
+            code.emit(b'\x81\xfb', struct.pack('<I', self.fill_end))
+            code.jump(b'\x72', fill)                       # jb fill
         outer = code.here()
         code.emit(b'\xbb', struct.pack('<I', self.dirty_start))  # mov ebx
         inner = code.here()

@@ -257,6 +257,9 @@ class Session(object):
                 'up and keep the guest on its source.' % timeout)
         return self.result
 
+    def finished(self):
+        return self._done.is_set()
+
     def switch_over(self):
         """End warm-up: let the migration converge and finish."""
         self.switch_over_requested.set()
@@ -476,7 +479,9 @@ class Session(object):
         relay_progress = self._relay.progress()
         from_source = self._relay.bytes_from_source
         self.result.bytes_from_source = from_source
-        expected = max(stats.transferred + stats.remaining, from_source, 1)
+        # Unknown until QEMU has sized its first pass.
+        expected = (stats.transferred + stats.remaining
+                    if stats.remaining or stats.transferred else 0)
         samples = {}
         for name, prog in relay_progress.items():
             if name not in self._dests:
@@ -484,8 +489,12 @@ class Session(object):
             live = name in self._live()
             self.result.bytes_by_destination[name] = prog.bytes_sent
             state = self._progress.get(name)
-            percent = 100.0 if state and state.state == COMPLETED else min(
-                99.0, 100.0 * prog.bytes_sent / expected)
+            if state is not None and state.state == COMPLETED:
+                percent = 100.0
+            elif expected:
+                percent = min(99.0, 100.0 * prog.bytes_sent / expected)
+            else:
+                percent = 0.0
             self._set_progress(name, received=prog.bytes_sent,
                                percent=percent)
             samples[name] = warmup.DestinationSample(prog.bytes_sent, live)
