@@ -132,7 +132,8 @@ def client_handshake(sock, secret, header, timeout=HANDSHAKE_TIMEOUT):
     except exceptions.AuthenticationFailed:
         raise
     except (OSError, EOFError, ValueError, struct.error) as exc:
-        raise _auth_failed(sock, peer, 'handshake failed: %s' % exc)
+        raise _auth_failed(sock, peer, 'handshake failed (%s); is TLS set '
+                                       'the same way on both hosts?' % exc)
     sock.settimeout(old_timeout)
     if not reply.get('accepted'):
         sock.close()
@@ -189,7 +190,8 @@ def server_handshake(sock, secret, decide, timeout=HANDSHAKE_TIMEOUT):
     except exceptions.AuthenticationFailed:
         raise
     except (OSError, EOFError, ValueError, struct.error) as exc:
-        raise _auth_failed(sock, peer, 'handshake failed: %s' % exc)
+        raise _auth_failed(sock, peer, 'handshake failed (%s); is TLS set '
+                                       'the same way on both hosts?' % exc)
     if not reply['accepted']:
         sock.close()
         raise exceptions.DestinationFailed(destination=peer,
@@ -198,10 +200,43 @@ def server_handshake(sock, secret, decide, timeout=HANDSHAKE_TIMEOUT):
     return header, reply
 
 
-def check_tls(tls):
-    if tls is not None and not isinstance(tls, ssl.SSLContext):
+def check_tls(tls, side):
+    """Refuse a TLS context that cannot act on ``side`` of a hop."""
+    if tls is None:
+        return
+    if not isinstance(tls, ssl.SSLContext):
         raise exceptions.InvalidSettings(
             reason='tls must be an ssl.SSLContext or None, not %r' % (tls,))
+    wrong = (ssl.PROTOCOL_TLS_CLIENT if side == 'server'
+             else ssl.PROTOCOL_TLS_SERVER)
+    if tls.protocol == wrong:
+        raise exceptions.InvalidSettings(
+            reason='the TLS context is made for the %s side of a '
+                   'connection but is used to %s' % (
+                       'client' if side == 'server' else 'server',
+                       'accept streams' if side == 'server'
+                       else 'open streams'))
+
+
+def make_tls_contexts(cert_file, key_file, ca_file):
+    """Build ``(server_context, client_context)`` for stream hops.
+
+    Both ends present the host certificate and verify the other's against
+    ``ca_file``, so TLS authenticates hosts on top of the secret.
+    """
+    try:
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(cert_file, key_file)
+        server.load_verify_locations(ca_file)
+        server.verify_mode = ssl.CERT_REQUIRED
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.load_cert_chain(cert_file, key_file)
+        client.load_verify_locations(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise exceptions.InvalidSettings(
+            reason='cannot load TLS certificate %s, key %s or CA %s: %s'
+                   % (cert_file, key_file, ca_file, exc))
+    return server, client
 
 
 def wrap_server(sock, tls, timeout=HANDSHAKE_TIMEOUT):

@@ -47,6 +47,8 @@ _UNSUPPORTED_CAPABILITIES = {
 STATUS_INTERVAL = 0.1
 REPAIR_TIMEOUT = 10.0
 TARGET_CONNECT_TIMEOUT = 5.0
+DROP_NOTICE_TIMEOUT = 2.0
+STATUS_GRACE = 1.0
 
 DestinationProgress = collections.namedtuple(
     'DestinationProgress', ['state', 'bytes_sent', 'reason',
@@ -192,6 +194,9 @@ class _Forwarder(object):
         if remaining and not self._closing:
             self._on_lost(remaining, reason)
 
+    def stop(self, reason):
+        self._buffer.drop(self.cursor, reason)
+
     def close(self):
         self._closing = True
         self._buffer.drop(self.cursor, 'relay closed')
@@ -209,7 +214,8 @@ class _Forwarder(object):
                 sock, reply = self._dial(address, self.channel, rest, resume)
             except (exceptions.DestinationFailed,
                     exceptions.AuthenticationFailed) as exc:
-                self._lose_current('cannot open the stream to it: %s' % exc)
+                self._lose_current('cannot open the stream to it: %s' % exc,
+                                   connection_error=True)
                 if not self._repair:
                     return False
                 continue
@@ -231,14 +237,14 @@ class _Forwarder(object):
                       self._label, self.channel, name, offset)
             return True
 
-    def _lose_current(self, reason):
+    def _lose_current(self, reason, connection_error=False):
         with self._lock:
             if self._index >= len(self.hops):
                 return
             name = self.hops[self._index][0]
             self._index += 1
             empty = self._index >= len(self.hops)
-        self._on_lost([name], reason)
+        self._on_lost([name], reason, connection_error=connection_error)
         if empty or not self._repair:
             remaining = [n for n, _ in self.hops[self._index:]]
             if remaining:
@@ -270,7 +276,7 @@ class _Forwarder(object):
                     _close(sock)
                     if not self._repair:
                         self._lose_current('stream connection lost: %s'
-                                           % exc)
+                                           % exc, connection_error=True)
                         return
                     ok = self._reconnect(exc)
         finally:
@@ -318,13 +324,15 @@ class DestinationAgent(object):
     """
 
     def __init__(self, secret, target, listen=('127.0.0.1', 0), tls=None,
-                 name=None, repair_timeout=REPAIR_TIMEOUT):
+                 name=None, repair_timeout=REPAIR_TIMEOUT, forward_tls=None):
         protocol._check_secret(secret)
-        protocol.check_tls(tls)
+        protocol.check_tls(tls, 'server')
+        protocol.check_tls(forward_tls, 'client')
         protocol.parse_target(target)
         self.secret = secret
         self.target = target
         self.tls = tls
+        self.forward_tls = forward_tls
         self.name = name or 'agent-%s' % uuid.uuid4().hex[:8]
         self.repair_timeout = repair_timeout
         self._listen = listen
@@ -342,6 +350,7 @@ class DestinationAgent(object):
         self._lost = {}
         self._closed = False
         self._status_version = 0
+        self._status_sent = -1
         self.address = None
 
     # -- public ----------------------------------------------------------
@@ -423,7 +432,7 @@ class DestinationAgent(object):
         else:
             LOG.info("Agent %s is %s", self.name, state)
 
-    def _report_lost(self, names, reason):
+    def _report_lost(self, names, reason, connection_error=False):
         with self._lock:
             for name in names:
                 self._lost.setdefault(name, reason)
@@ -464,6 +473,7 @@ class DestinationAgent(object):
             if status == last and not changed:
                 continue
             last = status
+            sent_version = seen
             line = json.dumps(status).encode() + b'\n'
             for sock in socks:
                 try:
@@ -472,6 +482,17 @@ class DestinationAgent(object):
                     with self._lock:
                         if sock in self._status_socks:
                             self._status_socks.remove(sock)
+            with self._lock:
+                self._status_sent = sent_version
+                self._lock.notify_all()
+
+    def _flush_status(self, timeout=STATUS_GRACE):
+        """Wait until the current status reached the status connections."""
+        with self._lock:
+            version = self._status_version
+            self._lock.wait_for(
+                lambda: self._closed or not self._status_socks or
+                self._status_sent >= version, timeout)
 
     # -- connections -----------------------------------------------------
 
@@ -511,8 +532,6 @@ class DestinationAgent(object):
             return
         if kind == 'drop':
             self._forget(sock, conn)
-            self._drop_local('dropped by the source: %s'
-                             % header.get('reason'))
             return
         try:
             self._ingest(conn, header, reply['generation'])
@@ -544,11 +563,21 @@ class DestinationAgent(object):
                     destination=self.name,
                     reason='it serves migration %s, not %s'
                            % (self._migration_id, migration_id))
+            if kind == 'drop':
+                # Before the reply: the source cuts the stream right after.
+                self._drop_local('dropped by the source: %s'
+                                 % header.get('reason'))
             if kind != 'stream':
                 return {'name': self.name}
             return self._decide_stream(header)
 
     def _decide_stream(self, header):
+        if header.get('chain') and header.get('tls') and not self.forward_tls:
+            raise exceptions.DestinationFailed(
+                destination=self.name,
+                reason='the stream arrives over TLS but this agent has no '
+                       'client TLS context (forward_tls) to forward it to '
+                       'the next destination of the chain')
         index = int(header['channel'])
         channel = self._channels.get(index)
         if channel is None:
@@ -622,9 +651,10 @@ class DestinationAgent(object):
     def _hop_dial(self, address, channel, rest, resume, header):
         dial_header = dict(header, kind='stream', channel=channel,
                            chain=[[n, list(a)] for n, a in rest],
-                           resume=resume, repair=True)
+                           resume=resume, repair=True,
+                           tls=self.forward_tls is not None)
         return protocol.connect(tuple(address), self.secret, dial_header,
-                                self.tls)
+                                self.forward_tls)
 
 
 class _AgentChannel(object):
@@ -680,6 +710,9 @@ class _AgentChannel(object):
                 frame_type, length = protocol.FRAME_HEADER.unpack(header)
                 if frame_type == protocol.FRAME_DATA:
                     if not self._read_payload(sock, length):
+                        # Nobody left to deliver to: say why before the
+                        # upstream sees this connection close.
+                        self.agent._flush_status()
                         return None
                 elif frame_type == protocol.FRAME_END:
                     buffer.finish()
@@ -778,7 +811,7 @@ class StreamRelay(object):
                  migration_id=None, on_drop=None,
                  connect_timeout=protocol.HANDSHAKE_TIMEOUT):
         protocol._check_secret(secret)
-        protocol.check_tls(tls)
+        protocol.check_tls(tls, 'client')
         self._destinations = self._check_destinations(destinations)
         if topology not in TOPOLOGIES:
             raise exceptions.InvalidSettings(
@@ -895,18 +928,27 @@ class StreamRelay(object):
         if name not in self._state:
             raise exceptions.InvalidSettings(
                 reason='no destination named %r in this migration' % name)
-        self._mark_failed(name, 'dropped: %s' % reason)
+        self._mark_failed(name, 'dropped: %s' % reason, stop=False)
         address = dict(self._destinations)[name]
         with self._lock:
             if self._closed:
                 return
-        self._threads.start(self._send_drop, name, address, reason)
-        if self.topology == 'star':
-            with self._lock:
-                forwarders = [f for ch in self._channels
-                              for f in ch.forwarders if f.hops[0][0] == name]
-            for forwarder in forwarders:
-                forwarder._buffer.drop(forwarder.cursor, reason)
+        self._threads.start(self._cut_off, name, address, reason)
+
+    def _cut_off(self, name, address, reason):
+        # The agent hears the reason before its stream stops.
+        self._send_drop(name, address, reason)
+        self._stop_forwarders(name, reason)
+
+    def _stop_forwarders(self, name, reason):
+        """In a star, stop sending to a failed destination at once."""
+        if self.topology != 'star':
+            return
+        with self._lock:
+            forwarders = [f for ch in self._channels
+                          for f in ch.forwarders if f.hops[0][0] == name]
+        for forwarder in forwarders:
+            forwarder.stop(reason)
 
     def wait_finished(self, timeout=None):
         """Wait until every destination is complete or failed."""
@@ -944,10 +986,11 @@ class StreamRelay(object):
 
     # -- destination state -----------------------------------------------
 
-    def _mark_failed(self, name, reason):
+    def _mark_failed(self, name, reason, stop=True):
+        """Record a destination's failure; True if it was not final yet."""
         with self._lock:
             if self._state[name] in FINAL_STATES:
-                return
+                return False
             self._state[name] = 'failed'
             self._reasons[name] = reason
             live = [n for n, s in self._state.items() if s != 'failed']
@@ -957,6 +1000,8 @@ class StreamRelay(object):
         if not closed:
             LOG.warning("Relay %s dropped destination %s: %s",
                         self.migration_id, name, reason)
+            if stop:
+                self._stop_forwarders(name, reason)
         if not live:
             for channel in channels:
                 channel.buffer.abort('every destination failed')
@@ -967,10 +1012,31 @@ class StreamRelay(object):
                 self.on_drop(name, reason)
             except Exception:
                 LOG.exception("on_drop callback failed for %s", name)
+        return True
 
-    def _on_lost(self, names, reason):
+    def _on_lost(self, names, reason, connection_error=False):
+        """A forwarder gave up on these destinations: tell their agents.
+
+        An agent whose stream stalls cannot tell on its own that the relay
+        gave up on it, and in a chain the hops behind a lost one wait for a
+        repair that will not come. A broken connection is usually explained
+        by the agent's own status (its QEMU died), which is the better
+        reason to report, so wait briefly for it.
+        """
+        addresses = dict(self._destinations)
+        if connection_error:
+            with self._lock:
+                self._lock.wait_for(
+                    lambda: self._closed or all(
+                        self._state[n] in FINAL_STATES for n in names),
+                    STATUS_GRACE)
         for name in names:
-            self._mark_failed(name, reason)
+            if self._mark_failed(name, reason):
+                with self._lock:
+                    if self._closed:
+                        continue
+                self._threads.start(self._send_drop, name, addresses[name],
+                                    reason)
 
     def _update_status(self, name, status):
         with self._lock:
@@ -992,7 +1058,7 @@ class StreamRelay(object):
 
     def _header(self, **fields):
         return dict(fields, migration_id=self.migration_id,
-                    lag_limit=self.lag_limit)
+                    lag_limit=self.lag_limit, tls=self.tls is not None)
 
     def _dial(self, address, channel, rest, resume):
         header = self._header(
@@ -1041,7 +1107,7 @@ class StreamRelay(object):
             sock, _ = protocol.connect(
                 address, self.secret, self._header(kind='drop',
                                                    reason=reason),
-                self.tls, self.connect_timeout)
+                self.tls, min(self.connect_timeout, DROP_NOTICE_TIMEOUT))
             _close(sock)
         except (exceptions.DestinationFailed,
                 exceptions.AuthenticationFailed) as exc:

@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 
 import testtools
 
@@ -116,11 +117,18 @@ class FakeSink(object):
 
 
 class FakeSource(object):
-    """The source QEMU: writes each channel's data, main channel first."""
+    """The source QEMU: writes each channel's data, main channel first.
 
-    def __init__(self, uri, channel_data):
+    With ``pause_after`` the main channel stops after that many bytes
+    until ``resume`` is set, so a test can act mid-stream.
+    """
+
+    def __init__(self, uri, channel_data, pause_after=None):
         self.uri = uri
         self.channel_data = channel_data
+        self.pause_after = pause_after
+        self.paused = threading.Event()
+        self.resume = threading.Event()
         self.sent_all = threading.Event()
         self.error = None
         self._socks = []
@@ -134,8 +142,9 @@ class FakeSource(object):
                 sock = socket.socket(family)
                 sock.connect(address)
                 self._socks.append(sock)
-            senders = [threading.Thread(target=self._send, args=(s, d))
-                       for s, d in zip(self._socks, self.channel_data)]
+            senders = [threading.Thread(target=self._send, args=(s, d, i))
+                       for i, (s, d) in enumerate(zip(self._socks,
+                                                      self.channel_data))]
             for sender in senders:
                 sender.start()
             for sender in senders:
@@ -145,10 +154,13 @@ class FakeSource(object):
         except OSError as exc:
             self.error = exc
 
-    def _send(self, sock, data):
+    def _send(self, sock, data, index):
         view = memoryview(data)
         try:
             for start in range(0, len(data), MiB):
+                if index == 0 and start == self.pause_after:
+                    self.paused.set()
+                    self.resume.wait(WAIT)
                 sock.sendall(view[start:start + MiB])
         except OSError as exc:
             self.error = exc
@@ -156,7 +168,18 @@ class FakeSource(object):
             sock.close()
 
     def join(self):
+        self.resume.set()
         self._thread.join(WAIT)
+
+
+def wait_until(predicate, timeout=WAIT):
+    """Poll a condition that no event signals (progress counters)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class RelayTestCase(testtools.TestCase):
@@ -175,14 +198,16 @@ class RelayTestCase(testtools.TestCase):
                   if t not in before and t.is_alive()]
         self.assertEqual([], leaked)
 
-    def make_destinations(self, count, tls=None, **sink_kwargs):
+    def make_destinations(self, count, tls=None, sink_options=None,
+                          **agent_kwargs):
         sinks, agents = [], []
         for index in range(count):
-            kwargs = sink_kwargs.get(index, {})
+            kwargs = (sink_options or {}).get(index, {})
             sink = FakeSink(self.tempdir, 'sink%d' % index, **kwargs)
             self.addCleanup(sink.close)
             agent = relay.DestinationAgent(self.secret, sink.target,
-                                           tls=tls, name='dest%d' % index)
+                                           tls=tls, name='dest%d' % index,
+                                           **agent_kwargs)
             agent.start()
             self.addCleanup(agent.close)
             sinks.append(sink)
@@ -245,3 +270,149 @@ class TestStreamDelivery(RelayTestCase):
 
     def test_chain_three(self):
         self._check_every_sink_gets_the_stream(3, 'chain')
+
+
+class TestFailureIsolation(RelayTestCase):
+
+    def assert_intact(self, stream_relay, sinks, agents, data, indexes):
+        progress = stream_relay.progress()
+        for index in indexes:
+            self.assert_delivered(sinks[index], agents[index], data,
+                                  progress[agents[index].name])
+
+    def test_sink_dying_mid_stream_is_dropped_star(self):
+        self._check_sink_dying('star')
+
+    def test_sink_dying_mid_stream_is_dropped_chain(self):
+        self._check_sink_dying('chain')
+
+    def _check_sink_dying(self, topology):
+        data = make_data(32 * MiB, seed=3)
+        sinks, agents = self.make_destinations(
+            3, sink_options={1: {'die_after': 5 * MiB}})
+        stream_relay = self.make_relay(agents, topology=topology)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertTrue(source.sent_all.is_set())
+        self.assertTrue(sinks[1].closed_early.is_set())
+        self.assertEqual(['dest1'], list(self.dropped))
+        self.assertEqual('failed', agents[1].state)
+        self.assertIn('local QEMU', agents[1].reason)
+        self.assertEqual('failed', stream_relay.progress()['dest1'].state)
+        self.assertIn('local QEMU', stream_relay.progress()['dest1'].reason)
+        self.assert_intact(stream_relay, sinks, agents, data, (0, 2))
+        if topology == 'chain':
+            # The dead QEMU's agent kept forwarding to the next one.
+            self.assertEqual(len(data), agents[1].bytes_received)
+
+    def test_drop_mid_stream_star(self):
+        self._check_drop('star')
+
+    def test_drop_mid_stream_chain(self):
+        self._check_drop('chain')
+
+    def _check_drop(self, topology):
+        data = make_data(32 * MiB, seed=4)
+        sinks, agents = self.make_destinations(3)
+        stream_relay = self.make_relay(agents, topology=topology)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertTrue(wait_until(
+            lambda: all(s.received[0] == 8 * MiB for s in sinks)))
+        stream_relay.drop('dest0', 'lost the election')
+        self.assertEqual({'dest0': 'dropped: lost the election'},
+                         self.dropped)
+        self.assertTrue(wait_until(lambda: agents[0].state == 'failed'))
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertIn('lost the election', agents[0].reason)
+        self.assertTrue(sinks[0].done.wait(WAIT))
+        self.assertLess(sinks[0].received[0], len(data))
+        self.assert_intact(stream_relay, sinks, agents, data, (1, 2))
+
+    def test_hung_destination_dropped_by_lag_without_blocking_source(self):
+        # The lag limit must exceed what kernel socket buffers hold, or
+        # healthy destinations would differ by more than it.
+        data = make_data(96 * MiB, seed=5)
+        sinks, agents = self.make_destinations(
+            3, sink_options={2: {'hang': True}})
+        stream_relay = self.make_relay(agents, lag_limit=16 * MiB)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(source.sent_all.wait(WAIT))
+        # The source finished while the hung QEMU had read nothing.
+        self.assertEqual([0], sinks[2].received)
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest2'], list(self.dropped))
+        self.assertIn('behind the fastest destination', self.dropped['dest2'])
+        self.assertIn('lag limit 16777216', self.dropped['dest2'])
+        self.assert_intact(stream_relay, sinks, agents, data, (0, 1))
+        self.assertTrue(wait_until(lambda: agents[2].state == 'failed'))
+
+    def test_every_destination_failing_closes_the_source(self):
+        data = make_data(32 * MiB, seed=6)
+        sinks, agents = self.make_destinations(
+            2, sink_options={0: {'die_after': MiB}, 1: {'die_after': 2 * MiB}})
+        stream_relay = self.make_relay(agents)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertFalse(source.sent_all.is_set())
+        self.assertIsInstance(source.error, OSError)
+        self.assertEqual({'dest0', 'dest1'}, set(self.dropped))
+        self.assertEqual([], stream_relay.live_destinations())
+
+
+class TestChainRepair(RelayTestCase):
+
+    def _start_chain(self, count, data):
+        sinks, agents = self.make_destinations(count)
+        stream_relay = self.make_relay(agents, topology='chain')
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertTrue(wait_until(
+            lambda: all(s.received[0] == 8 * MiB for s in sinks)))
+        return sinks, agents, stream_relay, source
+
+    def test_agent_killed_mid_chain_is_bypassed(self):
+        data = make_data(32 * MiB, seed=7)
+        sinks, agents, stream_relay, source = self._start_chain(3, data)
+        agents[1].close()
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest1'], list(self.dropped))
+        progress = stream_relay.progress()
+        self.assertEqual('failed', progress['dest1'].state)
+        for index in (0, 2):
+            self.assert_delivered(sinks[index], agents[index], data,
+                                  progress[agents[index].name])
+
+    def test_first_agent_killed_relay_repairs(self):
+        data = make_data(32 * MiB, seed=8)
+        sinks, agents, stream_relay, source = self._start_chain(3, data)
+        agents[0].close()
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest0'], list(self.dropped))
+        progress = stream_relay.progress()
+        for index in (1, 2):
+            self.assert_delivered(sinks[index], agents[index], data,
+                                  progress[agents[index].name])
+
+    def test_downstream_dropped_when_no_hop_is_left(self):
+        data = make_data(32 * MiB, seed=9)
+        sinks, agents, stream_relay, source = self._start_chain(3, data)
+        agents[1].close()
+        agents[2].close()
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual({'dest1', 'dest2'}, set(self.dropped))
+        progress = stream_relay.progress()
+        self.assert_delivered(sinks[0], agents[0], data, progress['dest0'])
