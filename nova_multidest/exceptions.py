@@ -55,3 +55,9 @@ class HypervisorError(MultiDestError):
 
 class QMPError(HypervisorError):
     msg_fmt = 'QMP command %(command)s failed: %(reason)s'
+
+
+class InvalidMigrationRequest(MultiDestError):
+    msg_fmt = ('Invalid multi-destination live migration request: '
+               '%(reason)s')
+    code = 400

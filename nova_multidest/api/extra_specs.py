@@ -1,0 +1,45 @@
+"""Validators for ``multidest:`` flavor extra specs.
+
+Nova loads this module through the ``nova.api.extra_spec_validators``
+entry point namespace and rejects, with 400, a flavor extra spec of our
+namespace whose name or value these validators do not accept.
+"""
+
+from nova.api.validation.extra_specs import base
+
+DESTINATIONS = 'multidest:destinations'
+TOPOLOGY = 'multidest:topology'
+
+EXTRA_SPEC_VALIDATORS = [
+    base.ExtraSpecValidator(
+        name=DESTINATIONS,
+        description=(
+            'Number of destination hosts a multi-destination live migration '
+            'of servers of this flavor uses when the request names neither '
+            'hosts nor a count. Capped by [multidest] max_destinations.'
+        ),
+        value={
+            'type': int,
+            'description': 'A number of destination hosts.',
+            'min': 1,
+            'max': 16,
+        },
+    ),
+    base.ExtraSpecValidator(
+        name=TOPOLOGY,
+        description=(
+            'How the migration stream of servers of this flavor reaches the '
+            'destinations; overrides [multidest] topology.'
+        ),
+        value={
+            'type': str,
+            'description': 'star: the source sends to every destination; '
+                           'chain: each destination forwards to the next.',
+            'enum': ['star', 'chain'],
+        },
+    ),
+]
+
+
+def register():
+    return EXTRA_SPEC_VALIDATORS

@@ -1,0 +1,211 @@
+"""``openstack server migrate --multi-destination``.
+
+A cliff hook on python-openstackclient's ``server migrate``: it adds the
+options and, when ``--multi-destination`` is given, runs the
+multi-destination action instead of the command's own. Without that option
+the command is left exactly as it was. The admin's machine needs no Nova:
+this package only talks to the compute API through openstacksdk.
+"""
+
+import time
+
+from cliff import hooks
+from openstack import exceptions as sdk_exceptions
+from osc_lib import exceptions
+
+from nova_multidest.osc import progress
+
+ACTION = 'os-migrateLive-multi'
+# Lists Migration records with uuid (2.59) and instance actions with the
+# details of failed events (2.84).
+MIGRATIONS_MICROVERSION = '2.59'
+ACTIONS_MICROVERSION = '2.84'
+POLL_INTERVAL = 1.0
+
+_OUR_OPTIONS = ('multidest_hosts', 'multidest_count', 'multidest_warm_up')
+
+
+class MultiDestinationMigrateHook(hooks.CommandHook):
+    """Adds multi-destination live migration to ``server migrate``."""
+
+    def get_parser(self, parser):
+        group = parser.add_argument_group(
+            'multi-destination live migration',
+            'Live migrate to several hosts at once; the first destination '
+            'where the server comes up wins, the others are reverted.')
+        group.add_argument(
+            '--multi-destination', action='store_true',
+            dest='multi_destination',
+            help='Live migrate to several destinations at once (admin only '
+                 'by default). Implies --live-migration.')
+        group.add_argument(
+            '--destination', metavar='<host>', action='append',
+            dest='multidest_hosts',
+            help='A destination host; repeat for each destination. Without '
+                 'it the scheduler picks the hosts.')
+        group.add_argument(
+            '--destinations', metavar='<count>', type=int,
+            dest='multidest_count',
+            help='Number of destinations the scheduler picks (default: the '
+                 'flavor\'s multidest:destinations extra spec, else the '
+                 'cloud\'s [multidest] default_destinations).')
+        group.add_argument(
+            '--warm-up', action='store_true', dest='multidest_warm_up',
+            help='Keep copying memory to the destinations until "openstack '
+                 'server migration force complete" switches over.')
+        return parser
+
+    def get_epilog(self):
+        return ('With --multi-destination, --wait shows the progress of '
+                'every destination and fails with the server\'s fault when '
+                'no destination won.')
+
+    def before(self, parsed_args):
+        if not getattr(parsed_args, 'multi_destination', False):
+            used = [name for name in _OUR_OPTIONS
+                    if getattr(parsed_args, name, None)]
+            if used:
+                raise exceptions.CommandError(
+                    '--destination, --destinations and --warm-up need '
+                    '--multi-destination.')
+            return parsed_args
+        check_options(parsed_args)
+        # cliff runs take_action right after the hooks; this command
+        # instance runs ours instead.
+        self.cmd.take_action = self.take_action
+        return parsed_args
+
+    def after(self, parsed_args, return_code):
+        return return_code
+
+    def take_action(self, parsed_args):
+        compute = self.cmd.app.client_manager.compute
+        stdout = self.cmd.app.stdout
+        server = compute.find_server(parsed_args.server, ignore_missing=False)
+        known = ({m['id'] for m in list_migrations(compute, server.id)}
+                 if parsed_args.wait else set())
+
+        response = compute.post('/servers/%s/action' % server.id,
+                                json={ACTION: request_body(parsed_args)})
+        check_response(response, 'Multi-destination live migration of '
+                                 'server %s refused' % server.id)
+        accepted = response.json()['multidest_migration']
+        stdout.write('Multi-destination live migration of server %s '
+                     'accepted: %s (request %s)\n' % (
+                         server.id, describe_targets(accepted),
+                         accepted['request_id']))
+        if parsed_args.wait:
+            wait_for_outcome(compute, server, known, accepted['request_id'],
+                             progress.ProgressBars(stdout), stdout)
+
+
+def check_options(parsed_args):
+    if parsed_args.host:
+        raise exceptions.CommandError(
+            'Use --destination (repeated) instead of --host with '
+            '--multi-destination.')
+    if parsed_args.disk_overcommit is not None:
+        raise exceptions.CommandError(
+            '--disk-overcommit and --no-disk-overcommit do not apply to '
+            '--multi-destination.')
+    if parsed_args.multidest_hosts and parsed_args.multidest_count:
+        raise exceptions.CommandError(
+            'Give either --destination hosts or --destinations <count>, '
+            'not both.')
+
+
+def request_body(parsed_args):
+    body = {
+        'block_migration': ('auto' if parsed_args.block_migration is None
+                            else parsed_args.block_migration),
+        'warm_up': parsed_args.multidest_warm_up,
+    }
+    if parsed_args.multidest_hosts:
+        body['destinations'] = parsed_args.multidest_hosts
+    elif parsed_args.multidest_count:
+        body['count'] = parsed_args.multidest_count
+    return body
+
+
+def check_response(response, what):
+    try:
+        sdk_exceptions.raise_from_response(response)
+    except sdk_exceptions.HttpException as error:
+        raise exceptions.CommandError('%s (HTTP %s): %s' % (
+            what, response.status_code, error.details or error))
+
+
+def describe_targets(accepted):
+    if accepted.get('destinations'):
+        return 'destinations %s' % ', '.join(accepted['destinations'])
+    return '%d destinations chosen by the scheduler' % accepted['count']
+
+
+def list_migrations(compute, server_id):
+    response = compute.get(
+        '/os-migrations', params={'instance_uuid': server_id,
+                                  'migration_type': 'live-migration'},
+        microversion=MIGRATIONS_MICROVERSION)
+    check_response(response, 'Cannot list the migrations of server %s' %
+                   server_id)
+    return response.json()['migrations']
+
+
+def wait_for_outcome(compute, server, known, request_id, bars, stdout,
+                     sleep=time.sleep):
+    """Follow the destinations until the server has no task left.
+
+    :raises: CommandError with the reason when no destination won.
+    """
+    source = server.compute_host
+    while True:
+        current = compute.get_server(server.id)
+        ours = [m for m in list_migrations(compute, server.id)
+                if m['id'] not in known]
+        bars.update(ours)
+        if current.status == 'ERROR':
+            raise exceptions.CommandError(
+                'Multi-destination live migration of server %s failed: %s' %
+                (server.id, fault_message(current.fault)))
+        if current.task_state is None:
+            break
+        sleep(POLL_INTERVAL)
+
+    winner = [m for m in ours if m['status'] == 'completed']
+    if not winner or current.compute_host == source:
+        raise exceptions.CommandError(
+            'Multi-destination live migration of server %s failed; it keeps '
+            'running on %s: %s' % (server.id, current.compute_host or source,
+                                   action_failure(compute, server.id,
+                                                  request_id)))
+    stdout.write('Server %s now runs on %s.\n' % (
+        server.id, current.compute_host or winner[0]['dest_compute']))
+
+
+def fault_message(fault):
+    if not fault:
+        return 'no fault recorded'
+    return fault.get('message') or str(fault)
+
+
+def action_failure(compute, server_id, request_id):
+    """The reason the instance action records for the failed migration."""
+    response = compute.get(
+        '/servers/%s/os-instance-actions/%s' % (server_id, request_id),
+        microversion=ACTIONS_MICROVERSION)
+    if response.status_code >= 400:
+        return 'no details recorded (request %s)' % request_id
+    action = response.json()['instanceAction']
+    reasons = ['%s: %s' % (event['event'],
+                           event.get('details') or
+                           _last_line(event.get('traceback')) or
+                           event.get('result'))
+               for event in action.get('events') or []
+               if event.get('result') == 'Error']
+    return '; '.join(reasons) or action.get('message') or (
+        'every destination failed (request %s)' % request_id)
+
+
+def _last_line(text):
+    lines = (text or '').strip().splitlines()
+    return lines[-1] if lines else None

@@ -1,0 +1,66 @@
+"""Per-destination progress display for ``openstack server migrate``.
+
+Works from the Migration records the compute API lists, so it needs
+nothing but their dictionaries.
+"""
+
+BAR_WIDTH = 30
+_DONE = ('completed',)
+
+
+def percent(migration):
+    """Share of guest memory a destination has received, 0..100."""
+    if migration.get('status') in _DONE:
+        return 100
+    total = migration.get('memory_total_bytes') or 0
+    if total <= 0:
+        return 0
+    remaining = migration.get('memory_remaining_bytes')
+    if remaining is not None:
+        done = total - remaining
+    else:
+        done = migration.get('memory_processed_bytes') or 0
+    return max(0, min(100, int(100 * done / total)))
+
+
+def render_row(migration, host_width):
+    share = percent(migration)
+    filled = BAR_WIDTH * share // 100
+    return '%-*s [%s%s] %3d%%  %s' % (
+        host_width, migration.get('dest_compute') or '?',
+        '#' * filled, '.' * (BAR_WIDTH - filled), share,
+        migration.get('status'))
+
+
+def render(migrations):
+    if not migrations:
+        return ['waiting for destinations...']
+    width = max(len(m.get('dest_compute') or '?') for m in migrations)
+    return [render_row(m, width)
+            for m in sorted(migrations, key=lambda m: m['id'])]
+
+
+class ProgressBars:
+    """One bar per destination.
+
+    On a terminal the block is redrawn in place; elsewhere (logs, pipes)
+    it is written again only when it changed, so a log stays readable.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.interactive = getattr(stream, 'isatty', lambda: False)()
+        self._shown = []
+
+    def update(self, migrations):
+        rows = render(migrations)
+        if rows == self._shown:
+            return
+        if self.interactive and self._shown:
+            # Back to the first row of the block, clearing as we redraw.
+            self.stream.write('\x1b[%dF' % len(self._shown))
+        for row in rows:
+            self.stream.write(('\x1b[2K' if self.interactive else '') +
+                              row + '\n')
+        self.stream.flush()
+        self._shown = rows

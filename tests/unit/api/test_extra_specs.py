@@ -1,0 +1,38 @@
+import testtools
+
+from nova.api.validation.extra_specs import validators
+from nova import exception
+
+from nova_multidest.api import extra_specs
+
+
+class TestExtraSpecs(testtools.TestCase):
+    """Through Nova's registry, as nova-api loads it from the entry point.
+
+    Entry points resolve through sys.path, so this is the working tree's
+    module.
+    """
+
+    def test_registered_through_entry_point(self):
+        for validator in extra_specs.register():
+            self.assertIs(validator, validators.VALIDATORS[validator.name])
+
+    def test_valid_values(self):
+        for value in ('1', '4', '16'):
+            validators.validate(extra_specs.DESTINATIONS, value)
+        for value in ('star', 'chain'):
+            validators.validate(extra_specs.TOPOLOGY, value)
+
+    def test_invalid_values(self):
+        for name, value in ((extra_specs.DESTINATIONS, '0'),
+                            (extra_specs.DESTINATIONS, '17'),
+                            (extra_specs.DESTINATIONS, 'two'),
+                            (extra_specs.TOPOLOGY, 'ring')):
+            self.assertRaises(exception.ValidationError,
+                              validators.validate, name, value)
+
+    def test_unknown_spec_in_our_namespace(self):
+        error = self.assertRaises(exception.ValidationError,
+                                  validators.validate,
+                                  'multidest:destination', '2')
+        self.assertIn('multidest:destination', str(error))

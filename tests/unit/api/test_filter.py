@@ -1,0 +1,311 @@
+import datetime
+from unittest import mock
+
+import fixtures
+from oslo_config import cfg
+from oslo_policy import policy as oslo_policy
+from oslo_serialization import jsonutils
+import testtools
+import webob
+
+from nova.compute import task_states
+from nova.compute import vm_states
+from nova import context as nova_context
+from nova import exception
+from nova import objects
+from nova import policies as nova_policies
+
+from nova_multidest.api import filter as multidest_filter
+from nova_multidest.api import policies
+from nova_multidest import conf as multidest_conf
+
+SERVER = '0b7c9a3e-5b1e-4f55-8f0e-3e6f4f2d6a10'
+PROJECT = 'project-1'
+
+objects.register_all()
+
+
+class Downstream:
+    """Nova's compute app as the filter sees it: records what reaches it."""
+
+    def __init__(self):
+        self.requests = []
+
+    @webob.dec.wsgify
+    def __call__(self, req):
+        self.requests.append((req.method, req.path_info, req.body))
+        return webob.Response(status=299)
+
+
+def make_instance(**changes):
+    instance = objects.Instance(
+        uuid=SERVER, project_id=PROJECT, host='c1', node='c1',
+        vm_state=vm_states.ACTIVE, task_state=None, locked=False,
+        launched_at=datetime.datetime(2026, 1, 1), system_metadata={},
+        flavor=objects.Flavor(extra_specs={}), info_cache=None,
+        image_ref='')
+    for name, value in changes.items():
+        setattr(instance, name, value)
+    instance.obj_reset_changes()
+    instance.save = mock.Mock()
+    return instance
+
+
+class FilterTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        multidest_conf.register_opts(cfg.CONF)
+        self.downstream = Downstream()
+        with mock.patch('nova.compute.api.API'):
+            self.app = multidest_filter.MultiDestinationFilter(
+                self.downstream)
+        self.compute_api = self.app.compute_api
+        self.compute_api.network_api.instance_has_extended_resource_request \
+            .return_value = False
+        self.instance = make_instance()
+        self.compute_api.get.side_effect = lambda *a, **k: self.instance
+        self.conductor = mock.Mock()
+        self.app._conductor_api = self.conductor
+
+        conf = cfg.ConfigOpts()
+        conf([])
+        self.enforcer = oslo_policy.Enforcer(conf)
+        self.enforcer.register_defaults(nova_policies.list_rules())
+        self.useFixture(fixtures.MockPatch(
+            'nova_multidest.api.filter._nova_enforcer',
+            return_value=self.enforcer))
+        self.useFixture(fixtures.MockPatch(
+            'nova.policy.authorize', side_effect=self._authorize))
+        self.useFixture(fixtures.MockPatch(
+            'nova.compute.api.instance_has_share', return_value=[]))
+        self.in_progress = self.useFixture(fixtures.MockPatch(
+            'nova.objects.MigrationList.get_in_progress_by_instance',
+            return_value=[])).mock
+        self.compute_nodes = self.useFixture(fixtures.MockPatch(
+            'nova.objects.ComputeNodeList.get_all_by_host')).mock
+        self.action_start = self.useFixture(fixtures.MockPatch(
+            'nova.objects.InstanceAction.action_start')).mock
+
+    def _authorize(self, context, action, target, do_raise=True, exc=None):
+        return self.enforcer.authorize(
+            action, target, context, do_raise=do_raise,
+            exc=exc or exception.PolicyNotAuthorized, action=action)
+
+    def context(self, *roles):
+        roles = roles or ('reader', 'member', 'admin')
+        return nova_context.RequestContext(
+            'user-1', PROJECT, roles=list(roles),
+            is_admin='admin' in roles, request_id='req-42')
+
+    def request(self, body, path='/servers/%s/action' % SERVER,
+                method='POST', context=None):
+        req = webob.Request.blank(path, method=method,
+                                  base_url='http://api/v2.1')
+        if body is not None:
+            req.body = (body if isinstance(body, bytes)
+                        else jsonutils.dump_as_bytes(body))
+            req.content_type = 'application/json'
+        req.environ['nova.context'] = context or self.context()
+        return req.get_response(self.app)
+
+    def migrate(self, context=None, **args):
+        return self.request({'os-migrateLive-multi': args}, context=context)
+
+    def assert_fault(self, response, status, *fragments):
+        self.assertEqual(status, response.status_int, response.text)
+        [fault] = response.json.values()
+        for fragment in fragments:
+            self.assertIn(fragment, fault['message'])
+        self.assertFalse(self.conductor.live_migrate_multi.called)
+        self.assertFalse(self.instance.save.called)
+        self.assertEqual([], self.downstream.requests)
+
+
+class TestRouting(FilterTestCase):
+
+    def assert_passed(self, response, method, path, body):
+        self.assertEqual(299, response.status_int)
+        self.assertEqual([(method, path, body)], self.downstream.requests)
+        self.assertFalse(self.compute_api.get.called)
+
+    def test_other_server_action_reaches_nova_unchanged(self):
+        body = jsonutils.dump_as_bytes({'os-migrateLive': {'host': None}})
+        self.assert_passed(self.request(body), 'POST',
+                           '/servers/%s/action' % SERVER, body)
+
+    def test_other_requests_reach_nova(self):
+        self.assert_passed(self.request(None, path='/servers', method='GET'),
+                           'GET', '/servers', b'')
+        self.downstream.requests = []
+        self.assert_passed(
+            self.request(b'{not json', path='/servers/x/action'),
+            'POST', '/servers/x/action', b'{not json')
+
+    def test_our_action_stays_here(self):
+        response = self.migrate(count=2)
+        self.assertEqual(202, response.status_int, response.text)
+        self.assertEqual([], self.downstream.requests)
+
+    def test_project_id_in_url(self):
+        req = webob.Request.blank(
+            '/%s/servers/%s/action' % (PROJECT, SERVER), method='POST',
+            base_url='http://api/v2.1',
+            POST=jsonutils.dumps({'os-migrateLive-multi': {}}))
+        req.content_type = 'application/json'
+        req.environ['nova.context'] = self.context()
+        response = req.get_response(self.app)
+        self.assertEqual(202, response.status_int, response.text)
+        self.assertEqual(
+            'http://api/v2.1/%s/servers/%s/migrations' % (PROJECT, SERVER),
+            response.json['multidest_migration']['links'][0]['href'])
+
+
+class TestMigrateLiveMulti(FilterTestCase):
+
+    def test_accepted_with_destinations(self):
+        response = self.migrate(destinations=['c2', 'c3'], warm_up=True)
+
+        self.assertEqual(202, response.status_int, response.text)
+        self.assertEqual(task_states.MIGRATING, self.instance.task_state)
+        self.instance.save.assert_called_once_with(expected_task_state=[None])
+        self.action_start.assert_called_once_with(
+            mock.ANY, SERVER, 'live-migration', want_result=False)
+        self.conductor.live_migrate_multi.assert_called_once_with(
+            mock.ANY, self.instance, destinations=['c2', 'c3'], count=None,
+            block_migration='auto', warm_up=True)
+        body = response.json['multidest_migration']
+        self.assertEqual(
+            {'server_uuid': SERVER, 'destinations': ['c2', 'c3'], 'count': 2,
+             'block_migration': 'auto', 'warm_up': True,
+             'request_id': 'req-42'},
+            {k: v for k, v in body.items() if k != 'links'})
+        self.assertEqual(
+            [{'rel': 'migrations',
+              'href': 'http://api/v2.1/servers/%s/migrations' % SERVER},
+             {'rel': 'action',
+              'href': 'http://api/v2.1/servers/%s/os-instance-actions/'
+                      'req-42' % SERVER}],
+            body['links'])
+
+    def test_count_defaults_to_flavor_then_configuration(self):
+        self.migrate()
+        self.assertEqual(
+            cfg.CONF.multidest.default_destinations,
+            self.conductor.live_migrate_multi.call_args.kwargs['count'])
+
+        self.conductor.reset_mock()
+        self.instance.task_state = None
+        self.instance.flavor.extra_specs['multidest:destinations'] = '3'
+        self.migrate()
+        self.assertEqual(
+            3, self.conductor.live_migrate_multi.call_args.kwargs['count'])
+
+        self.conductor.reset_mock()
+        self.instance.task_state = None
+        self.instance.flavor.extra_specs['multidest:destinations'] = '16'
+        self.migrate()
+        self.assertEqual(
+            cfg.CONF.multidest.max_destinations,
+            self.conductor.live_migrate_multi.call_args.kwargs['count'])
+
+    def test_bad_body(self):
+        self.assert_fault(self.migrate(count=0), 400, "field 'os-migrateLive"
+                          "-multi/count'")
+        self.assertFalse(self.compute_api.get.called)
+
+    def test_unknown_server(self):
+        self.compute_api.get.side_effect = exception.InstanceNotFound(
+            instance_id=SERVER)
+        self.assert_fault(self.migrate(), 404, SERVER)
+
+    def test_not_admin(self):
+        self.assert_fault(self.migrate(context=self.context('member')), 403,
+                          policies.MIGRATE_LIVE_MULTI)
+        self.assert_fault(
+            self.migrate(context=self.context('member'), destinations=['c2']),
+            403, policies.MIGRATE_LIVE_MULTI_HOST)
+
+    def test_policy_override(self):
+        self.enforcer.set_rules(oslo_policy.Rules.from_dict(
+            {policies.MIGRATE_LIVE_MULTI: 'role:member'}), overwrite=False)
+        response = self.migrate(context=self.context('member'))
+        self.assertEqual(202, response.status_int, response.text)
+
+    def test_locked_server(self):
+        self.enforcer.set_rules(oslo_policy.Rules.from_dict(
+            {policies.MIGRATE_LIVE_MULTI: 'role:member'}), overwrite=False)
+        self.instance.locked = True
+        self.assert_fault(self.migrate(context=self.context('member')), 409,
+                          'is locked', 'unlock it first')
+
+    def test_states(self):
+        for changes, fragment in (
+                ({'vm_state': vm_states.STOPPED}, 'vm_state is stopped'),
+                ({'vm_state': vm_states.PAUSED}, 'vm_state is paused'),
+                ({'task_state': task_states.MIGRATING},
+                 'task_state is migrating'),
+                ({'system_metadata': {'multidest_group': 'x'}},
+                 'multi-destination migration')):
+            self.instance = make_instance(**changes)
+            self.assert_fault(self.migrate(), 409, fragment)
+
+    def test_already_migrating(self):
+        self.in_progress.return_value = [objects.Migration(
+            migration_type='live-migration', status='running')]
+        self.assert_fault(self.migrate(), 409,
+                          'task_state is live-migration migration running')
+
+    def test_last_result_is_no_group(self):
+        self.instance = make_instance(
+            system_metadata={'multidest_last_result': 'completed'})
+        self.assertEqual(202, self.migrate().status_int)
+
+    def test_unknown_destination(self):
+        self.compute_nodes.side_effect = exception.ComputeHostNotFound(
+            host='c9')
+        self.assert_fault(self.migrate(destinations=['c9']), 404,
+                          'Compute host c9 could not be found')
+
+    def test_source_as_destination(self):
+        self.assert_fault(self.migrate(destinations=['c2', 'c1']), 400,
+                          'Destination c1 is the host the server runs on')
+
+    def test_task_state_race(self):
+        self.instance.save.side_effect = exception.UnexpectedTaskStateError(
+            instance_uuid=SERVER, expected=None, actual='migrating')
+        response = self.migrate()
+        self.assertEqual(409, response.status_int)
+        self.assertIn('Another operation', response.text)
+        self.assertFalse(self.conductor.live_migrate_multi.called)
+
+    def test_failed_cast_restores_task_state(self):
+        self.conductor.live_migrate_multi.side_effect = RuntimeError('bus')
+        self.assertRaises(RuntimeError, self.migrate)
+        self.assertIsNone(self.instance.task_state)
+        self.instance.save.assert_called_with(
+            expected_task_state=[task_states.MIGRATING])
+
+
+class TestAbortGuard(FilterTestCase):
+
+    def abort(self, status, group=True):
+        self.instance = make_instance(
+            system_metadata={'multidest_group': 'x'} if group else {})
+        self.useFixture(fixtures.MockPatch(
+            'nova.objects.Migration.get_by_id_and_instance',
+            return_value=objects.Migration(status=status)))
+        return self.request(None, method='DELETE',
+                            path='/servers/%s/migrations/5' % SERVER)
+
+    def test_group_not_yet_streaming(self):
+        response = self.abort('preparing')
+        self.assertEqual(400, response.status_int)
+        self.assertIn('once its status is running', response.text)
+        self.assertEqual([], self.downstream.requests)
+
+    def test_running_group_goes_to_nova(self):
+        self.assertEqual(299, self.abort('running').status_int)
+
+    def test_single_destination_migration_goes_to_nova(self):
+        self.assertEqual(299, self.abort('preparing', group=False).status_int)

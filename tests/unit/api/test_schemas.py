@@ -1,0 +1,92 @@
+import testtools
+
+from nova_multidest.api import schemas
+from nova_multidest import exceptions
+
+MAX = 4
+
+
+def body(**args):
+    return {schemas.ACTION: args}
+
+
+class TestValidate(testtools.TestCase):
+
+    def assert_rejected(self, request, *fragments):
+        error = self.assertRaises(exceptions.InvalidMigrationRequest,
+                                  schemas.validate, request, MAX)
+        self.assertEqual(400, error.code)
+        for fragment in fragments:
+            self.assertIn(fragment, error.message)
+        return error
+
+    def test_defaults(self):
+        self.assertEqual(
+            {'destinations': None, 'count': None, 'block_migration': 'auto',
+             'warm_up': False},
+            schemas.validate(body(), MAX))
+
+    def test_destination_list(self):
+        args = schemas.validate(
+            body(destinations=['c2', 'c3.example.org'], block_migration=True,
+                 warm_up=True), MAX)
+        self.assertEqual(['c2', 'c3.example.org'], args['destinations'])
+        self.assertIsNone(args['count'])
+        self.assertIs(True, args['block_migration'])
+        self.assertIs(True, args['warm_up'])
+
+    def test_count(self):
+        args = schemas.validate(body(count=MAX, block_migration=False), MAX)
+        self.assertEqual(MAX, args['count'])
+        self.assertIs(False, args['block_migration'])
+
+    def test_destinations_and_count_together(self):
+        self.assert_rejected(body(destinations=['c2'], count=2),
+                             "either 'destinations' or 'count'")
+
+    def test_unknown_field(self):
+        self.assert_rejected(body(host='c2'), "'host' was unexpected",
+                             'Remove the unexpected field')
+
+    def test_unknown_top_level_field(self):
+        request = body(count=2)
+        request['os-migrateLive'] = {'host': None}
+        self.assert_rejected(request, "'os-migrateLive' was unexpected")
+
+    def test_duplicate_destination(self):
+        self.assert_rejected(body(destinations=['c2', 'c2']),
+                             "field 'os-migrateLive-multi/destinations'",
+                             'Name each destination host once')
+
+    def test_too_many_destinations(self):
+        self.assert_rejected(
+            body(destinations=['c%d' % i for i in range(MAX + 1)]),
+            'Name at most 4 destination hosts')
+
+    def test_empty_destination_list(self):
+        self.assert_rejected(body(destinations=[]), 'destinations')
+
+    def test_bad_host_name(self):
+        self.assert_rejected(body(destinations=['c2', 'bad host']),
+                             "destinations/1", 'does not match')
+
+    def test_count_out_of_range(self):
+        self.assert_rejected(body(count=0), "count", 'less than')
+        self.assert_rejected(body(count=MAX + 1), 'at most 4 destinations')
+
+    def test_count_must_be_integer(self):
+        self.assert_rejected(body(count='2'), "count", "not of type")
+
+    def test_block_migration_values(self):
+        self.assert_rejected(body(block_migration='yes'),
+                             'block_migration', 'true, false or "auto"')
+
+    def test_warm_up_must_be_boolean(self):
+        self.assert_rejected(body(warm_up='true'), 'warm_up')
+
+    def test_arguments_must_be_an_object(self):
+        self.assert_rejected({schemas.ACTION: ['c2']}, 'not of type')
+
+    def test_limit_follows_configuration(self):
+        self.assertEqual(
+            8, schemas.validate(body(count=8), 8)['count'])

@@ -1,0 +1,261 @@
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import fixtures
+from openstackclient.compute.v2 import server as server_commands
+from osc_lib import exceptions
+import testtools
+
+from nova_multidest.osc import hook
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+SERVER = 'e7a4e3f6-1d1f-4bd5-9a4f-3c1bd1c8b0aa'
+REQUEST = 'req-8f3c'
+
+
+class FakeResponse:
+
+    def __init__(self, status, body):
+        self.status_code = status
+        self._body = body
+        self.headers = {'content-type': 'application/json'}
+        self.reason = None
+        self.content = b'x'
+        self.text = str(body)
+
+    def json(self):
+        return self._body
+
+
+def server(status='ACTIVE', task_state=None, host='c1', fault=None):
+    return mock.Mock(id=SERVER, status=status, task_state=task_state,
+                     compute_host=host, fault=fault)
+
+
+def migration(mid, dest, status, total=100, remaining=100):
+    return {'id': mid, 'dest_compute': dest, 'status': status,
+            'memory_total_bytes': total, 'memory_remaining_bytes': remaining,
+            'memory_processed_bytes': total - remaining}
+
+
+class FakeCompute:
+    """Replays a scripted compute API.
+
+    Server states and migration lists come back in order, the last one
+    repeating.
+    """
+
+    def __init__(self, servers, migration_lists, action=None,
+                 post_response=None):
+        self.servers = list(servers)
+        self.migration_lists = list(migration_lists)
+        self.action = action
+        self.posted = []
+        self.post_response = post_response or FakeResponse(
+            202, {'multidest_migration': {
+                'server_uuid': SERVER, 'destinations': None, 'count': 2,
+                'request_id': REQUEST}})
+
+    @staticmethod
+    def _next(items):
+        return items.pop(0) if len(items) > 1 else items[0]
+
+    def find_server(self, name, ignore_missing):
+        return server()
+
+    def get_server(self, server_id):
+        return self._next(self.servers)
+
+    def post(self, url, json):
+        self.posted.append((url, json))
+        return self.post_response
+
+    def get(self, url, params=None, microversion=None):
+        if url == '/os-migrations':
+            assert params == {'instance_uuid': SERVER,
+                              'migration_type': 'live-migration'}
+            return FakeResponse(200, {
+                'migrations': self._next(self.migration_lists)})
+        assert url == '/servers/%s/os-instance-actions/%s' % (
+            SERVER, REQUEST)
+        return FakeResponse(200, {'instanceAction': self.action})
+
+
+class HookTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.app = mock.Mock(stdout=io.StringIO())
+        self.command = server_commands.MigrateServer(self.app, None)
+        self.hook = hook.MultiDestinationMigrateHook(self.command)
+        self.parser = self.command.get_parser('openstack server migrate')
+        self.hook.get_parser(self.parser)
+        self.useFixture(fixtures.MockPatchObject(hook.time, 'sleep'))
+
+    def parse(self, *argv):
+        return self.parser.parse_args(list(argv) + ['vm1'])
+
+
+class TestParser(HookTestCase):
+
+    def test_options_join_those_of_server_migrate(self):
+        args = self.parse('--multi-destination', '--destination', 'c2',
+                          '--destination', 'c3', '--warm-up', '--wait',
+                          '--block-migration')
+        self.assertTrue(args.multi_destination)
+        self.assertEqual(['c2', 'c3'], args.multidest_hosts)
+        self.assertTrue(args.multidest_warm_up)
+        self.assertTrue(args.wait)
+        self.assertTrue(args.block_migration)
+
+    def test_count(self):
+        args = self.parse('--multi-destination', '--destinations', '3')
+        self.assertEqual(3, args.multidest_count)
+        self.assertEqual({'count': 3, 'block_migration': 'auto',
+                          'warm_up': False}, hook.request_body(args))
+
+    def test_request_body_with_hosts(self):
+        args = self.parse('--multi-destination', '--destination', 'c2',
+                          '--shared-migration')
+        self.assertEqual({'destinations': ['c2'], 'block_migration': False,
+                          'warm_up': False}, hook.request_body(args))
+
+
+class TestBefore(HookTestCase):
+
+    def test_without_multi_destination_nothing_changes(self):
+        args = self.parse('--live-migration', '--host', 'c2', '--wait')
+        self.assertIs(args, self.hook.before(args))
+        self.assertNotIn('take_action', vars(self.command))
+
+    def test_our_options_need_the_flag(self):
+        for argv in (('--destination', 'c2'), ('--destinations', '2'),
+                     ('--warm-up',)):
+            self.assertRaises(exceptions.CommandError, self.hook.before,
+                              self.parse(*argv))
+
+    def test_flag_replaces_the_action(self):
+        args = self.parse('--multi-destination')
+        self.hook.before(args)
+        self.assertEqual(self.hook.take_action, self.command.take_action)
+
+    def test_clashing_options(self):
+        for argv in (('--host', 'c2'), ('--disk-overcommit',),
+                     ('--destination', 'c2', '--destinations', '2')):
+            error = self.assertRaises(
+                exceptions.CommandError, self.hook.before,
+                self.parse('--multi-destination', *argv))
+            self.assertIn('--', str(error))
+
+
+class TestTakeAction(HookTestCase):
+
+    def run_hook(self, compute, *argv):
+        self.app.client_manager.compute = compute
+        args = self.parse('--multi-destination', *argv)
+        self.hook.before(args)
+        return self.command.take_action(args)
+
+    def test_posts_action_without_waiting(self):
+        compute = FakeCompute([server()], [[]])
+        self.run_hook(compute, '--destinations', '2', '--warm-up')
+        self.assertEqual(
+            [('/servers/%s/action' % SERVER,
+              {'os-migrateLive-multi': {'count': 2, 'warm_up': True,
+                                        'block_migration': 'auto'}})],
+            compute.posted)
+        self.assertIn('2 destinations chosen by the scheduler (request '
+                      'req-8f3c)', self.app.stdout.getvalue())
+
+    def test_refusal_is_reported(self):
+        compute = FakeCompute([server()], [[]], post_response=FakeResponse(
+            409, {'conflictingRequest': {'code': 409,
+                                         'message': 'server is locked'}}))
+        error = self.assertRaises(exceptions.CommandError,
+                                  self.run_hook, compute)
+        self.assertIn('refused (HTTP 409): server is locked', str(error))
+
+    def test_wait_until_a_winner(self):
+        old = migration(7, 'c9', 'completed')
+        compute = FakeCompute(
+            [server(task_state='migrating'), server(task_state='migrating'),
+             server(host='c3')],
+            [[old],
+             [old, migration(8, 'c2', 'preparing'),
+              migration(9, 'c3', 'running', remaining=40)],
+             [old, migration(8, 'c2', 'cancelled'),
+              migration(9, 'c3', 'completed', remaining=0)]])
+        self.run_hook(compute, '--wait')
+        out = self.app.stdout.getvalue()
+        self.assertIn('c3 [##################............]  60%  running',
+                      out)
+        self.assertIn('c3 [##############################] 100%  completed',
+                      out)
+        self.assertNotIn('c9', out)
+        self.assertIn('now runs on c3', out)
+
+    def test_wait_when_every_destination_failed(self):
+        action = {'message': 'Error', 'events': [
+            {'event': 'conductor_live_migrate_multi', 'result': 'Error',
+             'details': 'Every destination failed (c2: no space)'}]}
+        compute = FakeCompute(
+            [server(task_state='migrating'), server()],
+            [[], [migration(8, 'c2', 'failed')]], action=action)
+        error = self.assertRaises(exceptions.CommandError, self.run_hook,
+                                  compute, '--wait')
+        self.assertIn('keeps running on c1', str(error))
+        self.assertIn('Every destination failed (c2: no space)', str(error))
+
+    def test_wait_when_the_server_went_to_error(self):
+        compute = FakeCompute(
+            [server(status='ERROR', fault={'message': 'source crashed'})],
+            [[]])
+        error = self.assertRaises(exceptions.CommandError, self.run_hook,
+                                  compute, '--wait')
+        self.assertIn('source crashed', str(error))
+
+
+class TestCliOnlyInstall(testtools.TestCase):
+
+    def test_hook_loads_without_nova_or_libvirt(self):
+        """An admin's laptop has the client and our package, nothing else."""
+        script = textwrap.dedent('''
+            import sys
+
+            class Blocker:
+                def find_spec(self, name, path=None, target=None):
+                    if name.split('.')[0] in ('nova', 'libvirt'):
+                        raise ImportError('blocked: ' + name)
+
+            sys.meta_path.insert(0, Blocker())
+            from openstackclient.compute.v2 import server
+            from nova_multidest.osc import hook
+            from unittest import mock
+            command = server.MigrateServer(mock.Mock(), None)
+            parser = command.get_parser('openstack server migrate')
+            hook.MultiDestinationMigrateHook(command).get_parser(parser)
+            parser.parse_args(['--multi-destination', 'vm1'])
+            assert not [m for m in sys.modules
+                        if m.split('.')[0] in ('nova', 'libvirt')]
+            print('ok')
+        ''')
+        result = subprocess.run([sys.executable, '-c', script], cwd=REPO,
+                                capture_output=True, text=True)
+        self.assertEqual('ok\n', result.stdout, result.stderr)
+
+    def test_openstack_command_shows_the_options(self):
+        """The entry point hooks the real command (working tree first)."""
+        openstack = os.path.join(os.path.dirname(sys.executable), 'openstack')
+        result = subprocess.run(
+            [openstack, 'server', 'migrate', '--help'], cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+            text=True)
+        self.assertEqual(0, result.returncode, result.stderr)
+        for option in ('--multi-destination', '--destination <host>',
+                       '--destinations <count>', '--warm-up', '--host'):
+            self.assertIn(option, result.stdout)

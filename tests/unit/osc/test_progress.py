@@ -1,0 +1,69 @@
+import io
+
+import testtools
+
+from nova_multidest.osc import progress
+
+
+def migration(mid, dest, status, total=1000, remaining=None, processed=0):
+    return {'id': mid, 'dest_compute': dest, 'status': status,
+            'memory_total_bytes': total, 'memory_remaining_bytes': remaining,
+            'memory_processed_bytes': processed}
+
+
+class FakeTerminal(io.StringIO):
+
+    def isatty(self):
+        return True
+
+
+class TestPercent(testtools.TestCase):
+
+    def test_from_remaining(self):
+        self.assertEqual(75, progress.percent(
+            migration(1, 'c2', 'running', remaining=250)))
+
+    def test_from_processed_when_remaining_unknown(self):
+        self.assertEqual(30, progress.percent(
+            migration(1, 'c2', 'running', processed=300)))
+
+    def test_completed_is_full_and_unknown_total_is_empty(self):
+        self.assertEqual(100, progress.percent(
+            migration(1, 'c2', 'completed', total=0)))
+        self.assertEqual(0, progress.percent(
+            migration(1, 'c2', 'preparing', total=None)))
+
+    def test_bounded(self):
+        self.assertEqual(100, progress.percent(
+            migration(1, 'c2', 'running', processed=5000)))
+
+
+class TestProgressBars(testtools.TestCase):
+
+    def test_rows_aligned_and_ordered(self):
+        rows = progress.render([migration(9, 'compute10', 'running',
+                                          remaining=500),
+                                migration(8, 'c2', 'preparing')])
+        self.assertEqual(
+            ['c2        [..............................]   0%  preparing',
+             'compute10 [###############...............]  50%  running'],
+            rows)
+
+    def test_log_gets_only_changes(self):
+        out = io.StringIO()
+        bars = progress.ProgressBars(out)
+        state = [migration(8, 'c2', 'running', remaining=500)]
+        bars.update(state)
+        bars.update(state)
+        bars.update([migration(8, 'c2', 'completed')])
+        self.assertEqual(2, out.getvalue().count('c2 '))
+        self.assertNotIn('\x1b', out.getvalue())
+
+    def test_terminal_redraws_in_place(self):
+        out = FakeTerminal()
+        bars = progress.ProgressBars(out)
+        bars.update([migration(8, 'c2', 'running', remaining=500),
+                     migration(9, 'c3', 'running', remaining=900)])
+        bars.update([migration(8, 'c2', 'completed'),
+                     migration(9, 'c3', 'cancelled', remaining=900)])
+        self.assertEqual(1, out.getvalue().count('\x1b[2F'))
