@@ -227,7 +227,8 @@ class DestinationGuest(Guest):
             secret, target=self.incoming_target, listen=listen,
             name=self.name)
         self._stream_agent.start()
-        return self._stream_agent.address
+        self.stream_address = self._stream_agent.address
+        return self.stream_address
 
     def stream_bytes_received(self) -> int:
         """Bytes the destination's agent received, for progress."""

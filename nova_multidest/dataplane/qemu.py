@@ -259,8 +259,13 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
 class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
 
     @property
-    def incoming_target(self):
+    def listen_uri(self):
+        """Where QEMU itself listens for the incoming stream."""
         return 'unix:%s' % os.path.join(self.process.dir, 'incoming.sock')
+
+    @property
+    def incoming_target(self):
+        return self.listen_uri
 
     def start_incoming(self, capabilities=None):
         caps = {'events': True, 'late-block-activate': True}
@@ -268,7 +273,7 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
         self.process.qmp.execute('migrate-set-capabilities', capabilities=[
             {'capability': name, 'state': bool(state)}
             for name, state in caps.items()])
-        self.process.qmp.execute('migrate-incoming', uri=self.incoming_target)
+        self.process.qmp.execute('migrate-incoming', uri=self.listen_uri)
 
     def migration_status(self):
         if not self.is_alive():
@@ -331,10 +336,12 @@ class QemuHypervisor(hypervisor.Hypervisor):
         process = guest.process if isinstance(guest, _QemuGuest) else guest
         return QemuSource(process)
 
+    destination_class = QemuDestination
+
     def create_destination(self, name, source):
         src = source.process
         process = self._spawn(name, src.kernel, src.memory_mb, incoming=True)
-        return QemuDestination(process)
+        return self.destination_class(process)
 
     def live_processes(self):
         return [p for p in self.processes if p.is_alive()]

@@ -265,6 +265,10 @@ class Session(object):
         self.switch_over_requested.set()
         self._events.put(('switch-over', None))
 
+    def drop_destination(self, name, reason):
+        """Cut one destination off and remove it; the others go on."""
+        self._events.put(('drop', (name, reason)))
+
     def abort(self, reason='aborted by request'):
         """Give up: the guest stays on (or returns to) the source.
 
@@ -487,6 +491,9 @@ class Session(object):
             if name not in self._dests:
                 continue
             live = name in self._live()
+            samples[name] = warmup.DestinationSample(prog.bytes_sent, live)
+            if not live:
+                continue
             self.result.bytes_by_destination[name] = prog.bytes_sent
             state = self._progress.get(name)
             if state is not None and state.state == COMPLETED:
@@ -497,7 +504,6 @@ class Session(object):
                 percent = 0.0
             self._set_progress(name, received=prog.bytes_sent,
                                percent=percent)
-            samples[name] = warmup.DestinationSample(prog.bytes_sent, live)
         if self.settings.warm_up and not self.warm_up_ready.is_set():
             self.warm_up_state = monitor.update(now, stats, from_source,
                                                 samples)
