@@ -11,6 +11,8 @@ import os
 import random
 import shutil
 import socket
+import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -19,6 +21,7 @@ import testtools
 
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import relay
+from nova_multidest import exceptions
 
 MiB = 2**20
 WAIT = 30
@@ -170,6 +173,19 @@ class FakeSource(object):
     def join(self):
         self.resume.set()
         self._thread.join(WAIT)
+
+
+def recv_until_closed(sock):
+    """What a peer got before the other side hung up (or reset)."""
+    received = b''
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return received
+            received += data
+    except ConnectionResetError:
+        return received
 
 
 def wait_until(predicate, timeout=WAIT):
@@ -416,3 +432,264 @@ class TestChainRepair(RelayTestCase):
         self.assertEqual({'dest1', 'dest2'}, set(self.dropped))
         progress = stream_relay.progress()
         self.assert_delivered(sinks[0], agents[0], data, progress['dest0'])
+
+
+class TestMultifd(RelayTestCase):
+    """Channels reach each destination QEMU in the source's order."""
+
+    def _check_channels(self, topology):
+        channel_data = [make_data(size, seed=20 + index) for index, size
+                        in enumerate((24 * MiB, 8 * MiB, 8 * MiB, 8 * MiB))]
+        sinks, agents = self.make_destinations(
+            2, sink_options={0: {'channels': 4}, 1: {'channels': 4}})
+        stream_relay = self.make_relay(agents, topology=topology)
+        source = FakeSource(stream_relay.source_uri, channel_data)
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertTrue(source.sent_all.is_set())
+        total = sum(len(d) for d in channel_data)
+        self.assertEqual(total, stream_relay.bytes_from_source)
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assertTrue(sink.done.wait(WAIT))
+            self.assertEqual([len(d) for d in channel_data], sink.received)
+            self.assertEqual([digest(d) for d in channel_data], sink.digests)
+            self.assertEqual('complete', agent.state)
+            self.assertEqual(total, progress[agent.name].bytes_sent)
+            self.assertEqual(total, progress[agent.name].bytes_delivered)
+
+    def test_star(self):
+        self._check_channels('star')
+
+    def test_chain(self):
+        self._check_channels('chain')
+
+
+class TestAuthentication(RelayTestCase):
+
+    def test_relay_with_wrong_secret_reaches_nobody(self):
+        sinks, agents = self.make_destinations(2)
+        stray = relay.StreamRelay(protocol.new_secret(),
+                                  [(a.name, a.address) for a in agents])
+        self.addCleanup(stray.close)
+        exc = self.assertRaises(exceptions.AllDestinationsFailed, stray.start)
+        self.assertIn('does not hold the migration secret', str(exc))
+        for sink, agent in zip(sinks, agents):
+            self.assertEqual('waiting', agent.state)
+            self.assertEqual(0, agent.bytes_received)
+            self.assertFalse(sink.accepted.is_set())
+
+    def test_stray_stream_cannot_be_injected(self):
+        data = make_data(16 * MiB, seed=30)
+        sinks, agents = self.make_destinations(1)
+        sock = socket.create_connection(agents[0].address)
+        self.addCleanup(sock.close)
+        header = {'kind': 'stream', 'channel': 0, 'chain': []}
+        self.assertRaises(exceptions.AuthenticationFailed,
+                          protocol.client_handshake, sock,
+                          protocol.new_secret(), header)
+        # A stray that skips the check and just writes frames is cut off
+        # before anything reaches QEMU.
+        raw = socket.create_connection(agents[0].address)
+        self.addCleanup(raw.close)
+        raw.sendall(protocol.FRAME_HEADER.pack(protocol.FRAME_DATA, 4) +
+                    b'evil' * 100)
+        self.assertEqual(b'', recv_until_closed(raw))
+        self.assertEqual('waiting', agents[0].state)
+        stream_relay = self.make_relay(agents)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assert_delivered(sinks[0], agents[0], data,
+                              stream_relay.progress()['dest0'])
+
+    def test_impostor_agent_receives_nothing(self):
+        data = make_data(16 * MiB, seed=31)
+        sinks, agents = self.make_destinations(1)
+        impostor = socket.socket()
+        impostor.bind(('127.0.0.1', 0))
+        impostor.listen(4)
+        self.addCleanup(impostor.close)
+        impostor_errors = []
+
+        def impostor_serve():
+            conn, _ = impostor.accept()
+            try:
+                protocol.server_handshake(conn, protocol.new_secret(),
+                                          lambda header: {})
+            except exceptions.AuthenticationFailed as exc:
+                impostor_errors.append(exc)
+        thread = threading.Thread(target=impostor_serve)
+        thread.start()
+        self.addCleanup(thread.join, WAIT)
+        stream_relay = relay.StreamRelay(
+            self.secret, [('impostor', impostor.getsockname()),
+                          ('dest0', agents[0].address)],
+            on_drop=self.dropped.__setitem__)
+        self.addCleanup(stream_relay.close)
+        stream_relay.start()
+        self.assertIn('does not hold the migration secret',
+                      self.dropped['impostor'])
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        thread.join(WAIT)
+        # The relay hung up before sending any header, let alone data.
+        self.assertEqual(1, len(impostor_errors))
+        self.assertIn('connection closed', str(impostor_errors[0]))
+        self.assert_delivered(sinks[0], agents[0], data,
+                              stream_relay.progress()['dest0'])
+
+
+class TestTLS(RelayTestCase):
+
+    def setUp(self):
+        super().setUp()
+        cert = os.path.join(self.tempdir, 'cert.pem')
+        key = os.path.join(self.tempdir, 'key.pem')
+        subprocess.run(
+            ['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes',
+             '-keyout', key, '-out', cert, '-days', '1',
+             '-subj', '/CN=localhost',
+             '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
+            check=True, capture_output=True)
+        self.server_tls, self.client_tls = protocol.make_tls_contexts(
+            cert, key, cert)
+
+    def _check(self, topology):
+        data = make_data(32 * MiB, seed=40)
+        sinks, agents = self.make_destinations(
+            2, tls=self.server_tls, forward_tls=self.client_tls)
+        stream_relay = self.make_relay(agents, topology=topology,
+                                       tls=self.client_tls)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+
+    def test_star(self):
+        self._check('star')
+
+    def test_chain(self):
+        self._check('chain')
+
+    def test_plain_relay_cannot_reach_tls_agent(self):
+        sinks, agents = self.make_destinations(1, tls=self.server_tls)
+        stray = relay.StreamRelay(self.secret,
+                                  [(a.name, a.address) for a in agents])
+        self.addCleanup(stray.close)
+        exc = self.assertRaises(exceptions.AllDestinationsFailed, stray.start)
+        self.assertIn('TLS', str(exc))
+        self.assertEqual('waiting', agents[0].state)
+
+    def test_chain_agent_without_forward_tls_is_refused(self):
+        data = make_data(8 * MiB, seed=41)
+        sinks, agents = self.make_destinations(2, tls=self.server_tls)
+        stream_relay = self.make_relay(agents, topology='chain',
+                                       tls=self.client_tls)
+        self.assertIn('no client TLS context', self.dropped['dest0'])
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assert_delivered(sinks[1], agents[1], data,
+                              stream_relay.progress()['dest1'])
+
+
+class TestSettings(RelayTestCase):
+
+    def _relay(self, destinations=(('a', ('127.0.0.1', 1)),), **kwargs):
+        return relay.StreamRelay(self.secret, list(destinations), **kwargs)
+
+    def assert_invalid(self, message, *args, **kwargs):
+        exc = self.assertRaises(exceptions.InvalidSettings, self._relay,
+                                *args, **kwargs)
+        self.assertIn(message, str(exc))
+
+    def test_no_destination(self):
+        self.assert_invalid('at least one destination', [])
+
+    def test_duplicate_name(self):
+        self.assert_invalid('destination name listed twice: a',
+                            [('a', ('127.0.0.1', 1)),
+                             ('a', ('127.0.0.1', 2))])
+
+    def test_duplicate_address(self):
+        self.assert_invalid("destination address listed twice",
+                            [('a', ('127.0.0.1', 1)),
+                             ('b', ('127.0.0.1', 1))])
+
+    def test_malformed_destinations(self):
+        self.assert_invalid('list of (name, (host, port))', [('a',)])
+
+    def test_unknown_topology(self):
+        self.assert_invalid("unknown topology 'ring'", topology='ring')
+
+    def test_bad_lag_limit(self):
+        for lag_limit in (0, -1, 1.5, None):
+            self.assert_invalid('lag_limit must be a positive',
+                                lag_limit=lag_limit)
+
+    def test_bad_secret(self):
+        exc = self.assertRaises(exceptions.InvalidSettings,
+                                relay.StreamRelay, b'short',
+                                [('a', ('127.0.0.1', 1))])
+        self.assertIn('at least 16 random bytes', str(exc))
+
+    def test_bad_listen(self):
+        self.assert_invalid('neither unix:PATH nor tcp:HOST:PORT',
+                            listen='fd:3')
+
+    def test_server_side_tls_context_for_relay(self):
+        self.assert_invalid('made for the server side',
+                            tls=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+
+    def test_agent_settings(self):
+        exc = self.assertRaises(exceptions.InvalidSettings,
+                                relay.DestinationAgent, self.secret,
+                                'exec:cat')
+        self.assertIn('neither unix:PATH nor tcp:HOST:PORT', str(exc))
+        exc = self.assertRaises(exceptions.InvalidSettings,
+                                relay.DestinationAgent, self.secret,
+                                'unix:/x',
+                                tls=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        self.assertIn('made for the client side', str(exc))
+
+    def test_unreachable_destinations(self):
+        listener = socket.socket()
+        listener.bind(('127.0.0.1', 0))
+        address = listener.getsockname()
+        listener.close()
+        stream_relay = self._relay([('gone', address)])
+        self.addCleanup(stream_relay.close)
+        exc = self.assertRaises(exceptions.AllDestinationsFailed,
+                                stream_relay.start)
+        self.assertIn('gone: cannot reach its agent', str(exc))
+
+    def test_unknown_destination_to_drop(self):
+        stream_relay = self._relay()
+        exc = self.assertRaises(exceptions.InvalidSettings,
+                                stream_relay.drop, 'b', 'why')
+        self.assertIn("no destination named 'b'", str(exc))
+
+
+class TestCapabilities(testtools.TestCase):
+
+    def test_return_path_refused(self):
+        exc = self.assertRaises(exceptions.UnsupportedCapability,
+                                relay.check_capabilities,
+                                {'multifd': True, 'return-path': True})
+        self.assertIn('return-path', str(exc))
+        self.assertIn('Turn it off', str(exc))
+        self.assertFalse(relay.RETURN_PATH_SUPPORTED)
+
+    def test_postcopy_refused(self):
+        self.assertRaises(exceptions.UnsupportedCapability,
+                          relay.check_capabilities, {'postcopy-ram': True})
+
+    def test_supported_capabilities_pass(self):
+        relay.check_capabilities({'multifd': True, 'xbzrle': True,
+                                  'late-block-activate': True,
+                                  'return-path': False})
+        self.assertTrue(relay.MULTIFD_SUPPORTED)
