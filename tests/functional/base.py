@@ -10,8 +10,10 @@ driver is ``MultiDestLibvirtDriver`` over Nova's fake libvirt.
 server runs on exactly one host and nothing of it is left anywhere else.
 """
 
+import json
 import os
 import sys
+import time
 import urllib.parse
 
 import fixtures
@@ -21,6 +23,7 @@ from nova.compute import vm_states
 from nova import conf as nova_conf
 from nova import context as nova_context
 from nova import objects
+from nova.objects import fields
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional import integrated_helpers
 from nova.tests.functional.libvirt import base as libvirt_base
@@ -43,6 +46,26 @@ FINAL_MIGRATION_STATUSES = frozenset(
 def nova_api_paste_config():
     """Nova's own api-paste.ini, as the nova wheel installs it."""
     return os.path.join(sys.prefix, 'etc', 'nova', 'api-paste.ini')
+
+
+def multidest_api_paste_config():
+    """Our sample api-paste.ini: Nova's plus the multidest filter."""
+    return os.path.abspath(os.path.join(
+        os.path.dirname(__file__), os.pardir, os.pardir, 'etc',
+        'api-paste.ini'))
+
+
+def wait_until(predicate, timeout=60.0, interval=0.05, message=None):
+    """Poll ``predicate`` until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(message or 'timed out waiting for %s' %
+                                 predicate)
+        time.sleep(interval)
 
 
 class MultiDestTestBase(libvirt_base.ServersTestBase,
@@ -72,6 +95,11 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
             'nova.tests.fixtures.libvirt.Domain.migrateToURI3',
             self._fake_libvirt_migration))
         self.multidest_conductor = None
+        self._nova_notification_source = (
+            fields.NotificationSource.get_source_by_binary)
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.objects.fields.NotificationSource.get_source_by_binary',
+            self._notification_source))
         self.hostnames = [
             self.start_compute(hostname=self.HOSTNAME_FORMAT % (i + 1))
             for i in range(self.COMPUTES)]
@@ -79,9 +107,27 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
     def _setup_compute_service(self):
         self.flags(compute_driver=DRIVER)
 
+    def start_compute(self, hostname='compute1', **kwargs):
+        hostname = super().start_compute(hostname=hostname, **kwargs)
+        # Nova's harness gives each compute its fake libvirt connection only
+        # after init_host, by replacing driver._host.get_connection; the
+        # hypervisor extension, created in init_host, must use that one.
+        driver = self.computes[hostname].driver
+        endpoint = getattr(driver, 'multidest', None)
+        if endpoint is not None:
+            endpoint.hypervisor._connect = driver._host.get_connection
+        return hostname
+
     # -- services ---------------------------------------------------------
 
-    def start_multidest_conductor(self, host='multidest-conductor'):
+    def _notification_source(self, binary):
+        # Nova's notification publisher knows only Nova's own binaries; the
+        # harness deletes services at clean-up, which notifies.
+        if binary == CONDUCTOR_BINARY:
+            return 'nova-conductor'
+        return self._nova_notification_source(binary)
+
+    def start_multidest_conductor(self):
         """Run nova-multidest-conductor in-process.
 
         It runs as its console script would, on the harness's message bus
@@ -279,3 +325,60 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
 
     def new_uuid(self):
         return uuidutils.generate_uuid()
+
+
+class MultiDestMigrationTestBase(MultiDestTestBase):
+    """Our whole control plane: API filter, conductor, compute endpoints.
+
+    Computes drive the fake hypervisor extension, which simulates the
+    stream and takes injected faults per host and phase.
+    """
+
+    ACTION = 'os-migrateLive-multi'
+    COMPUTES = 4
+
+    def api_paste_config(self):
+        return multidest_api_paste_config()
+
+    def setUp(self):
+        self.flags(hypervisor='fake', group='multidest')
+        # Imported here: the fake extension is a compute-side module.
+        from nova_multidest.virt.hypervisors import fake
+        self.fake_hypervisor = fake
+        fake.reset()
+        self.addCleanup(fake.reset)
+        super().setUp()
+        self.start_multidest_conductor()
+
+    def inject_fault(self, host, phase):
+        self.fake_hypervisor.inject_fault(host, phase)
+
+    def request_migration(self, server, status=202, **args):
+        return self.admin_api.api_post(
+            '/servers/%s/action' % server['id'], {self.ACTION: args},
+            check_response_status=[status])
+
+    def group_ended(self, server_id):
+        instance = self.get_instance(server_id)
+        if any(key.startswith('multidest_') and
+               key != 'multidest_last_result'
+               for key in instance.system_metadata):
+            return None
+        if instance.task_state is not None:
+            return None
+        return instance
+
+    def wait_for_group_end(self, server, timeout=60.0):
+        """Wait until the conductor ended the group; return its result."""
+        instance = wait_until(
+            lambda: self.group_ended(server['id']), timeout=timeout,
+            message='group of %s did not end' % server['id'])
+        return json.loads(
+            instance.system_metadata.get('multidest_last_result', '{}'))
+
+    def migrate_and_wait(self, server, **args):
+        self.request_migration(server, **args)
+        return self.wait_for_group_end(server)
+
+    def migrations_by_host(self, server_id):
+        return {m.dest_compute: m for m in self.get_migrations(server_id)}

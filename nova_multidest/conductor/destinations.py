@@ -1,0 +1,188 @@
+"""Choosing the destination hosts of a group and claiming them.
+
+Every destination's placement claim is held by that destination's own
+Migration record (consumer = migration uuid): the instance's allocation
+stays on the source until a winner exists, and one loser's claim can be
+dropped without touching anyone else's. The scheduler claims for the
+consumer uuid it is given, so we hand it the migration uuid; alternates it
+returns are claimed the same way from their allocation requests.
+"""
+
+import dataclasses
+import typing
+
+from oslo_log import log as logging
+from oslo_serialization import jsonutils
+from oslo_utils import uuidutils
+
+from nova import availability_zones
+from nova.compute import utils as compute_utils
+from nova import exception as nova_exception
+from nova import objects
+from nova.scheduler import utils as scheduler_utils
+
+from nova_multidest import conf
+from nova_multidest import exceptions
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A host picked for the group, maybe already claimed."""
+
+    host: str
+    node: typing.Optional[str]
+    migration_uuid: str
+    claimed: bool = False
+
+
+def new_migration_uuid():
+    return uuidutils.generate_uuid()
+
+
+def instance_cell(context, instance):
+    return objects.InstanceMapping.get_by_instance_uuid(
+        context, instance.uuid).cell_mapping
+
+
+def build_request_spec(context, instance, network_api):
+    """The instance's RequestSpec, made ready for a live migration.
+
+    As Nova's LiveMigrationTask prepares it, minus what A's API filter
+    already refused (ports with resource requests).
+    """
+    spec = objects.RequestSpec.get_by_instance_uuid(context, instance.uuid)
+    spec.reset_forced_destinations()
+    port_res_req, req_lvl_params = (
+        network_api.get_requested_resource_for_instance(
+            context, instance.uuid))
+    spec.requested_resources = port_res_req
+    spec.request_level_params = req_lvl_params
+    spec.generate_request_groups_from_pci_requests()
+    scheduler_utils.setup_instance_group(context, spec)
+    spec.requested_destination = objects.Destination(
+        cell=instance_cell(context, instance))
+    spec.ensure_project_and_user_id(instance)
+    spec.ensure_network_information(instance)
+    compute_utils.heal_reqspec_is_bfv(context, spec, instance)
+    return spec
+
+
+def claim_on_host(context, query_client, spec, instance, host,
+                  migration_uuid):
+    """Claim ``host`` for ``migration_uuid`` through the scheduler.
+
+    An explicit destination still passes the scheduler filters, as Nova's
+    own live migration to a named host does since microversion 2.68.
+    Returns the compute node name; raises NoValidHost.
+    """
+    host_spec = spec.obj_clone()
+    host_spec.requested_destination = objects.Destination(
+        host=host, cell=spec.requested_destination.cell)
+    host_spec.ignore_hosts = [instance.host]
+    selections = query_client.select_destinations(
+        context, host_spec, [migration_uuid], return_objects=True,
+        return_alternates=False)
+    return selections[0][0].nodename
+
+
+def _failure_domain(context, host):
+    if CONF.multidest.spread == 'availability_zone':
+        return availability_zones.get_host_availability_zone(context, host)
+    if CONF.multidest.spread == 'aggregate':
+        aggregates = objects.AggregateList.get_by_host(context, host)
+        return frozenset(agg.id for agg in aggregates) or None
+    return None
+
+
+def _spread_order(context, selections, used_domains):
+    """Hosts in failure domains not used yet first, scheduler order kept."""
+    if CONF.multidest.spread == 'none':
+        return list(selections)
+    fresh, reused = [], []
+    for selection in selections:
+        domain = _failure_domain(context, selection.service_host)
+        if domain is not None and domain in used_domains:
+            reused.append(selection)
+        else:
+            fresh.append(selection)
+            used_domains.add(domain)
+    return fresh + reused
+
+
+def _claim_alternate(context, report_client, spec, selection,
+                     migration_uuid):
+    alloc_req = jsonutils.loads(selection.allocation_request)
+    return report_client.claim_resources(
+        context, migration_uuid, alloc_req, spec.project_id, spec.user_id,
+        allocation_request_version=selection.allocation_request_version,
+        consumer_generation=None)
+
+
+def schedule(context, query_client, report_client, spec, instance, count,
+             exclude, before_claim):
+    """Pick and claim up to ``count`` hosts from the scheduler.
+
+    One scheduler call returns its selection (claimed for the migration
+    uuid we pass) plus alternates, which we claim ourselves; further calls
+    are made only while hosts are missing. ``before_claim(host, node,
+    uuid)`` runs before each claim so that the claim's consumer is
+    recorded first. Returns fewer than ``count`` candidates when the
+    cloud has no more room.
+    """
+    picked = []
+    seen = set(exclude) | {instance.host}
+    used_domains = set()
+    while len(picked) < count:
+        first_uuid = new_migration_uuid()
+        before_claim(None, None, first_uuid)
+        spec.ignore_hosts = sorted(seen)
+        try:
+            selections = query_client.select_destinations(
+                context, spec, [first_uuid], return_objects=True,
+                return_alternates=True)[0]
+        except nova_exception.NoValidHost as error:
+            LOG.info('Scheduler found no more destinations: %s', error,
+                     instance=instance)
+            break
+        first = selections[0]
+        seen.update(s.service_host for s in selections)
+        first_used = False
+        for selection in _spread_order(context, selections, used_domains):
+            if len(picked) >= count:
+                break
+            if selection is first:
+                picked.append(Candidate(first.service_host, first.nodename,
+                                        first_uuid, claimed=True))
+                first_used = True
+                continue
+            alternate_uuid = new_migration_uuid()
+            before_claim(selection.service_host, selection.nodename,
+                         alternate_uuid)
+            if _claim_alternate(context, report_client, spec, selection,
+                                alternate_uuid):
+                picked.append(Candidate(
+                    selection.service_host, selection.nodename,
+                    alternate_uuid, claimed=True))
+        if not first_used:
+            report_client.delete_allocation_for_instance(
+                context, first_uuid, consumer_type='migration', force=True)
+    return picked
+
+
+def explicit(context, instance, hosts):
+    """Candidates for hosts the admin named; claims happen per host later.
+
+    The API already refused unknown hosts and the source; this guards the
+    conductor against a direct RPC caller as well.
+    """
+    if len(set(hosts)) != len(hosts):
+        raise exceptions.InvalidSettings(
+            reason='destination hosts must be distinct, got %s' % hosts)
+    if instance.host in hosts:
+        raise exceptions.InvalidSettings(
+            reason='the source host %s cannot be a destination' %
+            instance.host)
+    return [Candidate(host, None, new_migration_uuid()) for host in hosts]

@@ -1,0 +1,81 @@
+"""The RPC endpoint of nova-multidest-conductor."""
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+
+from nova import context as nova_context
+from nova import manager
+from nova import objects
+from nova import thread_pool_factory
+
+from nova_multidest.conductor import clients as clients_mod
+from nova_multidest.conductor import recovery
+from nova_multidest.conductor import service_record
+from nova_multidest.conductor.tasks import live_migrate_multi
+from nova_multidest import conf
+from nova_multidest import exceptions
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+INSTANCE_ATTRS = ['system_metadata', 'flavor', 'info_cache',
+                  'numa_topology', 'pci_requests', 'resources']
+
+
+class MultiDestConductorManager(manager.Manager):
+    """Runs multi-destination live migrations and recovers them."""
+
+    target = messaging.Target(version='1.0')
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(service_name='multidest-conductor', *args,
+                         **kwargs)
+        service_record.ensure(nova_context.get_admin_context(), self.host,
+                              CONF.multidest.conductor_topic)
+        self.clients = clients_mod.Clients()
+        self._recovery = None
+
+    def post_start_hook(self):
+        """Finish or roll back what a previous conductor left running.
+
+        In the background: RPC is up, so recovery can call computes, and
+        the service reports itself up meanwhile.
+        """
+        self._recovery = thread_pool_factory.spawn(self.recover)
+
+    def recover(self):
+        context = nova_context.get_admin_context()
+        try:
+            recovery.recover_all(context, self.clients, self.stopping)
+        except Exception:
+            LOG.exception('Recovery of interrupted migrations failed; it '
+                          'runs again at the next start')
+
+    def stopping(self):
+        return self._shutdown_in_progress.is_set()
+
+    def live_migrate_multi(self, context, instance, destinations=None,
+                           count=None, block_migration='auto',
+                           warm_up=False):
+        context = context.elevated()
+        mapping = objects.InstanceMapping.get_by_instance_uuid(
+            context, instance.uuid)
+        nova_context.set_target_cell(context, mapping.cell_mapping)
+        instance = objects.Instance.get_by_uuid(
+            context, instance.uuid, expected_attrs=INSTANCE_ATTRS)
+        task = live_migrate_multi.LiveMigrateMultiTask(
+            context, instance, self.clients, destinations=destinations,
+            count=count, block_migration=block_migration, warm_up=warm_up,
+            stopping=self.stopping)
+        try:
+            task.execute()
+        except exceptions.ConductorStopping:
+            LOG.info('Stopping: migration left to recovery',
+                     instance=instance)
+        except exceptions.AllDestinationsFailed as error:
+            LOG.warning('%s', error, instance=instance)
+        except Exception:
+            LOG.exception('Multi-destination live migration failed',
+                          instance=instance)
+            recovery.recover_instance(context, self.clients, instance,
+                                      self.stopping)

@@ -1,0 +1,128 @@
+"""What one destination holds outside its host, and how it is released.
+
+A destination holds a placement claim (consumer: its Migration uuid), an
+inactive port binding per port on its host, and a volume attachment per
+volume (created by the destination compute, which has the connector).
+Releasing one destination touches only those, so a loser can be reverted
+while other destinations still receive the stream. The winner's are made
+the instance's own instead.
+"""
+
+from oslo_log import log as logging
+from oslo_serialization import jsonutils
+
+from nova import exception as nova_exception
+from nova import objects
+
+LOG = logging.getLogger(__name__)
+
+
+def bind_ports(context, network_api, instance, host, migrate_data):
+    """Create inactive port bindings on ``host``; record them in vifs.
+
+    As Nova's LiveMigrationTask._bind_ports_on_destination: the binding
+    profile the destination compute proposed in migrate_data is kept.
+    """
+    if not network_api.has_port_binding_extension(context):
+        return
+    profiles = {}
+    for vif in migrate_data.vifs:
+        profile = vif.profile if 'profile_json' in vif else {}
+        if profile:
+            profiles[vif.port_id] = profile
+    bindings = network_api.bind_ports_to_host(
+        context=context, instance=instance, host=host, vnic_types=None,
+        port_profiles=profiles)
+    for vif in migrate_data.vifs:
+        binding = bindings[vif.port_id]
+        vif.profile = binding.get('profile')
+        vif.vnic_type = binding['vnic_type']
+        if 'vif_details' in binding:
+            vif.vif_details = binding['vif_details']
+        if 'vif_type' in binding:
+            vif.vif_type = binding['vif_type']
+
+
+def release(context, clients, instance, host, migration_uuid,
+            attachment_ids):
+    """Drop one destination's binding, attachments and claim.
+
+    Every step runs even if an earlier one failed; the errors are
+    returned so the caller can report them.
+    """
+    errors = []
+    try:
+        if host:
+            clients.network_api.cleanup_instance_network_on_host(
+                context, instance, host)
+    except Exception as error:
+        LOG.exception('Could not delete port bindings on %s', host,
+                      instance=instance)
+        errors.append(error)
+    for attachment_id in attachment_ids or ():
+        try:
+            clients.volume_api.attachment_delete(context, attachment_id)
+        except nova_exception.VolumeAttachmentNotFound:
+            pass
+        except Exception as error:
+            LOG.exception('Could not delete volume attachment %s',
+                          attachment_id, instance=instance)
+            errors.append(error)
+    try:
+        clients.report_client.delete_allocation_for_instance(
+            context, migration_uuid, consumer_type='migration', force=True)
+    except Exception as error:
+        LOG.exception('Could not delete the allocation of migration %s',
+                      migration_uuid, instance=instance)
+        errors.append(error)
+    return errors
+
+
+def sweep_attachments(context, volume_api, instance):
+    """Delete every attachment of the instance its BDMs do not use.
+
+    Run only when no destination is in flight: a destination whose
+    prepare call failed half-way may have created attachments we never
+    heard of.
+    """
+    bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
+        context, instance.uuid)
+    used = {bdm.attachment_id for bdm in bdms if bdm.is_volume}
+    if not used:
+        return
+    for attachment in volume_api.attachment_get_all(
+            context, instance_id=instance.uuid):
+        if attachment['id'] in used:
+            continue
+        LOG.info('Deleting leftover volume attachment %s', attachment['id'],
+                 instance=instance)
+        try:
+            volume_api.attachment_delete(context, attachment['id'])
+        except nova_exception.VolumeAttachmentNotFound:
+            pass
+
+
+def adopt_attachments(context, volume_api, instance, attachment_ids):
+    """Make the winner's attachments the instance's own.
+
+    Call after the source disconnected its volumes: the source's
+    attachments are deleted here.
+    """
+    bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
+        context, instance.uuid)
+    for bdm in bdms:
+        new_id = (attachment_ids or {}).get(bdm.volume_id)
+        if not bdm.is_volume or not new_id or new_id == bdm.attachment_id:
+            continue
+        old_id = bdm.attachment_id
+        attachment = volume_api.attachment_get(context, new_id)
+        bdm.attachment_id = new_id
+        bdm.connection_info = jsonutils.dumps(
+            attachment['connection_info'])
+        bdm.save()
+        volume_api.attachment_complete(context, new_id)
+        if old_id:
+            try:
+                volume_api.attachment_delete(context, old_id)
+            except nova_exception.VolumeAttachmentNotFound:
+                pass

@@ -1,0 +1,54 @@
+"""Client of nova-multidest-conductor.
+
+nova-api (our paste filter) casts the multi-destination live migration
+here. The topic is our own (``[multidest] conductor_topic``): Nova's
+conductor API is versioned by Nova and cannot grow methods from outside
+the tree.
+
+API version history:
+
+* 1.0 - Initial version: live_migrate_multi.
+"""
+
+import oslo_messaging as messaging
+
+from nova.objects import base as objects_base
+from nova import rpc
+
+from nova_multidest import conf
+
+CONF = conf.CONF
+
+RPC_API_VERSION = '1.0'
+# The newest version every conductor of a deployment serves. Raise it in a
+# release after the one that added the method, so that during a rolling
+# upgrade an upgraded nova-api never sends what an old conductor cannot
+# dispatch; methods check can_send_version() for anything newer.
+VERSION_CAP = '1.0'
+
+
+class ConductorAPI(object):
+    """Casts to nova-multidest-conductor."""
+
+    def __init__(self):
+        target = messaging.Target(topic=CONF.multidest.conductor_topic,
+                                  version=RPC_API_VERSION)
+        serializer = objects_base.NovaObjectSerializer()
+        self.client = rpc.get_client(target, version_cap=VERSION_CAP,
+                                     serializer=serializer)
+
+    def live_migrate_multi(self, context, instance, destinations=None,
+                           count=None, block_migration='auto',
+                           warm_up=False):
+        """Start a multi-destination live migration of ``instance``.
+
+        The caller has set task_state MIGRATING and started the
+        'live-migration' instance action. ``destinations`` names the hosts,
+        else ``count`` hosts come from the scheduler (the flavor's
+        ``multidest:destinations`` extra spec or ``[multidest]
+        default_destinations`` when both are None).
+        """
+        cctxt = self.client.prepare(version='1.0')
+        cctxt.cast(context, 'live_migrate_multi', instance=instance,
+                   destinations=destinations, count=count,
+                   block_migration=block_migration, warm_up=warm_up)

@@ -1,0 +1,489 @@
+"""The multi-destination live migration task.
+
+Flow (DESIGN.md, steps 2 to 7): choose the destinations; prepare them
+concurrently, each one reverted alone if it fails; start the one stream on
+the source; elect the first destination that completes, record it durably,
+then let it resume; do Nova's post-live-migration bookkeeping for it;
+revert the others. If every destination fails, the source resumes and the
+server stays ACTIVE there, possibly after further rounds on other hosts.
+
+Each step leaves Nova's records (Migration rows, instance
+system_metadata) telling the truth, so that ``recovery`` can finish or
+roll back a group whose conductor died.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import queue
+import typing
+
+from oslo_log import log as logging
+
+from nova import availability_zones
+from nova.compute import power_state
+from nova.compute import task_states
+from nova.compute import utils as compute_utils
+from nova import exception as nova_exception
+from nova import objects
+from nova.objects import fields as obj_fields
+
+from nova_multidest.conductor import destinations as dest_mod
+from nova_multidest.conductor import records
+from nova_multidest.conductor import resources
+from nova_multidest import conf
+from nova_multidest import exceptions
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+EVENT_NAME = 'multidest_live_migration'
+DESTINATION_EVENT = 'multidest_destination_%s'
+
+PHASE_CHECKS = 'checks'
+PHASE_CLAIM = 'claim'
+PHASE_BINDING = 'binding'
+PHASE_PREPARE = 'prepare'
+PHASE_STREAM = 'stream'
+PHASE_RESUME = 'resume'
+# Extra seconds a wait_destination call may take beyond the stream limits.
+_WAIT_GRACE = 60
+
+
+@dataclasses.dataclass
+class Destination:
+    """One destination host of the group and what it holds."""
+
+    host: str
+    migration: typing.Any
+    node: typing.Optional[str] = None
+    claimed: bool = False
+    prepare_sent: bool = False
+    migrate_data: typing.Any = None
+    agent_address: typing.Any = None
+    attachment_ids: dict = dataclasses.field(default_factory=dict)
+    reason: typing.Optional[str] = None
+
+    def fail(self, phase, error):
+        self.reason = '%s: %s' % (phase, error)
+
+
+def block_migration_flag(block_migration):
+    """The API's 'auto' means: let the driver decide, as Nova does."""
+    if block_migration in ('auto', None):
+        return None
+    return bool(block_migration)
+
+
+class LiveMigrateMultiTask(object):
+
+    def __init__(self, context, instance, clients, destinations=None,
+                 count=None, block_migration='auto', warm_up=False,
+                 stopping=None):
+        self.context = context
+        self.instance = instance
+        self.clients = clients
+        self.requested_hosts = destinations
+        self.count = count
+        self.block_migration = block_migration_flag(block_migration)
+        self.warm_up = warm_up
+        self._stopping = stopping
+        self.source = instance.host
+        self.source_node = instance.node
+        self.tried_hosts = set()
+        self.reasons = {}
+        self._spec = None
+
+    # -- entry point ------------------------------------------------------
+
+    def execute(self):
+        with compute_utils.EventReporter(self.context, EVENT_NAME,
+                                         CONF.host, self.instance.uuid,
+                                         graceful_exit=True):
+            self._execute()
+
+    def _execute(self):
+        rounds = CONF.multidest.max_rounds
+        for round_number in range(1, rounds + 1):
+            records.start_group(self.instance, round_number)
+            ready = self._prepare_round(round_number)
+            if len(ready) >= CONF.multidest.min_destinations:
+                winner = self._stream_and_elect(ready)
+                if winner is not None:
+                    self._finish(winner)
+                    return
+            else:
+                LOG.warning('%d destination(s) ready, %d required: giving up '
+                            'round %d', len(ready),
+                            CONF.multidest.min_destinations, round_number,
+                            instance=self.instance)
+                self._revert_all(ready, records.CANCELLED,
+                                 'too few destinations ready')
+            self._resume_source()
+        self._all_failed()
+
+    # -- helpers shared with recovery -----------------------------------------
+
+    def check_not_stopping(self):
+        """Leave everything to recovery if our service is stopping.
+
+        Simulates and handles a conductor crash alike: no cleanup, the
+        records already tell the next conductor what to do.
+        """
+        if self._stopping is not None and self._stopping():
+            raise exceptions.ConductorStopping(
+                instance_uuid=self.instance.uuid)
+
+    def _record_destination_event(self, destination, error=None):
+        name = DESTINATION_EVENT % destination.host
+        try:
+            objects.InstanceActionEvent.event_start(
+                self.context, self.instance.uuid, name, want_result=False,
+                host=destination.host)
+            objects.InstanceActionEvent.event_finish_with_failure(
+                self.context, self.instance.uuid, name, exc_val=error,
+                want_result=False)
+        except nova_exception.InstanceActionNotFound:
+            LOG.debug('No instance action to record %s in', name,
+                      instance=self.instance)
+
+    # -- choosing destinations ---------------------------------------------
+
+    def _request_spec(self):
+        if self._spec is None:
+            self._spec = dest_mod.build_request_spec(
+                self.context, self.instance, self.clients.network_api)
+        return self._spec
+
+    def _wanted_count(self):
+        if self.requested_hosts:
+            return len(self.requested_hosts)
+        if self.count:
+            return self.count
+        spec = self.instance.flavor.extra_specs.get('multidest:destinations')
+        return int(spec) if spec else CONF.multidest.default_destinations
+
+    def _new_migration(self, host=None, node=None, migration_uuid=None):
+        migration = objects.Migration(
+            context=self.context,
+            uuid=migration_uuid or dest_mod.new_migration_uuid(),
+            instance_uuid=self.instance.uuid,
+            migration_type=obj_fields.MigrationType.LIVE_MIGRATION,
+            source_compute=self.source, source_node=self.source_node,
+            dest_compute=host, status=records.ACCEPTED,
+            old_instance_type_id=self.instance.flavor.id,
+            new_instance_type_id=self.instance.flavor.id,
+            user_id=self.context.user_id,
+            project_id=self.context.project_id)
+        migration.create()
+        if node:
+            self._set_dest_node(migration, host, node)
+        return migration
+
+    def _set_dest_node(self, migration, host, node):
+        migration.dest_compute = host
+        migration.dest_node = node
+        compute_node = objects.ComputeNode.get_by_host_and_nodename(
+            self.context, host, node)
+        migration.dest_compute_id = compute_node.id
+        migration.save()
+
+    def _choose(self, round_number):
+        """Destinations of this round, each with its Migration record."""
+        wanted = min(self._wanted_count(), CONF.multidest.max_destinations)
+        if self.requested_hosts and round_number == 1:
+            candidates = dest_mod.explicit(self.context, self.instance,
+                                           self.requested_hosts)
+            chosen = [Destination(c.host, self._new_migration(
+                c.host, migration_uuid=c.migration_uuid))
+                for c in candidates]
+        else:
+            chosen = self._schedule(wanted)
+        self.tried_hosts.update(d.host for d in chosen)
+        return chosen
+
+    def _schedule(self, wanted):
+        # The record exists before the claim: a crash in between leaves a
+        # Migration that recovery finds, never an orphaned allocation.
+        pending = {}
+
+        def create(host, node, migration_uuid):
+            pending[migration_uuid] = self._new_migration(
+                host, node, migration_uuid)
+
+        candidates = dest_mod.schedule(
+            self.context, self.clients.query_client,
+            self.clients.report_client, self._request_spec(), self.instance,
+            wanted, exclude=self.tried_hosts, before_claim=create)
+        chosen = []
+        for candidate in candidates:
+            migration = pending.pop(candidate.migration_uuid)
+            self._set_dest_node(migration, candidate.host, candidate.node)
+            chosen.append(Destination(candidate.host, migration,
+                                      node=candidate.node, claimed=True))
+        for migration in pending.values():
+            records.set_status(migration, records.FAILED)
+        return chosen
+
+    # -- preparing destinations ---------------------------------------------
+
+    def _prepare_round(self, round_number):
+        try:
+            chosen = self._choose(round_number)
+        except (exceptions.MultiDestError, nova_exception.NovaException) as e:
+            LOG.warning('Could not choose destinations: %s', e,
+                        instance=self.instance)
+            self.reasons['scheduler'] = str(e)
+            return []
+        self.secret = os.urandom(32)
+        if not chosen:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(len(chosen)) as pool:
+            results = list(pool.map(self._prepare_one, chosen))
+        self.check_not_stopping()
+        return [d for d, ok in zip(chosen, results) if ok]
+
+    def _prepare_one(self, destination):
+        phase = PHASE_CHECKS
+        try:
+            self.check_not_stopping()
+            records.set_status(destination.migration, records.PREPARING)
+            self._check_host_up(destination.host)
+            self._check_same_cell(destination.host)
+            self._check_hypervisor(destination.host)
+            migrate_data = (
+                self.clients.compute_rpcapi.check_can_live_migrate_destination(
+                    self.context, self.instance, destination.host,
+                    self.block_migration, None, None, None))
+            phase = PHASE_CLAIM
+            self.check_not_stopping()
+            if not destination.claimed:
+                destination.node = dest_mod.claim_on_host(
+                    self.context, self.clients.query_client,
+                    self._request_spec(), self.instance, destination.host,
+                    destination.migration.uuid)
+                destination.claimed = True
+                self._set_dest_node(destination.migration, destination.host,
+                                    destination.node)
+            phase = PHASE_BINDING
+            resources.bind_ports(self.context, self.clients.network_api,
+                                 self.instance, destination.host,
+                                 migrate_data)
+            phase = PHASE_PREPARE
+            self.check_not_stopping()
+            destination.prepare_sent = True
+            result = self.clients.multidest_compute.prepare_destination(
+                self.context, self.instance, destination.migration,
+                self.secret, self.block_migration, migrate_data)
+            destination.agent_address = result['agent_address']
+            destination.migrate_data = (result.get('migrate_data') or
+                                        migrate_data)
+            destination.attachment_ids = result.get('attachment_ids') or {}
+            return True
+        except exceptions.ConductorStopping:
+            return False
+        except Exception as error:
+            LOG.warning('Destination %s failed at %s: %s', destination.host,
+                        phase, error, instance=self.instance)
+            destination.fail(phase, error)
+            self._revert(destination, records.FAILED)
+            return False
+
+    def _check_host_up(self, host):
+        service = objects.Service.get_by_compute_host(self.context, host)
+        if not self.clients.servicegroup_api.service_is_up(service):
+            raise nova_exception.ComputeServiceUnavailable(host=host)
+
+    def _check_same_cell(self, host):
+        source_cell = dest_mod.instance_cell(self.context, self.instance)
+        dest_cell = objects.HostMapping.get_by_host(
+            self.context, host).cell_mapping
+        if source_cell.uuid != dest_cell.uuid:
+            raise nova_exception.MigrationPreCheckError(
+                reason='host %s is in another cell' % host)
+
+    def _check_hypervisor(self, host):
+        get = objects.ComputeNode.get_first_node_by_host_for_old_compat
+        source = get(self.context, self.source)
+        dest = get(self.context, host)
+        if source.hypervisor_type != dest.hypervisor_type:
+            raise nova_exception.InvalidHypervisorType()
+        if (not CONF.workarounds.skip_hypervisor_version_check_on_lm and
+                source.hypervisor_version > dest.hypervisor_version):
+            raise nova_exception.DestinationHypervisorTooOld()
+
+    # -- stream and election -------------------------------------------------
+
+    def _stream_and_elect(self, ready):
+        records.set_phase(self.instance, records.PHASE_STREAMING)
+        for destination in ready:
+            records.set_status(destination.migration, records.RUNNING)
+        self.check_not_stopping()
+        self.clients.multidest_compute.start_stream(
+            self.context, self.instance,
+            [{'migration_uuid': d.migration.uuid, 'host': d.host,
+              'agent_address': d.agent_address} for d in ready],
+            self.secret, CONF.multidest.topology, self.warm_up)
+        timeout = (CONF.multidest.completion_timeout +
+                   CONF.multidest.election_timeout)
+        reports = queue.Queue()
+        pool = concurrent.futures.ThreadPoolExecutor(len(ready))
+        for destination in ready:
+            pool.submit(self._wait_one, destination, timeout, reports)
+        pool.shutdown(wait=False)
+        waiting = list(ready)
+        try:
+            while waiting:
+                destination, outcome = reports.get(
+                    timeout=timeout + _WAIT_GRACE)
+                waiting.remove(destination)
+                self.check_not_stopping()
+                if outcome == 'completed' and self._elect(destination):
+                    self._revert_all(waiting, records.CANCELLED,
+                                     'another destination won')
+                    return destination
+                if outcome != 'completed':
+                    destination.fail(PHASE_STREAM, outcome)
+                    self._revert(destination, records.FAILED)
+        except queue.Empty:
+            self._revert_all(waiting, records.FAILED,
+                             'no report within %d s' % timeout)
+        return None
+
+    def _wait_one(self, destination, timeout, reports):
+        try:
+            outcome = self.clients.multidest_compute.wait_destination(
+                self.context, self.instance, destination.migration, timeout)
+        except Exception as error:
+            outcome = 'wait failed: %s' % error
+        reports.put((destination, outcome))
+
+    def _elect(self, destination):
+        """Record ``destination`` as the winner, then let it resume.
+
+        The record comes first: if we die between the two, recovery knows
+        which copy may run. A destination that fails to resume never ran
+        (the compute's contract), so the next completed one may win.
+        """
+        records.record_winner(self.instance, destination.migration.uuid)
+        try:
+            self.clients.multidest_compute.resume_destination(
+                self.context, self.instance, destination.migration)
+        except Exception as error:
+            LOG.warning('Elected destination %s failed to resume: %s',
+                        destination.host, error, instance=self.instance)
+            destination.fail(PHASE_RESUME, error)
+            self._revert(destination, records.FAILED)
+            records.clear_winner(self.instance)
+            return False
+        records.record_resumed(self.instance, destination.migration.uuid)
+        LOG.info('Elected %s', destination.host, instance=self.instance)
+        return True
+
+    # -- reverting ----------------------------------------------------------
+
+    def _revert(self, destination, status):
+        """Undo one destination without touching any other."""
+        if destination.prepare_sent:
+            try:
+                self.clients.multidest_compute.revert_destination(
+                    self.context, self.instance, destination.migration)
+            except Exception:
+                LOG.exception('Could not revert destination %s',
+                              destination.host, instance=self.instance)
+        resources.release(self.context, self.clients, self.instance,
+                          destination.host, destination.migration.uuid,
+                          destination.attachment_ids)
+        records.set_status(destination.migration, status)
+        reason = destination.reason or status
+        self.reasons[destination.host] = reason
+        self._record_destination_event(
+            destination, None if status == records.COMPLETED else
+            exceptions.DestinationFailed(destination=destination.host,
+                                         reason=reason))
+
+    def _revert_all(self, group, status, reason):
+        if not group:
+            return
+        for destination in group:
+            destination.reason = destination.reason or reason
+        with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
+            list(pool.map(lambda d: self._revert(d, status), group))
+
+    def _resume_source(self):
+        try:
+            self.clients.multidest_compute.resume_source(
+                self.context, self.instance)
+        except Exception:
+            LOG.exception('Could not resume the source',
+                          instance=self.instance)
+
+    # -- endings ------------------------------------------------------------
+
+    def _finish(self, winner):
+        """Nova's post-live-migration bookkeeping, for the winner."""
+        context, instance = self.context, self.instance
+        compute_utils.notify_about_instance_action(
+            context, instance, CONF.host,
+            action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
+            phase=obj_fields.NotificationPhase.START)
+        self.clients.network_api.migrate_instance_start(
+            context, instance, objects.Migration(
+                source_compute=self.source, dest_compute=winner.host))
+        self.clients.multidest_compute.cleanup_source(
+            context, instance, winner.migration,
+            migrate_data=winner.migrate_data)
+        resources.adopt_attachments(context, self.clients.volume_api,
+                                    instance, winner.attachment_ids)
+        self.clients.report_client.move_allocations(
+            context, winner.migration.uuid, instance.uuid)
+        instance.availability_zone = (
+            availability_zones.get_host_availability_zone(
+                context, winner.host))
+        instance.save()
+        self.clients.compute_rpcapi.post_live_migration_at_destination(
+            context, instance, self.block_migration, winner.host)
+        instance.refresh()
+        self._end_completed(winner)
+        compute_utils.notify_about_instance_action(
+            context, instance, CONF.host,
+            action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
+            phase=obj_fields.NotificationPhase.END)
+
+    def _end_completed(self, winner):
+        records.set_status(winner.migration, records.COMPLETED)
+        self._record_destination_event(winner)
+        self.clients.network_api.cleanup_instance_network_on_host(
+            self.context, self.instance, self.source)
+        resources.sweep_attachments(self.context, self.clients.volume_api,
+                                    self.instance)
+        records.end_group(self.instance, records.COMPLETED, winner.host)
+        if self.instance.task_state == task_states.MIGRATING:
+            self.instance.task_state = None
+        self.instance.save()
+        LOG.info('Live migration to %s completed', winner.host,
+                 instance=self.instance)
+
+    def _all_failed(self):
+        """The server stays where it was, ACTIVE, and says why."""
+        instance = self.instance
+        resources.sweep_attachments(self.context, self.clients.volume_api,
+                                    instance)
+        error = exceptions.AllDestinationsFailed(
+            reasons='; '.join('%s: %s' % item
+                              for item in sorted(self.reasons.items())) or
+            'no destination found')
+        compute_utils.add_instance_fault_from_exc(self.context, instance,
+                                                  error)
+        records.end_group(instance, records.FAILED, self.source,
+                          reasons=self.reasons)
+        instance.task_state = None
+        instance.power_state = power_state.RUNNING
+        instance.save(expected_task_state=[task_states.MIGRATING, None])
+        compute_utils.notify_about_instance_action(
+            self.context, instance, CONF.host,
+            action=obj_fields.NotificationAction.LIVE_MIGRATION_ROLLBACK,
+            phase=obj_fields.NotificationPhase.END)
+        LOG.warning('Every destination failed; the server stays on %s',
+                    self.source, instance=instance)
+        raise error
