@@ -31,6 +31,7 @@ from nova import policy
 from nova_multidest.api import policies
 from nova_multidest.api import schemas
 from nova_multidest.api import views
+from nova_multidest.conductor import records
 from nova_multidest.conductor import rpcapi as conductor_rpcapi
 from nova_multidest import exceptions
 
@@ -47,21 +48,11 @@ _MIGRATION_PATH = re.compile(r'^(?:/[^/]+)?/servers/(?P<server>[^/]+)'
 # single-destination migration it holds itself; see abort_guard.
 _NOT_YET_RUNNING = ('accepted', 'queued', 'preparing')
 
-# Keys the conductor keeps in system_metadata while a group is in progress;
-# the last result stays after the group ended.
-GROUP_KEY_PREFIX = 'multidest_'
-GROUP_RESULT_KEY = 'multidest_last_result'
-
 _STATE_HINTS = {
     'vm_state': 'only an ACTIVE server can be live migrated.',
     'task_state': 'wait until that task has finished.',
     'launched_at': 'the server has never run; boot it first.',
 }
-
-
-def group_in_progress(instance):
-    return any(key.startswith(GROUP_KEY_PREFIX) and key != GROUP_RESULT_KEY
-               for key in instance.system_metadata)
 
 
 # Nova's own live migration checks (nova.compute.api.API.live_migrate), on
@@ -79,7 +70,7 @@ def group_in_progress(instance):
 @compute.check_instance_lock
 @compute.check_instance_state(vm_state=[vm_states.ACTIVE])
 def check_instance(compute_api, context, instance):
-    if group_in_progress(instance):
+    if records.group_in_progress(instance):
         raise exception.InstanceInvalidState(
             attr='task_state', state='multi-destination migration',
             instance_uuid=instance.uuid, method='live_migrate_multi')
@@ -252,8 +243,8 @@ class MultiDestinationFilter(wsgi.Middleware):
         if not context.can(sm_policies.POLICY_ROOT % 'delete', fatal=False,
                            target={'project_id': instance.project_id}):
             return
-        if migration.status in _NOT_YET_RUNNING and group_in_progress(
-                instance):
+        if (migration.status in _NOT_YET_RUNNING and
+                records.group_in_progress(instance)):
             raise webob.exc.HTTPBadRequest(explanation=(
                 'Migration %d of server %s is %s: its destinations are '
                 'still being prepared. Abort it once its status is '

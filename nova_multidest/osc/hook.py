@@ -196,16 +196,20 @@ def action_failure(compute, server_id, request_id):
     if response.status_code >= 400:
         return 'no details recorded (request %s)' % request_id
     action = response.json()['instanceAction']
-    reasons = ['%s: %s' % (event['event'],
-                           event.get('details') or
-                           _last_line(event.get('traceback')) or
-                           event.get('result'))
+    reasons = ['%s: %s' % (event['event'], event_reason(event))
                for event in action.get('events') or []
                if event.get('result') == 'Error']
     return '; '.join(reasons) or action.get('message') or (
         'every destination failed (request %s)' % request_id)
 
 
-def _last_line(text):
-    lines = (text or '').strip().splitlines()
-    return lines[-1] if lines else None
+def event_reason(event):
+    """The exception message of a failed event.
+
+    Nova keeps only the class name in ``details`` for exceptions that are
+    not Nova's; the last traceback line, shown to admins, has the message.
+    """
+    lines = (event.get('traceback') or '').strip().splitlines()
+    if lines and ': ' in lines[-1]:
+        return lines[-1].split(': ', 1)[1]
+    return event.get('details') or 'failed'

@@ -17,10 +17,12 @@ from nova import policies as nova_policies
 
 from nova_multidest.api import filter as multidest_filter
 from nova_multidest.api import policies
+from nova_multidest.conductor import records
 from nova_multidest import conf as multidest_conf
 
 SERVER = '0b7c9a3e-5b1e-4f55-8f0e-3e6f4f2d6a10'
 PROJECT = 'project-1'
+GROUP_ACTIVE = {records.ACTIVE_KEY: records.ACTIVE_VALUE}
 
 objects.register_all()
 
@@ -245,7 +247,7 @@ class TestMigrateLiveMulti(FilterTestCase):
                 ({'vm_state': vm_states.PAUSED}, 'vm_state is paused'),
                 ({'task_state': task_states.MIGRATING},
                  'task_state is migrating'),
-                ({'system_metadata': {'multidest_group': 'x'}},
+                ({'system_metadata': GROUP_ACTIVE},
                  'multi-destination migration')):
             self.instance = make_instance(**changes)
             self.assert_fault(self.migrate(), 409, fragment)
@@ -258,7 +260,7 @@ class TestMigrateLiveMulti(FilterTestCase):
 
     def test_last_result_is_no_group(self):
         self.instance = make_instance(
-            system_metadata={'multidest_last_result': 'completed'})
+            system_metadata={records.RESULT_KEY: 'completed'})
         self.assertEqual(202, self.migrate().status_int)
 
     def test_unknown_destination(self):
@@ -291,7 +293,7 @@ class TestAbortGuard(FilterTestCase):
 
     def abort(self, status, group=True):
         self.instance = make_instance(
-            system_metadata={'multidest_group': 'x'} if group else {})
+            system_metadata=GROUP_ACTIVE if group else {})
         self.useFixture(fixtures.MockPatch(
             'nova.objects.Migration.get_by_id_and_instance',
             return_value=objects.Migration(status=status)))

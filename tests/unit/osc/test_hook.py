@@ -201,15 +201,23 @@ class TestTakeAction(HookTestCase):
 
     def test_wait_when_every_destination_failed(self):
         action = {'message': 'Error', 'events': [
-            {'event': 'conductor_live_migrate_multi', 'result': 'Error',
-             'details': 'Every destination failed (c2: no space)'}]}
+            {'event': 'multidest_destination_c2', 'result': 'Error',
+             'details': 'NoSpace'},
+            {'event': 'multidest_live_migration', 'result': 'Error',
+             'details': 'AllDestinationsFailed',
+             'traceback': 'Traceback (most recent call last):\n  ...\n'
+                          'nova_multidest.exceptions.AllDestinationsFailed: '
+                          'Every destination failed (c2: no space)\n'},
+            {'event': 'compute_pre_live_migration', 'result': 'Success'}]}
         compute = FakeCompute(
             [server(task_state='migrating'), server()],
             [[], [migration(8, 'c2', 'failed')]], action=action)
         error = self.assertRaises(exceptions.CommandError, self.run_hook,
                                   compute, '--wait')
         self.assertIn('keeps running on c1', str(error))
-        self.assertIn('Every destination failed (c2: no space)', str(error))
+        self.assertIn('multidest_destination_c2: NoSpace; '
+                      'multidest_live_migration: Every destination failed '
+                      '(c2: no space)', str(error))
 
     def test_wait_when_the_server_went_to_error(self):
         compute = FakeCompute(
