@@ -1,0 +1,527 @@
+"""The compute endpoint of multi-destination live migration.
+
+Served on ``[multidest] compute_topic`` by every compute host running
+MultiDestLibvirtDriver. The conductor drives a migration through it: it
+prepares each destination (Nova's pre-live-migration work plus a paused
+incoming domain and a stream agent), starts the one outgoing stream on
+the source, waits for destinations, resumes the elected one and reverts
+the others.
+
+Nova keeps per-instance state that assumes a single destination
+(``instance.migration_context``, ``bdm.attachment_id``, the driver's
+``active_migrations``, ``Migration.dest_compute``...). This endpoint never
+writes any of it: what each destination did is kept per migration, in
+memory and in a local journal, and the conductor updates Nova's records
+once the winner is known.
+"""
+
+import functools
+import os
+import threading
+import time
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+from oslo_serialization import jsonutils
+from oslo_utils import excutils
+
+from nova import exception as nova_exception
+from nova.network import neutron
+from nova import objects
+from nova import thread_pool_factory
+from nova.virt import driver as virt_driver
+from nova.volume import cinder
+
+from nova_multidest.compute import journal as journal_mod
+from nova_multidest.compute import rpcapi
+from nova_multidest import conf
+from nova_multidest.dataplane import hypervisor
+from nova_multidest import exceptions
+from nova_multidest.virt import hypervisors
+from nova_multidest.virt import streaming
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+MiB = 1 << 20
+FINAL_MIGRATION_STATUSES = frozenset(
+    ('completed', 'cancelled', 'failed', 'error', 'done', 'confirmed'))
+SYSMETA_PREFIX = 'multidest_'
+WAIT_POLL_INTERVAL = 1.0
+PROGRESS_SAVE_INTERVAL = 1.0
+
+
+def _spawn(func, *args, **kwargs):
+    return thread_pool_factory.spawn_on(
+        thread_pool_factory.ExecutorType.LONG_TASK, func, *args, **kwargs)
+
+
+class _PreparedDestination(object):
+    """What this host made for one destination of one migration."""
+
+    def __init__(self, migration_uuid, record):
+        self.migration_uuid = migration_uuid
+        self.record = record
+        self.guest = None
+        self.changed = threading.Condition()
+
+    def on_event(self, event):
+        with self.changed:
+            self.changed.notify_all()
+
+
+class MultiDestComputeManager(object):
+    """RPC endpoint; one per compute host, created by the driver."""
+
+    target = messaging.Target(version='1.0')
+
+    def __init__(self, driver, host, hypervisor_ext=None):
+        self.driver = driver
+        self.host = host
+        # Looked up at every use: the driver's Host reconnects after a
+        # libvirtd restart and replaces its connection.
+        self.hypervisor = hypervisor_ext or hypervisors.load(
+            CONF.multidest.hypervisor, lambda: driver._host.get_connection())
+        self.compute_rpcapi = rpcapi.ComputeAPI()
+        self.network_api = neutron.API()
+        self.volume_api = cinder.API()
+        self.journal = journal_mod.DestinationJournal(
+            os.path.join(CONF.instances_path, 'multidest-journal', host))
+        self._lock = threading.Lock()
+        self._destinations = {}
+        self._streams = {}
+
+    # -- checks ------------------------------------------------------------
+
+    def _check_destination_side(self, instance, migration):
+        if (migration.dest_compute != self.host or
+                migration.source_compute == self.host or
+                instance.host == self.host):
+            raise exceptions.InvalidSettings(
+                reason='host %s is not a destination of migration %s '
+                       '(source %s, destination %s, instance on %s); the '
+                       'request went to the wrong host' % (
+                           self.host, migration.uuid,
+                           migration.source_compute,
+                           migration.dest_compute, instance.host))
+
+    def _check_source_side(self, instance):
+        if instance.host != self.host:
+            raise exceptions.InvalidSettings(
+                reason='instance %s runs on %s, not on %s; the request '
+                       'went to the wrong host' % (instance.uuid,
+                                                   instance.host, self.host))
+
+    # -- destination side ----------------------------------------------------
+
+    def prepare_destination(self, context, instance, migration, secret,
+                            block_migration, migrate_data=None):
+        self._check_destination_side(instance, migration)
+        if migrate_data is None:
+            raise exceptions.InvalidSettings(
+                reason='prepare_destination needs the migrate data that '
+                       'check_can_live_migrate_destination returned')
+        if migrate_data.obj_attr_is_set('block_migration') and \
+                migrate_data.block_migration:
+            raise exceptions.InvalidSettings(
+                reason='instance %s has local disks that are not on shared '
+                       'storage; multi-destination migration copies memory '
+                       'only. Use shared storage or a volume-backed server'
+                       % instance.uuid)
+        secret = rpcapi.decode_secret(secret)
+        record = {'instance_uuid': instance.uuid,
+                  'domain_name': instance.name,
+                  'attachment_ids': {},
+                  'migrate_data': migrate_data.obj_to_primitive()}
+        prepared = _PreparedDestination(migration.uuid, record)
+        self.journal.write(migration.uuid, record)
+        try:
+            source = self.compute_rpcapi.get_source_guest(context, instance)
+            bdms = self._attach_volumes(context, instance, prepared)
+            block_device_info = virt_driver.get_block_device_info(
+                instance, bdms)
+            network_info = self.network_api.get_instance_nw_info(
+                context, instance)
+            migrate_data = self.driver.pre_live_migration(
+                context, instance, block_device_info, network_info, None,
+                migrate_data)
+            record['migrate_data'] = migrate_data.obj_to_primitive()
+            self.journal.write(migration.uuid, record)
+            xml = self.driver.multidest_destination_xml(
+                instance, source['xml'], migrate_data)
+            prepared.guest = self.hypervisor.destination_from_xml(
+                self.host, xml)
+            prepared.guest.subscribe(prepared.on_event)
+            prepared.guest.start_incoming()
+            address = self._open_stream(prepared.guest, secret)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                LOG.exception('Preparing %s as a destination failed',
+                              self.host, instance=instance)
+                self._revert(context, instance, prepared,
+                             delete_attachments=True)
+        with self._lock:
+            self._destinations[migration.uuid] = prepared
+        LOG.info('Destination %s ready, stream agent on %s:%s', self.host,
+                 address[0], address[1], instance=instance)
+        return {'agent_address': [address[0], address[1]],
+                'migrate_data': migrate_data,
+                'attachment_ids': dict(record['attachment_ids'])}
+
+    def _attach_volumes(self, context, instance, prepared):
+        """A Cinder attachment for this host per volume, BDMs untouched.
+
+        The returned BDMs carry this host's attachment and connection in
+        memory only: ``bdm.attachment_id`` must keep naming the source's
+        attachment until the conductor elects a winner.
+        """
+        bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
+            context, instance.uuid)
+        connector = None
+        for bdm in bdms:
+            if not bdm.is_volume:
+                continue
+            if bdm.attachment_id is None:
+                raise exceptions.InvalidSettings(
+                    reason='volume %s of instance %s is attached with the '
+                           'pre-3.44 Cinder flow; detach and re-attach it '
+                           'first' % (bdm.volume_id, instance.uuid))
+            if connector is None:
+                connector = self.driver.get_volume_connector(instance)
+            attachment = self.volume_api.attachment_create(
+                context, bdm.volume_id, instance.uuid, connector=connector,
+                mountpoint=bdm.device_name)
+            prepared.record['attachment_ids'][bdm.volume_id] = (
+                attachment['id'])
+            self.journal.write(prepared.migration_uuid, prepared.record)
+            connection_info = attachment.get('connection_info')
+            if connection_info is None:
+                connection_info = self.volume_api.attachment_get(
+                    context, attachment['id'])['connection_info']
+            bdm.attachment_id = attachment['id']
+            bdm.connection_info = jsonutils.dumps(connection_info)
+        return bdms
+
+    def _open_stream(self, guest, secret):
+        """Start the agent on the first free port of the configured range."""
+        listen_host = (CONF.multidest.listen_address or
+                       CONF.libvirt.live_migration_inbound_addr or
+                       CONF.my_ip)
+        last_error = None
+        for port in range(CONF.multidest.port_min,
+                          CONF.multidest.port_max + 1):
+            try:
+                return guest.open_stream(secret, listen=(listen_host, port))
+            except OSError as exc:
+                last_error = exc
+        raise exceptions.DestinationFailed(
+            destination=self.host,
+            reason='no free port in [multidest] port_min..port_max (%d-%d) '
+                   'on %s: %s; widen the range' % (
+                       CONF.multidest.port_min, CONF.multidest.port_max,
+                       listen_host, last_error))
+
+    def wait_destination(self, context, instance, migration, timeout):
+        self._check_destination_side(instance, migration)
+        with self._lock:
+            prepared = self._destinations.get(migration.uuid)
+        if prepared is None or prepared.guest is None:
+            LOG.warning('No incoming stream for migration %s here (was '
+                        'nova-compute restarted?)', migration.uuid,
+                        instance=instance)
+            return 'failed'
+        deadline = time.monotonic() + timeout
+        with prepared.changed:
+            while True:
+                status = prepared.guest.migration_status()
+                if status == hypervisor.STATUS_COMPLETED:
+                    return 'completed'
+                if status in hypervisor.FINAL_STATUSES:
+                    return 'failed'
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return 'timeout'
+                prepared.changed.wait(min(left, WAIT_POLL_INTERVAL))
+
+    def resume_destination(self, context, instance, migration):
+        self._check_destination_side(instance, migration)
+        with self._lock:
+            prepared = self._destinations.get(migration.uuid)
+        if prepared is None or prepared.guest is None:
+            raise exceptions.DestinationFailed(
+                destination=self.host,
+                reason='it holds no incoming guest for migration %s; elect '
+                       'another destination' % migration.uuid)
+        prepared.guest.resume()
+        prepared.guest.close_stream()
+        with self._lock:
+            self._destinations.pop(migration.uuid, None)
+        self.journal.delete(migration.uuid)
+        LOG.info('Guest resumed on %s for migration %s', self.host,
+                 migration.uuid, instance=instance)
+
+    def revert_destination(self, context, instance, migration):
+        self._check_destination_side(instance, migration)
+        with self._lock:
+            prepared = self._destinations.pop(migration.uuid, None)
+        if prepared is None:
+            record = self.journal.read(migration.uuid)
+            if record is None:
+                LOG.info('Nothing to revert here for migration %s',
+                         migration.uuid, instance=instance)
+                return
+            prepared = _PreparedDestination(migration.uuid, record)
+        self._revert(context, instance, prepared, delete_attachments=False)
+
+    def _revert(self, context, instance, prepared, delete_attachments):
+        """Remove every trace of one destination from this host.
+
+        Never removes a running guest: once a copy has run it is the only
+        one that may ever run again.
+        """
+        if prepared.guest is not None:
+            if prepared.guest.is_running():
+                raise exceptions.DestinationFailed(
+                    destination=self.host,
+                    reason='its guest is running, so it is the winner and '
+                           'cannot be reverted')
+            prepared.guest.destroy()
+        elif self.driver.multidest_guest_running(instance):
+            raise exceptions.DestinationFailed(
+                destination=self.host,
+                reason='its guest is running, so it is the winner and '
+                       'cannot be reverted')
+        record = prepared.record
+        migrate_data = objects.LibvirtLiveMigrateData.obj_from_primitive(
+            record['migrate_data'])
+        self._disconnect_volumes(context, instance, record)
+        network_info = self.network_api.get_instance_nw_info(context,
+                                                             instance)
+        block_device_info = virt_driver.get_block_device_info(
+            instance, objects.BlockDeviceMappingList(objects=[]))
+        shared = (migrate_data.obj_attr_is_set('is_shared_block_storage') and
+                  migrate_data.is_shared_block_storage or
+                  migrate_data.obj_attr_is_set('is_shared_instance_path') and
+                  migrate_data.is_shared_instance_path)
+        self.driver.rollback_live_migration_at_destination(
+            context, instance, network_info, block_device_info,
+            destroy_disks=not shared, migrate_data=migrate_data)
+        if delete_attachments:
+            for attachment_id in record['attachment_ids'].values():
+                try:
+                    self.volume_api.attachment_delete(context, attachment_id)
+                except Exception:
+                    LOG.exception('Deleting attachment %s failed',
+                                  attachment_id, instance=instance)
+        self.journal.delete(prepared.migration_uuid)
+        LOG.info('Destination %s reverted for migration %s', self.host,
+                 prepared.migration_uuid, instance=instance)
+
+    def _disconnect_volumes(self, context, instance, record):
+        for volume_id, attachment_id in record['attachment_ids'].items():
+            try:
+                connection_info = self.volume_api.attachment_get(
+                    context, attachment_id)['connection_info']
+                self.driver.multidest_disconnect_volume(
+                    context, connection_info, instance)
+            except Exception:
+                LOG.exception('Disconnecting volume %s failed', volume_id,
+                              instance=instance)
+
+    # -- source side -------------------------------------------------------
+
+    def get_source_guest(self, context, instance):
+        self._check_source_side(instance)
+        return {'xml': self.hypervisor.source_xml(instance.name)}
+
+    def start_stream(self, context, instance, destinations, secret,
+                     topology, warm_up):
+        self._check_source_side(instance)
+        with self._lock:
+            if instance.uuid in self._streams:
+                LOG.error('A stream of this instance is already running; '
+                          'the request is ignored', instance=instance)
+                return
+        secret = rpcapi.decode_secret(secret)
+        migrations = {d['host']: objects.Migration.get_by_uuid(
+            context, d['migration_uuid']) for d in destinations}
+        fanout = self.hypervisor.create_relay(
+            secret, [(d['host'], tuple(d['agent_address']))
+                     for d in destinations],
+            topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
+            on_drop=functools.partial(self._on_drop, instance))
+        bandwidth = CONF.multidest.max_bandwidth_mb * MiB or None
+        stream = streaming.SourceStream(
+            self.hypervisor.source(instance.name), fanout, warm_up=warm_up,
+            downtime_limit_ms=CONF.multidest.downtime_limit_ms,
+            max_bandwidth=bandwidth,
+            on_progress=self._progress_recorder(migrations))
+        with self._lock:
+            self._streams[instance.uuid] = stream
+        try:
+            stream.start(_spawn)
+        except Exception:
+            LOG.exception('Starting the stream failed; the guest keeps '
+                          'running here', instance=instance)
+            with self._lock:
+                self._streams.pop(instance.uuid, None)
+            stream.close()
+            return
+        LOG.info('Streaming to %s (%s)', ', '.join(migrations), topology,
+                 instance=instance)
+
+    def _on_drop(self, instance, name, reason):
+        LOG.warning('Destination %s dropped from the stream: %s', name,
+                    reason, instance=instance)
+
+    def _progress_recorder(self, migrations):
+        last_saved = [0.0]
+
+        def record(stats, destination_bytes):
+            final = stats.status in hypervisor.FINAL_STATUSES
+            now = time.monotonic()
+            if not final and now - last_saved[0] < PROGRESS_SAVE_INTERVAL:
+                return
+            last_saved[0] = now
+            for host, migration in migrations.items():
+                migration.memory_total = stats.total
+                migration.memory_processed = destination_bytes.get(
+                    host, stats.transferred)
+                migration.memory_remaining = max(
+                    stats.total - migration.memory_processed, 0)
+                if migration.obj_what_changed():
+                    migration.save()
+        return record
+
+    def _stream(self, instance):
+        with self._lock:
+            return self._streams.get(instance.uuid)
+
+    def switch_over(self, context, instance):
+        stream = self._stream(instance)
+        if stream is None:
+            LOG.warning('No multi-destination stream to switch over',
+                        instance=instance)
+            return False
+        stream.switch_over()
+        return True
+
+    def abort_stream(self, context, instance):
+        stream = self._stream(instance)
+        if stream is None:
+            LOG.info('No multi-destination stream to abort',
+                     instance=instance)
+            return False
+        stream.abort()
+        return True
+
+    def source_status(self, context, instance):
+        self._check_source_side(instance)
+        stream = self._stream(instance)
+        if stream is None:
+            return {'state': hypervisor.STATUS_NONE, 'destinations': {}}
+        return stream.status()
+
+    def resume_source(self, context, instance):
+        self._check_source_side(instance)
+        with self._lock:
+            stream = self._streams.pop(instance.uuid, None)
+        if stream is not None:
+            stream.close()
+            stream.wait(CONF.multidest.election_timeout)
+        self.hypervisor.source(instance.name).resume()
+        LOG.info('Guest runs on its source again', instance=instance)
+
+    def cleanup_source(self, context, instance, migration,
+                       migrate_data=None):
+        if (migration.source_compute != self.host or
+                migration.dest_compute == self.host):
+            raise exceptions.InvalidSettings(
+                reason='host %s is not the source of migration %s'
+                       % (self.host, migration.uuid))
+        if self.driver.multidest_guest_running(instance):
+            raise exceptions.InvalidSettings(
+                reason='the guest still runs on its source %s; resume the '
+                       'winner first' % self.host)
+        with self._lock:
+            stream = self._streams.pop(instance.uuid, None)
+        if stream is not None:
+            stream.close()
+        shared_path = shared_block = True
+        if migrate_data is not None:
+            shared_path = migrate_data.is_shared_instance_path
+            shared_block = migrate_data.is_shared_block_storage
+        network_info = self.network_api.get_instance_nw_info(context,
+                                                             instance)
+        self.driver.multidest_cleanup_source(
+            context, instance, network_info,
+            destroy_disks=not (shared_path or shared_block),
+            migrate_data=migrate_data)
+        LOG.info('Source copy removed from %s', self.host, instance=instance)
+
+    # -- driver hooks --------------------------------------------------------
+
+    def has_stream(self, instance):
+        return self._stream(instance) is not None
+
+    def close(self):
+        """Close every relay and agent; the guests stay as they are."""
+        with self._lock:
+            streams = list(self._streams.values())
+            prepared = list(self._destinations.values())
+            self._streams.clear()
+            self._destinations.clear()
+        for stream in streams:
+            stream.close()
+        for destination in prepared:
+            if destination.guest is not None:
+                destination.guest.close_stream()
+
+    def cleanup_after_restart(self, context):
+        """Destroy what abandoned or finished migrations left here.
+
+        Runs before the endpoint serves requests. A destination whose
+        migration still runs is kept for the conductor, which reverts it
+        (its stream died with the old process, so it reports failure).
+        """
+        for migration_uuid in self.journal.migration_uuids():
+            record = self.journal.read(migration_uuid)
+            if record is None:
+                self.journal.delete(migration_uuid)
+                continue
+            try:
+                self._cleanup_record(context, migration_uuid, record)
+            except Exception:
+                LOG.exception('Cleaning up after migration %s failed; it '
+                              'is retried at the next start', migration_uuid)
+
+    def _cleanup_record(self, context, migration_uuid, record):
+        try:
+            migration = objects.Migration.get_by_uuid(context,
+                                                      migration_uuid)
+        except nova_exception.MigrationNotFound:
+            migration = None
+        try:
+            instance = objects.Instance.get_by_uuid(
+                context, record['instance_uuid'],
+                expected_attrs=['system_metadata', 'flavor', 'info_cache'])
+        except nova_exception.InstanceNotFound:
+            instance = None
+        if instance is None or instance.host == self.host:
+            if instance is None:
+                self.hypervisor.destroy_incoming(record['domain_name'])
+            self.journal.delete(migration_uuid)
+            return
+        in_group = any(key.startswith(SYSMETA_PREFIX)
+                       for key in instance.system_metadata)
+        if (migration is not None and in_group and
+                migration.status not in FINAL_MIGRATION_STATUSES):
+            LOG.info('Migration %s is still in progress; leaving this '
+                     'destination to the conductor', migration_uuid,
+                     instance=instance)
+            return
+        LOG.info('Removing the destination of finished or abandoned '
+                 'migration %s', migration_uuid, instance=instance)
+        self.hypervisor.destroy_incoming(record['domain_name'])
+        prepared = _PreparedDestination(migration_uuid, record)
+        self._revert(context, instance, prepared, delete_attachments=False)

@@ -1,0 +1,570 @@
+"""A hypervisor extension that only pretends to migrate.
+
+Nova-level tests (``[multidest] hypervisor = fake``) run many computes in
+one process over Nova's fake libvirt, where no guest memory exists. This
+extension simulates the stream (bytes over time, in a fraction of a
+second), lets a test make one destination host fail in one phase, and
+keeps domains on the host's fake libvirt connection in step, so that a
+test can see which copies exist, which run and which were left behind.
+
+Everything it shares between computes lives in one module-level registry,
+because every compute of a functional test runs in this process:
+
+    fake.inject_fault('host2', fake.PHASE_STREAM)
+    self.addCleanup(fake.reset)
+"""
+
+import itertools
+import threading
+import time
+from xml.etree import ElementTree
+
+from oslo_log import log as logging
+
+from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import relay
+from nova_multidest import exceptions
+from nova_multidest.virt import hypervisors
+from nova_multidest.virt import streaming
+
+LOG = logging.getLogger(__name__)
+
+PHASE_PREPARE = 'prepare'      # start_incoming fails after the domain exists
+PHASE_STREAM = 'stream'        # the destination dies half-way through
+PHASE_COMPLETE = 'complete'    # the last bytes arrive but loading fails
+PHASE_RESUME = 'resume'        # the elected copy cannot run
+PHASES = (PHASE_PREPARE, PHASE_STREAM, PHASE_COMPLETE, PHASE_RESUME)
+
+# libvirt's values; this module must not import libvirt, which Nova's
+# functional harness replaces.
+_LIST_ACTIVE = 1
+_LIST_INACTIVE = 2
+_STATE_RUNNING = 1
+_STATE_PAUSED = 3
+_START_PAUSED = 1
+
+DEFAULT_STEPS = 10
+DEFAULT_STEP_SECONDS = 0.02
+DEFAULT_MEMORY = 64 << 20
+
+
+class _Registry(object):
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        self.faults = {}
+        self.agents = {}
+        self.relays = {}
+        self.steps = DEFAULT_STEPS
+        self.step_seconds = DEFAULT_STEP_SECONDS
+        self.ports = itertools.count(40000)
+        self.relay_ids = itertools.count(1)
+
+
+_REGISTRY = _Registry()
+
+
+def inject_fault(host, phase, message=None):
+    """Make every later destination on ``host`` fail in ``phase``."""
+    if phase not in PHASES:
+        raise ValueError('phase must be one of %s' % ', '.join(PHASES))
+    with _REGISTRY.lock:
+        _REGISTRY.faults[(host, phase)] = (
+            message or 'injected %s fault on %s' % (phase, host))
+
+
+def clear_faults():
+    with _REGISTRY.lock:
+        _REGISTRY.faults.clear()
+
+
+def configure(steps=None, step_seconds=None):
+    """Change how long a simulated pass takes (steps x step_seconds)."""
+    with _REGISTRY.lock:
+        if steps is not None:
+            _REGISTRY.steps = steps
+        if step_seconds is not None:
+            _REGISTRY.step_seconds = step_seconds
+
+
+def reset():
+    """Forget faults and settings; close relays a test left running."""
+    with _REGISTRY.lock:
+        relays = list(_REGISTRY.relays.values())
+    for fake_relay in relays:
+        fake_relay.close()
+    with _REGISTRY.lock:
+        _REGISTRY.reset()
+
+
+def _fault(host, phase):
+    with _REGISTRY.lock:
+        return _REGISTRY.faults.get((host, phase))
+
+
+def _find_domain(conn, name):
+    if conn is None:
+        return None
+    for domain in conn.listAllDomains(_LIST_ACTIVE | _LIST_INACTIVE):
+        if domain.name() == name:
+            return domain
+    return None
+
+
+def _memory_bytes(xml):
+    try:
+        element = ElementTree.fromstring(xml).find('memory')
+    except ElementTree.ParseError:
+        return DEFAULT_MEMORY
+    if element is None or not (element.text or '').strip():
+        return DEFAULT_MEMORY
+    scale = {'kib': 1 << 10, 'k': 1 << 10, 'mib': 1 << 20, 'm': 1 << 20,
+             'gib': 1 << 30, 'g': 1 << 30, 'b': 1, 'bytes': 1}
+    unit = element.get('unit', 'KiB').lower()
+    return int(element.text) * scale.get(unit, 1 << 10)
+
+
+def _domain_name(xml, default):
+    try:
+        name = ElementTree.fromstring(xml).findtext('name')
+    except ElementTree.ParseError:
+        return default
+    return name or default
+
+
+class _FakeGuest(hypervisor.Guest):
+
+    def __init__(self, name, domain):
+        self.name = name
+        self.domain = domain
+        self._callbacks = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, callback):
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def _emit(self, kind, status=None, detail=None):
+        event = hypervisor.GuestEvent(guest=self.name, kind=kind,
+                                      timestamp=time.time(), status=status,
+                                      detail=detail)
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:
+                LOG.exception('Event callback of %s failed', self.name)
+
+    def _domain_state(self):
+        if self.domain is None:
+            return None
+        try:
+            return self.domain.info()[0]
+        except Exception:
+            return None
+
+    def is_alive(self):
+        return self.domain is None or self._domain_state() is not None
+
+
+class FakeSource(_FakeGuest, hypervisor.SourceGuest):
+
+    def __init__(self, name, domain, memory_bytes):
+        super().__init__(name, domain)
+        self.status = hypervisor.STATUS_NONE
+        self.total = memory_bytes
+        self.transferred = 0
+        self.remaining = memory_bytes
+        self.iterations = 0
+        self.capabilities = {}
+        self.max_bandwidth = None
+        self.downtime_limit_ms = None
+        self.cancelled = False
+        self.error = None
+        self._paused = False
+
+    def set_capabilities(self, capabilities):
+        self.capabilities.update(capabilities)
+
+    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None):
+        if max_bandwidth is not None:
+            self.max_bandwidth = max_bandwidth
+        if downtime_limit_ms is not None:
+            self.downtime_limit_ms = downtime_limit_ms
+
+    @property
+    def holding(self):
+        return (self.downtime_limit_ms is not None and
+                self.downtime_limit_ms <= streaming.HOLD_DOWNTIME_MS)
+
+    def migrate(self, uri):
+        with _REGISTRY.lock:
+            fake_relay = _REGISTRY.relays.get(uri)
+        if fake_relay is None:
+            raise exceptions.HypervisorError(
+                operation='migrate %s' % self.name,
+                reason='nothing listens on %s' % uri)
+        self.status = hypervisor.STATUS_ACTIVE
+        self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
+        fake_relay.feed(self)
+
+    def stats(self):
+        return hypervisor.MigrationStats(
+            status=self.status, transferred=self.transferred,
+            remaining=self.remaining, total=self.total,
+            iterations=self.iterations, error=self.error)
+
+    def cancel(self):
+        self.cancelled = True
+
+    def pause(self):
+        self._paused = True
+        if self.domain is not None:
+            self.domain.suspend()
+        self._emit(hypervisor.EVENT_STOPPED)
+
+    def resume(self):
+        if self.domain is not None:
+            if self._domain_state() == _STATE_PAUSED:
+                self.domain.resume()
+        self._paused = False
+        self._emit(hypervisor.EVENT_RESUMED)
+
+    def finish(self, status, error=None):
+        self.status = status
+        self.error = error
+        if status != hypervisor.STATUS_COMPLETED and self._paused:
+            self.resume()
+        self._emit(hypervisor.EVENT_MIGRATION, status=status, detail=error)
+
+    def is_running(self):
+        if self.domain is None:
+            return not self._paused
+        return self._domain_state() == _STATE_RUNNING
+
+
+class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
+
+    def __init__(self, name, domain, memory_bytes):
+        super().__init__(name, domain)
+        self.total = memory_bytes
+        self.received = 0
+        self.status = hypervisor.STATUS_NONE
+        self.reason = None
+        self.address = None
+        self.secret = None
+        self.resumed = False
+        self.destroyed = False
+
+    @property
+    def incoming_target(self):
+        return 'fake:%s' % self.name
+
+    def start_incoming(self, capabilities=None):
+        message = _fault(self.name, PHASE_PREPARE)
+        if message:
+            raise exceptions.HypervisorError(
+                operation='start_incoming on %s' % self.name, reason=message)
+        self.status = hypervisor.STATUS_SETUP
+
+    def open_stream(self, secret, listen=('127.0.0.1', 0)):
+        with _REGISTRY.lock:
+            port = listen[1] or next(_REGISTRY.ports)
+            address = (listen[0], port)
+            if address in _REGISTRY.agents:
+                raise OSError('address %s:%s in use' % address)
+            _REGISTRY.agents[address] = self
+        self.address = address
+        self.secret = secret
+        return address
+
+    def stream_bytes_received(self):
+        return self.received
+
+    def close_stream(self):
+        with _REGISTRY.lock:
+            if _REGISTRY.agents.get(self.address) is self:
+                del _REGISTRY.agents[self.address]
+
+    def receive(self, size):
+        """Take ``size`` bytes; False once this destination failed."""
+        if self.status in hypervisor.FINAL_STATUSES:
+            return self.status != hypervisor.STATUS_FAILED
+        if self.destroyed:
+            self.fail('destination destroyed')
+            return False
+        self.received += size
+        if self.status != hypervisor.STATUS_ACTIVE:
+            self.status = hypervisor.STATUS_ACTIVE
+            self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
+        message = _fault(self.name, PHASE_STREAM)
+        if message and self.received * 2 >= self.total:
+            self.fail(message)
+            return False
+        return True
+
+    def finish(self):
+        message = _fault(self.name, PHASE_COMPLETE)
+        if message:
+            self.fail(message)
+            return False
+        self.status = hypervisor.STATUS_COMPLETED
+        self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
+        return True
+
+    def fail(self, reason):
+        if self.status in hypervisor.FINAL_STATUSES:
+            return
+        self.status = hypervisor.STATUS_FAILED
+        self.reason = reason
+        LOG.info('Fake destination %s failed: %s', self.name, reason)
+        self._emit(hypervisor.EVENT_MIGRATION, status=self.status,
+                   detail=reason)
+
+    def migration_status(self):
+        return self.status
+
+    def resume(self):
+        if self.status != hypervisor.STATUS_COMPLETED:
+            raise exceptions.HypervisorError(
+                operation='resume %s' % self.name,
+                reason='the incoming stream is %s' % self.status)
+        message = _fault(self.name, PHASE_RESUME)
+        if message:
+            raise exceptions.HypervisorError(
+                operation='resume %s' % self.name, reason=message)
+        if self.domain is not None:
+            self.domain.resume()
+        self.resumed = True
+        self._emit(hypervisor.EVENT_RESUMED)
+
+    def destroy(self):
+        self.close_stream()
+        self.fail('destroyed')
+        self.destroyed = True
+        _destroy_domain(self.domain)
+
+    def is_running(self):
+        if self.domain is None:
+            return self.resumed and not self.destroyed
+        return self._domain_state() == _STATE_RUNNING
+
+
+def _destroy_domain(domain):
+    if domain is None:
+        return
+    try:
+        domain.destroy()
+    except Exception as exc:
+        LOG.debug('Fake domain destroy: %s', exc)
+    try:
+        domain.undefine()
+    except Exception as exc:
+        # Transient domains vanish with destroy.
+        LOG.debug('Fake domain undefine: %s', exc)
+
+
+class FakeRelay(object):
+    """Moves simulated bytes from a FakeSource to FakeDestinations."""
+
+    def __init__(self, secret, destinations, topology='star', lag_limit=None,
+                 on_drop=None, **kwargs):
+        self.secret = secret
+        self.names = [name for name, _ in destinations]
+        self.addresses = {name: tuple(address)
+                          for name, address in destinations}
+        self.topology = topology
+        self.on_drop = on_drop
+        self.source_uri = None
+        self._targets = {}
+        self._state = {name: 'connecting' for name in self.names}
+        self._reasons = {}
+        self._sent = dict.fromkeys(self.names, 0)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        with _REGISTRY.lock:
+            for name in self.names:
+                target = _REGISTRY.agents.get(self.addresses[name])
+                if target is None or target.secret != self.secret:
+                    self._state[name] = 'failed'
+                    self._reasons[name] = 'no agent with this secret at %s' % (
+                        self.addresses[name],)
+                else:
+                    self._targets[name] = target
+                    self._state[name] = 'streaming'
+            if not self._targets:
+                raise exceptions.AllDestinationsFailed(
+                    reasons='; '.join('%s: %s' % item
+                                      for item in self._reasons.items()))
+            self.source_uri = 'fake:relay-%d' % next(_REGISTRY.relay_ids)
+            _REGISTRY.relays[self.source_uri] = self
+
+    def feed(self, source):
+        self._thread = threading.Thread(target=self._transfer,
+                                        args=(source,), daemon=True,
+                                        name='fake-relay-%s' % source.name)
+        self._thread.start()
+
+    def live_destinations(self):
+        with self._lock:
+            return [name for name in self.names
+                    if self._state[name] != 'failed']
+
+    def _live_targets(self):
+        live = self.live_destinations()
+        return [(name, self._targets[name]) for name in live]
+
+    def _mark_failed(self, name, reason, notify=True):
+        with self._lock:
+            if self._state[name] == 'failed':
+                return
+            self._state[name] = 'failed'
+            self._reasons[name] = reason
+        target = self._targets.get(name)
+        if target is not None:
+            target.fail(reason)
+        if notify and self.on_drop is not None:
+            self.on_drop(name, reason)
+
+    def _send(self, size):
+        for name, target in self._live_targets():
+            if target.receive(size):
+                with self._lock:
+                    self._sent[name] += size
+            else:
+                self._mark_failed(name, target.reason or 'destination failed')
+
+    def _transfer(self, source):
+        with _REGISTRY.lock:
+            steps = max(_REGISTRY.steps, 1)
+            step_seconds = _REGISTRY.step_seconds
+        chunk = max(source.total // steps, 1)
+        source.iterations = 1
+        while not self._stop.is_set():
+            if source.cancelled:
+                for name, _ in self._live_targets():
+                    self._mark_failed(name, 'migration cancelled', False)
+                source.finish(hypervisor.STATUS_CANCELLED)
+                return
+            if not self.live_destinations():
+                source.finish(hypervisor.STATUS_FAILED,
+                              'every destination failed')
+                return
+            if source.transferred < source.total:
+                size = min(chunk, source.total - source.transferred)
+                source.remaining = source.total - source.transferred - size
+            elif source.holding:
+                source.iterations += 1
+                size = max(chunk // 4, 1)
+                source.remaining = size
+            else:
+                self._complete(source)
+                return
+            source.transferred += size
+            self._send(size)
+            self._stop.wait(step_seconds)
+        if source.status not in hypervisor.FINAL_STATUSES:
+            source.finish(hypervisor.STATUS_FAILED, 'relay closed')
+
+    def _complete(self, source):
+        source.pause()
+        self._send(source.remaining)
+        source.remaining = 0
+        completed = 0
+        for name, target in self._live_targets():
+            if target.finish():
+                completed += 1
+                with self._lock:
+                    self._state[name] = 'complete'
+            else:
+                self._mark_failed(name, target.reason)
+        if completed:
+            source.finish(hypervisor.STATUS_COMPLETED)
+        else:
+            source.finish(hypervisor.STATUS_FAILED,
+                          'no destination loaded the state')
+
+    def progress(self):
+        with self._lock:
+            return {name: relay.DestinationProgress(
+                self._state[name], self._sent[name], self._reasons.get(name))
+                for name in self.names}
+
+    def drop(self, name, reason):
+        self._mark_failed(name, 'dropped: %s' % reason)
+
+    def wait_finished(self, timeout=None):
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
+
+    def close(self):
+        self._stop.set()
+        if (self._thread is not None and
+                self._thread is not threading.current_thread()):
+            self._thread.join(5)
+        for name, _ in self._live_targets():
+            with self._lock:
+                finished = self._state[name] == 'complete'
+            if not finished:
+                self._mark_failed(name, 'relay closed', False)
+        with _REGISTRY.lock:
+            if _REGISTRY.relays.get(self.source_uri) is self:
+                del _REGISTRY.relays[self.source_uri]
+
+
+class FakeHypervisor(hypervisors.NovaHypervisor):
+    """Fake guests on the host's (fake) libvirt connection, if any."""
+
+    def __init__(self, connect=None):
+        super().__init__(connect)
+
+    @property
+    def connection(self):
+        if self._connect is None:
+            return None
+        return self._connect()
+
+    def source(self, guest):
+        domain = _find_domain(self.connection, guest)
+        xml = domain.XMLDesc(0) if domain is not None else ''
+        return FakeSource(guest, domain, _memory_bytes(xml))
+
+    def source_xml(self, domain_name):
+        domain = _find_domain(self.connection, domain_name)
+        if domain is None:
+            raise exceptions.HypervisorError(
+                operation='source_xml',
+                reason='no domain named %s on this host' % domain_name)
+        return domain.XMLDesc(0)
+
+    def destination_from_xml(self, name, xml):
+        conn = self.connection
+        domain = None
+        if conn is not None:
+            if _find_domain(conn, _domain_name(xml, name)) is not None:
+                raise exceptions.HypervisorError(
+                    operation='create destination %s' % name,
+                    reason='a domain of that name already exists here')
+            domain = conn.createXML(xml, _START_PAUSED)
+            domain.suspend()
+        return FakeDestination(name, domain, _memory_bytes(xml))
+
+    def destroy_incoming(self, domain_name):
+        domain = _find_domain(self.connection, domain_name)
+        if domain is None:
+            return False
+        if domain.info()[0] != _STATE_PAUSED:
+            return False
+        _destroy_domain(domain)
+        return True
+
+    def create_relay(self, secret, destinations, **kwargs):
+        return FakeRelay(secret, destinations, **kwargs)

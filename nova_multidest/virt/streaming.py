@@ -1,0 +1,160 @@
+"""The source side of one multi-destination migration on a compute host.
+
+One outgoing stream from the source guest goes into the relay, which
+copies it to every destination agent. This object owns both for the
+lifetime of the stream, reports progress, holds pre-copy during warm-up
+and releases it at switch-over. Election and the fate of each
+destination are the conductor's; the source only ever resumes its guest
+when told to, or when QEMU gave up on its own.
+"""
+
+import threading
+
+from oslo_log import log as logging
+
+from nova_multidest.dataplane import hypervisor
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1 << 20
+# During warm-up QEMU must never judge the remaining memory small enough
+# to stop the guest: a 1 ms downtime limit keeps it pre-copying.
+HOLD_DOWNTIME_MS = 1
+# A second switch-over request forces completion whatever the downtime,
+# like Nova's force-complete, without pausing the guest ourselves.
+FORCE_DOWNTIME_MS = 60000
+POLL_INTERVAL = 0.5
+
+
+class SourceStream(object):
+    """Drives ``source`` into ``relay`` in a thread of its own.
+
+    ``on_progress(stats, per_destination_bytes)`` is called from that
+    thread at every poll and once at the end; it must not raise.
+    """
+
+    def __init__(self, source, relay, warm_up=False, downtime_limit_ms=500,
+                 max_bandwidth=None, capabilities=None, on_progress=None,
+                 poll_interval=POLL_INTERVAL):
+        self.source = source
+        self.relay = relay
+        self.warm_up = warm_up
+        self.downtime_limit_ms = downtime_limit_ms
+        self.max_bandwidth = max_bandwidth
+        self.capabilities = dict(capabilities or {})
+        self.capabilities.setdefault('events', True)
+        self.on_progress = on_progress
+        self.poll_interval = poll_interval
+        self._holding = warm_up
+        self._switch_requested = False
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._last_stats = hypervisor.MigrationStats(
+            status=hypervisor.STATUS_SETUP)
+        self._closed = False
+
+    @property
+    def holding(self):
+        return self._holding
+
+    def start(self, spawn):
+        """Start streaming; ``spawn(func)`` runs the monitor thread.
+
+        Raises if the relay reaches no destination or the hypervisor
+        refuses the migration; the guest is then untouched.
+        """
+        self.source.set_capabilities(self.capabilities)
+        self.source.set_parameters(
+            max_bandwidth=self.max_bandwidth,
+            downtime_limit_ms=(HOLD_DOWNTIME_MS if self.warm_up
+                               else self.downtime_limit_ms))
+        self.relay.start()
+        try:
+            self.source.migrate(self.relay.source_uri)
+        except Exception:
+            self.relay.close()
+            raise
+        spawn(self._monitor)
+
+    def _monitor(self):
+        try:
+            while True:
+                stats = self._poll()
+                if stats.status in hypervisor.FINAL_STATUSES:
+                    LOG.info('Outgoing stream of %s ended: %s',
+                             self.source.name, stats.status)
+                    break
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+        except Exception:
+            LOG.exception('Monitoring the stream of %s failed',
+                          self.source.name)
+        finally:
+            self._done.set()
+
+    def _poll(self):
+        stats = self.source.stats()
+        with self._lock:
+            self._last_stats = stats
+        if self.on_progress is not None:
+            try:
+                self.on_progress(stats, self.destination_bytes())
+            except Exception:
+                LOG.exception('Recording progress of %s failed',
+                              self.source.name)
+        return stats
+
+    def destination_bytes(self):
+        return {name: progress.bytes_sent
+                for name, progress in self.relay.progress().items()}
+
+    def wait(self, timeout=None):
+        """True once the source's migration reached a final state."""
+        return self._done.wait(timeout)
+
+    def switch_over(self):
+        """End warm-up; asked a second time, force completion."""
+        with self._lock:
+            if self._holding:
+                self._holding = False
+                downtime = self.downtime_limit_ms
+            else:
+                downtime = FORCE_DOWNTIME_MS
+        LOG.info('Switch-over of %s requested: downtime limit %d ms',
+                 self.source.name, downtime)
+        self.source.set_parameters(downtime_limit_ms=downtime)
+        self._wake.set()
+
+    def abort(self):
+        """Cancel the outgoing migration; the source guest keeps running."""
+        if not self._done.is_set():
+            self.source.cancel()
+        self._wake.set()
+
+    def status(self):
+        if self._done.is_set():
+            with self._lock:
+                stats = self._last_stats
+        else:
+            stats = self.source.stats()
+        destinations = {}
+        for name, progress in self.relay.progress().items():
+            destinations[name] = {'state': progress.state,
+                                  'bytes': progress.bytes_sent,
+                                  'reason': progress.reason}
+        return {'state': stats.status,
+                'holding': self._holding,
+                'memory_total': stats.total,
+                'memory_processed': stats.transferred,
+                'memory_remaining': stats.remaining,
+                'error': stats.error,
+                'destinations': destinations}
+
+    def close(self):
+        """Stop the relay; abort first if the migration still runs."""
+        if self._closed:
+            return
+        self._closed = True
+        self.abort()
+        self.relay.close()

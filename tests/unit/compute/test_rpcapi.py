@@ -1,0 +1,62 @@
+"""Where each compute RPC goes, and what it carries."""
+
+from unittest import mock
+
+import testtools
+
+from nova_multidest.compute import rpcapi
+
+
+class ComputeAPITest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        patcher = mock.patch('nova.rpc.get_client')
+        self.get_client = patcher.start()
+        self.addCleanup(patcher.stop)
+        self.client = self.get_client.return_value
+        self.cctxt = self.client.prepare.return_value
+        self.api = rpcapi.ComputeAPI()
+        self.instance = mock.Mock(host='src', uuid='i-1')
+        self.migration = mock.Mock(source_compute='src', dest_compute='dst',
+                                   uuid='m-1')
+
+    def test_client_is_capped_and_on_our_topic(self):
+        target = self.get_client.call_args.args[0]
+        self.assertEqual('nova-multidest-compute', target.topic)
+        self.assertEqual('1.0', target.version)
+        self.assertEqual(rpcapi.VERSION_CAP,
+                         self.get_client.call_args.kwargs['version_cap'])
+
+    def test_prepare_destination_calls_the_destination_with_hex_secret(self):
+        self.api.prepare_destination('ctxt', self.instance, self.migration,
+                                     b'\x01\x02', False, 'md')
+        self.assertEqual('dst', self.client.prepare.call_args.kwargs['server'])
+        self.cctxt.call.assert_called_once_with(
+            'ctxt', 'prepare_destination', instance=self.instance,
+            migration=self.migration, secret='0102', block_migration=False,
+            migrate_data='md')
+
+    def test_start_stream_is_a_cast_to_the_source(self):
+        self.api.start_stream('ctxt', self.instance, [], b'\xff', 'star',
+                              True)
+        self.assertEqual('src', self.client.prepare.call_args.kwargs['server'])
+        self.cctxt.cast.assert_called_once_with(
+            'ctxt', 'start_stream', instance=self.instance, destinations=[],
+            secret='ff', topology='star', warm_up=True)
+
+    def test_wait_destination_rpc_outlives_its_timeout(self):
+        self.api.wait_destination('ctxt', self.instance, self.migration, 60)
+        kwargs = self.client.prepare.call_args.kwargs
+        self.assertEqual('dst', kwargs['server'])
+        self.assertGreater(kwargs['timeout'], 60)
+
+    def test_cleanup_source_goes_to_the_migration_source(self):
+        self.instance.host = 'winner'
+        self.api.cleanup_source('ctxt', self.instance, self.migration)
+        self.assertEqual('src', self.client.prepare.call_args.kwargs['server'])
+
+    def test_secret_round_trip(self):
+        secret = bytes(range(32))
+        self.assertEqual(secret, rpcapi.decode_secret(
+            rpcapi.encode_secret(secret)))
