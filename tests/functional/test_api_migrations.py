@@ -1,0 +1,83 @@
+"""Nova's own migration APIs on a multi-destination group.
+
+``openstack server migration list/show/force complete/abort`` call Nova's
+server-migrations API, which knows nothing of groups: these tests prove
+that our records satisfy its checks and that its casts to the source
+compute switch over or abort the whole group.
+"""
+
+from tests.functional import base
+
+
+class GroupMigrationsTest(base.MultiDestMigrationTestBase):
+
+    COMPUTES = 3
+
+    def setUp(self):
+        super().setUp()
+        self.admin_api.microversion = '2.80'
+        self.source = self.hostnames[0]
+        self.destinations = self.hostnames[1:]
+        self.server = self.boot_server(
+            host=self.source, networks=[{'port': self.neutron.port_1['id']}])
+
+    def start_warm_up(self):
+        """Start a warm-up group; return its Migrations once all stream."""
+        self.request_migration(self.server, destinations=self.destinations,
+                               warm_up=True)
+        return base.wait_until(
+            self._all_running, timeout=60,
+            message='destinations of %s never all ran' % self.server['id'])
+
+    def _all_running(self):
+        migrations = self.admin_api.api_get(
+            '/servers/%s/migrations' % self.server['id']).body['migrations']
+        if (len(migrations) == len(self.destinations) and
+                all(m['status'] == 'running' for m in migrations)):
+            return migrations
+        return None
+
+    def test_list_and_show_every_destination(self):
+        migrations = self.start_warm_up()
+
+        self.assertEqual(sorted(self.destinations),
+                         sorted(m['dest_compute'] for m in migrations))
+        for listed in migrations:
+            shown = self.admin_api.api_get('/servers/%s/migrations/%d' % (
+                self.server['id'], listed['id'])).body['migration']
+            self.assertEqual(listed['uuid'], shown['uuid'])
+            self.assertEqual(self.source, shown['source_compute'])
+            self.assertIsNotNone(shown['memory_total_bytes'])
+        # Clean end for the invariants: give up the group.
+        self.admin_api.delete_migration(self.server['id'],
+                                        migrations[0]['id'])
+        self.wait_for_group_end(self.server)
+        self.assert_invariants(self.server, self.source)
+
+    def test_force_complete_switches_over(self):
+        migrations = self.start_warm_up()
+
+        self.admin_api.force_complete_migration(self.server['id'],
+                                                migrations[-1]['id'])
+
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual('completed', result['result'])
+        self.assertIn(result['host'], self.destinations)
+        self.assert_invariants(self.server, result['host'])
+        actions = [a['action'] for a in
+                   self.admin_api.get_instance_actions(self.server['id'])]
+        self.assertIn('live_migration_force_complete', actions)
+
+    def test_abort_keeps_the_server_on_its_source(self):
+        migrations = self.start_warm_up()
+
+        self.admin_api.delete_migration(self.server['id'],
+                                        migrations[0]['id'])
+
+        result = self.wait_for_group_end(self.server)
+        self.assertNotEqual('completed', result.get('result'))
+        self.assert_invariants(self.server, self.source)
+        statuses = {m.dest_compute: m.status
+                    for m in self.get_migrations(self.server['id'])}
+        self.assertEqual(set(self.destinations), set(statuses))
+        self.assertNotIn('completed', statuses.values())
