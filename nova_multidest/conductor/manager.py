@@ -57,6 +57,18 @@ class MultiDestConductorManager(manager.Manager):
     def live_migrate_multi(self, context, instance, destinations=None,
                            count=None, block_migration='auto',
                            warm_up=False):
+        """Run the group on a thread of its own and return at once.
+
+        A group lasts as long as its stream; holding an RPC worker that
+        long would make service stop wait for it, while everything a
+        stopped conductor leaves behind is recovery's job anyway.
+        """
+        thread_pool_factory.spawn(
+            self._run_group, context, instance, destinations, count,
+            block_migration, warm_up)
+
+    def _run_group(self, context, instance, destinations, count,
+                   block_migration, warm_up):
         context = context.elevated()
         mapping = objects.InstanceMapping.get_by_instance_uuid(
             context, instance.uuid)

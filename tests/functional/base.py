@@ -13,6 +13,7 @@ server runs on exactly one host and nothing of it is left anywhere else.
 import json
 import os
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -380,5 +381,68 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
         self.request_migration(server, **args)
         return self.wait_for_group_end(server)
 
+    def get_instance_faults(self, server_id):
+        return objects.InstanceFaultList.get_by_instance_uuids(
+            self.admin_context(), [server_id])
+
     def migrations_by_host(self, server_id):
         return {m.dest_compute: m for m in self.get_migrations(server_id)}
+
+    def hold_compute_calls(self, method, host=None):
+        """Hold our compute RPC ``method`` (to ``host``) until released.
+
+        Returns a CallGate: ``reached`` is set when a held call arrived;
+        ``release()`` lets held calls through, ``lose()`` makes them fail
+        as calls of a conductor that died would never return.
+        """
+        from nova_multidest.compute import rpcapi as compute_rpcapi
+        real = getattr(compute_rpcapi.ComputeAPI, method)
+        gate = CallGate(host)
+
+        def held(api, ctxt, instance, *args, **kwargs):
+            gate.hold(instance, *args, **kwargs)
+            return real(api, ctxt, instance, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_multidest.compute.rpcapi.ComputeAPI.%s' % method, held))
+        self.addCleanup(gate.release)
+        return gate
+
+
+class CallGate(object):
+    """Holds RPC calls in flight, for tests that need an exact order."""
+
+    def __init__(self, host=None):
+        self.host = host
+        self.reached = threading.Event()
+        self._released = threading.Event()
+        self._lost = False
+        self.count = 0
+
+    def _matches(self, instance, args, kwargs):
+        if self.host is None:
+            return True
+        migration = kwargs.get('migration', args[0] if args else None)
+        host = getattr(migration, 'dest_compute', None) or instance.host
+        return host == self.host
+
+    def hold(self, instance, *args, **kwargs):
+        matches = self._matches(instance, args, kwargs)
+        if self._released.is_set() or not matches:
+            return
+        self.count += 1
+        self.reached.set()
+        self._released.wait(120)
+        if self._lost:
+            raise RuntimeError('call lost with the conductor that made it')
+
+    def wait_reached(self, count=1, timeout=60):
+        wait_until(lambda: self.count >= count, timeout=timeout,
+                   message='held calls never arrived')
+
+    def release(self):
+        self._released.set()
+
+    def lose(self):
+        self._lost = True
+        self._released.set()

@@ -51,3 +51,114 @@ class HappyPathTest(base.MultiDestMigrationTestBase):
     def test_three_scheduled_destinations(self):
         result = self.migrate_and_wait(self.server, count=3)
         self.assert_group(result, self.hostnames[1:4])
+
+
+class DestinationFailureTest(base.MultiDestMigrationTestBase):
+    """One destination fails at one phase; it alone is reverted."""
+
+    COMPUTES = 4
+
+    def setUp(self):
+        super().setUp()
+        self.source, self.bad, self.good = self.hostnames[:3]
+        self.server = self.boot_server(
+            host=self.source, networks=[{'port': self.neutron.port_1['id']}])
+
+    def migrate_expecting(self, status_of_bad='failed'):
+        result = self.migrate_and_wait(
+            self.server, destinations=[self.bad, self.good])
+        self.assertEqual({'result': 'completed', 'host': self.good}, result)
+        migrations = self.migrations_by_host(self.server['id'])
+        self.assertEqual(status_of_bad, migrations[self.bad].status)
+        self.assertEqual('completed', migrations[self.good].status)
+        self.assert_invariants(self.server, self.good)
+        events = self.admin_api.api_get(
+            '/servers/%s/os-instance-actions' % self.server['id']
+        ).body['instanceActions']
+        self.assertEqual('live-migration', events[0]['action'])
+        return migrations
+
+    def test_checks_fail_host_down(self):
+        service = self.admin_api.get_services(
+            binary='nova-compute', host=self.bad)[0]
+        self.admin_api.api_put('/os-services/%s' % service['id'],
+                               {'forced_down': True})
+        self.admin_api.microversion = '2.74'
+        self.migrate_expecting()
+
+    def test_claim_fails_no_capacity(self):
+        total = self._get_provider_inventory(
+            self.compute_rp_uuids[self.bad])['MEMORY_MB']['total']
+        self._reserve_placement_resource(self.bad, 'MEMORY_MB', total)
+        self.migrate_expecting()
+        self.assertEqual({}, self.placement.get(
+            '/resource_providers/%s/allocations' %
+            self.compute_rp_uuids[self.bad]).body['allocations'])
+
+    def test_prepare_fails(self):
+        self.inject_fault(self.bad, 'prepare')
+        self.migrate_expecting()
+
+    def test_stream_fails(self):
+        self.inject_fault(self.bad, 'stream')
+        self.migrate_expecting()
+
+    def test_complete_fails(self):
+        self.inject_fault(self.bad, 'complete')
+        self.migrate_expecting()
+
+    def test_elected_winner_fails_before_its_guest_ran(self):
+        # The bad host completes first and is elected; it cannot resume,
+        # so the good one, held until then, must win.
+        self.inject_fault(self.bad, 'resume')
+        gate = self.hold_compute_calls('wait_destination', host=self.good)
+        resumes = self.hold_compute_calls('resume_destination',
+                                          host=self.bad)
+        self.request_migration(self.server,
+                               destinations=[self.bad, self.good])
+        resumes.wait_reached()
+        resumes.release()
+        gate.release()
+        self.wait_for_group_end(self.server)
+        migrations = self.migrations_by_host(self.server['id'])
+        self.assertEqual('failed', migrations[self.bad].status)
+        self.assertEqual('completed', migrations[self.good].status)
+        self.assert_invariants(self.server, self.good)
+
+
+class AllFailTest(base.MultiDestMigrationTestBase):
+
+    COMPUTES = 4
+
+    def test_all_destinations_fail(self):
+        source = self.hostnames[0]
+        server = self.boot_server(
+            host=source, networks=[{'port': self.neutron.port_1['id']}])
+        for host in self.hostnames[1:]:
+            self.inject_fault(host, 'stream')
+        result = self.migrate_and_wait(server, count=3)
+        self.assertEqual('failed', result['result'])
+        self.assertEqual(source, result['host'])
+        migrations = self.get_migrations(server['id'])
+        self.assertEqual(3, len(migrations))
+        self.assertEqual({'failed'}, {m.status for m in migrations})
+        self.assert_invariants(server, source)
+        fault = self.admin_api.get_server(server['id']).get('fault')
+        self.assertIsNone(fault)  # an ACTIVE server shows no fault
+        faults = self.get_instance_faults(server['id'])
+        self.assertIn('Every destination failed', faults[0].message)
+
+    def test_second_round_on_other_hosts(self):
+        self.flags(max_rounds=2, group='multidest')
+        source, first = self.hostnames[:2]
+        server = self.boot_server(host=source)
+        self.inject_fault(first, 'prepare')
+        result = self.migrate_and_wait(server, destinations=[first])
+        self.assertEqual('completed', result['result'])
+        winner = result['host']
+        self.assertNotIn(winner, (source, first))
+        migrations = self.migrations_by_host(server['id'])
+        self.assertEqual({first, winner}, set(migrations))
+        self.assertEqual('failed', migrations[first].status)
+        self.assertEqual('completed', migrations[winner].status)
+        self.assert_invariants(server, winner)

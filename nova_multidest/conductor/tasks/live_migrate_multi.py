@@ -283,6 +283,7 @@ class LiveMigrateMultiTask(object):
         except exceptions.ConductorStopping:
             return False
         except Exception as error:
+            self.check_not_stopping()
             LOG.warning('Destination %s failed at %s: %s', destination.host,
                         phase, error, instance=self.instance)
             destination.fail(phase, error)
@@ -370,6 +371,7 @@ class LiveMigrateMultiTask(object):
             self.clients.multidest_compute.resume_destination(
                 self.context, self.instance, destination.migration)
         except Exception as error:
+            self.check_not_stopping()
             LOG.warning('Elected destination %s failed to resume: %s',
                         destination.host, error, instance=self.instance)
             destination.fail(PHASE_RESUME, error)
@@ -473,8 +475,8 @@ class LiveMigrateMultiTask(object):
             reasons='; '.join('%s: %s' % item
                               for item in sorted(self.reasons.items())) or
             'no destination found')
-        compute_utils.add_instance_fault_from_exc(self.context, instance,
-                                                  error)
+        compute_utils.add_instance_fault_from_exc(
+            self.context, instance, error, fault_message=str(error))
         records.end_group(instance, records.FAILED, self.source,
                           reasons=self.reasons)
         instance.task_state = None
