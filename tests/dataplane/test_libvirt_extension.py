@@ -1,0 +1,320 @@
+"""The libvirt hypervisor extension against a real libvirtd and QEMU (TCG).
+
+The test starts its own libvirtd in a private mount namespace, so that
+its configuration (QEMU runs as root, no cgroups, no virtlogd), state
+directories and sockets are its own and nothing of the host's libvirt is
+touched. One daemon hosts the source and every destination, under
+different names.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+
+import fixtures
+import libvirt
+import testtools
+
+from nova_multidest.dataplane import guest as guest_image
+from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import protocol
+from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
+from nova_multidest.virt import streaming
+
+MiB = 1 << 20
+GUEST_MEMORY_MB = 64
+START_TIMEOUT = 20
+STREAM_TIMEOUT = 60
+
+QEMU_CONF = textwrap.dedent('''\
+    user = "root"
+    group = "root"
+    dynamic_ownership = 0
+    security_driver = "none"
+    namespaces = [ ]
+    cgroup_controllers = [ ]
+    stdio_handler = "file"
+    ''')
+
+# Mounted over the host's paths inside the daemon's namespace only.
+# libvirtd resolves its default QEMU user before reading qemu.conf, so the
+# passwd and group it sees must name one.
+NAMESPACE_SCRIPT = textwrap.dedent('''\
+    set -e
+    for dir in /run /var/lib /var/cache /var/log; do
+        mount -t tmpfs tmpfs "$dir"
+    done
+    mount --bind "$1/etc" /etc/libvirt
+    mount --bind "$1/passwd" /etc/passwd
+    mount --bind "$1/group" /etc/group
+    exec libvirtd -f "$1/libvirtd.conf"
+    ''')
+
+
+def _with_qemu_user(path, line):
+    with open(path) as f:
+        content = f.read()
+    if not any(entry.startswith('libvirt-qemu:')
+               for entry in content.splitlines()):
+        content = content.rstrip('\n') + '\n' + line + '\n'
+    return content
+
+
+class LibvirtDaemon(fixtures.Fixture):
+    """A private libvirtd; stopped, with every domain it ran, on cleanup."""
+
+    def _setUp(self):
+        self.dir = tempfile.mkdtemp(prefix='multidest-libvirtd-')
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        os.mkdir(os.path.join(self.dir, 'etc'))
+        with open(os.path.join(self.dir, 'etc', 'qemu.conf'), 'w') as f:
+            f.write(QEMU_CONF)
+        with open(os.path.join(self.dir, 'libvirtd.conf'), 'w') as f:
+            f.write('unix_sock_dir = "%s"\n'
+                    'auth_unix_rw = "none"\n'
+                    'auth_unix_ro = "none"\n' % self.dir)
+        with open(os.path.join(self.dir, 'passwd'), 'w') as f:
+            f.write(_with_qemu_user(
+                '/etc/passwd',
+                'libvirt-qemu:x:64055:64055::/nonexistent:/usr/sbin/nologin'))
+        with open(os.path.join(self.dir, 'group'), 'w') as f:
+            f.write(_with_qemu_user('/etc/group', 'libvirt-qemu:x:64055:'))
+        socket_path = os.path.join(self.dir, 'libvirt-sock')
+        self.uri = 'qemu+unix:///system?socket=%s' % socket_path
+        self.log_path = os.path.join(self.dir, 'libvirtd.log')
+        with open(self.log_path, 'wb') as log:
+            self.process = subprocess.Popen(
+                ['unshare', '--mount', '--propagation', 'private',
+                 'sh', '-c', NAMESPACE_SCRIPT, 'libvirtd-namespace',
+                 self.dir],
+                stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        self.qemu_pids = set()
+        self.addCleanup(self._stop)
+        self.connection = self._connect()
+
+    def _connect(self):
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError('libvirtd exited: %s' % self.log())
+            try:
+                return libvirt.open(self.uri)
+            except libvirt.libvirtError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError('libvirtd did not answer within '
+                                       '%ss: %s' % (START_TIMEOUT, self.log()))
+            # No event to wait for: the socket appears once the daemon
+            # has initialised its drivers.
+            time.sleep(0.1)
+
+    def log(self):
+        with open(self.log_path, errors='replace') as f:
+            return f.read()[-4000:]
+
+    def note_qemu_pids(self):
+        """Remember the QEMU processes of the daemon's domains."""
+        run_dir = '/proc/%d/root/run/libvirt/qemu' % self.process.pid
+        for domain in self.connection.listAllDomains(0):
+            path = os.path.join(run_dir, '%s.pid' % domain.name())
+            try:
+                with open(path) as f:
+                    self.qemu_pids.add(int(f.read().strip()))
+            except (OSError, ValueError):
+                pass
+        return set(self.qemu_pids)
+
+    def live_qemu_pids(self):
+        return {pid for pid in self.qemu_pids if _alive(pid)}
+
+    def _stop(self):
+        try:
+            self.note_qemu_pids()
+            for domain in self.connection.listAllDomains(0):
+                libvirt_ext._destroy_domain(domain)
+            self.connection.close()
+        except libvirt.libvirtError:
+            pass
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        for pid in self.live_qemu_pids():
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().split(')')[-1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def source_xml(name, kernel):
+    return textwrap.dedent('''\
+        <domain type='qemu'>
+          <name>%s</name>
+          <uuid>%s</uuid>
+          <memory unit='MiB'>%d</memory>
+          <vcpu>1</vcpu>
+          <os>
+            <type arch='x86_64' machine='pc'>hvm</type>
+            <kernel>%s</kernel>
+          </os>
+          <devices>
+            <emulator>/usr/bin/qemu-system-x86_64</emulator>
+          </devices>
+        </domain>
+        ''') % (name, uuid.uuid4(), GUEST_MEMORY_MB, kernel)
+
+
+class StatusWaiter(object):
+    """Wakes the test on the guest's migration events."""
+
+    def __init__(self, guest):
+        self.guest = guest
+        self.changed = threading.Condition()
+        guest.subscribe(self._on_event)
+
+    def _on_event(self, event):
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_final(self, timeout):
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                status = self.guest.migration_status()
+                left = deadline - time.monotonic()
+                if status in hypervisor.FINAL_STATUSES or left <= 0:
+                    return status
+                self.changed.wait(min(left, 1.0))
+
+
+class LibvirtExtensionTest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        # libvirt prints every error it raises; the tests expect some.
+        libvirt.registerErrorHandler(lambda context, error: None, None)
+        self.daemon = self.useFixture(LibvirtDaemon())
+        self.conn = self.daemon.connection
+        self.work_dir = self.useFixture(fixtures.TempDir()).path
+        kernel = guest_image.DirtyingGuest().write(self.work_dir)
+        self.name = 'multidest-src-%s' % uuid.uuid4().hex[:8]
+        self.conn.createXML(source_xml(self.name, kernel), 0)
+        self.hv = libvirt_ext.LibvirtHypervisor(
+            lambda: self.conn, rename_destinations=True,
+            work_dir=self.work_dir)
+
+    def _domain_names(self):
+        return sorted(d.name() for d in self.conn.listAllDomains(0))
+
+    def test_stream_to_three_paused_destinations_one_resumes(self):
+        secret = protocol.new_secret()
+        source = self.hv.source(self.name)
+        self.assertTrue(source.is_running())
+        destinations = {}
+        addresses = []
+        for host in ('dest1', 'dest2', 'dest3'):
+            dest = self.hv.create_destination(host, source)
+            dest.start_incoming()
+            destinations[host] = dest
+            addresses.append((host, dest.open_stream(
+                secret, listen=('127.0.0.1', 0))))
+        self.daemon.note_qemu_pids()
+        self.assertEqual(4, len(self.daemon.live_qemu_pids()))
+        for dest in destinations.values():
+            state, _ = dest.domain.state()
+            self.assertEqual(libvirt.VIR_DOMAIN_PAUSED, state)
+            self.assertEqual('inmigrate', dest.run_state())
+            self.assertFalse(dest.domain.isPersistent())
+        waiters = {host: StatusWaiter(dest)
+                   for host, dest in destinations.items()}
+
+        relay = self.hv.create_relay(secret, addresses)
+        stream = streaming.SourceStream(
+            source, relay, downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
+            poll_interval=0.1)
+        stream.start(lambda func: threading.Thread(
+            target=func, daemon=True).start())
+        self.addCleanup(stream.close)
+        self.assertTrue(stream.wait(STREAM_TIMEOUT), stream.status())
+        self.assertEqual(hypervisor.STATUS_COMPLETED, source.stats().status)
+        self.assertFalse(source.is_running())
+        for host, waiter in waiters.items():
+            self.assertEqual(hypervisor.STATUS_COMPLETED,
+                             waiter.wait_final(STREAM_TIMEOUT), host)
+            self.assertEqual(relay.bytes_from_source,
+                             destinations[host].stream_bytes_received())
+
+        # One-way stream, so every copy equals the paused source.
+        source_ram = source.memory_digest(self.work_dir)
+        for host, dest in destinations.items():
+            self.assertFalse(dest.is_running(), host)
+            self.assertEqual(source_ram, dest.memory_digest(self.work_dir),
+                             host)
+
+        winner = destinations.pop('dest2')
+        winner.resume()
+        self.assertTrue(winner.is_running())
+        self.assertTrue(winner.domain.isPersistent())
+        self.assertFalse(libvirt_ext.is_incoming_xml(
+            winner.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+        for dest in destinations.values():
+            dest.destroy()
+            self.assertFalse(os.path.exists(dest.work_dir))
+        self.assertEqual(sorted([self.name, winner.domain.name()]),
+                         self._domain_names())
+        self.assertFalse(os.path.exists(winner.work_dir))
+
+        stream.close()
+        libvirt_ext._destroy_domain(self.hv.source(self.name).domain)
+        libvirt_ext._destroy_domain(winner.domain)
+        self.assertEqual([], self._domain_names())
+        self.assertEqual([], self.conn.listDefinedDomains())
+        self.assertEqual(set(), self.daemon.live_qemu_pids())
+        self.assertEqual(['dirtying-guest.bin'], os.listdir(self.work_dir))
+
+    def test_destroy_incoming_spares_running_domains(self):
+        source = self.hv.source(self.name)
+        dest = self.hv.create_destination('dest1', source)
+        dest.start_incoming()
+        self.assertFalse(self.hv.destroy_incoming(self.name))
+        self.assertTrue(self.hv.destroy_incoming(dest.domain.name()))
+        self.assertEqual([self.name], self._domain_names())
+        self.assertTrue(source.is_running())
+
+    def test_cancel_keeps_the_source_running(self):
+        secret = protocol.new_secret()
+        source = self.hv.source(self.name)
+        dest = self.hv.create_destination('dest1', source)
+        dest.start_incoming()
+        address = dest.open_stream(secret, listen=('127.0.0.1', 0))
+        waiter = StatusWaiter(dest)
+        relay = self.hv.create_relay(secret, [('dest1', address)])
+        stream = streaming.SourceStream(source, relay, warm_up=True,
+                                        max_bandwidth=64 * MiB,
+                                        poll_interval=0.1)
+        stream.start(lambda func: threading.Thread(
+            target=func, daemon=True).start())
+        self.addCleanup(stream.close)
+        stream.abort()
+        self.assertTrue(stream.wait(STREAM_TIMEOUT))
+        self.assertEqual(hypervisor.STATUS_CANCELLED, source.stats().status)
+        self.assertTrue(source.is_running())
+        stream.close()
+        self.assertEqual(hypervisor.STATUS_FAILED,
+                         waiter.wait_final(STREAM_TIMEOUT))
+        dest.destroy()
+        self.assertEqual([self.name], self._domain_names())
