@@ -75,6 +75,17 @@ class DirtyingGuest:
     def dirty_end(self):
         return self.dirty_start + self.dirty_size
 
+    def booted(self, read_u32):
+        """True once the guest runs its dirtying loop.
+
+        ``read_u32(address)`` reads guest memory. The fill pass must be
+        over before a migration starts, or the stream carries less than
+        the caller expects.
+        """
+        if self.fill_size:
+            return read_u32(self.fill_end - PAGE) == self.fill_end - PAGE
+        return read_u32(self.dirty_start) != 0
+
     def build(self):
         code = _Code()
         code.emit(b'\xfa')                                  # cli

@@ -29,6 +29,7 @@ QEMU_BINARY = 'qemu-system-x86_64'
 MiB = 1 << 20
 # QEMU's own defaults for announce-self (qemu-options: -announce).
 ANNOUNCE = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
+BOOT_TIMEOUT = 30
 PAUSED_AFTER_MIGRATION = ('postmigrate', 'finish-migrate', 'paused',
                           'prelaunch', 'inmigrate')
 
@@ -310,7 +311,10 @@ class QemuHypervisor(hypervisor.Hypervisor):
         self.processes = []
 
     def boot(self, name, memory_mb=64, image=None):
-        """Start a running guest from the tiny dirtying kernel."""
+        """Start a running guest from the tiny dirtying kernel.
+
+        Returns once the guest runs its dirtying loop.
+        """
         image = image or guest_image.DirtyingGuest()
         image.validate(memory_mb)
         image_dir = tempfile.mkdtemp(prefix='multidest-image-',
@@ -324,6 +328,17 @@ class QemuHypervisor(hypervisor.Hypervisor):
         # Destinations start from the same kernel file, so it lives as
         # long as the source process.
         process.image_dir = image_dir
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not image.booted(process.read_u32):
+            if time.monotonic() > deadline or not process.is_alive():
+                with open(process.log_path, errors='replace') as log:
+                    output = log.read()[-2000:]
+                process.destroy()
+                raise exceptions.HypervisorError(
+                    operation='boot %s' % name,
+                    reason='the guest did not start its loop in %ss; QEMU '
+                           'said: %s' % (BOOT_TIMEOUT, output or 'nothing'))
+            time.sleep(0.01)
         return process
 
     def _spawn(self, name, kernel, memory_mb, incoming):
