@@ -1,0 +1,67 @@
+"""Settings of a multi-destination session, checked before anything runs."""
+
+import io
+
+import testtools
+
+from nova_multidest.cmd import demo
+from nova_multidest.dataplane import session
+from nova_multidest import exceptions
+
+
+class SettingsTest(testtools.TestCase):
+
+    def test_defaults_are_valid(self):
+        session.Settings().validate(['a', 'b'])
+
+    def test_rejected(self):
+        cases = [
+            ([], {}, 'at least one destination'),
+            (['a', 'b', 'a'], {}, 'listed more than once: a'),
+            (['a'], {'topology': 'mesh'}, "unknown topology 'mesh'"),
+            (['a'], {'capabilities': {'bogus': True}}, "'bogus'"),
+            (['a'], {'min_destinations': 0}, 'min_destinations'),
+            (['a'], {'warm_up_exit': 'never'}, "'never'"),
+            (['a'], {'warm_up_percent': 0}, 'warm_up_percent'),
+            (['a'], {'downtime_limit_ms': 0}, 'downtime_limit_ms'),
+            (['a'], {'max_rounds': 0}, 'max_rounds'),
+            (['a'], {'election_timeout': 0}, 'election_timeout'),
+        ]
+        for names, kwargs, text in cases:
+            with self.subTest(kwargs=kwargs):
+                err = self.assertRaises(exceptions.InvalidSettings,
+                                        session.Settings(**kwargs).validate,
+                                        names)
+                self.assertIn(text, str(err))
+
+    def test_capabilities_a_one_way_stream_cannot_carry(self):
+        for name in ('return-path', 'postcopy-ram', 'release-ram',
+                     'pause-before-switchover'):
+            with self.subTest(capability=name):
+                err = self.assertRaises(
+                    exceptions.UnsupportedCapability,
+                    session.Settings(capabilities={name: True}).validate,
+                    ['a'])
+                self.assertIn(name, str(err))
+                self.assertIn('Turn it off', str(err))
+
+    def test_disabled_unsupported_capability_is_fine(self):
+        session.Settings(capabilities={'return-path': False,
+                                       'multifd': True}).validate(['a'])
+
+
+class ProgressBoardTest(testtools.TestCase):
+
+    def test_without_terminal_prints_only_changes(self):
+        out = io.StringIO()
+        board = demo.ProgressBoard(['d0'], out)
+        for percent in (0.0, 10.0, 20.0, 30.0):
+            board.update({'d0': session.DestinationProgress(
+                session.STREAMING, int(percent * 1e6), percent)})
+        board.update({'d0': session.DestinationProgress(
+            session.REMOVED, 30000000, 30.0, 'hypervisor exited')})
+        lines = out.getvalue().splitlines()
+        self.assertEqual(3, len(lines), lines)
+        self.assertNotIn('\x1b', out.getvalue())
+        self.assertIn('30.0%', lines[1])
+        self.assertIn('removed (hypervisor exited)', lines[2])

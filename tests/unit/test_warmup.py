@@ -1,0 +1,104 @@
+"""Warm-up exit conditions, on synthetic samples."""
+
+import math
+
+import testtools
+
+from nova_multidest.dataplane import hypervisor as hv
+from nova_multidest.dataplane import warmup
+
+MiB = 1 << 20
+
+
+def stats(iterations, transferred, remaining=0, dirty_rate=0.0,
+          bandwidth=0.0):
+    return hv.MigrationStats(status=hv.STATUS_ACTIVE,
+                             transferred=transferred, remaining=remaining,
+                             total=64 * MiB, dirty_rate=dirty_rate,
+                             bandwidth=bandwidth, iterations=iterations)
+
+
+def dests(**received):
+    return {name: warmup.DestinationSample(value)
+            for name, value in received.items()}
+
+
+class CopiedConditionTest(testtools.TestCase):
+
+    def test_not_ready_during_first_pass(self):
+        monitor = warmup.WarmUpMonitor('copied', 100, 500)
+        state = monitor.update(0.0, stats(1, 10 * MiB, 50 * MiB), 10 * MiB,
+                               dests(a=10 * MiB))
+        self.assertFalse(state.ready)
+
+    def test_ready_once_destination_received_the_first_pass(self):
+        monitor = warmup.WarmUpMonitor('copied', 100, 500)
+        state = monitor.update(0.0, stats(2, 64 * MiB), 64 * MiB,
+                               dests(a=64 * MiB, b=30 * MiB))
+        self.assertEqual(['a'], state.ready_destinations)
+        self.assertFalse(state.ready)
+        # The mark stays where the first pass ended, though the source
+        # keeps sending.
+        state = monitor.update(0.1, stats(5, 90 * MiB), 90 * MiB,
+                               dests(a=90 * MiB, b=64 * MiB))
+        self.assertEqual(['a', 'b'], state.ready_destinations)
+        self.assertTrue(state.ready)
+
+    def test_percentage_of_live_destinations(self):
+        monitor = warmup.WarmUpMonitor('copied', 50, 500)
+        state = monitor.update(0.0, stats(2, 64 * MiB), 64 * MiB,
+                               dests(a=64 * MiB, b=1, c=1))
+        self.assertFalse(state.ready)  # 1 of 3 < 50 %
+        samples = dests(a=64 * MiB, b=1, c=1)
+        samples['c'].live = False
+        state = monitor.update(0.1, stats(2, 64 * MiB), 64 * MiB, samples)
+        self.assertTrue(state.ready)   # 1 of 2 live >= 50 %
+
+    def test_no_live_destination_is_never_ready(self):
+        monitor = warmup.WarmUpMonitor('copied', 1, 500)
+        samples = dests(a=64 * MiB)
+        samples['a'].live = False
+        self.assertFalse(monitor.update(0.0, stats(3, 64 * MiB), 64 * MiB,
+                                        samples).ready)
+
+
+class DowntimeConditionTest(testtools.TestCase):
+
+    def _monitor(self, limit_ms=500, percent=100):
+        monitor = warmup.WarmUpMonitor('downtime', percent, limit_ms)
+        monitor.update(0.0, stats(2, 0), 0, dests(a=0, b=0))
+        return monitor
+
+    def test_uses_backlog_dirty_memory_and_delivery_rate(self):
+        monitor = self._monitor()
+        # a received 100 MiB in 1 s, b 10 MiB. The source did 10 syncs in
+        # that second while the guest dirtied 10 MiB/s: 1 MiB per period.
+        state = monitor.update(
+            1.0, stats(12, 100 * MiB, remaining=4 * MiB,
+                       dirty_rate=10 * MiB), 100 * MiB,
+            dests(a=100 * MiB, b=10 * MiB))
+        self.assertAlmostEqual(50.0, state.expected_downtime_ms['a'])
+        # b: (5 MiB pending + 90 MiB backlog) / 10 MiB/s.
+        self.assertAlmostEqual(9500.0, state.expected_downtime_ms['b'])
+        self.assertEqual(['a'], state.ready_destinations)
+        self.assertFalse(state.ready)
+
+    def test_not_ready_before_the_first_pass_completed(self):
+        monitor = warmup.WarmUpMonitor('downtime', 100, 500)
+        state = monitor.update(0.0, stats(1, 0, remaining=0), 0,
+                               dests(a=0))
+        self.assertFalse(state.ready)
+
+    def test_nothing_pending_means_no_downtime(self):
+        monitor = self._monitor(limit_ms=1)
+        state = monitor.update(1.0, stats(3, 10 * MiB), 10 * MiB,
+                               dests(a=10 * MiB, b=10 * MiB))
+        self.assertEqual(0.0, state.expected_downtime_ms['a'])
+        self.assertTrue(state.ready)
+
+    def test_no_rate_known_means_infinite_downtime(self):
+        monitor = warmup.WarmUpMonitor('downtime', 100, 500)
+        state = monitor.update(0.0, stats(2, 10 * MiB, remaining=MiB),
+                               10 * MiB, dests(a=10 * MiB))
+        self.assertTrue(math.isinf(state.expected_downtime_ms['a']))
+        self.assertFalse(state.ready)
