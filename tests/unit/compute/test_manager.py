@@ -1,0 +1,287 @@
+"""The compute endpoint, with Nova's services mocked and the fake extension."""
+
+import threading
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+import testtools
+
+from nova import objects
+
+from nova_multidest.compute import manager
+from nova_multidest import conf
+from nova_multidest import exceptions
+from nova_multidest.virt.hypervisors import fake
+
+SECRET_HEX = 'ab' * 32
+SOURCE_ATTACHMENT = '2c0c5a3e-7f8e-4b55-9a43-6c1f0d3c6a01'
+DEST_ATTACHMENT = '9d2b1c44-1e0f-4c7a-8a3b-5e6f7a8b9c02'
+SOURCE_XML = ("<domain><name>instance-1</name>"
+              "<memory unit='KiB'>4096</memory></domain>")
+
+
+def setUpModule():
+    objects.register_all()
+
+
+def volume_bdm(connection_info):
+    return objects.BlockDeviceMapping(
+        source_type='volume', destination_type='volume', volume_id='vol-1',
+        attachment_id=SOURCE_ATTACHMENT, device_name='/dev/vdb',
+        no_device=False,
+        boot_index=None, guest_format=None, disk_bus='virtio',
+        device_type='disk', delete_on_termination=False, volume_size=1,
+        snapshot_id=None, image_id=None, tag=None, volume_type=None,
+        encrypted=False, encryption_secret_uuid=None, encryption_format=None,
+        encryption_options=None, connection_info=connection_info)
+
+
+class EndpointTestBase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(fake.reset)
+        fake.configure(steps=4, step_seconds=0.001)
+        self.config = self.useFixture(config_fixture.Config(conf.CONF))
+        self.config.config(
+            instances_path=self.useFixture(fixtures.TempDir()).path)
+        self.config.config(listen_address='127.0.0.1', port_min=41000,
+                           port_max=41009, group='multidest')
+        for target in ('nova.network.neutron.API', 'nova.volume.cinder.API',
+                       'nova.rpc.get_client'):
+            patcher = mock.patch(target)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+        self.driver = mock.Mock()
+        self.driver.multidest_guest_running.return_value = False
+        self.driver.multidest_destination_xml.return_value = SOURCE_XML
+        self.driver.pre_live_migration.side_effect = (
+            lambda ctxt, inst, bdi, ni, disk, md: md)
+        self.bdms = objects.BlockDeviceMappingList(objects=[])
+        patcher = mock.patch.object(
+            objects.BlockDeviceMappingList, 'get_by_instance_uuid',
+            return_value=self.bdms)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        self.instance = mock.Mock(uuid='inst-1', host='src')
+        self.instance.name = 'instance-1'
+        self.migration = mock.Mock(uuid='mig-1', source_compute='src',
+                                   dest_compute='dst')
+
+    def endpoint(self, host='dst'):
+        endpoint = manager.MultiDestComputeManager(
+            self.driver, host, hypervisor_ext=fake.FakeHypervisor())
+        endpoint.compute_rpcapi = mock.Mock()
+        endpoint.compute_rpcapi.get_source_guest.return_value = {
+            'xml': SOURCE_XML}
+        self.addCleanup(endpoint.close)
+        return endpoint
+
+    def migrate_data(self, shared=True):
+        return objects.LibvirtLiveMigrateData(
+            is_shared_instance_path=shared, is_shared_block_storage=False,
+            block_migration=False)
+
+
+class DestinationSideTest(EndpointTestBase):
+
+    def test_prepare_refuses_a_host_that_is_not_the_destination(self):
+        endpoint = self.endpoint(host='src')
+        self.assertRaises(exceptions.InvalidSettings,
+                          endpoint.prepare_destination, 'ctxt',
+                          self.instance, self.migration, SECRET_HEX, False,
+                          self.migrate_data())
+
+    def test_prepare_refuses_local_disks_without_shared_storage(self):
+        md = self.migrate_data(shared=False)
+        md.block_migration = True
+        self.assertRaises(exceptions.InvalidSettings,
+                          self.endpoint().prepare_destination, 'ctxt',
+                          self.instance, self.migration, SECRET_HEX, True,
+                          md)
+
+    def test_prepare_returns_an_agent_in_the_port_range(self):
+        endpoint = self.endpoint()
+        result = endpoint.prepare_destination(
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        host, port = result['agent_address']
+        self.assertEqual('127.0.0.1', host)
+        self.assertTrue(41000 <= port <= 41009)
+        self.assertEqual({}, result['attachment_ids'])
+        self.driver.multidest_destination_xml.assert_called_once_with(
+            self.instance, SOURCE_XML, result['migrate_data'])
+        self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
+
+    def test_prepare_attaches_volumes_without_touching_bdms(self):
+        self.bdms.objects.append(volume_bdm('{"src": 1}'))
+        endpoint = self.endpoint()
+        endpoint.volume_api.attachment_create.return_value = {
+            'id': DEST_ATTACHMENT, 'connection_info': {'dst': 1}}
+        with mock.patch.object(objects.BlockDeviceMapping, 'save') as save:
+            result = endpoint.prepare_destination(
+                'ctxt', self.instance, self.migration, SECRET_HEX, False,
+                self.migrate_data())
+        save.assert_not_called()
+        self.assertEqual({'vol-1': DEST_ATTACHMENT},
+                         result['attachment_ids'])
+        endpoint.volume_api.attachment_create.assert_called_once_with(
+            'ctxt', 'vol-1', 'inst-1',
+            connector=self.driver.get_volume_connector.return_value,
+            mountpoint='/dev/vdb')
+        bdi = self.driver.pre_live_migration.call_args.args[2]
+        [driver_bdm] = bdi['block_device_mapping']
+        self.assertEqual({'dst': 1}, driver_bdm['connection_info'])
+
+    def test_failed_prepare_leaves_nothing(self):
+        fake.inject_fault('dst', fake.PHASE_PREPARE)
+        self.bdms.objects.append(volume_bdm('{}'))
+        endpoint = self.endpoint()
+        endpoint.volume_api.attachment_create.return_value = {
+            'id': DEST_ATTACHMENT, 'connection_info': {}}
+        self.assertRaises(exceptions.HypervisorError,
+                          endpoint.prepare_destination, 'ctxt',
+                          self.instance, self.migration, SECRET_HEX, False,
+                          self.migrate_data())
+        endpoint.volume_api.attachment_delete.assert_called_once_with(
+            'ctxt', DEST_ATTACHMENT)
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.assertEqual({}, fake._REGISTRY.agents)
+
+    def test_wait_destination_without_a_stream_reports_failure(self):
+        self.assertEqual('failed', self.endpoint().wait_destination(
+            'ctxt', self.instance, self.migration, 1))
+
+    def test_wait_destination_times_out_while_nothing_arrives(self):
+        endpoint = self.endpoint()
+        endpoint.prepare_destination('ctxt', self.instance, self.migration,
+                                     SECRET_HEX, False, self.migrate_data())
+        self.assertEqual('timeout', endpoint.wait_destination(
+            'ctxt', self.instance, self.migration, 0.01))
+
+    def test_revert_keeps_a_shared_instance_directory(self):
+        endpoint = self.endpoint()
+        endpoint.prepare_destination('ctxt', self.instance, self.migration,
+                                     SECRET_HEX, False, self.migrate_data())
+        endpoint.revert_destination('ctxt', self.instance, self.migration)
+        kwargs = self.driver.rollback_live_migration_at_destination.\
+            call_args.kwargs
+        self.assertFalse(kwargs['destroy_disks'])
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.assertEqual({}, fake._REGISTRY.agents)
+
+    def test_revert_after_restart_works_from_the_journal(self):
+        self.endpoint().prepare_destination(
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data(shared=False))
+        restarted = self.endpoint()
+        restarted.revert_destination('ctxt', self.instance, self.migration)
+        kwargs = self.driver.rollback_live_migration_at_destination.\
+            call_args.kwargs
+        self.assertTrue(kwargs['destroy_disks'])
+        self.assertEqual([], restarted.journal.migration_uuids())
+
+    def test_revert_never_destroys_a_running_guest(self):
+        endpoint = self.endpoint()
+        endpoint.journal.write('mig-1', {
+            'instance_uuid': 'inst-1', 'domain_name': 'instance-1',
+            'attachment_ids': {},
+            'migrate_data': self.migrate_data().obj_to_primitive()})
+        self.driver.multidest_guest_running.return_value = True
+        self.assertRaises(exceptions.DestinationFailed,
+                          endpoint.revert_destination, 'ctxt',
+                          self.instance, self.migration)
+        self.driver.rollback_live_migration_at_destination.assert_not_called()
+
+    def test_cleanup_after_restart_keeps_migrations_in_progress(self):
+        endpoint = self.endpoint()
+        record = {'instance_uuid': 'inst-1', 'domain_name': 'instance-1',
+                  'attachment_ids': {},
+                  'migrate_data': self.migrate_data().obj_to_primitive()}
+        endpoint.journal.write('mig-1', record)
+        self.instance.system_metadata = {'multidest_group': 'g'}
+        for status, reverted in (('running', False), ('cancelled', True)):
+            self.migration.status = status
+            with mock.patch.object(objects.Migration, 'get_by_uuid',
+                                   return_value=self.migration), \
+                    mock.patch.object(objects.Instance, 'get_by_uuid',
+                                      return_value=self.instance):
+                endpoint.cleanup_after_restart('ctxt')
+            self.assertEqual(
+                reverted,
+                self.driver.rollback_live_migration_at_destination.called,
+                status)
+        self.assertEqual([], endpoint.journal.migration_uuids())
+
+
+class SourceSideTest(EndpointTestBase):
+
+    def setUp(self):
+        super().setUp()
+        self.instance.host = 'src'
+        self.source = self.endpoint(host='src')
+        self.dest = self.endpoint(host='dst')
+
+    def stream(self, warm_up=False):
+        result = self.dest.prepare_destination(
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        saved = threading.Event()
+        self.migration.save.side_effect = lambda: saved.set()
+        with mock.patch.object(objects.Migration, 'get_by_uuid',
+                               return_value=self.migration):
+            self.source.start_stream(
+                'ctxt', self.instance,
+                [{'migration_uuid': 'mig-1', 'host': 'dst',
+                  'agent_address': result['agent_address']}],
+                SECRET_HEX, 'star', warm_up)
+        return saved
+
+    def test_stream_completes_and_records_progress(self):
+        saved = self.stream()
+        self.assertEqual('completed', self.dest.wait_destination(
+            'ctxt', self.instance, self.migration, 10))
+        self.assertTrue(saved.wait(10))
+        self.assertTrue(self.source._stream(self.instance).wait(10))
+        self.assertEqual(fake.DEFAULT_MEMORY, self.migration.memory_total)
+        status = self.source.source_status('ctxt', self.instance)
+        self.assertEqual('completed', status['state'])
+        self.assertEqual('complete', status['destinations']['dst']['state'])
+
+    def test_second_stream_of_an_instance_is_ignored(self):
+        self.stream(warm_up=True)
+        first = self.source._stream(self.instance)
+        self.source.start_stream('ctxt', self.instance, [], SECRET_HEX,
+                                 'star', False)
+        self.assertIs(first, self.source._stream(self.instance))
+
+    def test_abort_keeps_the_source_running(self):
+        self.stream(warm_up=True)
+        self.assertTrue(self.source.abort_stream('ctxt', self.instance))
+        self.assertEqual('failed', self.dest.wait_destination(
+            'ctxt', self.instance, self.migration, 10))
+
+    def test_switch_over_ends_warm_up(self):
+        self.stream(warm_up=True)
+        self.assertTrue(self.source.switch_over('ctxt', self.instance))
+        self.assertEqual('completed', self.dest.wait_destination(
+            'ctxt', self.instance, self.migration, 10))
+
+    def test_source_calls_refuse_another_host(self):
+        self.instance.host = 'elsewhere'
+        self.assertRaises(exceptions.InvalidSettings,
+                          self.source.source_status, 'ctxt', self.instance)
+
+    def test_cleanup_source_refuses_while_the_guest_runs_here(self):
+        self.driver.multidest_guest_running.return_value = True
+        self.assertRaises(exceptions.InvalidSettings,
+                          self.source.cleanup_source, 'ctxt', self.instance,
+                          self.migration)
+        self.driver.multidest_cleanup_source.assert_not_called()
+
+    def test_cleanup_source_keeps_disks_without_migrate_data(self):
+        self.source.cleanup_source('ctxt', self.instance, self.migration)
+        kwargs = self.driver.multidest_cleanup_source.call_args.kwargs
+        self.assertFalse(kwargs['destroy_disks'])
