@@ -82,9 +82,12 @@ class DirtyingGuest:
         over before a migration starts, or the stream carries less than
         the caller expects.
         """
+        # The last page the fill writes, else the last the first sweep
+        # writes: nonzero once written (fill writes addresses, the loop a
+        # counter that is only zero at its very first write).
         if self.fill_size:
-            return read_u32(self.fill_end - PAGE) == self.fill_end - PAGE
-        return read_u32(self.dirty_start) != 0
+            return read_u32(self.fill_end - PAGE) != 0
+        return read_u32(self.dirty_end - self.stride) != 0
 
     def build(self):
         code = _Code()

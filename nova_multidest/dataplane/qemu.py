@@ -38,7 +38,7 @@ class QemuProcess(object):
     """One QEMU process, its directory and its QMP session."""
 
     def __init__(self, name, kernel, memory_mb, incoming=False,
-                 binary=QEMU_BINARY, parent_dir=None):
+                 binary=QEMU_BINARY, parent_dir=None, command_prefix=()):
         self.name = name
         self.kernel = kernel
         self.memory_mb = memory_mb
@@ -52,12 +52,15 @@ class QemuProcess(object):
         try:
             listener.bind(qmp_path)
             listener.listen(1)
-            argv = [binary, '-name', name, '-accel', 'tcg',
-                    '-machine', 'pc', '-smp', '1', '-m', str(memory_mb),
-                    '-nodefaults', '-no-user-config', '-display', 'none',
-                    '-kernel', kernel,
-                    '-chardev', 'socket,id=qmp,path=%s' % qmp_path,
-                    '-mon', 'chardev=qmp,mode=control']
+            # command_prefix runs QEMU through e.g. "ip netns exec NS",
+            # which execs, so the PID stays QEMU's own.
+            argv = list(command_prefix) + [
+                binary, '-name', name, '-accel', 'tcg',
+                '-machine', 'pc', '-smp', '1', '-m', str(memory_mb),
+                '-nodefaults', '-no-user-config', '-display', 'none',
+                '-kernel', kernel,
+                '-chardev', 'socket,id=qmp,path=%s' % qmp_path,
+                '-mon', 'chardev=qmp,mode=control']
             if incoming:
                 argv += ['-S', '-incoming', 'defer']
             self.log_path = os.path.join(self.dir, 'qemu.log')
@@ -341,9 +344,14 @@ class QemuHypervisor(hypervisor.Hypervisor):
             time.sleep(0.01)
         return process
 
+    def command_prefix(self, name):
+        """What QEMU for guest ``name`` is started through (nothing)."""
+        return ()
+
     def _spawn(self, name, kernel, memory_mb, incoming):
         process = QemuProcess(name, kernel, memory_mb, incoming=incoming,
-                              binary=self.binary, parent_dir=self.parent_dir)
+                              binary=self.binary, parent_dir=self.parent_dir,
+                              command_prefix=self.command_prefix(name))
         self.processes.append(process)
         return process
 

@@ -168,6 +168,9 @@ class SessionResult:
     RESUME event (hypervisor timestamps): the time the guest ran nowhere.
     It includes ``approval_ms``, the time ``approve_winner`` took.
     ``total_time_s`` is from the migrate command to that RESUME.
+    ``completion_s`` says when each destination that completed before the
+    election reported the complete state, in seconds after the migrate
+    command.
     """
 
     winner: typing.Optional[str] = None
@@ -177,6 +180,8 @@ class SessionResult:
         default_factory=dict)
     bytes_from_source: int = 0
     reasons: typing.Dict[str, str] = dataclasses.field(default_factory=dict)
+    completion_s: typing.Dict[str, float] = dataclasses.field(
+        default_factory=dict)
     approval_ms: typing.Optional[float] = None
     rounds: int = 0
     source_resumed: bool = False
@@ -233,6 +238,7 @@ class Session(object):
         self._resumed_at = {}
         self._source_stopped_at = None
         self._a_guest_ran = False
+        self._started = None
         self.warm_up_state = None
         source.subscribe(self._on_source_event)
 
@@ -402,7 +408,7 @@ class Session(object):
                                        downtime_limit_ms=s.downtime_limit_ms)
         monitor = warmup.WarmUpMonitor(s.warm_up_exit, s.warm_up_percent,
                                        s.downtime_limit_ms)
-        started = time.time()
+        started = self._started = time.time()
         self.source.migrate(self._relay.source_uri)
         LOG.info('Migrating %s to %s (%s)', self.source.name,
                  ', '.join(self._dests), s.topology)
@@ -526,6 +532,8 @@ class Session(object):
         if event.kind == hv.EVENT_MIGRATION:
             if event.status == hv.STATUS_COMPLETED:
                 LOG.info('Destination %s holds the complete state', name)
+                self.result.completion_s[name] = (event.timestamp -
+                                                  self._started)
                 self._set_progress(name, COMPLETED, percent=100.0)
                 self._completed.append(name)
             elif event.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):

@@ -19,6 +19,9 @@ EXIT_CONDITIONS = (EXIT_COPIED, EXIT_DOWNTIME)
 
 # Weight of the newest sample in the smoothed delivery rate.
 RATE_SMOOTHING = 0.5
+# QEMU reports the guest's dirty rate as 0 until it measured it over at
+# least a second of migration; until then a low estimate would be a lie.
+DIRTY_RATE_PERIOD = 1.0
 
 
 @dataclasses.dataclass
@@ -49,7 +52,9 @@ class WarmUpMonitor(object):
     holds for it) plus what is still dirty: the source's ``remaining``
     plus what the guest dirtied since the last bitmap sync, estimated as
     dirty rate times the sync period. That, divided by the rate at which
-    this destination has been receiving, is the expected downtime.
+    this destination has been receiving, is the expected downtime. It is
+    trusted only once QEMU has measured the dirty rate (a bitmap sync
+    more than a second into the migration).
     """
 
     def __init__(self, exit_condition, percent, downtime_limit_ms):
@@ -57,6 +62,8 @@ class WarmUpMonitor(object):
         self.percent = percent
         self.downtime_limit_ms = downtime_limit_ms
         self._copied_mark = None
+        self._first_sample_at = None
+        self._rate_iterations = None
         self._last = None
         self._rates = {}
         self.state = WarmUpState(False, [], {})
@@ -67,6 +74,13 @@ class WarmUpMonitor(object):
         ``stats`` is the source's MigrationStats, ``destinations`` maps a
         name to its DestinationSample.
         """
+        if self._first_sample_at is None:
+            self._first_sample_at = now
+        if (self._rate_iterations is None and
+                now - self._first_sample_at >= DIRTY_RATE_PERIOD):
+            self._rate_iterations = stats.iterations
+        dirty_rate_known = (self._rate_iterations is not None and
+                            stats.iterations > self._rate_iterations)
         sync_period = self._sync_period(now, stats)
         for name, sample in destinations.items():
             self._update_rate(name, now, sample.received)
@@ -87,7 +101,7 @@ class WarmUpMonitor(object):
                 ok = (self._copied_mark is not None and
                       sample.received >= self._copied_mark)
             else:
-                ok = (stats.first_pass_done and
+                ok = (stats.first_pass_done and dirty_rate_known and
                       downtimes[name] <= self.downtime_limit_ms)
             if ok:
                 ready.append(name)

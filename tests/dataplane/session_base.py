@@ -73,7 +73,7 @@ class ThrottledProxy(object):
 class SlowDestination(qemu.QemuDestination):
     """A destination whose QEMU receives through a ThrottledProxy."""
 
-    rate = 2 * MiB
+    rate = 1 * MiB
 
     @property
     def incoming_target(self):

@@ -65,22 +65,35 @@ class CopiedConditionTest(testtools.TestCase):
 class DowntimeConditionTest(testtools.TestCase):
 
     def _monitor(self, limit_ms=500, percent=100):
+        """A monitor one second into the migration, nothing received."""
         monitor = warmup.WarmUpMonitor('downtime', percent, limit_ms)
         monitor.update(0.0, stats(2, 0), 0, dests(a=0, b=0))
+        monitor.update(1.0, stats(2, 0), 0, dests(a=0, b=0))
         return monitor
 
     def test_uses_backlog_dirty_memory_and_delivery_rate(self):
         monitor = self._monitor()
-        # a received 100 MiB in 1 s, b 10 MiB. The source did 10 syncs in
-        # that second while the guest dirtied 10 MiB/s: 1 MiB per period.
+        # a received 100 MiB in 1 s, b 10 MiB (smoothed with the idle
+        # second before: 50 and 5 MiB/s). The source did 10 syncs in that
+        # second while the guest dirtied 10 MiB/s: 1 MiB per period.
         state = monitor.update(
-            1.0, stats(12, 100 * MiB, remaining=4 * MiB,
+            2.0, stats(12, 100 * MiB, remaining=4 * MiB,
                        dirty_rate=10 * MiB), 100 * MiB,
             dests(a=100 * MiB, b=10 * MiB))
-        self.assertAlmostEqual(50.0, state.expected_downtime_ms['a'])
-        # b: (5 MiB pending + 90 MiB backlog) / 10 MiB/s.
-        self.assertAlmostEqual(9500.0, state.expected_downtime_ms['b'])
+        # a: 5 MiB pending / 50 MiB/s.
+        self.assertAlmostEqual(100.0, state.expected_downtime_ms['a'])
+        # b: (5 MiB pending + 90 MiB backlog) / 5 MiB/s.
+        self.assertAlmostEqual(19000.0, state.expected_downtime_ms['b'])
         self.assertEqual(['a'], state.ready_destinations)
+        self.assertFalse(state.ready)
+
+    def test_not_ready_before_qemu_measured_the_dirty_rate(self):
+        monitor = warmup.WarmUpMonitor('downtime', 100, 500)
+        monitor.update(0.0, stats(2, 0), 0, dests(a=0))
+        # Looks idle, but QEMU has not measured anything yet.
+        state = monitor.update(0.5, stats(3, 10 * MiB), 10 * MiB,
+                               dests(a=10 * MiB))
+        self.assertEqual(0.0, state.expected_downtime_ms['a'])
         self.assertFalse(state.ready)
 
     def test_not_ready_before_the_first_pass_completed(self):
@@ -91,7 +104,7 @@ class DowntimeConditionTest(testtools.TestCase):
 
     def test_nothing_pending_means_no_downtime(self):
         monitor = self._monitor(limit_ms=1)
-        state = monitor.update(1.0, stats(3, 10 * MiB), 10 * MiB,
+        state = monitor.update(2.0, stats(3, 10 * MiB), 10 * MiB,
                                dests(a=10 * MiB, b=10 * MiB))
         self.assertEqual(0.0, state.expected_downtime_ms['a'])
         self.assertTrue(state.ready)

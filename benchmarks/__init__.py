@@ -1,0 +1,1 @@
+"""Benchmarks of nova-multidest: ``python -m benchmarks.NAME``."""

@@ -1,0 +1,345 @@
+"""Benchmark: multi-destination migration against plain QEMU migration.
+
+``python -m benchmarks.dataplane`` (``tools/run bench dataplane``) times,
+on the same guest and interleaved so that machine load hits every case
+alike, the total migration time and the downtime of:
+
+* direct: one QEMU migrating straight into one destination QEMU;
+* the relay with N = 1, 2, 3 destinations, star and chain;
+
+first on loopback, then over network namespaces whose host links are
+shaped to one rate (a bridge in a "switch" namespace, tbf on both
+directions of each host's link), where star carries N copies on the
+source link and chain one. It prints medians and their ratio to direct.
+
+Total time: migrate command to the winner's RESUME event. Downtime: the
+source's STOP event to that RESUME event (QEMU's own event timestamps).
+"""
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from nova_multidest.dataplane import guest
+from nova_multidest.dataplane import hypervisor as hv
+from nova_multidest.dataplane import qemu
+from nova_multidest.dataplane import session
+
+MiB = 1 << 20
+CLONE_NEWNET = 0x40000000
+SUBNET = '198.18.0.'     # RFC 2544 benchmarking range, inside namespaces
+DIRECT_PORT = 49152
+CASES = [('direct', 'direct', 1)] + [
+    ('%s N=%d' % (topology, n), topology, n)
+    for topology in ('star', 'chain') for n in (1, 2, 3)]
+QUICK_CASES = ['direct', 'star N=1', 'star N=3', 'chain N=3']
+
+
+# -- network namespaces --------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(name):
+    """Run the calling thread (and threads it starts) inside ``name``.
+
+    setns() with CLONE_NEWNET changes only the calling thread, and
+    sockets keep the namespace they were created in, so the relay and the
+    agents of one process can sit on different simulated hosts.
+    """
+    with open('/proc/thread-self/ns/net') as own, \
+            open('/run/netns/%s' % name) as target:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), 'setns %s failed' % name)
+        try:
+            yield
+        finally:
+            _libc.setns(own.fileno(), CLONE_NEWNET)
+
+
+class ShapedNetwork(object):
+    """Hosts on a switch; every host link shaped to ``rate_mbit``."""
+
+    def __init__(self, hosts, rate_mbit):
+        self.prefix = 'mdb%d' % os.getpid()
+        self.switch = '%s-sw' % self.prefix
+        self.hosts = list(hosts)
+        self.rate_mbit = rate_mbit
+        self.namespaces = []
+        self.addresses = {}
+
+    def ns(self, host):
+        return '%s-%s' % (self.prefix, host)
+
+    @staticmethod
+    def _ip(*args):
+        subprocess.run(('ip',) + args, check=True)
+
+    def _shape(self, namespace, device):
+        # burst must exceed rate / HZ or tbf cannot reach the rate.
+        subprocess.run(
+            ['ip', 'netns', 'exec', namespace, 'tc', 'qdisc', 'add', 'dev',
+             device, 'root', 'tbf', 'rate', '%dmbit' % self.rate_mbit,
+             'burst', '1mb', 'latency', '50ms'], check=True)
+
+    def create(self):
+        self._ip('netns', 'add', self.switch)
+        self.namespaces.append(self.switch)
+        self._ip('-n', self.switch, 'link', 'add', 'br0', 'type', 'bridge')
+        self._ip('-n', self.switch, 'link', 'set', 'br0', 'up')
+        for index, host in enumerate(self.hosts):
+            namespace = self.ns(host)
+            self._ip('netns', 'add', namespace)
+            self.namespaces.append(namespace)
+            port = 'p%d' % index
+            self._ip('link', 'add', 'eth0', 'netns', namespace, 'type',
+                     'veth', 'peer', 'name', port, 'netns', self.switch)
+            address = '%s%d' % (SUBNET, 10 + index)
+            self.addresses[host] = address
+            self._ip('-n', namespace, 'addr', 'add', address + '/24',
+                     'dev', 'eth0')
+            self._ip('-n', namespace, 'link', 'set', 'lo', 'up')
+            self._ip('-n', namespace, 'link', 'set', 'eth0', 'up')
+            self._ip('-n', self.switch, 'link', 'set', port, 'master',
+                     'br0', 'up')
+            self._shape(namespace, 'eth0')
+            self._shape(self.switch, port)
+
+    def remove(self):
+        for namespace in reversed(self.namespaces):
+            subprocess.run(['ip', 'netns', 'del', namespace])
+        self.namespaces = []
+
+
+# -- hypervisors that place guests on hosts -------------------------------
+
+class HostedDestination(qemu.QemuDestination):
+    """A destination QEMU on a simulated host (None: this host)."""
+
+    network = None
+    host = None
+    direct = False
+
+    @property
+    def listen_uri(self):
+        if self.direct and self.network is not None:
+            return 'tcp:%s:%d' % (self.network.addresses[self.host],
+                                  DIRECT_PORT)
+        if self.direct:
+            return 'tcp:127.0.0.1:%d' % DIRECT_PORT
+        return super().listen_uri
+
+    def open_stream(self, secret, listen=('127.0.0.1', 0)):
+        if self.network is None:
+            return super().open_stream(secret, listen)
+        with in_netns(self.network.ns(self.host)):
+            return super().open_stream(
+                secret, (self.network.addresses[self.host], 0))
+
+
+class BenchHypervisor(qemu.QemuHypervisor):
+
+    def __init__(self, network=None):
+        super().__init__()
+        self.network = network
+        self.direct = False
+
+    def command_prefix(self, name):
+        if self.network is None:
+            return ()
+        return ('ip', 'netns', 'exec', self.network.ns(name))
+
+    def create_destination(self, name, source):
+        dest = super().create_destination(name, source)
+        hosted = HostedDestination(dest.process)
+        hosted.network, hosted.host = self.network, name
+        hosted.direct = self.direct
+        return hosted
+
+
+# -- one measurement -------------------------------------------------------
+
+class Measurement(object):
+
+    def __init__(self, total_s, downtime_ms, per_destination_mbs=None):
+        self.total_s = total_s
+        self.downtime_ms = downtime_ms
+        self.per_destination_mbs = per_destination_mbs
+
+
+def _events(guest_handle, kinds):
+    seen = {}
+
+    def record(event):
+        if event.kind in kinds:
+            seen.setdefault((event.kind, event.status), event.timestamp)
+    guest_handle.subscribe(record)
+    return seen
+
+
+def migrate_direct(hypervisor, source):
+    hypervisor.direct = True
+    try:
+        dest = hypervisor.create_destination('d0', source)
+    finally:
+        hypervisor.direct = False
+    try:
+        src_events = _events(source, (hv.EVENT_STOPPED,))
+        dst_events = _events(dest, (hv.EVENT_RESUMED, hv.EVENT_MIGRATION))
+        dest.start_incoming()
+        source.set_capabilities({'events': True})
+        source.set_parameters(max_bandwidth=session.UNLIMITED_BANDWIDTH,
+                              downtime_limit_ms=SETTINGS['downtime_limit_ms'])
+        started = time.time()
+        source.migrate(dest.listen_uri)
+        done = dest.process.qmp.wait_event(
+            'MIGRATION', lambda e: e.data.get('status') in
+            hv.FINAL_STATUSES, timeout=120)
+        if done is None or done.data['status'] != hv.STATUS_COMPLETED:
+            raise RuntimeError('direct migration failed: %s' % (done,))
+        dest.resume()
+        resumed = dst_events[(hv.EVENT_RESUMED, None)]
+        stopped = src_events[(hv.EVENT_STOPPED, None)]
+        completed = dst_events[(hv.EVENT_MIGRATION, hv.STATUS_COMPLETED)]
+        transferred = source.stats().transferred
+        return Measurement(resumed - started, (resumed - stopped) * 1000,
+                           transferred / (completed - started) / MiB)
+    finally:
+        dest.destroy()
+
+
+def migrate_relay(hypervisor, source, topology, count, network):
+    names = ['d%d' % i for i in range(count)]
+    settings = session.Settings(topology=topology, **SETTINGS)
+    migration = session.Session(hypervisor, source, names, settings)
+    context = (in_netns(network.ns('source')) if network is not None
+               else contextlib.nullcontext())
+    with context:
+        migration.start()
+    result = migration.wait(180)
+    if result.winner is None:
+        raise RuntimeError('relay migration failed: %s' % result.error)
+    rates = [result.bytes_by_destination[n] / result.completion_s[n] / MiB
+             for n in result.completion_s if result.completion_s[n] > 0]
+    return Measurement(result.total_time_s, result.downtime_ms,
+                       statistics.mean(rates) if rates else None)
+
+
+SETTINGS = dict(downtime_limit_ms=300, lag_limit=1 << 30,
+                election_timeout=60, completion_timeout=120,
+                poll_interval=0.05)
+
+
+def measure(hypervisor, image, memory_mb, case, network):
+    label, topology, count = case
+    process = hypervisor.boot('source', memory_mb=memory_mb, image=image)
+    try:
+        source = hypervisor.source(process)
+        if topology == 'direct':
+            return migrate_direct(hypervisor, source)
+        return migrate_relay(hypervisor, source, topology, count, network)
+    finally:
+        hypervisor.destroy_all()
+        hypervisor.processes = []
+
+
+def run_series(title, hypervisor, image, memory_mb, cases, repetitions,
+               network, out):
+    samples = {case[0]: [] for case in cases}
+    for rep in range(repetitions):
+        # Rotate the order so no case always runs first or last.
+        order = cases[rep % len(cases):] + cases[:rep % len(cases)]
+        for case in order:
+            samples[case[0]].append(
+                measure(hypervisor, image, memory_mb, case, network))
+            out.write('.')
+            out.flush()
+    out.write('\n')
+    print_table(title, samples, repetitions, out)
+    return samples
+
+
+def print_table(title, samples, repetitions, out):
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else float('nan')
+
+    base = samples['direct']
+    base_total = median(m.total_s for m in base)
+    base_down = median(m.downtime_ms for m in base)
+    out.write('\n%s (medians of %d)\n' % (title, repetitions))
+    out.write('%-12s %8s %8s %11s %8s %14s\n' % (
+        'case', 'total s', 'x direct', 'downtime ms', 'x direct',
+        'MiB/s per dest'))
+    for label, runs in samples.items():
+        total = median(m.total_s for m in runs)
+        down = median(m.downtime_ms for m in runs)
+        rate = median(m.per_destination_mbs for m in runs)
+        out.write('%-12s %8.3f %8.2f %11.1f %8.2f %14.0f\n' % (
+            label, total, total / base_total, down, down / base_down, rate))
+    out.flush()
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='benchmarks.dataplane',
+                                     description=__doc__.split('\n')[0])
+    parser.add_argument('--repetitions', type=int, default=5)
+    parser.add_argument('--quick', action='store_true',
+                        help='2 repetitions of direct, star N=1, star N=3 '
+                             'and chain N=3')
+    parser.add_argument('--memory', type=int, default=128, metavar='MiB')
+    parser.add_argument('--rate', type=int, default=1000, metavar='Mbit/s',
+                        help='shaped link rate (default 1000)')
+    parser.add_argument('--no-shaped', action='store_true',
+                        help='skip the network-namespace series')
+    parser.add_argument('--no-loopback', action='store_true',
+                        help='skip the loopback series')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Losers are dropped on purpose; the relay's warnings would clutter
+    # the table.
+    logging.basicConfig(level=logging.ERROR)
+    cases = CASES
+    repetitions = args.repetitions
+    if args.quick:
+        cases = [c for c in CASES if c[0] in QUICK_CASES]
+        repetitions = 2
+    fill = (args.memory - 24) * MiB
+    image = guest.DirtyingGuest(dirty_size=8 * MiB, fill_size=fill)
+    out = sys.stdout
+    out.write('Guest: %d MiB RAM, %d MiB written once, 8 MiB dirtied '
+              'continuously; downtime limit %d ms; QEMU TCG.\n'
+              % (args.memory, fill // MiB, SETTINGS['downtime_limit_ms']))
+    if not args.no_loopback:
+        hypervisor = BenchHypervisor()
+        try:
+            run_series('Loopback', hypervisor, image, args.memory, cases,
+                       repetitions, None, out)
+        finally:
+            hypervisor.destroy_all()
+    if not args.no_shaped:
+        network = ShapedNetwork(['source', 'd0', 'd1', 'd2'], args.rate)
+        hypervisor = BenchHypervisor(network)
+        try:
+            network.create()
+            run_series('Shaped links, %d Mbit/s per host link' % args.rate,
+                       hypervisor, image, args.memory, cases, repetitions,
+                       network, out)
+        finally:
+            hypervisor.destroy_all()
+            network.remove()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
