@@ -204,12 +204,4 @@ def action_failure(compute, server_id, request_id):
 
 
 def event_reason(event):
-    """The exception message of a failed event.
-
-    Nova keeps only the class name in ``details`` for exceptions that are
-    not Nova's; the last traceback line, shown to admins, has the message.
-    """
-    lines = (event.get('traceback') or '').strip().splitlines()
-    if lines and ': ' in lines[-1]:
-        return lines[-1].split(': ', 1)[1]
-    return event.get('details') or 'failed'
+    return event.get('details') or 'failed, see the compute logs'

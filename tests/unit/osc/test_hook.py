@@ -202,12 +202,10 @@ class TestTakeAction(HookTestCase):
     def test_wait_when_every_destination_failed(self):
         action = {'message': 'Error', 'events': [
             {'event': 'multidest_destination_c2', 'result': 'Error',
-             'details': 'NoSpace'},
+             'details': 'c2: no space'},
             {'event': 'multidest_live_migration', 'result': 'Error',
-             'details': 'AllDestinationsFailed',
-             'traceback': 'Traceback (most recent call last):\n  ...\n'
-                          'nova_multidest.exceptions.AllDestinationsFailed: '
-                          'Every destination failed (c2: no space)\n'},
+             'details': 'Every destination failed (c2: no space)',
+             'traceback': '  File "task.py", line 9, in _all_failed\n'},
             {'event': 'compute_pre_live_migration', 'result': 'Success'}]}
         compute = FakeCompute(
             [server(task_state='migrating'), server()],
@@ -215,7 +213,7 @@ class TestTakeAction(HookTestCase):
         error = self.assertRaises(exceptions.CommandError, self.run_hook,
                                   compute, '--wait')
         self.assertIn('keeps running on c1', str(error))
-        self.assertIn('multidest_destination_c2: NoSpace; '
+        self.assertIn('multidest_destination_c2: c2: no space; '
                       'multidest_live_migration: Every destination failed '
                       '(c2: no space)', str(error))
 
