@@ -31,6 +31,7 @@ from nova_multidest import exceptions
 LOG = logging.getLogger(__name__)
 
 TOPOLOGIES = ('star', 'chain')
+LOOPBACK = ('127.0.0.1', '::1', 'localhost')
 
 # A return path would need exactly one destination's upstream bytes to reach
 # the source; the relay does not carry any upstream bytes.
@@ -822,7 +823,13 @@ class StreamRelay(object):
                 reason='lag_limit must be a positive number of bytes, not %r'
                        % (lag_limit,))
         if listen is not None:
-            protocol.parse_target(listen)
+            family, address = protocol.parse_target(listen)
+            if family != socket.AF_UNIX and address[0] not in LOOPBACK:
+                # QEMU cannot authenticate, so only local processes may
+                # reach the source side.
+                raise exceptions.InvalidSettings(
+                    reason='the relay takes the source stream on a unix '
+                           'socket or a loopback address, not %s' % listen)
         self.secret = secret
         self.topology = topology
         self.lag_limit = lag_limit
@@ -951,9 +958,31 @@ class StreamRelay(object):
             forwarder.stop(reason)
 
     def wait_finished(self, timeout=None):
-        """Wait until every destination is complete or failed."""
+        """Wait until every destination is complete or failed.
+
+        "complete" means the agent gave its QEMU every byte the source
+        sent before closing the stream; a source QEMU that was cancelled
+        or killed also closes it, so whether the migration succeeded is
+        for the source's and destination's own QEMU status to say.
+        """
         with self._lock:
             return self._lock.wait_for(self._finished_locked, timeout)
+
+    def abort(self, reason):
+        """Fail every destination: the source migration did not succeed.
+
+        The agents close their QEMU's incoming stream at once instead of
+        passing on an end of stream that would look complete.
+        """
+        with self._lock:
+            channels = list(self._channels)
+        LOG.warning("Relay %s aborts the stream: %s", self.migration_id,
+                    reason)
+        for channel in channels:
+            channel.buffer.abort(reason)
+        for name, _ in self._destinations:
+            self._mark_failed(name, 'stream aborted: %s' % reason,
+                              stop=False)
 
     def _finished_locked(self):
         return all(state in FINAL_STATES for state in self._state.values())

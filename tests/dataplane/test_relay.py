@@ -7,16 +7,20 @@ dropped without disturbing the others or blocking the source.
 """
 
 import hashlib
+import itertools
+import logging
 import os
 import random
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 
+import fixtures
 import testtools
 
 from nova_multidest.dataplane import protocol
@@ -204,10 +208,12 @@ class RelayTestCase(testtools.TestCase):
         super().setUp()
         threads_before = set(threading.enumerate())
         self.addCleanup(self._assert_no_leaked_threads, threads_before)
+        self.useFixture(fixtures.FakeLogger(level=logging.DEBUG))
         self.tempdir = tempfile.mkdtemp(prefix='relay-test-')
         self.addCleanup(shutil.rmtree, self.tempdir, True)
         self.secret = protocol.new_secret()
         self.dropped = {}
+        self.sink_numbers = itertools.count()
 
     def _assert_no_leaked_threads(self, before):
         leaked = [t for t in threading.enumerate()
@@ -219,7 +225,8 @@ class RelayTestCase(testtools.TestCase):
         sinks, agents = [], []
         for index in range(count):
             kwargs = (sink_options or {}).get(index, {})
-            sink = FakeSink(self.tempdir, 'sink%d' % index, **kwargs)
+            sink = FakeSink(self.tempdir, 'sink%d-%d' % (
+                index, next(self.sink_numbers)), **kwargs)
             self.addCleanup(sink.close)
             agent = relay.DestinationAgent(self.secret, sink.target,
                                            tls=tls, name='dest%d' % index,
@@ -286,6 +293,17 @@ class TestStreamDelivery(RelayTestCase):
 
     def test_chain_three(self):
         self._check_every_sink_gets_the_stream(3, 'chain')
+
+    def test_source_over_loopback_tcp(self):
+        data = make_data(16 * MiB, seed=10)
+        sinks, agents = self.make_destinations(1)
+        stream_relay = self.make_relay(agents, listen='tcp:127.0.0.1:0')
+        self.assertTrue(stream_relay.source_uri.startswith('tcp:127.0.0.1:'))
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assert_delivered(sinks[0], agents[0], data,
+                              stream_relay.progress()['dest0'])
 
 
 class TestFailureIsolation(RelayTestCase):
@@ -368,6 +386,34 @@ class TestFailureIsolation(RelayTestCase):
         self.assert_intact(stream_relay, sinks, agents, data, (0, 1))
         self.assertTrue(wait_until(lambda: agents[2].state == 'failed'))
 
+    def test_abort_fails_every_destination(self):
+        for topology in ('star', 'chain'):
+            with self.subTest(topology=topology):
+                self._check_abort(topology)
+
+    def _check_abort(self, topology):
+        self.dropped.clear()
+        data = make_data(32 * MiB, seed=11)
+        sinks, agents = self.make_destinations(2)
+        stream_relay = self.make_relay(agents, topology=topology)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        stream_relay.abort('the source QEMU reported failure')
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertIsInstance(source.error, OSError)
+        for sink, agent in zip(sinks, agents):
+            self.assertTrue(sink.done.wait(WAIT))
+            self.assertTrue(wait_until(lambda: agent.state == 'failed'))
+            self.assertIn('the source QEMU reported failure', agent.reason)
+            self.assertLess(sink.received[0], len(data))
+        self.assertEqual({'dest0', 'dest1'}, set(self.dropped))
+        for agent in agents:
+            agent.close()
+        for sink in sinks:
+            sink.close()
+
     def test_every_destination_failing_closes_the_source(self):
         data = make_data(32 * MiB, seed=6)
         sinks, agents = self.make_destinations(
@@ -382,7 +428,55 @@ class TestFailureIsolation(RelayTestCase):
         self.assertEqual([], stream_relay.live_destinations())
 
 
+AGENT_PROCESS = """
+import sys
+from nova_multidest.dataplane import relay
+agent = relay.DestinationAgent(bytes.fromhex(sys.argv[1]), sys.argv[2],
+                               name=sys.argv[3])
+print(agent.start()[1], flush=True)
+sys.stdin.read()
+"""
+
+
 class TestChainRepair(RelayTestCase):
+
+    def test_agent_process_sigkilled_mid_chain(self):
+        data = make_data(32 * MiB, seed=12)
+        sinks, agents = self.make_destinations(3)
+        # dest1 runs in its own process, which dies by SIGKILL.
+        agents[1].close()
+        killed = subprocess.Popen(
+            [sys.executable, '-c', AGENT_PROCESS, self.secret.hex(),
+             sinks[1].target, 'dest1'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__)))))
+        self.addCleanup(killed.wait)
+        self.addCleanup(killed.kill)
+        port = int(killed.stdout.readline())
+        destinations = [('dest0', agents[0].address),
+                        ('dest1', ('127.0.0.1', port)),
+                        ('dest2', agents[2].address)]
+        stream_relay = relay.StreamRelay(
+            self.secret, destinations, topology='chain',
+            on_drop=self.dropped.__setitem__)
+        self.addCleanup(stream_relay.close)
+        stream_relay.start()
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertTrue(wait_until(
+            lambda: all(s.received[0] == 8 * MiB for s in sinks)))
+        killed.kill()
+        killed.wait()
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest1'], list(self.dropped))
+        progress = stream_relay.progress()
+        for index in (0, 2):
+            self.assert_delivered(sinks[index], agents[index], data,
+                                  progress['dest%d' % index])
 
     def _start_chain(self, count, data):
         sinks, agents = self.make_destinations(count)
@@ -640,6 +734,8 @@ class TestSettings(RelayTestCase):
     def test_bad_listen(self):
         self.assert_invalid('neither unix:PATH nor tcp:HOST:PORT',
                             listen='fd:3')
+        self.assert_invalid('unix socket or a loopback address',
+                            listen='tcp:0.0.0.0:0')
 
     def test_server_side_tls_context_for_relay(self):
         self.assert_invalid('made for the server side',

@@ -1,0 +1,199 @@
+"""Throughput of the stream relay alone, without QEMU.
+
+The relay must never be what limits a migration: with one destination the
+whole migration has to stay within 1.10x of direct QEMU-to-QEMU. This
+measures how fast bytes go from a source process through the relay and
+the destination agents into sink processes that discard them, for 1..N
+destinations, star and chain, against a direct source-to-sink copy.
+
+    tools/run bench relay_throughput [--size-mb 1024] [--max-sinks 3]
+
+Every process runs on this host, so on a machine with few cores the
+processes compete for CPU: treat the numbers as a lower bound.
+"""
+
+import argparse
+import multiprocessing
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+from nova_multidest.dataplane import protocol
+from nova_multidest.dataplane import relay
+
+MiB = 2**20
+BLOCK = 4 * MiB
+
+
+def _sink(path, ready, result):
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    ready.set()
+    conn, _ = listener.accept()
+    buf = bytearray(BLOCK)
+    total = 0
+    while True:
+        n = conn.recv_into(buf)
+        if not n:
+            break
+        total += n
+    result.put((path, total, time.monotonic()))
+    conn.close()
+    listener.close()
+
+
+def _source(uri, size, start, result):
+    family, address = protocol.parse_target(uri)
+    block = os.urandom(BLOCK)
+    sock = socket.socket(family)
+    sock.connect(address)
+    start.wait()
+    began = time.monotonic()
+    sent = 0
+    while sent < size:
+        sock.sendall(block)
+        sent += len(block)
+    sock.close()
+    result.put(('source', began, time.monotonic()))
+
+
+def _cpu_seconds():
+    times = os.times()
+    return times.user + times.system
+
+
+def _agent(secret, target, address_queue, stop, cpu_queue):
+    agent = relay.DestinationAgent(secret, target)
+    address_queue.put(agent.start())
+    stop.wait()
+    agent.close()
+    cpu_queue.put(_cpu_seconds())
+
+
+def _relay(secret, destinations, topology, uri_queue, stop):
+    stream_relay = relay.StreamRelay(secret, destinations, topology=topology)
+    stream_relay.start()
+    uri_queue.put(stream_relay.source_uri)
+    stream_relay.wait_finished(600)
+    uri_queue.put({name: p.state
+                   for name, p in stream_relay.progress().items()})
+    stop.wait()
+    stream_relay.close()
+    uri_queue.put(_cpu_seconds())
+
+
+def run_once(size, sinks, topology, workdir):
+    """Return ([per-sink MB/s], relay CPU s, [agent CPU s])."""
+    ctx = multiprocessing.get_context('spawn')
+    results = ctx.Queue()
+    cpu_queue = ctx.Queue()
+    stop = ctx.Event()
+    start = ctx.Event()
+    processes = []
+    paths = []
+    try:
+        for index in range(sinks):
+            path = os.path.join(workdir, '%s-%d-%d.sock'
+                                % (topology, sinks, index))
+            if os.path.exists(path):
+                os.unlink(path)
+            ready = ctx.Event()
+            proc = ctx.Process(target=_sink, args=(path, ready, results))
+            proc.start()
+            processes.append(proc)
+            ready.wait(30)
+            paths.append(path)
+        if topology == 'direct':
+            uri = 'unix:%s' % paths[0]
+        else:
+            secret = protocol.new_secret()
+            destinations = []
+            for index, path in enumerate(paths):
+                queue = ctx.Queue()
+                proc = ctx.Process(target=_agent, args=(
+                    secret, 'unix:%s' % path, queue, stop, cpu_queue))
+                proc.start()
+                processes.append(proc)
+                destinations.append(('dest%d' % index, queue.get(timeout=30)))
+            uri_queue = ctx.Queue()
+            proc = ctx.Process(target=_relay, args=(
+                secret, destinations, topology, uri_queue, stop))
+            proc.start()
+            processes.append(proc)
+            uri = uri_queue.get(timeout=30)
+        proc = ctx.Process(target=_source, args=(uri, size, start, results))
+        proc.start()
+        processes.append(proc)
+        start.set()
+        ends = []
+        began = None
+        for _ in range(sinks + 1):
+            item = results.get(timeout=600)
+            if item[0] == 'source':
+                began = item[1]
+            else:
+                if item[1] != size:
+                    raise RuntimeError('sink %s got %d of %d bytes'
+                                       % (item[0], item[1], size))
+                ends.append(item[2])
+        rates = [size / (end - began) / 1e6 for end in ends]
+        if topology == 'direct':
+            return rates, 0.0, []
+        states = uri_queue.get(timeout=60)
+        if set(states.values()) != {'complete'}:
+            raise RuntimeError('destinations did not complete: %s' % states)
+        stop.set()
+        relay_cpu = uri_queue.get(timeout=60)
+        agent_cpu = [cpu_queue.get(timeout=60) for _ in paths]
+        return rates, relay_cpu, agent_cpu
+    finally:
+        stop.set()
+        for proc in processes:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--size-mb', type=int, default=1024)
+    parser.add_argument('--max-sinks', type=int, default=3)
+    parser.add_argument('--repeat', type=int, default=3)
+    args = parser.parse_args(argv)
+    size = args.size_mb * MiB
+    rows = [('direct', 1)]
+    for topology in ('star', 'chain'):
+        rows += [(topology, n) for n in range(1, args.max_sinks + 1)]
+    print('Per destination: MB/s of the slowest, and CPU seconds per GiB '
+          'of stream spent by the relay and by each agent (a CPU-bound '
+          'process moves 1/that GiB/s).')
+    print('%-7s %5s %12s %9s %14s %14s' % (
+        'path', 'dests', 'slowest MB/s', 'vs direct', 'relay CPU s/GiB',
+        'agent CPU s/GiB'))
+    direct = None
+    gib = size / 2**30
+    with tempfile.TemporaryDirectory(prefix='relay-bench-') as workdir:
+        for topology, sinks in rows:
+            runs = [run_once(size, sinks, topology, workdir)
+                    for _ in range(args.repeat)]
+            slowest = statistics.median(min(r[0]) for r in runs)
+            if direct is None:
+                direct = slowest
+            relay_cpu = statistics.median(r[1] for r in runs) / gib
+            agent_cpu = (statistics.median(
+                statistics.mean(r[2]) for r in runs) / gib
+                if topology != 'direct' else 0.0)
+            print('%-7s %5d %12.0f %8.2fx %14.2f %14.2f' % (
+                topology, sinks, slowest, direct / slowest, relay_cpu,
+                agent_cpu))
+            sys.stdout.flush()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
