@@ -65,7 +65,7 @@ def _peer_name(sock):
     return str(peer) or 'local socket'
 
 
-def _check_secret(secret):
+def check_secret(secret):
     if not isinstance(secret, bytes) or len(secret) < 16:
         raise exceptions.InvalidSettings(
             reason='the migration secret must be at least 16 random bytes; '
@@ -99,7 +99,7 @@ def client_handshake(sock, secret, header, timeout=HANDSHAKE_TIMEOUT):
     and AuthenticationFailed raised; a well-authenticated refusal raises
     DestinationFailed.
     """
-    _check_secret(secret)
+    check_secret(secret)
     peer = _peer_name(sock)
     old_timeout = sock.gettimeout()
     sock.settimeout(timeout)
@@ -151,7 +151,7 @@ def server_handshake(sock, secret, decide, timeout=HANDSHAKE_TIMEOUT):
     ``(header, reply)``. Nothing past the handshake is read before the
     client proved it holds the secret.
     """
-    _check_secret(secret)
+    check_secret(secret)
     peer = _peer_name(sock)
     old_timeout = sock.gettimeout()
     sock.settimeout(timeout)

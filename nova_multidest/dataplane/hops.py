@@ -1,0 +1,261 @@
+"""Pieces shared by both ends of a stream hop: forwarding and threads.
+
+The source relay and every destination agent of a chain forward a stream
+channel to the next agent in the same way (authenticated hop, frames,
+repair of a broken chain), and both own threads that close() must join.
+"""
+
+import itertools
+import logging
+import socket
+import threading
+import time
+
+from nova_multidest.dataplane import protocol
+from nova_multidest.dataplane import stream_buffer
+from nova_multidest import exceptions
+
+LOG = logging.getLogger(__name__)
+
+FINAL_STATES = ('complete', 'failed')
+
+
+def shutdown(sock):
+    """Unblock every thread using ``sock``; errors mean it is gone."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def close_socket(sock):
+    """Shut down and close, whatever state the socket is in."""
+    if sock is None:
+        return
+    shutdown(sock)
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class ThreadGroup(object):
+    """Threads of one relay or agent, so close() can join every one."""
+
+    def __init__(self, prefix):
+        self._prefix = prefix
+        self._threads = []
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+
+    def start(self, target, *args):
+        name = '%s-%s-%d' % (self._prefix, target.__name__.strip('_'),
+                             next(self._counter))
+        thread = threading.Thread(target=target, args=args, name=name,
+                                  daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def join(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                threads = [t for t in self._threads
+                           if t.is_alive() and t is not me]
+            if not threads:
+                return True
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                LOG.warning("Threads still running after close: %s",
+                            [t.name for t in threads if t.is_alive()])
+                return False
+
+
+class ChannelGate(object):
+    """Lets the connections of one path open in channel order.
+
+    QEMU takes the first connection it accepts as the main channel, so the
+    downstream connection of channel N must not open before that of N-1.
+    """
+
+    def __init__(self):
+        self._next = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def wait_turn(self, channel):
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._next >= channel)
+            return not self._closed
+
+    def done(self, channel):
+        with self._cond:
+            self._next = max(self._next, channel + 1)
+            self._cond.notify_all()
+
+    def close(self):
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Forwarder(object):
+    """Sends one channel of the stream along a path of agents.
+
+    The first reachable hop of the path receives the stream, with the rest
+    of the path as its chain remainder. With ``repair`` a broken hop is
+    replaced by the next one, which resumes from the offset it reports.
+    """
+
+    def __init__(self, buffer, channel, hops, dial, gate, on_lost,
+                 repair, label):
+        self.channel = channel
+        self.hops = list(hops)
+        self.sent = 0
+        self.connected = threading.Event()
+        self.hop_name = None
+        self._buffer = buffer
+        self._dial = dial
+        self._gate = gate
+        self._on_lost = on_lost
+        self._repair = repair
+        self._label = label
+        self._index = 0
+        self._sock = None
+        self._closing = False
+        self._lock = threading.Lock()
+        self.cursor = buffer.add_cursor(label, on_drop=self._cursor_dropped)
+
+    def _cursor_dropped(self, cursor, reason):
+        with self._lock:
+            sock = self._sock
+            remaining = [name for name, _ in self.hops[self._index:]]
+            self._index = len(self.hops)
+        shutdown(sock)
+        if remaining and not self._closing:
+            self._on_lost(remaining, reason)
+
+    def stop(self, reason):
+        self._buffer.drop(self.cursor, reason)
+
+    def close(self):
+        self._closing = True
+        self._buffer.drop(self.cursor, 'relay closed')
+        self._gate.close()
+
+    def _connect(self, resume):
+        """Open the hop connection; False when no hop is left."""
+        while True:
+            with self._lock:
+                if self._index >= len(self.hops) or self._closing:
+                    return False
+                name, address = self.hops[self._index]
+                rest = self.hops[self._index + 1:]
+            try:
+                sock, reply = self._dial(address, self.channel, rest, resume)
+            except (exceptions.DestinationFailed,
+                    exceptions.AuthenticationFailed) as exc:
+                self._lose_current('cannot open the stream to it: %s' % exc,
+                                   connection_error=True)
+                if not self._repair:
+                    return False
+                continue
+            offset = int(reply.get('offset', 0))
+            try:
+                self._buffer.rewind(self.cursor, offset)
+            except stream_buffer.CursorDropped as exc:
+                close_socket(sock)
+                self._buffer.drop(self.cursor,
+                                  'the chain cannot be repaired: %s' % exc)
+                return False
+            with self._lock:
+                if self._closing or self.cursor.dropped:
+                    close_socket(sock)
+                    return False
+                self._sock = sock
+                self.hop_name = name
+            LOG.debug("%s: channel %d streams to %s from offset %d",
+                      self._label, self.channel, name, offset)
+            return True
+
+    def _lose_current(self, reason, connection_error=False):
+        with self._lock:
+            if self._index >= len(self.hops):
+                return
+            name = self.hops[self._index][0]
+            self._index += 1
+            empty = self._index >= len(self.hops)
+        self._on_lost([name], reason, connection_error=connection_error)
+        if empty or not self._repair:
+            remaining = [n for n, _ in self.hops[self._index:]]
+            if remaining:
+                self._on_lost(remaining, 'no upstream hop is left: %s'
+                              % reason)
+                self._index = len(self.hops)
+            self._buffer.drop(self.cursor, reason)
+
+    def run(self):
+        try:
+            if self._gate.wait_turn(self.channel):
+                try:
+                    ok = self._connect(resume=False)
+                finally:
+                    self._gate.done(self.channel)
+                    self.connected.set()
+            else:
+                ok = False
+                self.connected.set()
+            while ok:
+                try:
+                    self._pump()
+                    return
+                except OSError as exc:
+                    if self._closing or self.cursor.dropped:
+                        return
+                    with self._lock:
+                        sock, self._sock = self._sock, None
+                    close_socket(sock)
+                    if not self._repair:
+                        self._lose_current('stream connection lost: %s'
+                                           % exc, connection_error=True)
+                        return
+                    ok = self._reconnect(exc)
+        finally:
+            with self._lock:
+                sock, self._sock = self._sock, None
+            close_socket(sock)
+            self.connected.set()
+
+    def _reconnect(self, error):
+        LOG.warning("%s: channel %d lost hop %s (%s); repairing",
+                    self._label, self.channel, self.hop_name, error)
+        if self._connect(resume=True):
+            return True
+        return False
+
+    def _pump(self):
+        buffer = self._buffer
+        cursor = self.cursor
+        sock = self._sock
+        while True:
+            try:
+                view = buffer.peek(cursor)
+            except stream_buffer.CursorDropped:
+                return
+            except stream_buffer.StreamAborted as exc:
+                protocol.send_frame(sock, protocol.FRAME_ABORT,
+                                    str(exc).encode())
+                return
+            if not len(view):
+                protocol.send_frame(sock, protocol.FRAME_END)
+                return
+            protocol.send_frame(sock, protocol.FRAME_DATA, view)
+            buffer.advance(cursor, len(view))
+            self.sent += len(view)
