@@ -146,10 +146,13 @@ class Demo(object):
 
     def image(self):
         # Fill most of RAM once so the first pass carries real data, then
-        # keep dirtying 16 MiB: the stream then lasts long enough to
-        # watch and to kill a destination in the middle of it.
+        # keep dirtying 8 MiB: the stream then lasts long enough to watch
+        # and to kill a destination in the middle of it. Warm-up needs a
+        # guest that dirties faster than QEMU could converge on by itself.
         fill = (self.args.memory - 16) * MiB
-        return guest.DirtyingGuest(dirty_size=8 * MiB, fill_size=fill)
+        return guest.DirtyingGuest(
+            dirty_size=8 * MiB, fill_size=fill,
+            pages_per_tick=0 if self.args.warm_up else 64)
 
     def _on_ready(self, name, destination):
         self.destinations[name] = destination

@@ -7,13 +7,15 @@ assembler. This module emits such a kernel as raw i386 machine code with a
 multiboot header using the "a.out kludge" (flag bit 16), which QEMU's
 ``-kernel`` loads directly.
 
-The kernel loops forever: it writes an incrementing counter into one
+By default the kernel loops forever: it writes an incrementing counter into one
 32-bit word every ``stride`` bytes of ``[dirty_start, dirty_start +
 dirty_size)`` and spins ``delay`` times between writes, which sets its
 dirty rate. The counter is also in EAX, so registers change too. First,
 if ``fill_size`` is set, it writes once to every page of ``[dirty_start,
 dirty_start + fill_size)``, so that the first migration pass carries that
-much real data instead of cheap zero pages.
+much real data instead of cheap zero pages. With ``pages_per_tick`` set it
+instead writes that many pages per timer tick and halts in between, which
+keeps a steady dirty rate at almost no host CPU.
 
 It deliberately has no "hot" page written over and over: QEMU 7.2 under
 TCG loses writes to a page whose TLB entry survives a dirty-bitmap sync
@@ -39,6 +41,13 @@ PAGE = 4096
 # Well above the TCG TLB size (256 entries, grown by doubling at most
 # once per flush), see the module docstring.
 MIN_SWEEP_PAGES = 1024
+# Timer mode: IRQ0 remapped to vector 0x20, IDT below the 2 MiB mark, the
+# flat code segment QEMU's multiboot loader sets up.
+PIT_HZ = 1193182
+TIMER_VECTOR = 0x20
+IDT_BASE = 0x180000
+IDTR_ADDRESS = 0x17FFF0
+KERNEL_CS = 0x08
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +59,8 @@ class DirtyingGuest:
     stride: int = 4096
     delay: int = 64
     fill_size: int = 0
+    pages_per_tick: int = 0
+    tick_hz: int = 1000
 
     def validate(self, memory_mb):
         if self.dirty_start < 2 * MiB:
@@ -64,6 +75,9 @@ class DirtyingGuest:
             raise ValueError('dirty range ends at %d MiB, beyond the %d MiB '
                              'of guest RAM' % (self.dirty_end // MiB,
                                                memory_mb))
+        if self.pages_per_tick < 0 or not 19 <= self.tick_hz <= 10000:
+            raise ValueError('pages_per_tick must be >= 0 and tick_hz '
+                             'between 19 and 10000')
         if self.stride < 4 or self.stride % 4 or self.dirty_size < 4:
             raise ValueError('stride and size must be multiples of 4')
 
@@ -94,6 +108,20 @@ class DirtyingGuest:
         code.emit(b'\xfa')                                  # cli
         code.emit(b'\xbc', struct.pack('<I', STACK_TOP))    # mov esp, imm
         code.emit(b'\x31\xc0')                              # xor eax, eax
+        self._fill(code)
+        if self.pages_per_tick:
+            self._timer_loop(code)
+        else:
+            self._busy_loop(code)
+        body = bytes(code.buf)
+        load_end = LOAD_ADDRESS + HEADER_SIZE + len(body)
+        header = struct.pack(
+            '<8I', MULTIBOOT_MAGIC, MULTIBOOT_AOUT_KLUDGE,
+            (-(MULTIBOOT_MAGIC + MULTIBOOT_AOUT_KLUDGE)) & 0xFFFFFFFF,
+            LOAD_ADDRESS, LOAD_ADDRESS, load_end, load_end, ENTRY_ADDRESS)
+        return header + body
+
+    def _fill(self, code):
         if self.fill_size:
             code.emit(b'\xbb', struct.pack('<I', self.dirty_start))
             fill = code.here()
@@ -101,6 +129,8 @@ class DirtyingGuest:
             code.emit(b'\x81\xc3', struct.pack('<I', PAGE))  # add ebx
             code.emit(b'\x81\xfb', struct.pack('<I', self.fill_end))
             code.jump(b'\x72', fill)                       # jb fill
+
+    def _busy_loop(self, code):
         outer = code.here()
         code.emit(b'\xbb', struct.pack('<I', self.dirty_start))  # mov ebx
         inner = code.here()
@@ -114,13 +144,55 @@ class DirtyingGuest:
         code.emit(b'\x81\xfb', struct.pack('<I', self.dirty_end))  # cmp ebx
         code.jump(b'\x72', inner)                           # jb inner
         code.jump(b'\xeb', outer)                           # jmp outer
-        body = bytes(code.buf)
-        load_end = LOAD_ADDRESS + HEADER_SIZE + len(body)
-        header = struct.pack(
-            '<8I', MULTIBOOT_MAGIC, MULTIBOOT_AOUT_KLUDGE,
-            (-(MULTIBOOT_MAGIC + MULTIBOOT_AOUT_KLUDGE)) & 0xFFFFFFFF,
-            LOAD_ADDRESS, LOAD_ADDRESS, load_end, load_end, ENTRY_ADDRESS)
-        return header + body
+
+    def _timer_loop(self, code):
+        """Write ``pages_per_tick`` pages per PIT tick, halted in between.
+
+        Costs the host almost no CPU, which matters when several QEMUs
+        share two cores. Interrupts are enabled only inside ``sti; hlt``,
+        so the interrupt frame pushed on the stack is the same bytes every
+        time (no "hot" page with changing content); the handler clobbers
+        only AL, which the loop does not use.
+        """
+        out = b'\xe6'                                       # out imm8, al
+        for port, value in ((0x20, 0x11), (0xA0, 0x11), (0x21, 0x20),
+                            (0xA1, 0x28), (0x21, 0x04), (0xA1, 0x02),
+                            (0x21, 0x01), (0xA1, 0x01), (0x21, 0xFE),
+                            (0xA1, 0xFF), (0x43, 0x34)):
+            code.emit(b'\xb0', bytes([value]), out, bytes([port]))
+        divisor = PIT_HZ // self.tick_hz
+        for value in (divisor & 0xFF, divisor >> 8):
+            code.emit(b'\xb0', bytes([value]), out, b'\x40')
+        gate = IDT_BASE + TIMER_VECTOR * 8
+        gate_low = code.here() + 6
+        code.emit(b'\xc7\x05', struct.pack('<II', gate, 0))  # mov [m], imm
+        gate_high = code.here() + 6
+        code.emit(b'\xc7\x05', struct.pack('<II', gate + 4, 0))
+        idt_limit = TIMER_VECTOR * 8 + 7
+        code.emit(b'\x66\xc7\x05', struct.pack('<IH', IDTR_ADDRESS, idt_limit))
+        code.emit(b'\xc7\x05', struct.pack('<II', IDTR_ADDRESS + 2, IDT_BASE))
+        code.emit(b'\x0f\x01\x1d', struct.pack('<I', IDTR_ADDRESS))  # lidt
+        code.emit(b'\x31\xf6')                              # xor esi, esi
+        code.emit(b'\xbb', struct.pack('<I', self.dirty_start))  # mov ebx
+        tick = code.here()
+        code.emit(b'\xb9', struct.pack('<I', self.pages_per_tick))  # ecx
+        burst = code.here()
+        code.emit(b'\x89\x33')                              # mov [ebx], esi
+        code.emit(b'\x46')                                  # inc esi
+        code.emit(b'\x81\xc3', struct.pack('<I', self.stride))  # add ebx
+        code.emit(b'\x81\xfb', struct.pack('<I', self.dirty_end))  # cmp
+        code.emit(b'\x72\x05')                              # jb +5
+        code.emit(b'\xbb', struct.pack('<I', self.dirty_start))  # mov ebx
+        code.emit(b'\x49')                                  # dec ecx
+        code.jump(b'\x75', burst)                           # jnz burst
+        code.emit(b'\xfb\xf4\xfa')                          # sti; hlt; cli
+        code.jump(b'\xeb', tick)                            # jmp tick
+        handler = ENTRY_ADDRESS + code.here()
+        code.emit(b'\xb0\x20', out, b'\x20', b'\xcf')         # EOI; iret
+        code.patch(gate_low, struct.pack(
+            '<I', (handler & 0xFFFF) | (KERNEL_CS << 16)))
+        code.patch(gate_high, struct.pack(
+            '<I', (handler & 0xFFFF0000) | 0x8E00))
 
     def write(self, directory):
         """Write the kernel into ``directory``; return its path."""
@@ -138,6 +210,9 @@ class _Code(object):
 
     def here(self):
         return len(self.buf)
+
+    def patch(self, offset, data):
+        self.buf[offset:offset + len(data)] = data
 
     def emit(self, *parts):
         for part in parts:

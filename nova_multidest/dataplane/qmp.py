@@ -18,6 +18,9 @@ from nova_multidest import exceptions
 
 LOG = logging.getLogger(__name__)
 
+# Events nobody waited for are kept for wait_event, up to this many.
+EVENT_BACKLOG = 1000
+
 
 class QMPEvent(dict):
     """One asynchronous QMP event (the decoded JSON object)."""
@@ -54,7 +57,7 @@ class QMPClient(object):
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._replies = {}
-        self._events = collections.deque()
+        self._events = collections.deque(maxlen=EVENT_BACKLOG)
         self._callbacks = []
         self._next_id = 0
         self._closed = False

@@ -80,6 +80,9 @@ UNLIMITED_BANDWIDTH = 1 << 40
 # avoids it.
 PROBE_BANDWIDTH = 4 << 20
 
+# Seconds to wait for the source's STOP event once a winner runs.
+SOURCE_EVENT_GRACE = 5.0
+
 # Destination states in progress reports.
 PREPARING = 'preparing'
 STREAMING = 'streaming'
@@ -238,6 +241,7 @@ class Session(object):
         self._resumed_at = {}
         self._source_stopped_at = None
         self._a_guest_ran = False
+        self._source_stopped = threading.Event()
         self._started = None
         self.warm_up_state = None
         source.subscribe(self._on_source_event)
@@ -291,6 +295,7 @@ class Session(object):
     def _on_source_event(self, event):
         if event.kind == hv.EVENT_STOPPED and self._source_stopped_at is None:
             self._source_stopped_at = event.timestamp
+            self._source_stopped.set()
         self._events.put(('source', event))
 
     def _on_destination_event(self, event):
@@ -389,6 +394,7 @@ class Session(object):
         self._dests = {}
         self._completed = []
         self._source_stopped_at = None
+        self._source_stopped.clear()
         s = self.settings
         try:
             self._prepare(names, protocol.new_secret())
@@ -599,6 +605,9 @@ class Session(object):
         result.winner = winner
         result.error = None
         result.total_time_s = resumed - started
+        # The source's STOP event comes from another connection than the
+        # destination's completion and may still be on its way.
+        self._source_stopped.wait(SOURCE_EVENT_GRACE)
         if self._source_stopped_at is not None:
             result.downtime_ms = (resumed - self._source_stopped_at) * 1000
         progress = self._relay.progress()

@@ -115,10 +115,16 @@ class SessionTestBase(testtools.TestCase):
         self.destinations = {}
         self.snapshots = {}
 
-    def boot(self, fill_mb=0, dirty_mb=8, delay=64):
+    def boot(self, fill_mb=0, dirty_mb=8, delay=64, pages_per_tick=16):
+        """Boot the source; by default a guest that halts between ticks.
+
+        Warm-up tests pass ``pages_per_tick=0`` for a guest that dirties
+        memory as fast as it can, which QEMU cannot converge on by itself.
+        """
         self.image = guest.DirtyingGuest(dirty_size=dirty_mb * MiB,
                                          fill_size=fill_mb * MiB,
-                                         delay=delay)
+                                         delay=delay,
+                                         pages_per_tick=pages_per_tick)
         self.process = self.qemu.boot(image=self.image)
         self.source = self.qemu.hypervisor.source(self.process)
         return self.source

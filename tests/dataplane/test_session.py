@@ -208,7 +208,7 @@ class ElectionTest(session_base.SessionTestBase):
 class WarmUpTest(session_base.SessionTestBase):
 
     def _hold_then_switch(self, **settings):
-        self.boot(fill_mb=16)
+        self.boot(fill_mb=16, pages_per_tick=0)
         migration = self.make_session(['d0', 'd1'], warm_up=True,
                                       poll_interval=0.05, **settings)
         migration.start()
@@ -241,7 +241,7 @@ class WarmUpTest(session_base.SessionTestBase):
                             for n in state.ready_destinations))
 
     def test_downtime_condition_not_met_is_not_ready(self):
-        self.boot(fill_mb=16, dirty_mb=32, delay=0)
+        self.boot(fill_mb=16, dirty_mb=32, delay=0, pages_per_tick=0)
         migration = self.make_session(
             ['d0'], warm_up=True, warm_up_exit='downtime',
             downtime_limit_ms=1, switch_over_timeout=1, poll_interval=0.05)
