@@ -36,6 +36,7 @@ from nova_multidest.compute import journal as journal_mod
 from nova_multidest.compute import rpcapi
 from nova_multidest import conf
 from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import protocol
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
 from nova_multidest.virt import streaming
@@ -90,6 +91,7 @@ class MultiDestComputeManager(object):
         self._lock = threading.Lock()
         self._destinations = {}
         self._streams = {}
+        self._tls = None
 
     # -- checks ------------------------------------------------------------
 
@@ -207,11 +209,16 @@ class MultiDestComputeManager(object):
         listen_host = (CONF.multidest.listen_address or
                        CONF.libvirt.live_migration_inbound_addr or
                        CONF.my_ip)
+        server_tls, client_tls = self._tls_contexts()
+        tls_args = {}
+        if server_tls is not None:
+            tls_args = {'tls': server_tls, 'forward_tls': client_tls}
         last_error = None
         for port in range(CONF.multidest.port_min,
                           CONF.multidest.port_max + 1):
             try:
-                return guest.open_stream(secret, listen=(listen_host, port))
+                return guest.open_stream(secret, listen=(listen_host, port),
+                                         **tls_args)
             except OSError as exc:
                 last_error = exc
         raise exceptions.DestinationFailed(
@@ -220,6 +227,16 @@ class MultiDestComputeManager(object):
                    'on %s: %s; widen the range' % (
                        CONF.multidest.port_min, CONF.multidest.port_max,
                        listen_host, last_error))
+
+    def _tls_contexts(self):
+        """(server, client) TLS contexts of stream hops, or (None, None)."""
+        if not CONF.multidest.tls:
+            return None, None
+        if self._tls is None:
+            self._tls = protocol.make_tls_contexts(
+                CONF.multidest.tls_cert_file, CONF.multidest.tls_key_file,
+                CONF.multidest.tls_ca_file)
+        return self._tls
 
     def wait_destination(self, context, instance, migration, timeout):
         self._check_destination_side(instance, migration)
@@ -349,13 +366,16 @@ class MultiDestComputeManager(object):
             secret, [(d['host'], tuple(d['agent_address']))
                      for d in destinations],
             topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
+            tls=self._tls_contexts()[1],
             on_drop=functools.partial(self._on_drop, instance))
         bandwidth = CONF.multidest.max_bandwidth_mb * MiB or None
         stream = streaming.SourceStream(
             self.hypervisor.source(instance.name), fanout, warm_up=warm_up,
             downtime_limit_ms=CONF.multidest.downtime_limit_ms,
             max_bandwidth=bandwidth,
-            on_progress=self._progress_recorder(migrations))
+            on_progress=self._progress_recorder(migrations),
+            warm_up_exit=CONF.multidest.warm_up_exit,
+            warm_up_percent=CONF.multidest.warm_up_percent)
         with self._lock:
             self._streams[instance.uuid] = stream
         try:
@@ -375,20 +395,30 @@ class MultiDestComputeManager(object):
                     reason, instance=instance)
 
     def _progress_recorder(self, migrations):
+        """Progress as ``openstack server migration show`` displays it.
+
+        Each destination's Migration counts the stream bytes that reached
+        that destination, and what the source still has to send.
+        """
         last_saved = [0.0]
 
-        def record(stats, destination_bytes):
+        def record(stats, progress):
             final = stats.status in hypervisor.FINAL_STATUSES
             now = time.monotonic()
             if not final and now - last_saved[0] < PROGRESS_SAVE_INTERVAL:
                 return
             last_saved[0] = now
             for host, migration in migrations.items():
+                destination = progress.get(host)
                 migration.memory_total = stats.total
-                migration.memory_processed = destination_bytes.get(
-                    host, stats.transferred)
-                migration.memory_remaining = max(
-                    stats.total - migration.memory_processed, 0)
+                migration.memory_processed = (
+                    destination.bytes_sent if destination is not None
+                    else stats.transferred)
+                complete = (stats.status == hypervisor.STATUS_COMPLETED and
+                            destination is not None and
+                            destination.state != 'failed')
+                migration.memory_remaining = (0 if complete
+                                              else stats.remaining)
                 if migration.obj_what_changed():
                     migration.save()
         return record

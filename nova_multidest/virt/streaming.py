@@ -9,10 +9,12 @@ when told to, or when QEMU gave up on its own.
 """
 
 import threading
+import time
 
 from oslo_log import log as logging
 
 from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import warmup
 
 LOG = logging.getLogger(__name__)
 
@@ -20,8 +22,9 @@ MiB = 1 << 20
 # During warm-up QEMU must never judge the remaining memory small enough
 # to stop the guest: a 1 ms downtime limit keeps it pre-copying.
 HOLD_DOWNTIME_MS = 1
-# A second switch-over request forces completion whatever the downtime,
-# like Nova's force-complete, without pausing the guest ourselves.
+# Switch-over asked for again before warm-up is ready forces completion
+# whatever the downtime, like Nova's force-complete, without pausing the
+# guest ourselves.
 FORCE_DOWNTIME_MS = 60000
 POLL_INTERVAL = 0.5
 
@@ -29,13 +32,20 @@ POLL_INTERVAL = 0.5
 class SourceStream(object):
     """Drives ``source`` into ``relay`` in a thread of its own.
 
-    ``on_progress(stats, per_destination_bytes)`` is called from that
-    thread at every poll and once at the end; it must not raise.
+    ``on_progress(stats, destinations)`` is called from that thread at
+    every poll and once at the end, with the relay's DestinationProgress
+    per destination name; it must not raise.
+
+    A warm-up stream pre-copies until a switch-over was requested *and*
+    the warm-up exit condition holds (``warm_up_exit`` on
+    ``warm_up_percent`` % of the live destinations); a second request
+    before that forces the switch-over.
     """
 
     def __init__(self, source, relay, warm_up=False, downtime_limit_ms=500,
                  max_bandwidth=None, capabilities=None, on_progress=None,
-                 poll_interval=POLL_INTERVAL):
+                 poll_interval=POLL_INTERVAL,
+                 warm_up_exit=warmup.EXIT_COPIED, warm_up_percent=100):
         self.source = source
         self.relay = relay
         self.warm_up = warm_up
@@ -45,8 +55,12 @@ class SourceStream(object):
         self.capabilities.setdefault('events', True)
         self.on_progress = on_progress
         self.poll_interval = poll_interval
+        self._monitor_warm_up = (
+            warmup.WarmUpMonitor(warm_up_exit, warm_up_percent,
+                                 downtime_limit_ms) if warm_up else None)
+        self._warm_up_state = None
         self._holding = warm_up
-        self._switch_requested = False
+        self._switch_requests = 0
         self._wake = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -85,6 +99,7 @@ class SourceStream(object):
                     LOG.info('Outgoing stream of %s ended: %s',
                              self.source.name, stats.status)
                     break
+                self._maybe_release()
                 self._wake.wait(self.poll_interval)
                 self._wake.clear()
         except Exception:
@@ -95,35 +110,57 @@ class SourceStream(object):
 
     def _poll(self):
         stats = self.source.stats()
+        progress = self.relay.progress()
         with self._lock:
             self._last_stats = stats
+        if self._monitor_warm_up is not None:
+            samples = {
+                name: warmup.DestinationSample(
+                    received=p.bytes_sent, live=p.state != 'failed')
+                for name, p in progress.items()}
+            state = self._monitor_warm_up.update(
+                time.monotonic(), stats, self.relay.bytes_from_source,
+                samples)
+            with self._lock:
+                self._warm_up_state = state
         if self.on_progress is not None:
             try:
-                self.on_progress(stats, self.destination_bytes())
+                self.on_progress(stats, progress)
             except Exception:
                 LOG.exception('Recording progress of %s failed',
                               self.source.name)
         return stats
 
-    def destination_bytes(self):
-        return {name: progress.bytes_sent
-                for name, progress in self.relay.progress().items()}
+    def _maybe_release(self):
+        with self._lock:
+            if not self._holding or not self._switch_requests:
+                return
+            ready = (self._warm_up_state is not None and
+                     self._warm_up_state.ready)
+            if not ready and self._switch_requests < 2:
+                return
+            self._holding = False
+            downtime = (self.downtime_limit_ms if ready
+                        else FORCE_DOWNTIME_MS)
+        LOG.info('Switch-over of %s: downtime limit %d ms (warm-up %s)',
+                 self.source.name, downtime,
+                 'ready' if ready else 'forced')
+        self.source.set_parameters(downtime_limit_ms=downtime)
 
     def wait(self, timeout=None):
         """True once the source's migration reached a final state."""
         return self._done.wait(timeout)
 
     def switch_over(self):
-        """End warm-up; asked a second time, force completion."""
+        """Request the switch-over; a repeated request forces it."""
         with self._lock:
-            if self._holding:
-                self._holding = False
-                downtime = self.downtime_limit_ms
-            else:
-                downtime = FORCE_DOWNTIME_MS
-        LOG.info('Switch-over of %s requested: downtime limit %d ms',
-                 self.source.name, downtime)
-        self.source.set_parameters(downtime_limit_ms=downtime)
+            self._switch_requests += 1
+            holding = self._holding
+        if holding:
+            self._maybe_release()
+        else:
+            LOG.info('Forcing the switch-over of %s', self.source.name)
+            self.source.set_parameters(downtime_limit_ms=FORCE_DOWNTIME_MS)
         self._wake.set()
 
     def abort(self):
@@ -138,6 +175,8 @@ class SourceStream(object):
                 stats = self._last_stats
         else:
             stats = self.source.stats()
+        with self._lock:
+            warm_up_state = self._warm_up_state
         destinations = {}
         for name, progress in self.relay.progress().items():
             destinations[name] = {'state': progress.state,
@@ -145,6 +184,9 @@ class SourceStream(object):
                                   'reason': progress.reason}
         return {'state': stats.status,
                 'holding': self._holding,
+                'switch_requested': bool(self._switch_requests),
+                'warm_up_ready': (warm_up_state.ready
+                                  if warm_up_state is not None else None),
                 'memory_total': stats.total,
                 'memory_processed': stats.transferred,
                 'memory_remaining': stats.remaining,

@@ -271,7 +271,8 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
                 operation='start_incoming on %s' % self.name, reason=message)
         self.status = hypervisor.STATUS_SETUP
 
-    def open_stream(self, secret, listen=('127.0.0.1', 0)):
+    def open_stream(self, secret, listen=('127.0.0.1', 0), tls=None,
+                    forward_tls=None):
         with _REGISTRY.lock:
             port = listen[1] or next(_REGISTRY.ports)
             address = (listen[0], port)
@@ -384,6 +385,7 @@ class FakeRelay(object):
         self._state = {name: 'connecting' for name in self.names}
         self._reasons = {}
         self._sent = dict.fromkeys(self.names, 0)
+        self._from_source = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -417,6 +419,11 @@ class FakeRelay(object):
             return [name for name in self.names
                     if self._state[name] != 'failed']
 
+    @property
+    def bytes_from_source(self):
+        with self._lock:
+            return self._from_source
+
     def _live_targets(self):
         live = self.live_destinations()
         return [(name, self._targets[name]) for name in live]
@@ -434,6 +441,8 @@ class FakeRelay(object):
             self.on_drop(name, reason)
 
     def _send(self, size):
+        with self._lock:
+            self._from_source += size
         for name, target in self._live_targets():
             if target.receive(size):
                 with self._lock:

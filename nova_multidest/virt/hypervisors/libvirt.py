@@ -35,6 +35,7 @@ import libvirt_qemu
 from oslo_log import log as logging
 
 from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import relay
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
 
@@ -307,6 +308,24 @@ class LibvirtDestination(_LibvirtGuest, hypervisor.DestinationGuest):
     def __init__(self, domain, work_dir):
         super().__init__(domain)
         self.work_dir = work_dir
+        self._agent = None
+
+    def open_stream(self, secret, listen=('127.0.0.1', 0), tls=None,
+                    forward_tls=None):
+        """Start the stream agent, with TLS on hops between hosts."""
+        agent = relay.DestinationAgent(
+            secret, target=self.incoming_target, listen=listen, tls=tls,
+            forward_tls=forward_tls, name=self.name)
+        agent.start()
+        self._agent = agent
+        return agent.address
+
+    def stream_bytes_received(self):
+        return self._agent.bytes_received if self._agent is not None else 0
+
+    def close_stream(self):
+        if self._agent is not None:
+            self._agent.close()
 
     @property
     def incoming_target(self):
