@@ -182,6 +182,12 @@ class StreamRelay(object):
                     if self._state[name] != 'failed']
 
     @property
+    def bytes_to_destinations(self):
+        """Bytes sent to agents: N copies in a star, one in a chain."""
+        with self._lock:
+            return sum(f.sent for ch in self._channels for f in ch.forwarders)
+
+    @property
     def bytes_from_source(self):
         with self._lock:
             return sum(ch.buffer.head for ch in self._channels)

@@ -272,6 +272,10 @@ class TestStreamDelivery(RelayTestCase):
         for sink, agent in zip(sinks, agents):
             self.assert_delivered(sink, agent, data, progress[agent.name])
         self.assertEqual({}, self.dropped)
+        # A chain puts one copy on the source host's link, a star N.
+        copies = count if topology == 'star' else 1
+        self.assertEqual(copies * len(data),
+                         stream_relay.bytes_to_destinations)
         stream_relay.close()
         for agent in agents:
             agent.close()
