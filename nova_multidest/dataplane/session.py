@@ -11,6 +11,19 @@ callback may name other destinations for another round.
 It drives the ``hypervisor`` interface only, so the same logic runs over
 raw QEMU processes (demo, tests) and libvirt domains (compute driver).
 
+Warm-up on QEMU 7.2: the downtime limit is set to 1 ms until the
+switch-over (and the stream starts slowly for QEMU's first 100 ms
+bandwidth sample, before which its threshold is zero), so QEMU keeps
+iterating as long as the guest dirties more than bandwidth x 1 ms between
+two bitmap syncs; the switch-over sets the real limit, and forces the
+completion after ``switch_over_timeout`` if the guest still dirties too
+fast. A limit of 0 does not hold: QEMU then never re-syncs after the first
+pass and completes at once. A (nearly) idle guest cannot be held at all:
+QEMU stops it and completes by itself, and the session then elects a
+winner without waiting for the switch-over command, since the guest is
+already paused. ``pause-before-switchover`` is no hold either: it pauses
+the guest.
+
 Safety rules the code keeps, in order of importance:
 
 * at most one copy ever runs: a destination runs only after
