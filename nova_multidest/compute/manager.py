@@ -47,7 +47,9 @@ LOG = logging.getLogger(__name__)
 MiB = 1 << 20
 FINAL_MIGRATION_STATUSES = frozenset(
     ('completed', 'cancelled', 'failed', 'error', 'done', 'confirmed'))
-SYSMETA_PREFIX = 'multidest_'
+# The conductor marks an instance whose group runs with this system
+# metadata key; other 'multidest_' keys outlive the group.
+GROUP_ACTIVE_KEY = 'multidest_active'
 WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
 
@@ -542,8 +544,7 @@ class MultiDestComputeManager(object):
                 self.hypervisor.destroy_incoming(record['domain_name'])
             self.journal.delete(migration_uuid)
             return
-        in_group = any(key.startswith(SYSMETA_PREFIX)
-                       for key in instance.system_metadata)
+        in_group = instance.system_metadata.get(GROUP_ACTIVE_KEY) == 'true'
         if (migration is not None and in_group and
                 migration.status not in FINAL_MIGRATION_STATUSES):
             LOG.info('Migration %s is still in progress; leaving this '

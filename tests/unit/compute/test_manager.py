@@ -201,7 +201,7 @@ class DestinationSideTest(EndpointTestBase):
                   'attachment_ids': {},
                   'migrate_data': self.migrate_data().obj_to_primitive()}
         endpoint.journal.write('mig-1', record)
-        self.instance.system_metadata = {'multidest_group': 'g'}
+        self.instance.system_metadata = {'multidest_active': 'true'}
         for status, reverted in (('running', False), ('cancelled', True)):
             self.migration.status = status
             with mock.patch.object(objects.Migration, 'get_by_uuid',
@@ -213,6 +213,22 @@ class DestinationSideTest(EndpointTestBase):
                 reverted,
                 self.driver.rollback_live_migration_at_destination.called,
                 status)
+        self.assertEqual([], endpoint.journal.migration_uuids())
+
+    def test_cleanup_after_restart_reverts_abandoned_groups(self):
+        endpoint = self.endpoint()
+        endpoint.journal.write('mig-1', {
+            'instance_uuid': 'inst-1', 'domain_name': 'instance-1',
+            'attachment_ids': {},
+            'migrate_data': self.migrate_data().obj_to_primitive()})
+        self.instance.system_metadata = {'multidest_last_result': 'failed'}
+        self.migration.status = 'running'
+        with mock.patch.object(objects.Migration, 'get_by_uuid',
+                               return_value=self.migration), \
+                mock.patch.object(objects.Instance, 'get_by_uuid',
+                                  return_value=self.instance):
+            endpoint.cleanup_after_restart('ctxt')
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
         self.assertEqual([], endpoint.journal.migration_uuids())
 
 
