@@ -69,6 +69,7 @@ class DestinationAgent(object):
     # -- public ----------------------------------------------------------
 
     def start(self):
+        """Listen for hops; return the ``(host, port)`` to give the relay."""
         sock = socket.socket(socket.AF_INET6 if ':' in self._listen[0]
                              else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -88,6 +89,7 @@ class DestinationAgent(object):
 
     @property
     def state(self):
+        """waiting, streaming, complete (local QEMU got it all), failed."""
         return self._state
 
     @property
@@ -105,6 +107,8 @@ class DestinationAgent(object):
             return sum(ch.delivered for ch in self._channels.values())
 
     def close(self):
+        """Stop receiving, forwarding and delivering; idempotent."""
+        self._set_state('failed', 'agent closed before the stream ended')
         with self._lock:
             if self._closed:
                 return
@@ -126,8 +130,6 @@ class DestinationAgent(object):
         for sock in sockets:
             hops.close_socket(sock)
         hops.close_socket(self._listener)
-        if self._state not in hops.FINAL_STATES:
-            self._set_state('failed', 'agent closed before the stream ended')
 
     # -- state -----------------------------------------------------------
 
@@ -294,6 +296,11 @@ class DestinationAgent(object):
         index = int(header['channel'])
         channel = self._channels.get(index)
         if channel is None:
+            if self._state == 'failed' and not header.get('chain'):
+                raise exceptions.DestinationFailed(
+                    destination=self.name,
+                    reason='this destination already failed: %s'
+                           % self._reason)
             channel = _AgentChannel(self, index, header)
             self._channels[index] = channel
             channel.start()

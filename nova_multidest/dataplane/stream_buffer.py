@@ -61,6 +61,12 @@ class StreamBuffer(object):
         self._cursors = []
         self._cond = threading.Condition()
 
+    @property
+    def retained_bytes(self):
+        """Bytes held in memory for consumers that have not sent them."""
+        with self._cond:
+            return self.head - self.base
+
     # -- consumers -------------------------------------------------------
 
     def add_cursor(self, name, on_drop=None, offset=None):
