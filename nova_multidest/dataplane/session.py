@@ -476,9 +476,15 @@ class Session(object):
                     probing = False
                     self.source.set_parameters(max_bandwidth=bandwidth)
 
-            if not self._live():
+            live = len(self._live())
+            if not live:
                 self._cancel_round('no destination left')
                 raise _RoundFailed('every destination failed')
+            if live < s.min_destinations:
+                self._cancel_round('too few destinations left')
+                raise _RoundFailed(
+                    'only %d destinations left, fewer than the minimum of %d'
+                    % (live, s.min_destinations))
             if stats.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):
                 self._cancel_round('source migration %s' % stats.status)
                 raise _RoundFailed('the source migration %s: %s'

@@ -131,6 +131,18 @@ class DestinationFailureTest(session_base.SessionTestBase):
             self.assertFalse(dest.is_alive())
             self.assertFalse(os.path.exists(dest.process.dir))
 
+    def test_fewer_than_minimum_left_keeps_source(self):
+        settings = self._slow_stream()
+        self.kill = {'d1': 20}
+        result = self.make_session(['d0', 'd1'], min_destinations=2,
+                                   **settings).run(60)
+        self.assertIsNone(result.winner)
+        self.assertIn('fewer than the minimum of 2', result.error)
+        self.assertEqual('running', self.process.run_state())
+        self.assert_guest_advances(self.process)
+        for dest in self.destinations.values():
+            self.assertFalse(dest.is_alive())
+
     def test_another_round_on_other_destinations(self):
         settings = self._slow_stream()
         self.kill = {'d0': 20}
