@@ -52,6 +52,8 @@ FINAL_MIGRATION_STATUSES = frozenset(
 GROUP_ACTIVE_KEY = 'multidest_active'
 WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
+# Holds an instance's place in the stream table while its stream starts.
+_STARTING = object()
 
 
 def _spawn(func, *args, **kwargs):
@@ -93,6 +95,7 @@ class MultiDestComputeManager(object):
         self._lock = threading.Lock()
         self._destinations = {}
         self._streams = {}
+        self._start_errors = {}
         self._tls = None
 
     # -- checks ------------------------------------------------------------
@@ -357,40 +360,56 @@ class MultiDestComputeManager(object):
                      topology, warm_up):
         self._check_source_side(instance)
         with self._lock:
-            if instance.uuid in self._streams:
+            previous = self._streams.get(instance.uuid)
+            if previous is _STARTING or (previous is not None and
+                                         not previous.wait(0)):
                 LOG.error('A stream of this instance is already running; '
                           'the request is ignored', instance=instance)
                 return
-        secret = rpcapi.decode_secret(secret)
+            self._streams[instance.uuid] = _STARTING
+            self._start_errors.pop(instance.uuid, None)
+        if previous is not None:
+            # A finished stream of an earlier round.
+            previous.close()
+        stream = None
+        try:
+            stream = self._create_stream(context, instance, destinations,
+                                         rpcapi.decode_secret(secret),
+                                         topology, warm_up)
+            with self._lock:
+                self._streams[instance.uuid] = stream
+            stream.start(_spawn)
+        except Exception as exc:
+            LOG.exception('Starting the stream failed; the guest keeps '
+                          'running here', instance=instance)
+            with self._lock:
+                self._streams.pop(instance.uuid, None)
+                self._start_errors[instance.uuid] = str(exc)
+            if stream is not None:
+                stream.close()
+            return
+        LOG.info('Streaming to %s (%s)',
+                 ', '.join(d['host'] for d in destinations), topology,
+                 instance=instance)
+
+    def _create_stream(self, context, instance, destinations, secret,
+                       topology, warm_up):
         migrations = {d['host']: objects.Migration.get_by_uuid(
             context, d['migration_uuid']) for d in destinations}
+        source = self.hypervisor.source(instance.name)
         fanout = self.hypervisor.create_relay(
             secret, [(d['host'], tuple(d['agent_address']))
                      for d in destinations],
             topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
             tls=self._tls_contexts()[1],
             on_drop=functools.partial(self._on_drop, instance))
-        bandwidth = CONF.multidest.max_bandwidth_mb * MiB or None
-        stream = streaming.SourceStream(
-            self.hypervisor.source(instance.name), fanout, warm_up=warm_up,
+        return streaming.SourceStream(
+            source, fanout, warm_up=warm_up,
             downtime_limit_ms=CONF.multidest.downtime_limit_ms,
-            max_bandwidth=bandwidth,
+            max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB or None,
             on_progress=self._progress_recorder(migrations),
             warm_up_exit=CONF.multidest.warm_up_exit,
             warm_up_percent=CONF.multidest.warm_up_percent)
-        with self._lock:
-            self._streams[instance.uuid] = stream
-        try:
-            stream.start(_spawn)
-        except Exception:
-            LOG.exception('Starting the stream failed; the guest keeps '
-                          'running here', instance=instance)
-            with self._lock:
-                self._streams.pop(instance.uuid, None)
-            stream.close()
-            return
-        LOG.info('Streaming to %s (%s)', ', '.join(migrations), topology,
-                 instance=instance)
 
     def _on_drop(self, instance, name, reason):
         LOG.warning('Destination %s dropped from the stream: %s', name,
@@ -427,7 +446,14 @@ class MultiDestComputeManager(object):
 
     def _stream(self, instance):
         with self._lock:
-            return self._streams.get(instance.uuid)
+            stream = self._streams.get(instance.uuid)
+        return None if stream is _STARTING else stream
+
+    def _pop_stream(self, instance):
+        with self._lock:
+            self._start_errors.pop(instance.uuid, None)
+            stream = self._streams.pop(instance.uuid, None)
+        return None if stream is _STARTING else stream
 
     def switch_over(self, context, instance):
         stream = self._stream(instance)
@@ -448,16 +474,21 @@ class MultiDestComputeManager(object):
         return True
 
     def source_status(self, context, instance):
+        """The stream's state; 'failed' with 'error' if it never started."""
         self._check_source_side(instance)
         stream = self._stream(instance)
         if stream is None:
+            with self._lock:
+                error = self._start_errors.get(instance.uuid)
+            if error is not None:
+                return {'state': hypervisor.STATUS_FAILED, 'error': error,
+                        'destinations': {}}
             return {'state': hypervisor.STATUS_NONE, 'destinations': {}}
         return stream.status()
 
     def resume_source(self, context, instance):
         self._check_source_side(instance)
-        with self._lock:
-            stream = self._streams.pop(instance.uuid, None)
+        stream = self._pop_stream(instance)
         if stream is not None:
             stream.close()
             stream.wait(CONF.multidest.election_timeout)
@@ -475,8 +506,7 @@ class MultiDestComputeManager(object):
             raise exceptions.InvalidSettings(
                 reason='the guest still runs on its source %s; resume the '
                        'winner first' % self.host)
-        with self._lock:
-            stream = self._streams.pop(instance.uuid, None)
+        stream = self._pop_stream(instance)
         if stream is not None:
             stream.close()
         shared_path = shared_block = True
@@ -499,7 +529,8 @@ class MultiDestComputeManager(object):
     def close(self):
         """Close every relay and agent; the guests stay as they are."""
         with self._lock:
-            streams = list(self._streams.values())
+            streams = [stream for stream in self._streams.values()
+                       if stream is not _STARTING]
             prepared = list(self._destinations.values())
             self._streams.clear()
             self._destinations.clear()

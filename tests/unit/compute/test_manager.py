@@ -273,6 +273,22 @@ class SourceSideTest(EndpointTestBase):
                                  'star', False)
         self.assertIs(first, self.source._stream(self.instance))
 
+    def test_stream_that_cannot_start_reports_why(self):
+        self.source.hypervisor.create_relay = mock.Mock(
+            side_effect=exceptions.AllDestinationsFailed(reasons='dst: no'))
+        self.stream()
+        status = self.source.source_status('ctxt', self.instance)
+        self.assertEqual('failed', status['state'])
+        self.assertIn('dst: no', status['error'])
+        self.assertFalse(self.source.has_stream(self.instance))
+
+    def test_a_finished_stream_makes_room_for_the_next_round(self):
+        self.stream()
+        first = self.source._stream(self.instance)
+        self.assertTrue(first.wait(10))
+        self.stream()
+        self.assertIsNot(first, self.source._stream(self.instance))
+
     def test_abort_keeps_the_source_running(self):
         self.stream(warm_up=True)
         self.assertTrue(self.source.abort_stream('ctxt', self.instance))
