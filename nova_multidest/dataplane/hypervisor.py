@@ -21,6 +21,8 @@ import abc
 import dataclasses
 import typing
 
+from nova_multidest.dataplane import relay
+
 # Migration states as QEMU names them (query-migrate / MIGRATION event).
 # libvirt implementations map their job states onto these.
 STATUS_NONE = 'none'
@@ -220,9 +222,9 @@ class DestinationGuest(Guest):
 
         The default runs the agent in this process, which is right when
         the destination runs on this host. A remote implementation starts
-        it on the destination host instead.
+        it on the destination host instead. The address is also kept in
+        ``stream_address``.
         """
-        from nova_multidest.dataplane import relay
         self._stream_agent = relay.DestinationAgent(
             secret, target=self.incoming_target, listen=listen,
             name=self.name)

@@ -43,6 +43,8 @@ import time
 import typing
 
 from nova_multidest.dataplane import hypervisor as hv
+from nova_multidest.dataplane import protocol
+from nova_multidest.dataplane import relay
 from nova_multidest.dataplane import warmup
 from nova_multidest import exceptions
 
@@ -366,9 +368,6 @@ class Session(object):
                 reason or old.reason)
 
     def _prepare(self, names, secret):
-        # Imported here: relay.py is another module's job and heavier.
-        from nova_multidest.dataplane import relay
-
         shared = {name: state for name, state in
                   self.settings.capabilities.items()
                   if name in SHARED_CAPABILITIES}
@@ -402,8 +401,6 @@ class Session(object):
         self._relay.start()
 
     def _round(self, names):
-        from nova_multidest.dataplane import protocol
-
         self._dests = {}
         self._completed = []
         self._source_stopped_at = None

@@ -5,7 +5,6 @@ test failed, then fails the test if any process had to be killed or any
 file was left: "no QEMU left after any test" is checked, not assumed.
 """
 
-import os
 import shutil
 import tempfile
 
@@ -42,7 +41,3 @@ class QemuFixture(fixtures.Fixture):
     def boot(self, name='source', memory_mb=None, image=None):
         return self.hypervisor.boot(name, memory_mb=memory_mb or
                                     self.memory_mb, image=image)
-
-    def entries(self):
-        """What is left in the work directory (image and guest dirs)."""
-        return sorted(os.listdir(self.workdir))
