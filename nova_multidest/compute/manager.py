@@ -214,6 +214,9 @@ class MultiDestComputeManager(object):
         listen_host = (CONF.multidest.listen_address or
                        CONF.libvirt.live_migration_inbound_addr or
                        CONF.my_ip)
+        # Sources must be told an address they can reach.
+        advertised = (CONF.my_ip if listen_host in ('0.0.0.0', '::')
+                      else None)
         server_tls, client_tls = self._tls_contexts()
         tls_args = {}
         if server_tls is not None:
@@ -222,10 +225,12 @@ class MultiDestComputeManager(object):
         for port in range(CONF.multidest.port_min,
                           CONF.multidest.port_max + 1):
             try:
-                return guest.open_stream(secret, listen=(listen_host, port),
-                                         **tls_args)
+                address = guest.open_stream(
+                    secret, listen=(listen_host, port), **tls_args)
             except OSError as exc:
                 last_error = exc
+                continue
+            return (advertised or address[0], address[1])
         raise exceptions.DestinationFailed(
             destination=self.host,
             reason='no free port in [multidest] port_min..port_max (%d-%d) '

@@ -114,6 +114,14 @@ class DestinationSideTest(EndpointTestBase):
             self.instance, SOURCE_XML, result['migrate_data'])
         self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
 
+    def test_agent_on_all_addresses_is_advertised_on_my_ip(self):
+        self.config.config(listen_address='0.0.0.0', group='multidest')
+        self.config.config(my_ip='192.0.2.7')
+        result = self.endpoint().prepare_destination(
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        self.assertEqual('192.0.2.7', result['agent_address'][0])
+
     def test_prepare_attaches_volumes_without_touching_bdms(self):
         self.bdms.objects.append(volume_bdm('{"src": 1}'))
         endpoint = self.endpoint()
