@@ -108,8 +108,8 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
     def _setup_compute_service(self):
         self.flags(compute_driver=DRIVER)
 
-    def start_compute(self, hostname='compute1', **kwargs):
-        hostname = super().start_compute(hostname=hostname, **kwargs)
+    def start_compute(self, *args, **kwargs):
+        hostname = super().start_compute(*args, **kwargs)
         # Nova's harness gives each compute its fake libvirt connection only
         # after init_host, by replacing driver._host.get_connection; the
         # hypervisor extension, created in init_host, must use that one.
@@ -269,6 +269,11 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
             self.assertEqual('ACTIVE', bindings[host]['status'])
 
     def assert_volume_attachments_only_on(self, server_id, host):
+        """One attachment per volume: the one the BDM uses.
+
+        The connector's host cannot be checked here: os-brick's fixture
+        reports the process-wide CONF.host, whichever compute asks.
+        """
         ctxt = self.admin_context()
         bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
             ctxt, server_id)
@@ -283,9 +288,6 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
                                  'volume %s has several attachments: %s' % (
                                      volume_id, attachments))
                 found[volume_id] = attachment['id']
-                connector = attachment.get('connector') or {}
-                if connector.get('host'):
-                    self.assertEqual(host, connector['host'], attachment)
         self.assertEqual(expected, found)
 
     def assert_domain_only_on(self, server_id, host):
@@ -388,7 +390,7 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
     def migrations_by_host(self, server_id):
         return {m.dest_compute: m for m in self.get_migrations(server_id)}
 
-    def hold_compute_calls(self, method, host=None):
+    def hold_compute_calls(self, method, host=None, limit=None):
         """Hold our compute RPC ``method`` (to ``host``) until released.
 
         Returns a CallGate: ``reached`` is set when a held call arrived;
@@ -397,7 +399,7 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
         """
         from nova_multidest.compute import rpcapi as compute_rpcapi
         real = getattr(compute_rpcapi.ComputeAPI, method)
-        gate = CallGate(host)
+        gate = CallGate(host, limit)
 
         def held(api, ctxt, instance, *args, **kwargs):
             gate.hold(instance, *args, **kwargs)
@@ -412,8 +414,9 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
 class CallGate(object):
     """Holds RPC calls in flight, for tests that need an exact order."""
 
-    def __init__(self, host=None):
+    def __init__(self, host=None, limit=None):
         self.host = host
+        self.limit = limit
         self.reached = threading.Event()
         self._released = threading.Event()
         self._lost = False
@@ -429,6 +432,8 @@ class CallGate(object):
     def hold(self, instance, *args, **kwargs):
         matches = self._matches(instance, args, kwargs)
         if self._released.is_set() or not matches:
+            return
+        if self.limit is not None and self.count >= self.limit:
             return
         self.count += 1
         self.reached.set()

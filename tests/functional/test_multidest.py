@@ -162,3 +162,92 @@ class AllFailTest(base.MultiDestMigrationTestBase):
         self.assertEqual('failed', migrations[first].status)
         self.assertEqual('completed', migrations[winner].status)
         self.assert_invariants(server, winner)
+
+
+class CrashTest(base.MultiDestMigrationTestBase):
+    """Conductor and compute restarts mid-operation."""
+
+    COMPUTES = 4
+
+    def setUp(self):
+        super().setUp()
+        self.source = self.hostnames[0]
+        self.targets = self.hostnames[1:3]
+        self.server = self.boot_server(
+            host=self.source, networks=[{'port': self.neutron.port_1['id']}])
+
+    def test_conductor_restart_while_streaming_rolls_back(self):
+        waits = self.hold_compute_calls('wait_destination')
+        self.request_migration(self.server, destinations=self.targets)
+        waits.wait_reached(2)
+        self.restart_multidest_conductor()
+        result = self.wait_for_group_end(self.server)
+        waits.lose()
+        self.assertEqual('failed', result['result'])
+        self.assertEqual(
+            {'failed'},
+            {m.status for m in self.get_migrations(self.server['id'])})
+        self.assert_invariants(self.server, self.source)
+
+    def test_conductor_restart_after_election_finishes(self):
+        resumes = self.hold_compute_calls('resume_destination', limit=1)
+        self.request_migration(self.server, destinations=self.targets)
+        resumes.wait_reached()
+        winner_uuid = self.get_instance(
+            self.server['id']).system_metadata['multidest_winner']
+        self.restart_multidest_conductor()
+        result = self.wait_for_group_end(self.server)
+        resumes.lose()
+        migrations = {m.uuid: m for m in self.get_migrations(
+            self.server['id'])}
+        winner = migrations[winner_uuid]
+        self.assertEqual({'result': 'completed', 'host': winner.dest_compute},
+                         result)
+        self.assertEqual('completed', winner.status)
+        self.assert_invariants(self.server, winner.dest_compute)
+
+    def test_destination_compute_restart_mid_stream(self):
+        lost, kept = self.targets
+        waits = self.hold_compute_calls('wait_destination', host=lost)
+        self.request_migration(self.server, destinations=self.targets)
+        waits.wait_reached()
+        self.restart_compute_service(lost)
+        waits.release()
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual({'result': 'completed', 'host': kept}, result)
+        self.assert_invariants(self.server, kept)
+
+    def test_second_request_refused_while_running(self):
+        waits = self.hold_compute_calls('wait_destination')
+        self.request_migration(self.server, destinations=self.targets)
+        waits.wait_reached()
+        response = self.request_migration(
+            self.server, status=409, destinations=[self.hostnames[3]])
+        self.assertIn('several destinations',
+                      response.body['conflictingRequest']['message'])
+        waits.release()
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual(2, len(self.get_migrations(self.server['id'])))
+        self.assert_invariants(self.server, result['host'])
+
+
+class VolumeAndPortsTest(base.MultiDestMigrationTestBase):
+
+    COMPUTES = 4
+
+    def test_server_with_volume_and_ports(self):
+        source = self.hostnames[0]
+        server = self.boot_server(
+            host=source, networks=[{'port': self.neutron.port_1['id']}])
+        volume_id = self.cinder.SWAP_OLD_VOL
+        self._attach_volume(server, volume_id)
+        self.assert_invariants(server, source)
+        [source_attachment] = self.cinder.attachment_ids_for_instance(
+            server['id'])
+        result = self.migrate_and_wait(server, count=3)
+        self.assertEqual('completed', result['result'])
+        self.assert_invariants(server, result['host'])
+        self.assertNotIn(source_attachment,
+                         self.cinder.attachment_ids_for_instance(server['id']))
+        self.assertEqual([volume_id], list(
+            self.cinder.volume_ids_for_instance(server['id'])))
