@@ -214,6 +214,21 @@ class _RoundFailed(Exception):
     pass
 
 
+@dataclasses.dataclass
+class _RoundState:
+    """Timing of one round, as the session loop sees it."""
+
+    started: float
+    bandwidth: int
+    probing: bool
+    switch_at: typing.Optional[float]
+    forced: bool = False
+    source_done_at: typing.Optional[float] = None
+    next_sample: float = 0.0
+    stats: hv.MigrationStats = dataclasses.field(
+        default_factory=lambda: hv.MigrationStats(status=hv.STATUS_SETUP))
+
+
 class Session(object):
     """Migrates ``source`` to the named destinations; see module doc.
 
@@ -405,13 +420,40 @@ class Session(object):
         self._completed = []
         self._source_stopped_at = None
         self._source_stopped.clear()
-        s = self.settings
         try:
             self._prepare(names, protocol.new_secret())
         except exceptions.MultiDestError as exc:
             self._remove_all(str(exc))
             raise _RoundFailed(str(exc))
+        state = self._start_stream()
+        monitor = warmup.WarmUpMonitor(self.settings.warm_up_exit,
+                                       self.settings.warm_up_percent,
+                                       self.settings.downtime_limit_ms)
+        while True:
+            try:
+                kind, payload = self._events.get(
+                    timeout=self.settings.poll_interval)
+            except queue.Empty:
+                kind, payload = None, None
+            now = time.time()
+            self._handle(kind, payload, state, now)
+            if self._completed:
+                winner = self._elect()
+                if winner is not None:
+                    self._finish(winner, state.started)
+                    return
+            if now >= state.next_sample or kind == 'source':
+                state.next_sample = now + self.settings.poll_interval
+                state.stats = self.source.stats()
+                self._sample(state.stats, monitor, now)
+                if state.probing and state.stats.bandwidth > 0:
+                    state.probing = False
+                    self.source.set_parameters(max_bandwidth=state.bandwidth)
+            self._check_round(state, now)
 
+    def _start_stream(self):
+        """Set the source up and start the migration into the relay."""
+        s = self.settings
         caps = dict(s.capabilities)
         caps['events'] = True
         self.source.set_capabilities(caps)
@@ -422,90 +464,72 @@ class Session(object):
         else:
             self.source.set_parameters(max_bandwidth=bandwidth,
                                        downtime_limit_ms=s.downtime_limit_ms)
-        monitor = warmup.WarmUpMonitor(s.warm_up_exit, s.warm_up_percent,
-                                       s.downtime_limit_ms)
-        started = self._started = time.time()
+        self._started = time.time()
         self.source.migrate(self._relay.source_uri)
         LOG.info('Migrating %s to %s (%s)', self.source.name,
                  ', '.join(self._dests), s.topology)
         for name in self._dests:
             self._set_progress(name, STREAMING)
+        return _RoundState(started=self._started, bandwidth=bandwidth,
+                           probing=s.warm_up,
+                           switch_at=None if s.warm_up else self._started)
 
-        probing = s.warm_up
-        switch_at = None if s.warm_up else started
-        forced = False
-        stats = hv.MigrationStats(status=hv.STATUS_SETUP)
-        source_done_at = None
-        next_sample = 0.0
-        while True:
-            try:
-                kind, payload = self._events.get(timeout=s.poll_interval)
-            except queue.Empty:
-                kind, payload = None, None
-            now = time.time()
-            if kind == 'abort':
-                self._cancel_round(payload)
-                raise _RoundFailed('aborted: %s' % payload)
-            if kind == 'switch-over' and switch_at is None:
-                LOG.info('Switch-over requested for %s', self.source.name)
-                switch_at = now
-                self.source.set_parameters(
-                    max_bandwidth=bandwidth,
-                    downtime_limit_ms=s.downtime_limit_ms)
-                probing = False
-            elif kind == 'destination':
-                self._on_dest_event_in_session(payload)
-            elif kind == 'drop':
-                name, reason = payload
-                self._fail(name, reason, self._dests.get(name))
+    def _handle(self, kind, payload, state, now):
+        if kind == 'abort':
+            self._cancel_round(payload)
+            raise _RoundFailed('aborted: %s' % payload)
+        if kind == 'switch-over' and state.switch_at is None:
+            LOG.info('Switch-over requested for %s', self.source.name)
+            state.switch_at = now
+            state.probing = False
+            self.source.set_parameters(
+                max_bandwidth=state.bandwidth,
+                downtime_limit_ms=self.settings.downtime_limit_ms)
+        elif kind == 'destination':
+            self._on_dest_event_in_session(payload)
+        elif kind == 'drop':
+            name, reason = payload
+            self._fail(name, reason, self._dests.get(name))
 
-            if self._completed:
-                winner = self._elect()
-                if winner is not None:
-                    self._finish(winner, started)
-                    return
+    def _check_round(self, state, now):
+        """Raise _RoundFailed (after cleaning up) if the round cannot win.
 
-            if now >= next_sample or kind == 'source':
-                next_sample = now + s.poll_interval
-                stats = self.source.stats()
-                self._sample(stats, monitor, now)
-                if probing and stats.bandwidth > 0:
-                    probing = False
-                    self.source.set_parameters(max_bandwidth=bandwidth)
-
-            live = len(self._live())
-            if not live:
-                self._cancel_round('no destination left')
-                raise _RoundFailed('every destination failed')
-            if live < s.min_destinations:
-                self._cancel_round('too few destinations left')
+        Also forces a warm-up switch-over that does not converge.
+        """
+        s = self.settings
+        stats = state.stats
+        live = len(self._live())
+        if not live:
+            self._cancel_round('no destination left')
+            raise _RoundFailed('every destination failed')
+        if live < s.min_destinations:
+            self._cancel_round('too few destinations left')
+            raise _RoundFailed(
+                'only %d destinations left, fewer than the minimum of %d'
+                % (live, s.min_destinations))
+        if stats.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):
+            self._cancel_round('source migration %s' % stats.status)
+            raise _RoundFailed('the source migration %s: %s'
+                               % (stats.status, stats.error))
+        if (stats.status == hv.STATUS_COMPLETED or
+                self._source_stopped_at is not None):
+            state.source_done_at = state.source_done_at or now
+            if now - state.source_done_at > s.election_timeout:
+                self._cancel_round('no destination completed')
                 raise _RoundFailed(
-                    'only %d destinations left, fewer than the minimum of %d'
-                    % (live, s.min_destinations))
-            if stats.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):
-                self._cancel_round('source migration %s' % stats.status)
-                raise _RoundFailed('the source migration %s: %s'
-                                   % (stats.status, stats.error))
-            if (stats.status == hv.STATUS_COMPLETED or
-                    self._source_stopped_at is not None):
-                source_done_at = source_done_at or now
-                if now - source_done_at > s.election_timeout:
-                    self._cancel_round('no destination completed')
-                    raise _RoundFailed(
-                        'no destination completed within %ss of the '
-                        'switch-over' % s.election_timeout)
-            elif switch_at is not None:
-                if not forced and now - switch_at > s.switch_over_timeout \
-                        and s.warm_up:
-                    LOG.warning('%s does not converge; forcing the '
-                                'switch-over', self.source.name)
-                    self.source.set_parameters(
-                        downtime_limit_ms=MAX_DOWNTIME_MS)
-                    forced = True
-            if now - started > s.completion_timeout:
-                self._cancel_round('completion timeout')
-                raise _RoundFailed('not complete after %ss'
-                                   % s.completion_timeout)
+                    'no destination completed within %ss of the '
+                    'switch-over' % s.election_timeout)
+        elif (s.warm_up and state.switch_at is not None and
+              not state.forced and
+              now - state.switch_at > s.switch_over_timeout):
+            LOG.warning('%s does not converge; forcing the switch-over',
+                        self.source.name)
+            self.source.set_parameters(downtime_limit_ms=MAX_DOWNTIME_MS)
+            state.forced = True
+        if now - state.started > s.completion_timeout:
+            self._cancel_round('completion timeout')
+            raise _RoundFailed('not complete after %ss'
+                               % s.completion_timeout)
 
     def _sample(self, stats, monitor, now):
         relay_progress = self._relay.progress()
