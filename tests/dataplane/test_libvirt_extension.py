@@ -190,6 +190,17 @@ class StatusWaiter(object):
         with self.changed:
             self.changed.notify_all()
 
+    def wait_active(self, timeout):
+        """Until the stream has started arriving."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.guest.migration_status() != hypervisor.STATUS_ACTIVE:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError('no stream reached %s'
+                                         % self.guest.name)
+                self.changed.wait(min(left, 1.0))
+
     def wait_final(self, timeout):
         deadline = time.monotonic() + timeout
         with self.changed:
@@ -285,6 +296,43 @@ class LibvirtExtensionTest(testtools.TestCase):
         self.assertEqual([], self.conn.listDefinedDomains())
         self.assertEqual(set(), self.daemon.live_qemu_pids())
         self.assertEqual(['dirtying-guest.bin'], os.listdir(self.work_dir))
+
+    def test_destination_lost_mid_stream_leaves_the_other_intact(self):
+        secret = protocol.new_secret()
+        source = self.hv.source(self.name)
+        destinations = {}
+        addresses = []
+        for host in ('dest1', 'dest2'):
+            dest = self.hv.create_destination(host, source)
+            dest.start_incoming()
+            destinations[host] = dest
+            addresses.append((host, dest.open_stream(
+                secret, listen=('127.0.0.1', 0))))
+        waiters = {host: StatusWaiter(dest)
+                   for host, dest in destinations.items()}
+        relay = self.hv.create_relay(secret, addresses)
+        stream = streaming.SourceStream(
+            source, relay, warm_up=True, downtime_limit_ms=2000,
+            max_bandwidth=1024 * MiB, poll_interval=0.1)
+        stream.start(lambda func: threading.Thread(
+            target=func, daemon=True).start())
+        self.addCleanup(stream.close)
+
+        lost = destinations.pop('dest1')
+        waiters['dest1'].wait_active(STREAM_TIMEOUT)
+        lost.destroy()
+        stream.switch_over()
+        self.assertTrue(stream.wait(STREAM_TIMEOUT), stream.status())
+        self.assertEqual(hypervisor.STATUS_COMPLETED, source.stats().status)
+        self.assertEqual(hypervisor.STATUS_COMPLETED,
+                         waiters['dest2'].wait_final(STREAM_TIMEOUT))
+        winner = destinations['dest2']
+        self.assertEqual(source.memory_digest(self.work_dir),
+                         winner.memory_digest(self.work_dir))
+        winner.resume()
+        self.assertTrue(winner.is_running())
+        self.assertEqual(sorted([self.name, winner.domain.name()]),
+                         self._domain_names())
 
     def test_destroy_incoming_spares_running_domains(self):
         source = self.hv.source(self.name)
