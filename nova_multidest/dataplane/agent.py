@@ -37,7 +37,8 @@ class DestinationAgent(object):
     """
 
     def __init__(self, secret, target, listen=('127.0.0.1', 0), tls=None,
-                 name=None, repair_timeout=REPAIR_TIMEOUT, forward_tls=None):
+                 name=None, repair_timeout=REPAIR_TIMEOUT, forward_tls=None,
+                 target_timeout=TARGET_CONNECT_TIMEOUT):
         protocol.check_secret(secret)
         protocol.check_tls(tls, 'server')
         protocol.check_tls(forward_tls, 'client')
@@ -48,6 +49,7 @@ class DestinationAgent(object):
         self.forward_tls = forward_tls
         self.name = name or 'agent-%s' % uuid.uuid4().hex[:8]
         self.repair_timeout = repair_timeout
+        self.target_timeout = target_timeout
         self._listen = listen
         self._listener = None
         self._threads = hops.ThreadGroup('agent-%s' % self.name)
@@ -497,7 +499,7 @@ class _AgentChannel(object):
 
     def _connect_local(self):
         family, address = protocol.parse_target(self.agent.target)
-        deadline = time.monotonic() + TARGET_CONNECT_TIMEOUT
+        deadline = time.monotonic() + self.agent.target_timeout
         while True:
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:

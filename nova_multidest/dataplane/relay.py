@@ -121,6 +121,8 @@ class StreamRelay(object):
         self._lock = threading.Condition()
         self._state = {name: 'connecting' for name, _ in self._destinations}
         self._reasons = {}
+        # Final and, for failures, on_drop already called.
+        self._settled = set()
         self._reported = {}
         self._channels = []
         self._gates = {}
@@ -267,8 +269,7 @@ class StreamRelay(object):
                               stop=False)
 
     def _finished_locked(self):
-        return all(state in hops.FINAL_STATES
-                   for state in self._state.values())
+        return len(self._settled) == len(self._state)
 
     def close(self):
         with self._lock:
@@ -324,6 +325,9 @@ class StreamRelay(object):
                 self.on_drop(name, reason)
             except Exception:
                 LOG.exception("on_drop callback failed for %s", name)
+        with self._lock:
+            self._settled.add(name)
+            self._lock.notify_all()
         return True
 
     def _on_lost(self, names, reason, connection_error=False):
@@ -364,6 +368,8 @@ class StreamRelay(object):
             with self._lock:
                 if self._state[name] not in hops.FINAL_STATES:
                     self._state[name] = state
+                    if state == 'complete':
+                        self._settled.add(name)
                     self._lock.notify_all()
 
     # -- hops ------------------------------------------------------------

@@ -29,6 +29,9 @@ from nova_multidest import exceptions
 
 MiB = 2**20
 WAIT = 30
+# Above what socket buffers and thread scheduling put between two healthy
+# destinations in one process, so only a stalled one exceeds it.
+LAG_LIMIT = 48 * MiB
 
 
 def make_data(size, seed):
@@ -372,12 +375,10 @@ class TestFailureIsolation(RelayTestCase):
         self.assert_intact(stream_relay, sinks, agents, data, (1, 2))
 
     def test_hung_destination_dropped_by_lag_without_blocking_source(self):
-        # The lag limit must exceed what kernel socket buffers hold, or
-        # healthy destinations would differ by more than it.
-        data = make_data(96 * MiB, seed=5)
+        data = make_data(128 * MiB, seed=5)
         sinks, agents = self.make_destinations(
             3, sink_options={2: {'hang': True}})
-        stream_relay = self.make_relay(agents, lag_limit=16 * MiB)
+        stream_relay = self.make_relay(agents, lag_limit=LAG_LIMIT)
         source = FakeSource(stream_relay.source_uri, [data])
         self.assertTrue(source.sent_all.wait(WAIT))
         # The source finished while the hung QEMU had read nothing.
@@ -386,9 +387,39 @@ class TestFailureIsolation(RelayTestCase):
         source.join()
         self.assertEqual(['dest2'], list(self.dropped))
         self.assertIn('behind the fastest destination', self.dropped['dest2'])
-        self.assertIn('lag limit 16777216', self.dropped['dest2'])
+        self.assertIn('lag limit %d' % LAG_LIMIT, self.dropped['dest2'])
         self.assert_intact(stream_relay, sinks, agents, data, (0, 1))
         self.assertTrue(wait_until(lambda: agents[2].state == 'failed'))
+
+    def test_hung_qemu_mid_chain_dropped_while_forwarding_goes_on(self):
+        data = make_data(128 * MiB, seed=13)
+        sinks, agents = self.make_destinations(
+            3, sink_options={1: {'hang': True}})
+        stream_relay = self.make_relay(agents, topology='chain',
+                                       lag_limit=LAG_LIMIT)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertTrue(source.sent_all.is_set())
+        self.assertEqual([0], sinks[1].received)
+        self.assertEqual(['dest1'], list(self.dropped))
+        self.assertIn('behind the fastest destination', self.dropped['dest1'])
+        self.assertEqual(len(data), agents[1].bytes_received)
+        self.assert_intact(stream_relay, sinks, agents, data, (0, 2))
+
+    def test_target_not_listening(self):
+        data = make_data(4 * MiB, seed=14)
+        sinks, agents = self.make_destinations(2)
+        sinks[1].close()
+        os.unlink(sinks[1].path)
+        agents[1].target_timeout = 0.1
+        stream_relay = self.make_relay(agents)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertIn('cannot connect to %s' % sinks[1].target,
+                      self.dropped['dest1'])
+        self.assert_intact(stream_relay, sinks, agents, data, (0,))
 
     def test_abort_fails_every_destination(self):
         for topology in ('star', 'chain'):
