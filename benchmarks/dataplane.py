@@ -34,7 +34,6 @@ from nova_multidest.dataplane import session
 MiB = 1 << 20
 CLONE_NEWNET = 0x40000000
 SUBNET = '198.18.0.'     # RFC 2544 benchmarking range, inside namespaces
-DIRECT_PORT = 49152
 CASES = [('direct', 'direct', 1)] + [
     ('%s N=%d' % (topology, n), topology, n)
     for topology in ('star', 'chain') for n in (1, 2, 3)]
@@ -129,12 +128,17 @@ class HostedDestination(qemu.QemuDestination):
 
     @property
     def listen_uri(self):
-        if self.direct and self.network is not None:
-            return 'tcp:%s:%d' % (self.network.addresses[self.host],
-                                  DIRECT_PORT)
-        if self.direct:
-            return 'tcp:127.0.0.1:%d' % DIRECT_PORT
-        return super().listen_uri
+        if not self.direct:
+            return super().listen_uri
+        host = ('127.0.0.1' if self.network is None
+                else self.network.addresses[self.host])
+        return 'tcp:%s:0' % host
+
+    def direct_uri(self):
+        """Where the listening QEMU got its port (it picked a free one)."""
+        info = self.process.qmp.execute('query-migrate')
+        address = info['socket-address'][0]
+        return 'tcp:%s:%s' % (address['host'], address['port'])
 
     def open_stream(self, secret, listen=('127.0.0.1', 0)):
         if self.network is None:
@@ -186,7 +190,7 @@ def migrate_direct(hypervisor, source):
         source.set_parameters(max_bandwidth=session.UNLIMITED_BANDWIDTH,
                               downtime_limit_ms=SETTINGS['downtime_limit_ms'])
         started = time.time()
-        source.migrate(dest.listen_uri)
+        source.migrate(dest.direct_uri())
         done = dest.process.qmp.wait_event(
             'MIGRATION', lambda e: e.data.get('status') in
             hv.FINAL_STATUSES, timeout=120)
@@ -321,7 +325,10 @@ def main(argv=None):
                        repetitions, None, out)
         finally:
             hypervisor.destroy_all()
-    if not args.no_shaped:
+    if not args.no_shaped and os.geteuid() != 0:
+        out.write('The shaped series needs root (network namespaces and '
+                  'tc); not run.\n')
+    elif not args.no_shaped:
         network = ShapedNetwork(['source', 'd0', 'd1', 'd2'], args.rate)
         hypervisor = BenchHypervisor(network)
         try:
