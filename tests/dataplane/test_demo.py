@@ -1,0 +1,37 @@
+"""The README's main command, end to end, with real QEMU."""
+
+import io
+import sys
+
+import testtools
+
+from nova_multidest.cmd import demo
+
+
+class DemoTest(testtools.TestCase):
+
+    def test_demo_passes_and_leaves_no_qemu(self):
+        out = io.StringIO()
+        args = demo.parse_args(['--destinations', '3', '--memory', '64'])
+        instance = demo.Demo(args, out=out)
+        try:
+            status = instance.run()
+        finally:
+            instance.cleanup()
+        text = out.getvalue()
+        self.assertEqual(0, status, text)
+        self.assertEqual([], instance.failures, text)
+        self.assertIn('Winner: dest', text)
+        self.assertIn('dest1 was killed mid-stream', text)
+        # Every QEMU the demo started is listed there, dead or alive.
+        self.assertEqual(4, len(instance.hypervisor.processes))
+        self.assertEqual([], [p.pid for p in instance.hypervisor.processes
+                              if p.is_alive()])
+
+    def test_bad_arguments_exit_with_usage(self):
+        stderr = io.StringIO()
+        self.patch(sys, 'stderr', stderr)
+        err = self.assertRaises(SystemExit, demo.main, ['--destinations',
+                                                        '0'])
+        self.assertEqual(2, err.code)
+        self.assertIn('--destinations must be at least 1', stderr.getvalue())
