@@ -279,6 +279,9 @@ class LibvirtExtensionTest(testtools.TestCase):
         winner = destinations.pop('dest2')
         winner.resume()
         self.assertTrue(winner.is_running())
+        # A resumed guest is Nova's again: nothing of ours watches it.
+        winner._watcher.join(5)
+        self.assertFalse(winner._watcher.is_alive())
         self.assertTrue(winner.domain.isPersistent())
         self.assertFalse(libvirt_ext.is_incoming_xml(
             winner.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))

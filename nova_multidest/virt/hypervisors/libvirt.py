@@ -362,6 +362,8 @@ class LibvirtDestination(_LibvirtGuest, hypervisor.DestinationGuest):
         except (libvirt.libvirtError, exceptions.QMPError) as exc:
             raise exceptions.HypervisorError(
                 operation='resume %s' % self.name, reason=str(exc))
+        # The guest is an ordinary Nova guest from now on.
+        self.stop_watching()
         self.close_stream()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
