@@ -286,7 +286,10 @@ class Session(object):
         self._thread.start()
 
     def run(self, timeout=None):
-        """Start, switch over when due, and return the SessionResult."""
+        """Start, then wait for the SessionResult.
+
+        With warm-up, another thread must call ``switch_over()``.
+        """
         self.start()
         return self.wait(timeout)
 
