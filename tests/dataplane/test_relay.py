@@ -210,7 +210,9 @@ class RelayTestCase(testtools.TestCase):
     def setUp(self):
         super().setUp()
         threads_before = set(threading.enumerate())
-        self.addCleanup(self._assert_no_leaked_threads, threads_before)
+        fds_before = set(os.listdir('/proc/self/fd'))
+        self.addCleanup(self._assert_nothing_leaked, threads_before,
+                        fds_before)
         self.useFixture(fixtures.FakeLogger(level=logging.DEBUG))
         self.tempdir = tempfile.mkdtemp(prefix='relay-test-')
         self.addCleanup(shutil.rmtree, self.tempdir, True)
@@ -218,10 +220,18 @@ class RelayTestCase(testtools.TestCase):
         self.dropped = {}
         self.sink_numbers = itertools.count()
 
-    def _assert_no_leaked_threads(self, before):
+    def _assert_nothing_leaked(self, threads_before, fds_before):
         leaked = [t for t in threading.enumerate()
-                  if t not in before and t.is_alive()]
+                  if t not in threads_before and t.is_alive()]
         self.assertEqual([], leaked)
+        fds = set(os.listdir('/proc/self/fd')) - fds_before
+        leaked_fds = {}
+        for fd in fds:
+            try:
+                leaked_fds[fd] = os.readlink('/proc/self/fd/%s' % fd)
+            except OSError:
+                pass
+        self.assertEqual({}, leaked_fds)
 
     def make_destinations(self, count, tls=None, sink_options=None,
                           **agent_kwargs):
@@ -486,6 +496,8 @@ class TestChainRepair(RelayTestCase):
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                 os.path.abspath(__file__)))))
+        self.addCleanup(killed.stdout.close)
+        self.addCleanup(killed.stdin.close)
         self.addCleanup(killed.wait)
         self.addCleanup(killed.kill)
         port = int(killed.stdout.readline())
