@@ -165,8 +165,14 @@ class MultiDestComputeManager(object):
             with excutils.save_and_reraise_exception():
                 LOG.exception('Preparing %s as a destination failed',
                               self.host, instance=instance)
-                self._revert(context, instance, prepared,
-                             delete_attachments=True)
+                try:
+                    self._revert(context, instance, prepared,
+                                 delete_attachments=True)
+                except Exception:
+                    # The journal keeps what is left for the conductor's
+                    # revert or the next start of this compute.
+                    LOG.exception('Reverting the failed destination %s '
+                                  'failed', self.host, instance=instance)
         with self._lock:
             self._destinations[migration.uuid] = prepared
         LOG.info('Destination %s ready, stream agent on %s:%s', self.host,
@@ -290,7 +296,7 @@ class MultiDestComputeManager(object):
     def revert_destination(self, context, instance, migration):
         self._check_destination_side(instance, migration)
         with self._lock:
-            prepared = self._destinations.pop(migration.uuid, None)
+            prepared = self._destinations.get(migration.uuid)
         if prepared is None:
             record = self.journal.read(migration.uuid)
             if record is None:
@@ -299,6 +305,8 @@ class MultiDestComputeManager(object):
                 return
             prepared = _PreparedDestination(migration.uuid, record)
         self._revert(context, instance, prepared, delete_attachments=False)
+        with self._lock:
+            self._destinations.pop(migration.uuid, None)
 
     def _revert(self, context, instance, prepared, delete_attachments):
         """Remove every trace of one destination from this host.
