@@ -24,6 +24,8 @@ WINNER_KEY = KEY_PREFIX + 'winner'
 # other copy may ever run.
 RESUMED_KEY = KEY_PREFIX + 'resumed'
 RESULT_KEY = KEY_PREFIX + 'last_result'
+# One key per volume: the winner's attachment of that volume.
+ATTACHMENT_KEY_PREFIX = KEY_PREFIX + 'attachment_'
 
 PHASE_PREPARING = 'preparing'
 PHASE_STREAMING = 'streaming'
@@ -66,16 +68,33 @@ def phase(instance):
     return instance.system_metadata.get(PHASE_KEY)
 
 
-def record_winner(instance, migration_uuid):
-    instance.system_metadata[WINNER_KEY] = migration_uuid
-    instance.system_metadata[PHASE_KEY] = PHASE_FINISHING
+def record_winner(instance, migration_uuid, attachment_ids=None):
+    """Durably elect a destination, with the volume attachments it made.
+
+    The attachments are needed to finish the winner after a crash; one
+    key per volume keeps each value far below the column size.
+    """
+    meta = instance.system_metadata
+    meta[WINNER_KEY] = migration_uuid
+    meta[PHASE_KEY] = PHASE_FINISHING
+    for volume_id, attachment_id in (attachment_ids or {}).items():
+        meta[ATTACHMENT_KEY_PREFIX + volume_id] = attachment_id
     instance.save()
 
 
 def clear_winner(instance):
-    instance.system_metadata.pop(WINNER_KEY, None)
-    instance.system_metadata[PHASE_KEY] = PHASE_STREAMING
+    meta = instance.system_metadata
+    for key in [k for k in meta if k.startswith(ATTACHMENT_KEY_PREFIX)]:
+        del meta[key]
+    meta.pop(WINNER_KEY, None)
+    meta[PHASE_KEY] = PHASE_STREAMING
     instance.save()
+
+
+def winner_attachments(instance):
+    return {key[len(ATTACHMENT_KEY_PREFIX):]: value
+            for key, value in instance.system_metadata.items()
+            if key.startswith(ATTACHMENT_KEY_PREFIX)}
 
 
 def winner(instance):

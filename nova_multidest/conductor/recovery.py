@@ -94,6 +94,7 @@ def _recover(context, clients, instance, stopping):
             task_mod.Destination(winner_migration.dest_compute,
                                  winner_migration, claimed=True))
         winner.reason = None
+        winner.attachment_ids = records.winner_attachments(instance)
     losers = list(destinations.values())
     if winner is not None and _winner_runs(task, winner):
         task._revert_all(losers, records.CANCELLED, REASON)

@@ -190,6 +190,9 @@ class CrashTest(base.MultiDestMigrationTestBase):
         self.assert_invariants(self.server, self.source)
 
     def test_conductor_restart_after_election_finishes(self):
+        self._attach_volume(self.server, self.cinder.SWAP_OLD_VOL)
+        [source_attachment] = self.cinder.attachment_ids_for_instance(
+            self.server['id'])
         resumes = self.hold_compute_calls('resume_destination', limit=1)
         self.request_migration(self.server, destinations=self.targets)
         resumes.wait_reached()
@@ -205,6 +208,9 @@ class CrashTest(base.MultiDestMigrationTestBase):
                          result)
         self.assertEqual('completed', winner.status)
         self.assert_invariants(self.server, winner.dest_compute)
+        self.assertNotIn(source_attachment,
+                         self.cinder.attachment_ids_for_instance(
+                             self.server['id']))
 
     def test_destination_compute_restart_mid_stream(self):
         lost, kept = self.targets

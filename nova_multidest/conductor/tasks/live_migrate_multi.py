@@ -366,7 +366,8 @@ class LiveMigrateMultiTask(object):
         which copy may run. A destination that fails to resume never ran
         (the compute's contract), so the next completed one may win.
         """
-        records.record_winner(self.instance, destination.migration.uuid)
+        records.record_winner(self.instance, destination.migration.uuid,
+                              destination.attachment_ids)
         try:
             self.clients.multidest_compute.resume_destination(
                 self.context, self.instance, destination.migration)
