@@ -152,9 +152,9 @@ class MultiDestinationFilter(wsgi.Middleware):
             args['count'] = args['count'] or default_count(instance)
 
         self._start(context, instance, args)
-        LOG.info('Multi-destination live migration requested: %s',
-                 args['destinations'] or '%d scheduled hosts' % args['count'],
-                 instance=instance)
+        LOG.info('Multi-destination live migration requested: '
+                 'destinations %s, count %s', args['destinations'],
+                 args['count'], instance=instance)
         return webob.Response(
             status=202, content_type='application/json', charset='UTF-8',
             json_body=views.accepted(req, prefix, instance, args,

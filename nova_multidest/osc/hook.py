@@ -82,7 +82,7 @@ class MultiDestinationMigrateHook(hooks.CommandHook):
         compute = self.cmd.app.client_manager.compute
         stdout = self.cmd.app.stdout
         server = compute.find_server(parsed_args.server, ignore_missing=False)
-        known = ({m['id'] for m in list_migrations(compute, server.id)}
+        known = ({m['id'] for m in list_migrations(compute, server.id) or []}
                  if parsed_args.wait else set())
 
         response = compute.post('/servers/%s/action' % server.id,
@@ -142,13 +142,35 @@ def describe_targets(accepted):
 
 
 def list_migrations(compute, server_id):
+    """The server's live migrations, or None if policy hides them."""
     response = compute.get(
         '/os-migrations', params={'instance_uuid': server_id,
                                   'migration_type': 'live-migration'},
         microversion=MIGRATIONS_MICROVERSION)
+    if response.status_code == 403:
+        return None
     check_response(response, 'Cannot list the migrations of server %s' %
                    server_id)
-    return response.json()['migrations']
+    migrations = response.json()['migrations']
+    progress_by_id = in_progress(compute, server_id)
+    for migration in migrations:
+        migration.update(progress_by_id.get(migration['id'], {}))
+    return migrations
+
+
+def in_progress(compute, server_id):
+    """Byte counters of the server's running migrations, by id.
+
+    Only this API has them; /os-migrations, which also lists finished
+    migrations, does not.
+    """
+    response = compute.get('/servers/%s/migrations' % server_id,
+                           microversion=MIGRATIONS_MICROVERSION)
+    if response.status_code >= 400:
+        return {}
+    return {migration['id']: {key: value for key, value in migration.items()
+                              if key.startswith('memory_')}
+            for migration in response.json()['migrations']}
 
 
 def wait_for_outcome(compute, server, known, request_id, bars, stdout,
@@ -157,12 +179,12 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
 
     :raises: CommandError with the reason when no destination won.
     """
-    source = server.compute_host
     while True:
         current = compute.get_server(server.id)
-        ours = [m for m in list_migrations(compute, server.id)
-                if m['id'] not in known]
-        bars.update(ours)
+        listed = list_migrations(compute, server.id)
+        ours = (None if listed is None else
+                [m for m in listed if m['id'] not in known])
+        bars.update(ours or [])
         if current.status == 'ERROR':
             raise exceptions.CommandError(
                 'Multi-destination live migration of server %s failed: %s' %
@@ -171,15 +193,20 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
             break
         sleep(POLL_INTERVAL)
 
-    winner = [m for m in ours if m['status'] == 'completed']
-    if not winner or current.compute_host == source:
+    failures = action_failures(compute, server.id, request_id)
+    if ours is not None:
+        won = any(m['status'] == 'completed' for m in ours)
+    else:
+        won = not failures
+    if not won:
         raise exceptions.CommandError(
             'Multi-destination live migration of server %s failed; it keeps '
-            'running on %s: %s' % (server.id, current.compute_host or source,
-                                   action_failure(compute, server.id,
-                                                  request_id)))
+            'running on %s: %s' % (
+                server.id, current.compute_host or 'its source host',
+                '; '.join(failures) or 'no reason recorded (request %s)' %
+                request_id))
     stdout.write('Server %s now runs on %s.\n' % (
-        server.id, current.compute_host or winner[0]['dest_compute']))
+        server.id, current.compute_host or 'its new host'))
 
 
 def fault_message(fault):
@@ -188,19 +215,17 @@ def fault_message(fault):
     return fault.get('message') or str(fault)
 
 
-def action_failure(compute, server_id, request_id):
-    """The reason the instance action records for the failed migration."""
+def action_failures(compute, server_id, request_id):
+    """What the instance action of the request records as failed."""
     response = compute.get(
         '/servers/%s/os-instance-actions/%s' % (server_id, request_id),
         microversion=ACTIONS_MICROVERSION)
     if response.status_code >= 400:
-        return 'no details recorded (request %s)' % request_id
+        return []
     action = response.json()['instanceAction']
-    reasons = ['%s: %s' % (event['event'], event_reason(event))
-               for event in action.get('events') or []
-               if event.get('result') == 'Error']
-    return '; '.join(reasons) or action.get('message') or (
-        'every destination failed (request %s)' % request_id)
+    return ['%s: %s' % (event['event'], event_reason(event))
+            for event in action.get('events') or []
+            if event.get('result') == 'Error']
 
 
 def event_reason(event):

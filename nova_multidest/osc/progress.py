@@ -51,9 +51,10 @@ class ProgressBars:
         self.stream = stream
         self.interactive = getattr(stream, 'isatty', lambda: False)()
         self._shown = []
+        self._counters = {}
 
     def update(self, migrations):
-        rows = render(migrations)
+        rows = render([self._with_last_counters(m) for m in migrations])
         if rows == self._shown:
             return
         if self.interactive and self._shown:
@@ -64,3 +65,15 @@ class ProgressBars:
                               row + '\n')
         self.stream.flush()
         self._shown = rows
+
+    def _with_last_counters(self, migration):
+        """Keep showing how far a destination got once it has ended.
+
+        Byte counters are only listed while a migration is in progress.
+        """
+        counters = {key: value for key, value in migration.items()
+                    if key.startswith('memory_') and value is not None}
+        if counters:
+            self._counters[migration['id']] = counters
+            return migration
+        return dict(self._counters.get(migration['id'], {}), **migration)

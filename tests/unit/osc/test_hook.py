@@ -79,10 +79,20 @@ class FakeCompute:
         if url == '/os-migrations':
             assert params == {'instance_uuid': SERVER,
                               'migration_type': 'live-migration'}
-            return FakeResponse(200, {
-                'migrations': self._next(self.migration_lists)})
+            migrations = self.current = self._next(self.migration_lists)
+            if migrations is None:
+                return FakeResponse(403, {'forbidden': {'message': 'no'}})
+            return FakeResponse(200, {'migrations': [
+                {k: v for k, v in m.items() if not k.startswith('memory_')}
+                for m in migrations]})
+        if url == '/servers/%s/migrations' % SERVER:
+            return FakeResponse(200, {'migrations': [
+                m for m in self.current
+                if m['status'] in ('preparing', 'running')]})
         assert url == '/servers/%s/os-instance-actions/%s' % (
             SERVER, REQUEST)
+        if self.action is None:
+            return FakeResponse(404, {'itemNotFound': {'message': 'no'}})
         return FakeResponse(200, {'instanceAction': self.action})
 
 
@@ -216,6 +226,25 @@ class TestTakeAction(HookTestCase):
         self.assertIn('multidest_destination_c2: c2: no space; '
                       'multidest_live_migration: Every destination failed '
                       '(c2: no space)', str(error))
+
+    def test_wait_without_access_to_migrations(self):
+        """A non-admin allowed the action by policy sees the outcome."""
+        action = {'message': None, 'events': [
+            {'event': 'multidest_live_migration', 'result': 'Success'}]}
+        compute = FakeCompute(
+            [server(task_state='migrating', host=None), server(host=None)],
+            [None], action=action)
+        self.run_hook(compute, '--wait')
+        self.assertIn('now runs on its new host', self.app.stdout.getvalue())
+
+        action['events'][0].update(result='Error', details='no host')
+        compute = FakeCompute(
+            [server(task_state='migrating', host=None), server(host=None)],
+            [None], action=action)
+        error = self.assertRaises(exceptions.CommandError, self.run_hook,
+                                  compute, '--wait')
+        self.assertIn('keeps running on its source host: '
+                      'multidest_live_migration: no host', str(error))
 
     def test_wait_when_the_server_went_to_error(self):
         compute = FakeCompute(

@@ -67,3 +67,10 @@ class TestProgressBars(testtools.TestCase):
         bars.update([migration(8, 'c2', 'completed'),
                      migration(9, 'c3', 'cancelled', remaining=900)])
         self.assertEqual(1, out.getvalue().count('\x1b[2F'))
+
+    def test_ended_destination_keeps_its_last_counters(self):
+        out = io.StringIO()
+        bars = progress.ProgressBars(out)
+        bars.update([migration(8, 'c2', 'running', remaining=300)])
+        bars.update([{'id': 8, 'dest_compute': 'c2', 'status': 'cancelled'}])
+        self.assertIn(' 70%  cancelled', out.getvalue())
