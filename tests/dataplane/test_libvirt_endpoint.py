@@ -1,0 +1,142 @@
+"""The compute endpoint driving real libvirt domains, Nova's parts mocked.
+
+Three endpoints (one source host, two destination hosts) share one
+private libvirtd; destination domains get their own names there. Nova's
+driver, Neutron, Cinder and the database are mocks: what is proven here
+is the endpoint's use of the libvirt extension, the relay and the
+agents, and the progress it records.
+"""
+
+import threading
+from unittest import mock
+import uuid
+
+import fixtures
+from oslo_config import fixture as config_fixture
+import testtools
+
+from nova import objects
+
+from nova_multidest.compute import manager
+from nova_multidest import conf
+from nova_multidest.dataplane import guest as guest_image
+from nova_multidest.dataplane import protocol
+from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
+from tests.dataplane import test_libvirt_extension as libvirt_fixtures
+
+STREAM_TIMEOUT = 60
+
+
+def setUpModule():
+    objects.register_all()
+
+
+class EndpointOverLibvirtTest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        libvirt_fixtures.libvirt.registerErrorHandler(
+            lambda context, error: None, None)
+        daemon = self.useFixture(libvirt_fixtures.LibvirtDaemon())
+        self.conn = daemon.connection
+        self.daemon = daemon
+        work_dir = self.useFixture(fixtures.TempDir()).path
+        self.work_dir = work_dir
+        config = self.useFixture(config_fixture.Config(conf.CONF))
+        config.config(instances_path=work_dir)
+        config.config(listen_address='127.0.0.1', port_min=42100,
+                      port_max=42199, max_bandwidth_mb=1024,
+                      downtime_limit_ms=2000, group='multidest')
+        for target in ('nova.network.neutron.API', 'nova.volume.cinder.API',
+                       'nova.rpc.get_client'):
+            patcher = mock.patch(target)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+        patcher = mock.patch.object(
+            objects.BlockDeviceMappingList, 'get_by_instance_uuid',
+            return_value=objects.BlockDeviceMappingList(objects=[]))
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+        kernel = guest_image.DirtyingGuest().write(work_dir)
+        self.domain_name = 'instance-%s' % uuid.uuid4().hex[:8]
+        self.conn.createXML(
+            libvirt_fixtures.source_xml(self.domain_name, kernel), 0)
+        self.instance = mock.Mock(uuid=str(uuid.uuid4()), host='src')
+        self.instance.name = self.domain_name
+        self.source = self.endpoint('src', rename=False)
+        self.dests = {host: self.endpoint(host, rename=True)
+                      for host in ('dst1', 'dst2')}
+        self.migrations = {
+            host: mock.Mock(uuid=str(uuid.uuid4()), source_compute='src',
+                            dest_compute=host)
+            for host in self.dests}
+
+    def endpoint(self, host, rename):
+        driver = mock.Mock()
+        driver.multidest_guest_running.return_value = False
+        driver.pre_live_migration.side_effect = (
+            lambda ctxt, inst, bdi, ni, disk, md: md)
+        driver.multidest_destination_xml.side_effect = (
+            lambda inst, xml, md: xml)
+        extension = libvirt_ext.LibvirtHypervisor(
+            lambda: self.conn, rename_destinations=rename,
+            work_dir=self.work_dir)
+        endpoint = manager.MultiDestComputeManager(
+            driver, host, hypervisor_ext=extension)
+        endpoint.compute_rpcapi = mock.Mock()
+        endpoint.compute_rpcapi.get_source_guest.side_effect = (
+            lambda ctxt, inst: self.source.get_source_guest(ctxt, inst))
+        self.addCleanup(endpoint.close)
+        return endpoint
+
+    def test_two_destinations_one_winner(self):
+        secret = protocol.new_secret().hex()
+        migrate_data = objects.LibvirtLiveMigrateData(
+            is_shared_instance_path=True, is_shared_block_storage=True,
+            block_migration=False)
+        destinations = []
+        for host, endpoint in self.dests.items():
+            result = endpoint.prepare_destination(
+                'ctxt', self.instance, self.migrations[host], secret, False,
+                migrate_data)
+            destinations.append({
+                'migration_uuid': self.migrations[host].uuid, 'host': host,
+                'agent_address': result['agent_address']})
+        self.assertEqual(3, len(self.conn.listAllDomains(0)))
+
+        saved = threading.Event()
+        for migration in self.migrations.values():
+            migration.save.side_effect = saved.set
+        by_uuid = {m.uuid: m for m in self.migrations.values()}
+        with mock.patch.object(objects.Migration, 'get_by_uuid',
+                               side_effect=lambda c, u: by_uuid[u]):
+            self.source.start_stream('ctxt', self.instance, destinations,
+                                     secret, 'chain', False)
+        for host, endpoint in self.dests.items():
+            self.assertEqual('completed', endpoint.wait_destination(
+                'ctxt', self.instance, self.migrations[host],
+                STREAM_TIMEOUT))
+        self.assertTrue(self.source._stream(self.instance).wait(
+            STREAM_TIMEOUT))
+        self.assertTrue(saved.wait(STREAM_TIMEOUT))
+        status = self.source.source_status('ctxt', self.instance)
+        self.assertEqual('completed', status['state'])
+        for migration in self.migrations.values():
+            self.assertGreater(migration.memory_total, 0)
+            self.assertGreater(migration.memory_processed, 0)
+            self.assertEqual(0, migration.memory_remaining)
+
+        self.dests['dst1'].resume_destination(
+            'ctxt', self.instance, self.migrations['dst1'])
+        self.dests['dst2'].revert_destination(
+            'ctxt', self.instance, self.migrations['dst2'])
+        running = [d.name() for d in self.conn.listAllDomains(0)
+                   if d.state()[0] == libvirt_fixtures.libvirt.
+                   VIR_DOMAIN_RUNNING]
+        self.assertEqual(['%s-dst1' % self.domain_name], running)
+        self.assertEqual(
+            sorted([self.domain_name, '%s-dst1' % self.domain_name]),
+            sorted(d.name() for d in self.conn.listAllDomains(0)))
+        self.assertEqual([], self.dests['dst2'].journal.migration_uuids())
+        self.assertEqual([], self.dests['dst1'].journal.migration_uuids())
