@@ -129,7 +129,6 @@ class StreamRelay(object):
         self._source_socks = []
         self._status_socks = []
         self._closed = False
-        self._started = False
 
     @staticmethod
     def _check_destinations(destinations):
@@ -160,7 +159,6 @@ class StreamRelay(object):
 
         Raises AllDestinationsFailed if no destination could be reached.
         """
-        self._started = True
         for name, address in self._destinations:
             self._open_status(name, address)
         self._new_channel(0)
