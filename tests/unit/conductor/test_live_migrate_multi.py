@@ -1,0 +1,158 @@
+import threading
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+import testtools
+
+from nova_multidest.conductor import records
+from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
+from nova_multidest import conf
+from nova_multidest import exceptions
+
+
+def destination(host, prepared=False):
+    return task_mod.Destination(
+        host, mock.Mock(uuid='mig-%s' % host, dest_compute=host,
+                        status=records.ACCEPTED), claimed=True,
+        prepare_sent=prepared)
+
+
+class TaskTest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
+        self.instance = mock.Mock(uuid='inst', host='src', node='src',
+                                  system_metadata={}, task_state='migrating')
+        self.clients = mock.Mock()
+        self.compute = self.clients.multidest_compute
+        self.compute.prepare_destination.return_value = {
+            'agent_address': ['127.0.0.1', 1], 'attachment_ids': {}}
+        self.task = task_mod.LiveMigrateMultiTask(
+            mock.Mock(), self.instance, self.clients, destinations=None)
+        for name in ('_check_host_up', '_check_same_cell',
+                     '_check_hypervisor', '_record_destination_event'):
+            self.useFixture(_patch_object(self.task, name))
+        self.release = self.useFixture(_patch(
+            'nova_multidest.conductor.resources.release')).mock
+        self.useFixture(_patch(
+            'nova_multidest.conductor.resources.bind_ports'))
+        self.useFixture(_patch(
+            'nova_multidest.conductor.resources.sweep_attachments'))
+        self.useFixture(_patch('nova.compute.utils.notify_about_instance_'
+                               'action'))
+        self.fault = self.useFixture(_patch(
+            'nova.compute.utils.add_instance_fault_from_exc')).mock
+
+    def choose(self, *hosts):
+        chosen = [destination(host) for host in hosts]
+        self.useFixture(_patch_object(self.task, '_choose',
+                                      return_value=chosen))
+        return chosen
+
+    def test_destinations_are_prepared_concurrently(self):
+        chosen = self.choose('a', 'b', 'c')
+        all_in_flight = threading.Barrier(3, timeout=10)
+
+        def prepare(*args, **kwargs):
+            all_in_flight.wait()
+            return {'agent_address': ['127.0.0.1', 1]}
+
+        self.compute.prepare_destination.side_effect = prepare
+        self.assertEqual(chosen, self.task._prepare_round(1))
+
+    def test_failed_destination_is_reverted_alone(self):
+        good, bad = self.choose('good', 'bad')
+
+        def prepare(ctxt, instance, migration, *args):
+            if migration is bad.migration:
+                raise exceptions.HypervisorError(operation='start',
+                                                 reason='boom')
+            return {'agent_address': ['127.0.0.1', 1]}
+
+        self.compute.prepare_destination.side_effect = prepare
+        self.assertEqual([good], self.task._prepare_round(1))
+        self.compute.revert_destination.assert_called_once_with(
+            mock.ANY, self.instance, bad.migration)
+        self.assertEqual(['bad'],
+                         [c.args[3] for c in self.release.call_args_list])
+        self.assertEqual(records.FAILED, bad.migration.status)
+        self.assertEqual(records.PREPARING, good.migration.status)
+        self.assertIn('prepare', bad.reason)
+
+    def test_winner_is_recorded_before_it_resumes(self):
+        winner = destination('a')
+        seen = {}
+
+        def resume(ctxt, instance, migration):
+            seen.update(instance.system_metadata)
+
+        self.compute.resume_destination.side_effect = resume
+        self.assertTrue(self.task._elect(winner))
+        self.assertEqual('mig-a', seen[records.WINNER_KEY])
+        self.assertNotIn(records.RESUMED_KEY, seen)
+        self.assertEqual('mig-a', records.resumed(self.instance))
+
+    def test_next_completed_destination_wins_if_first_cannot_resume(self):
+        first = destination('first', prepared=True)
+        second = destination('second', prepared=True)
+        resume_tried = threading.Event()
+
+        def wait(ctxt, instance, migration, timeout):
+            if migration is second.migration:
+                resume_tried.wait(10)
+            return 'completed'
+
+        def resume(ctxt, instance, migration):
+            if migration is first.migration:
+                resume_tried.set()
+                raise exceptions.HypervisorError(operation='resume',
+                                                 reason='no')
+
+        self.compute.wait_destination.side_effect = wait
+        self.compute.resume_destination.side_effect = resume
+        self.task.secret = b'x'
+        self.assertIs(second, self.task._stream_and_elect([first, second]))
+        self.assertEqual(records.FAILED, first.migration.status)
+        self.assertEqual('mig-second', records.winner(self.instance))
+        self.compute.revert_destination.assert_called_once_with(
+            mock.ANY, self.instance, first.migration)
+
+    def test_too_few_destinations_keep_the_source(self):
+        self.conf.config(min_destinations=2, group='multidest')
+        good, bad = self.choose('good', 'bad')
+
+        def prepare(ctxt, instance, migration, *args):
+            if migration is bad.migration:
+                raise RuntimeError('boom')
+            return {'agent_address': ['127.0.0.1', 1]}
+
+        self.compute.prepare_destination.side_effect = prepare
+        self.useFixture(_patch_object(self.task, '_request_spec'))
+        self.assertRaises(exceptions.AllDestinationsFailed,
+                          self.task._execute)
+        self.compute.start_stream.assert_not_called()
+        self.compute.resume_source.assert_called_once_with(
+            mock.ANY, self.instance)
+        self.assertEqual(records.CANCELLED, good.migration.status)
+        self.assertEqual(records.FAILED, bad.migration.status)
+        self.assertIsNone(self.instance.task_state)
+        self.assertFalse(records.group_in_progress(self.instance))
+        self.fault.assert_called_once()
+
+    def test_stopping_conductor_abandons_without_cleanup(self):
+        self.task._stopping = lambda: True
+        self.choose('a')
+        self.assertRaises(exceptions.ConductorStopping,
+                          self.task._prepare_round, 1)
+        self.compute.prepare_destination.assert_not_called()
+        self.release.assert_not_called()
+
+
+def _patch(target, **kwargs):
+    return fixtures.MockPatch(target, **kwargs)
+
+
+def _patch_object(obj, name, **kwargs):
+    return fixtures.MockPatchObject(obj, name, **kwargs)

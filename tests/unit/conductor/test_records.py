@@ -1,0 +1,47 @@
+import json
+from unittest import mock
+
+import testtools
+
+from nova_multidest.conductor import records
+
+
+def fake_instance():
+    return mock.Mock(uuid='i-1', system_metadata={})
+
+
+class RecordsTest(testtools.TestCase):
+
+    def test_group_lifecycle(self):
+        instance = fake_instance()
+        records.start_group(instance, 1)
+        self.assertTrue(records.group_in_progress(instance))
+        records.record_winner(instance, 'm-1', {'v-1': 'a-1', 'v-2': 'a-2'})
+        self.assertEqual('m-1', records.winner(instance))
+        self.assertEqual({'v-1': 'a-1', 'v-2': 'a-2'},
+                         records.winner_attachments(instance))
+        records.clear_winner(instance)
+        self.assertIsNone(records.winner(instance))
+        self.assertEqual({}, records.winner_attachments(instance))
+        records.end_group(instance, records.COMPLETED, 'h2')
+        self.assertFalse(records.group_in_progress(instance))
+        self.assertEqual([records.RESULT_KEY],
+                         list(instance.system_metadata))
+        self.assertEqual({'result': 'completed', 'host': 'h2'}, json.loads(
+            instance.system_metadata[records.RESULT_KEY]))
+
+    def test_long_reasons_fit_the_column(self):
+        instance = fake_instance()
+        records.start_group(instance, 1)
+        reasons = {'host%d' % i: 'x' * 200 for i in range(4)}
+        records.end_group(instance, records.FAILED, 'h1', reasons=reasons)
+        text = instance.system_metadata[records.RESULT_KEY]
+        self.assertLessEqual(len(text), 255)
+        self.assertEqual('failed', json.loads(text)['result'])
+
+    def test_start_drops_previous_result(self):
+        instance = fake_instance()
+        instance.system_metadata[records.RESULT_KEY] = '{}'
+        records.start_group(instance, 2)
+        self.assertNotIn(records.RESULT_KEY, instance.system_metadata)
+        self.assertEqual('2', instance.system_metadata[records.ROUND_KEY])

@@ -1,0 +1,38 @@
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+import testtools
+
+from nova_multidest.conductor import rpcapi
+from nova_multidest import conf
+
+
+class ConductorAPITest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
+        self.get_client = self.useFixture(fixtures.MockPatch(
+            'nova.rpc.get_client')).mock
+
+    def test_client_is_capped_on_our_topic(self):
+        self.conf.config(conductor_topic='md-topic', group='multidest')
+        rpcapi.ConductorAPI()
+        target = self.get_client.call_args.args[0]
+        self.assertEqual('md-topic', target.topic)
+        self.assertEqual('1.0', target.version)
+        self.assertEqual('1.0',
+                         self.get_client.call_args.kwargs['version_cap'])
+
+    def test_live_migrate_multi_casts(self):
+        api = rpcapi.ConductorAPI()
+        context, instance = mock.Mock(), mock.Mock()
+        api.live_migrate_multi(context, instance, destinations=['h1', 'h2'],
+                               block_migration=False, warm_up=True)
+        client = self.get_client.return_value
+        client.prepare.assert_called_once_with(version='1.0')
+        client.prepare.return_value.cast.assert_called_once_with(
+            context, 'live_migrate_multi', instance=instance,
+            destinations=['h1', 'h2'], count=None, block_migration=False,
+            warm_up=True)
