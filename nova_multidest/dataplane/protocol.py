@@ -294,8 +294,10 @@ _KEEPALIVE_OPTIONS = (('TCP_KEEPIDLE', 10), ('TCP_KEEPINTVL', 5),
                       ('TCP_KEEPCNT', 4))
 
 
-def tune_socket(sock, dead_peer_timeout=DEAD_PEER_TIMEOUT):
+def tune_socket(sock, dead_peer_timeout=None):
     """Bulk-transfer buffers, and detection of hosts that vanished."""
+    if dead_peer_timeout is None:
+        dead_peer_timeout = DEAD_PEER_TIMEOUT
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         try:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
