@@ -337,6 +337,29 @@ class LibvirtExtensionTest(testtools.TestCase):
         self.assertEqual(sorted([self.name, winner.domain.name()]),
                          self._domain_names())
 
+    def test_source_resumes_after_a_completed_stream_nobody_took(self):
+        secret = protocol.new_secret()
+        source = self.hv.source(self.name)
+        dest = self.hv.create_destination('dest1', source)
+        dest.start_incoming()
+        address = dest.open_stream(secret, listen=('127.0.0.1', 0))
+        relay = self.hv.create_relay(secret, [('dest1', address)])
+        stream = streaming.SourceStream(
+            source, relay, downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
+            poll_interval=0.1)
+        stream.start(lambda func: threading.Thread(
+            target=func, daemon=True).start())
+        self.addCleanup(stream.close)
+        self.assertTrue(stream.wait(STREAM_TIMEOUT), stream.status())
+        self.assertEqual('postmigrate', source.run_state())
+        dest.destroy()
+        stream.close()
+
+        source.resume()
+        self.assertTrue(source.is_running())
+        self.assertEqual('running', source.run_state())
+        self.assertEqual([self.name], self._domain_names())
+
     def test_destroy_incoming_spares_running_domains(self):
         source = self.hv.source(self.name)
         dest = self.hv.create_destination('dest1', source)
