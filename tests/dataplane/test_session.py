@@ -246,10 +246,13 @@ class WarmUpTest(session_base.SessionTestBase):
                          migration.warm_up_state.ready_destinations)
 
     def test_held_until_switch_over_exit_downtime(self):
+        # A generous limit: on a loaded two-core machine the delivery rate
+        # varies a lot, and this test is about the hold, not the rate.
         migration, _ = self._hold_then_switch(warm_up_exit='downtime',
-                                              downtime_limit_ms=300)
+                                              downtime_limit_ms=2000)
         state = migration.warm_up_state
-        self.assertTrue(all(state.expected_downtime_ms[n] <= 300
+        self.assertEqual(['d0', 'd1'], state.ready_destinations)
+        self.assertTrue(all(state.expected_downtime_ms[n] <= 2000
                             for n in state.ready_destinations))
 
     def test_downtime_condition_not_met_is_not_ready(self):
