@@ -37,6 +37,7 @@ from nova_multidest.compute import rpcapi
 from nova_multidest import conf
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import protocol
+from nova_multidest.dataplane import session
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
 from nova_multidest.virt import streaming
@@ -419,7 +420,9 @@ class MultiDestComputeManager(object):
         return streaming.SourceStream(
             source, fanout, warm_up=warm_up,
             downtime_limit_ms=CONF.multidest.downtime_limit_ms,
-            max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB or None,
+            # QEMU's own 128 MiB/s default would cap every migration.
+            max_bandwidth=(CONF.multidest.max_bandwidth_mb * MiB or
+                           session.UNLIMITED_BANDWIDTH),
             on_progress=self._progress_recorder(migrations),
             warm_up_exit=CONF.multidest.warm_up_exit,
             warm_up_percent=CONF.multidest.warm_up_percent)

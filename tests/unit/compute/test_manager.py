@@ -11,6 +11,7 @@ from nova import objects
 
 from nova_multidest.compute import manager
 from nova_multidest import conf
+from nova_multidest.dataplane import session
 from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import fake
 
@@ -268,7 +269,10 @@ class SourceSideTest(EndpointTestBase):
         self.assertEqual('completed', self.dest.wait_destination(
             'ctxt', self.instance, self.migration, 10))
         self.assertTrue(saved.wait(10))
-        self.assertTrue(self.source._stream(self.instance).wait(10))
+        stream = self.source._stream(self.instance)
+        self.assertTrue(stream.wait(10))
+        self.assertEqual(session.UNLIMITED_BANDWIDTH,
+                         stream.source.max_bandwidth)
         self.assertEqual(fake.DEFAULT_MEMORY, self.migration.memory_total)
         status = self.source.source_status('ctxt', self.instance)
         self.assertEqual('completed', status['state'])
