@@ -28,6 +28,7 @@ from nova import objects
 from nova.policies import servers_migrations as sm_policies
 from nova import policy
 
+from nova_multidest.api import extra_specs
 from nova_multidest.api import policies
 from nova_multidest.api import schemas
 from nova_multidest.api import views
@@ -89,15 +90,7 @@ class MultiDestinationFilter(wsgi.Middleware):
     def __init__(self, application):
         super().__init__(application)
         self.compute_api = compute.API()
-        self._conductor_api = None
-
-    @property
-    def conductor_api(self):
-        # Built on first use: paste loads filters before nova-api has
-        # initialised its RPC transport.
-        if self._conductor_api is None:
-            self._conductor_api = conductor_rpcapi.ConductorAPI()
-        return self._conductor_api
+        self.conductor_api = conductor_rpcapi.ConductorAPI()
 
     @webob.dec.wsgify(RequestClass=os_wsgi.Request)
     def __call__(self, req):
@@ -252,7 +245,7 @@ class MultiDestinationFilter(wsgi.Middleware):
 
 
 def default_count(instance):
-    flavor_count = instance.flavor.extra_specs.get('multidest:destinations')
+    flavor_count = instance.flavor.extra_specs.get(extra_specs.DESTINATIONS)
     count = (int(flavor_count) if flavor_count
              else CONF.multidest.default_destinations)
     return min(count, CONF.multidest.max_destinations)

@@ -59,16 +59,16 @@ class FilterTestCase(testtools.TestCase):
         super().setUp()
         multidest_conf.register_opts(cfg.CONF)
         self.downstream = Downstream()
-        with mock.patch('nova.compute.api.API'):
+        with mock.patch('nova.compute.api.API'), mock.patch(
+                'nova_multidest.conductor.rpcapi.ConductorAPI'):
             self.app = multidest_filter.MultiDestinationFilter(
                 self.downstream)
         self.compute_api = self.app.compute_api
+        self.conductor = self.app.conductor_api
         self.compute_api.network_api.instance_has_extended_resource_request \
             .return_value = False
         self.instance = make_instance()
         self.compute_api.get.side_effect = lambda *a, **k: self.instance
-        self.conductor = mock.Mock()
-        self.app._conductor_api = self.conductor
 
         conf = cfg.ConfigOpts()
         conf([])
