@@ -6,6 +6,11 @@ that our records satisfy its checks and that its casts to the source
 compute switch over or abort the whole group.
 """
 
+import threading
+
+import fixtures
+
+from nova_multidest.compute import rpcapi as compute_rpcapi
 from tests.functional import base
 
 
@@ -85,3 +90,34 @@ class GroupMigrationsTest(base.MultiDestMigrationTestBase):
                     for m in self.get_migrations(self.server['id'])}
         self.assertEqual(set(self.destinations), set(statuses))
         self.assertNotIn('completed', statuses.values())
+
+    def test_abort_while_preparing_is_refused(self):
+        """Nova's compute would drop it silently: the API says why."""
+        release = threading.Event()
+        self.addCleanup(release.set)
+        prepare = compute_rpcapi.ComputeAPI.prepare_destination
+
+        def held_prepare(api, *args, **kwargs):
+            release.wait(60)
+            return prepare(api, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_multidest.compute.rpcapi.ComputeAPI.prepare_destination',
+            held_prepare))
+        self.request_migration(self.server, destinations=self.destinations)
+        preparing = base.wait_until(
+            lambda: [m for m in self.get_migrations(self.server['id'])
+                     if m.status == 'preparing'],
+            timeout=60, message='no destination reached preparing')
+
+        response = self.admin_api.api_delete(
+            '/servers/%s/migrations/%d' % (self.server['id'],
+                                           preparing[0].id),
+            check_response_status=[400])
+
+        self.assertIn('still being prepared',
+                      response.body['badRequest']['message'])
+        release.set()
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual('completed', result['result'])
+        self.assert_invariants(self.server, result['host'])
