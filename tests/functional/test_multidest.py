@@ -257,3 +257,32 @@ class VolumeAndPortsTest(base.MultiDestMigrationTestBase):
                          self.cinder.attachment_ids_for_instance(server['id']))
         self.assertEqual([volume_id], list(
             self.cinder.volume_ids_for_instance(server['id'])))
+
+
+class ServiceAndSpreadTest(base.MultiDestMigrationTestBase):
+
+    COMPUTES = 4
+
+    def test_conductor_is_a_nova_service(self):
+        [service] = self.admin_api.get_services(
+            binary='nova-multidest-conductor')
+        self.assertEqual('up', service['state'])
+        self.assertEqual('enabled', service['status'])
+
+    def test_scheduled_destinations_spread_over_zones(self):
+        self.flags(spread='availability_zone', group='multidest')
+        source, same_a, same_b, other = self.hostnames
+        for name, zone, hosts in (('agg-a', 'az-a', (same_a, same_b)),
+                                  ('agg-b', 'az-b', (other,))):
+            aggregate = self._create_aggregate(name, availability_zone=zone)
+            for host in hosts:
+                self.admin_api.add_host_to_aggregate(aggregate, host)
+        # With a server already there, the weighers rank the lone host of
+        # az-b last: only the spread can bring it in.
+        self.boot_server(host=other)
+        server = self.boot_server(host=source)
+        result = self.migrate_and_wait(server, count=2)
+        hosts = set(self.migrations_by_host(server['id']))
+        self.assertEqual(2, len(hosts))
+        self.assertIn(other, hosts)
+        self.assert_invariants(server, result['host'])
