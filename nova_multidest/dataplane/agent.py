@@ -21,9 +21,11 @@ from nova_multidest import exceptions
 LOG = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 0.1
+STATUS_HEARTBEAT = 1.0
 STATUS_GRACE = 1.0
 REPAIR_TIMEOUT = 10.0
 TARGET_CONNECT_TIMEOUT = 5.0
+PREEMPT_GRACE = 1.0
 
 
 class DestinationAgent(object):
@@ -60,6 +62,7 @@ class DestinationAgent(object):
         self._status_socks = []
         self._sockets = set()
         self._migration_id = None
+        self._position = None
         self._state = 'waiting'
         self._reason = None
         self._lost = {}
@@ -169,10 +172,12 @@ class DestinationAgent(object):
         """Report this agent's status to every status connection.
 
         Sends on a change of state at once and, while bytes flow, at most
-        every STATUS_INTERVAL.
+        every STATUS_INTERVAL; at least every STATUS_HEARTBEAT so that the
+        relay can tell a frozen host from an idle one.
         """
         seen = -1
         last = None
+        last_sent = 0.0
         while True:
             with self._lock:
                 self._lock.wait_for(
@@ -187,9 +192,11 @@ class DestinationAgent(object):
                 changed = self._status_version != seen
                 seen = self._status_version
                 socks = list(self._status_socks)
-            if status == last and not changed:
+            if (status == last and not changed and
+                    time.monotonic() - last_sent < STATUS_HEARTBEAT):
                 continue
             last = status
+            last_sent = time.monotonic()
             sent_version = seen
             line = json.dumps(status).encode() + b'\n'
             for sock in socks:
@@ -295,6 +302,8 @@ class DestinationAgent(object):
                 reason='the stream arrives over TLS but this agent has no '
                        'client TLS context (forward_tls) to forward it to '
                        'the next destination of the chain')
+        if self._position is None:
+            self._position = int(header.get('position') or 1)
         index = int(header['channel'])
         channel = self._channels.get(index)
         if channel is None:
@@ -311,12 +320,7 @@ class DestinationAgent(object):
                 self._status_version += 1
                 self._lock.notify_all()
         else:
-            if not self._lock.wait_for(lambda: not channel.ingesting,
-                                       protocol.HANDSHAKE_TIMEOUT / 2):
-                raise exceptions.DestinationFailed(
-                    destination=self.name,
-                    reason='channel %d is still streaming from another '
-                           'upstream' % index)
+            self._take_over(channel, header)
             if channel.buffer.abort_reason:
                 raise exceptions.DestinationFailed(
                     destination=self.name,
@@ -329,12 +333,37 @@ class DestinationAgent(object):
                        'no next hop')
         channel.generation += 1
         channel.ingesting = True
+        channel.upstream_position = int(header.get('sender_position') or 0)
         return {'name': self.name, 'offset': channel.buffer.head,
                 'generation': channel.generation}
+
+    def _take_over(self, channel, header):
+        """Let a repairing upstream replace the current one, under our lock.
+
+        A dead upstream's connection ends by itself. A frozen one stays
+        open, so an upstream nearer the source may cut it; a farther one
+        (a frozen agent waking up) may not, or two would fight over us.
+        """
+        if self._lock.wait_for(lambda: not channel.ingesting, PREEMPT_GRACE):
+            return
+        sender = int(header.get('sender_position') or 0)
+        if sender < channel.upstream_position:
+            LOG.warning("Agent %s: channel %d taken over from position %d "
+                        "by position %d", self.name, channel.index,
+                        channel.upstream_position, sender)
+            hops.shutdown(channel.ingest_sock)
+            if self._lock.wait_for(lambda: not channel.ingesting,
+                                   protocol.HANDSHAKE_TIMEOUT / 2):
+                return
+        raise exceptions.DestinationFailed(
+            destination=self.name,
+            reason='channel %d is still streaming from another upstream'
+                   % channel.index)
 
     def _ingest(self, sock, header, generation):
         with self._lock:
             channel = self._channels[int(header['channel'])]
+            channel.ingest_sock = sock
         error = channel.ingest(sock, generation)
         with self._lock:
             channel.ingesting = False
@@ -370,13 +399,18 @@ class DestinationAgent(object):
         if done:
             self._set_state('complete')
 
-    def _hop_dial(self, address, channel, rest, resume, header):
+    def _hop_dial(self, address, channel, rest, resume, hop_index, header):
         dial_header = dict(header, kind='stream', channel=channel,
                            chain=[[n, list(a)] for n, a in rest],
                            resume=resume, repair=True,
-                           tls=self.forward_tls is not None)
+                           tls=self.forward_tls is not None,
+                           sender_position=self._position,
+                           position=self._position + hop_index + 1)
+        timeout = protocol.HANDSHAKE_TIMEOUT
+        if header.get('stall_timeout'):
+            timeout = min(timeout, header['stall_timeout'])
         return protocol.connect(tuple(address), self.secret, dial_header,
-                                self.forward_tls)
+                                self.forward_tls, timeout)
 
 
 class _AgentChannel(object):
@@ -387,6 +421,8 @@ class _AgentChannel(object):
         self.index = index
         self.generation = 0
         self.ingesting = False
+        self.ingest_sock = None
+        self.upstream_position = 0
         self.delivered = 0
         self.local_done = False
         chain = [(n, tuple(a)) for n, a in header.get('chain') or []]
@@ -399,13 +435,16 @@ class _AgentChannel(object):
         self.forwarder = None
         if chain:
             base = {'migration_id': header.get('migration_id'),
-                    'lag_limit': lag_limit}
+                    'lag_limit': lag_limit,
+                    'stall_timeout': header.get('stall_timeout')}
             self.forwarder = hops.Forwarder(
                 self.buffer, index, chain,
-                lambda address, channel, rest, resume: agent._hop_dial(
-                    address, channel, rest, resume, base),
+                lambda address, channel, rest, resume, hop_index:
+                    agent._hop_dial(address, channel, rest, resume,
+                                    hop_index, base),
                 agent._forward_gate, agent._report_lost, repair=True,
-                label='%s/forward' % agent.name)
+                label='%s/forward' % agent.name,
+                stall_timeout=header.get('stall_timeout'))
 
     def start(self):
         self.agent._threads.start(self._deliver)

@@ -111,12 +111,17 @@ class Forwarder(object):
 
     The first reachable hop of the path receives the stream, with the rest
     of the path as its chain remainder. With ``repair`` a broken hop is
-    replaced by the next one, which resumes from the offset it reports.
+    replaced by the next one, which resumes from the offset it reports. A
+    hop that accepts nothing for ``stall_timeout`` seconds counts as broken:
+    a frozen agent must not hold up the source or the rest of a chain.
+
+    ``dial(address, channel, rest, resume, hop_index)`` opens one hop.
     """
 
     def __init__(self, buffer, channel, hops, dial, gate, on_lost,
-                 repair, label):
+                 repair, label, stall_timeout=None):
         self.channel = channel
+        self.stall_timeout = stall_timeout
         self.hops = list(hops)
         self.sent = 0
         self.connected = threading.Event()
@@ -159,7 +164,8 @@ class Forwarder(object):
                 name, address = self.hops[self._index]
                 rest = self.hops[self._index + 1:]
             try:
-                sock, reply = self._dial(address, self.channel, rest, resume)
+                sock, reply = self._dial(address, self.channel, rest, resume,
+                                         self._index)
             except (exceptions.DestinationFailed,
                     exceptions.AuthenticationFailed) as exc:
                 self._lose_current('cannot open the stream to it: %s' % exc,
@@ -179,6 +185,7 @@ class Forwarder(object):
                 if self._closing or self.cursor.dropped:
                     close_socket(sock)
                     return False
+                sock.settimeout(self.stall_timeout)
                 self._sock = sock
                 self.hop_name = name
             LOG.debug("%s: channel %d streams to %s from offset %d",

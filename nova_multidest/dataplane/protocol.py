@@ -282,6 +282,7 @@ def connect(address, secret, header, tls=None, timeout=HANDSHAKE_TIMEOUT):
     tune_socket(sock)
     sock = wrap_client(sock, tls, host, timeout)
     reply = client_handshake(sock, secret, header, timeout)
+    sock.settimeout(None)
     return sock, reply
 
 

@@ -46,6 +46,7 @@ _UNSUPPORTED_CAPABILITIES = {
 }
 
 DROP_NOTICE_TIMEOUT = 2.0
+STALL_TIMEOUT = 60.0
 STATUS_GRACE = agent.STATUS_GRACE
 
 DestinationProgress = collections.namedtuple(
@@ -86,7 +87,8 @@ class StreamRelay(object):
     def __init__(self, secret, destinations, topology='star',
                  lag_limit=256 * 2**20, tls=None, listen=None,
                  migration_id=None, on_drop=None,
-                 connect_timeout=protocol.HANDSHAKE_TIMEOUT):
+                 connect_timeout=protocol.HANDSHAKE_TIMEOUT,
+                 stall_timeout=STALL_TIMEOUT):
         protocol.check_secret(secret)
         protocol.check_tls(tls, 'client')
         self._destinations = self._check_destinations(destinations)
@@ -113,6 +115,7 @@ class StreamRelay(object):
         self.migration_id = migration_id or uuid.uuid4().hex
         self.on_drop = on_drop
         self.connect_timeout = connect_timeout
+        self.stall_timeout = stall_timeout
         self._listen = listen
         self._tempdir = None
         self._listener = None
@@ -376,11 +379,13 @@ class StreamRelay(object):
         return dict(fields, migration_id=self.migration_id,
                     lag_limit=self.lag_limit, tls=self.tls is not None)
 
-    def _dial(self, address, channel, rest, resume):
+    def _dial(self, address, channel, rest, resume, hop_index):
         header = self._header(
             kind='stream', channel=channel, resume=resume,
             repair=self.topology == 'chain',
-            chain=[[n, list(a)] for n, a in rest])
+            chain=[[n, list(a)] for n, a in rest],
+            sender_position=0, position=self._position(address),
+            stall_timeout=self.stall_timeout)
         return protocol.connect(address, self.secret, header, self.tls,
                                 self.connect_timeout)
 
@@ -398,25 +403,38 @@ class StreamRelay(object):
         self._threads.start(self._read_status, name, sock)
 
     def _read_status(self, name, sock):
+        """Follow one agent's status until the relay closes.
+
+        Reading goes on after the agent is final: a chain agent still
+        reports the next hops it lost. Agents report at least every
+        STATUS_HEARTBEAT, so silence for stall_timeout means a frozen host.
+        """
         pending = b''
+        sock.settimeout(self.stall_timeout)
+        reason = 'lost contact with its agent'
         try:
             while True:
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    with self._lock:
+                        if self._state[name] in hops.FINAL_STATES:
+                            continue
+                    reason = ('its agent sent no status for %ss'
+                              % self.stall_timeout)
+                    break
                 if not data:
                     break
                 pending += data
                 *lines, pending = pending.split(b'\n')
                 for line in lines:
                     self._update_status(name, json.loads(line))
-                with self._lock:
-                    if self._state[name] in hops.FINAL_STATES:
-                        return
         except (OSError, ValueError) as exc:
             LOG.debug("Status of %s unreadable: %s", name, exc)
         with self._lock:
             final = self._state[name] in hops.FINAL_STATES or self._closed
         if not final:
-            self._mark_failed(name, 'lost contact with its agent')
+            self._mark_failed(name, reason)
 
     def _send_drop(self, name, address, reason):
         try:
@@ -428,6 +446,11 @@ class StreamRelay(object):
         except (exceptions.DestinationFailed,
                 exceptions.AuthenticationFailed) as exc:
             LOG.info("Could not tell %s it was dropped: %s", name, exc)
+
+    def _position(self, address):
+        """1-based place of a destination in the order given: chain rank."""
+        addresses = [a for _, a in self._destinations]
+        return addresses.index(tuple(address)) + 1
 
     def _paths(self):
         """The hop lists the source sends to: one per destination, or one."""
@@ -451,7 +474,8 @@ class StreamRelay(object):
             forwarder = hops.Forwarder(
                 buffer, index, path, self._dial, gate, self._on_lost,
                 repair=self.topology == 'chain',
-                label='relay->%s' % path[0][0])
+                label='relay->%s' % path[0][0],
+                stall_timeout=self.stall_timeout)
             channel.forwarders.append(forwarder)
             self._threads.start(forwarder.run)
         return channel

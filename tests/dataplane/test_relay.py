@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -30,8 +31,10 @@ from nova_multidest import exceptions
 MiB = 2**20
 WAIT = 30
 # Above what socket buffers and thread scheduling put between two healthy
-# destinations in one process, so only a stalled one exceeds it.
-LAG_LIMIT = 48 * MiB
+# destinations in one process when the source is paced at PACE, so only a
+# stalled one exceeds it.
+LAG_LIMIT = 32 * MiB
+PACE = 64 * MiB
 
 
 def make_data(size, seed):
@@ -130,13 +133,15 @@ class FakeSource(object):
     """The source QEMU: writes each channel's data, main channel first.
 
     With ``pause_after`` the main channel stops after that many bytes
-    until ``resume`` is set, so a test can act mid-stream.
+    until ``resume`` is set, so a test can act mid-stream. ``pace`` caps
+    the rate in bytes per second, like a migration bandwidth limit.
     """
 
-    def __init__(self, uri, channel_data, pause_after=None):
+    def __init__(self, uri, channel_data, pause_after=None, pace=None):
         self.uri = uri
         self.channel_data = channel_data
         self.pause_after = pause_after
+        self.pace = pace
         self.paused = threading.Event()
         self.resume = threading.Event()
         self.sent_all = threading.Event()
@@ -166,11 +171,16 @@ class FakeSource(object):
 
     def _send(self, sock, data, index):
         view = memoryview(data)
+        began = time.monotonic()
         try:
             for start in range(0, len(data), MiB):
                 if index == 0 and start == self.pause_after:
                     self.paused.set()
                     self.resume.wait(WAIT)
+                if self.pace:
+                    ahead = start / self.pace - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
                 sock.sendall(view[start:start + MiB])
         except OSError as exc:
             self.error = exc
@@ -385,11 +395,11 @@ class TestFailureIsolation(RelayTestCase):
         self.assert_intact(stream_relay, sinks, agents, data, (1, 2))
 
     def test_hung_destination_dropped_by_lag_without_blocking_source(self):
-        data = make_data(128 * MiB, seed=5)
+        data = make_data(96 * MiB, seed=5)
         sinks, agents = self.make_destinations(
             3, sink_options={2: {'hang': True}})
         stream_relay = self.make_relay(agents, lag_limit=LAG_LIMIT)
-        source = FakeSource(stream_relay.source_uri, [data])
+        source = FakeSource(stream_relay.source_uri, [data], pace=PACE)
         self.assertTrue(source.sent_all.wait(WAIT))
         # The source finished while the hung QEMU had read nothing.
         self.assertEqual([0], sinks[2].received)
@@ -402,12 +412,12 @@ class TestFailureIsolation(RelayTestCase):
         self.assertTrue(wait_until(lambda: agents[2].state == 'failed'))
 
     def test_hung_qemu_mid_chain_dropped_while_forwarding_goes_on(self):
-        data = make_data(128 * MiB, seed=13)
+        data = make_data(96 * MiB, seed=13)
         sinks, agents = self.make_destinations(
             3, sink_options={1: {'hang': True}})
         stream_relay = self.make_relay(agents, topology='chain',
                                        lag_limit=LAG_LIMIT)
-        source = FakeSource(stream_relay.source_uri, [data])
+        source = FakeSource(stream_relay.source_uri, [data], pace=PACE)
         self.assertTrue(stream_relay.wait_finished(WAIT))
         source.join()
         self.assertTrue(source.sent_all.is_set())
@@ -485,28 +495,27 @@ sys.stdin.read()
 
 class TestChainRepair(RelayTestCase):
 
-    def test_agent_process_sigkilled_mid_chain(self):
-        data = make_data(32 * MiB, seed=12)
+    def _chain_with_middle_process(self, data, **relay_kwargs):
+        """A 3-chain whose middle agent runs in a process of its own."""
         sinks, agents = self.make_destinations(3)
-        # dest1 runs in its own process, which dies by SIGKILL.
         agents[1].close()
-        killed = subprocess.Popen(
+        middle = subprocess.Popen(
             [sys.executable, '-c', AGENT_PROCESS, self.secret.hex(),
              sinks[1].target, 'dest1'],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                 os.path.abspath(__file__)))))
-        self.addCleanup(killed.stdout.close)
-        self.addCleanup(killed.stdin.close)
-        self.addCleanup(killed.wait)
-        self.addCleanup(killed.kill)
-        port = int(killed.stdout.readline())
+        self.addCleanup(middle.stdout.close)
+        self.addCleanup(middle.stdin.close)
+        self.addCleanup(middle.wait)
+        self.addCleanup(middle.kill)
+        port = int(middle.stdout.readline())
         destinations = [('dest0', agents[0].address),
                         ('dest1', ('127.0.0.1', port)),
                         ('dest2', agents[2].address)]
         stream_relay = relay.StreamRelay(
             self.secret, destinations, topology='chain',
-            on_drop=self.dropped.__setitem__)
+            on_drop=self.dropped.__setitem__, **relay_kwargs)
         self.addCleanup(stream_relay.close)
         stream_relay.start()
         source = FakeSource(stream_relay.source_uri, [data],
@@ -514,8 +523,9 @@ class TestChainRepair(RelayTestCase):
         self.assertTrue(source.paused.wait(WAIT))
         self.assertTrue(wait_until(
             lambda: all(s.received[0] == 8 * MiB for s in sinks)))
-        killed.kill()
-        killed.wait()
+        return sinks, agents, middle, stream_relay, source
+
+    def _check_bypassed(self, sinks, agents, stream_relay, source, data):
         source.resume.set()
         self.assertTrue(stream_relay.wait_finished(WAIT))
         source.join()
@@ -524,6 +534,26 @@ class TestChainRepair(RelayTestCase):
         for index in (0, 2):
             self.assert_delivered(sinks[index], agents[index], data,
                                   progress['dest%d' % index])
+
+    def test_agent_process_sigkilled_mid_chain(self):
+        data = make_data(32 * MiB, seed=12)
+        sinks, agents, middle, stream_relay, source = (
+            self._chain_with_middle_process(data))
+        middle.kill()
+        middle.wait()
+        self._check_bypassed(sinks, agents, stream_relay, source, data)
+
+    def test_agent_process_frozen_mid_chain(self):
+        # A frozen agent keeps its connections open: only the stall
+        # timeout tells, and the repaired hop must take over from it.
+        data = make_data(32 * MiB, seed=15)
+        sinks, agents, middle, stream_relay, source = (
+            self._chain_with_middle_process(data, stall_timeout=3.0))
+        os.kill(middle.pid, signal.SIGSTOP)
+        self._check_bypassed(sinks, agents, stream_relay, source, data)
+        # Its upstream's send or the relay's status read noticed first.
+        self.assertRegex(self.dropped['dest1'],
+                         'timed out|sent no status for 3.0s')
 
     def _start_chain(self, count, data):
         sinks, agents = self.make_destinations(count)
