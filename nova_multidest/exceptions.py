@@ -22,6 +22,10 @@ class MultiDestError(Exception):
     def message(self):
         return str(self)
 
+    def format_message(self):
+        """Nova records faults and action events from this method."""
+        return str(self)
+
 
 class InvalidSettings(MultiDestError):
     msg_fmt = 'Invalid multi-destination settings: %(reason)s'
