@@ -80,3 +80,10 @@ class ConductorStopping(MultiDestError):
                '%(instance_uuid)s is left to the recovery of the next '
                'conductor start.')
     code = 503
+
+
+class CopyMayHaveRun(MultiDestError):
+    msg_fmt = ('Refusing to run the copy of instance %(instance_uuid)s on '
+               '%(host)s: %(reason)s. Only the durably elected copy may '
+               'run; let the conductor finish or roll back the migration.')
+    code = 409

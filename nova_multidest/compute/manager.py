@@ -48,9 +48,12 @@ LOG = logging.getLogger(__name__)
 MiB = 1 << 20
 FINAL_MIGRATION_STATUSES = frozenset(
     ('completed', 'cancelled', 'failed', 'error', 'done', 'confirmed'))
-# The conductor marks an instance whose group runs with this system
-# metadata key; other 'multidest_' keys outlive the group.
+# System metadata the conductor writes (conductor/records.py): the group
+# runs; the destination elected before it may resume; a destination's
+# guest has run. Other 'multidest_' keys outlive the group.
 GROUP_ACTIVE_KEY = 'multidest_active'
+WINNER_KEY = 'multidest_winner'
+RESUMED_KEY = 'multidest_resumed'
 WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
 # Holds an instance's place in the stream table while its stream starts.
@@ -286,6 +289,12 @@ class MultiDestComputeManager(object):
                 destination=self.host,
                 reason='it holds no incoming guest for migration %s; elect '
                        'another destination' % migration.uuid)
+        winner = self._group_records(context, instance).get(WINNER_KEY)
+        if winner != migration.uuid:
+            raise exceptions.CopyMayHaveRun(
+                instance_uuid=instance.uuid, host=self.host,
+                reason='the recorded winner is %s, not migration %s'
+                       % (winner, migration.uuid))
         prepared.guest.resume()
         prepared.guest.close_stream()
         with self._lock:
@@ -502,8 +511,22 @@ class MultiDestComputeManager(object):
             return {'state': hypervisor.STATUS_NONE, 'destinations': {}}
         return stream.status()
 
+    def _group_records(self, context, instance):
+        """The instance's system metadata as stored, not as sent."""
+        return objects.Instance.get_by_uuid(
+            context, instance.uuid,
+            expected_attrs=['system_metadata']).system_metadata
+
     def resume_source(self, context, instance):
         self._check_source_side(instance)
+        records = self._group_records(context, instance)
+        if records.get(GROUP_ACTIVE_KEY) == 'true':
+            elected = records.get(RESUMED_KEY) or records.get(WINNER_KEY)
+            if elected:
+                raise exceptions.CopyMayHaveRun(
+                    instance_uuid=instance.uuid, host=self.host,
+                    reason='migration %s was elected and its copy may have '
+                           'run' % elected)
         stream = self._pop_stream(instance)
         if stream is not None:
             stream.close()

@@ -127,8 +127,13 @@ class EndpointOverLibvirtTest(testtools.TestCase):
             self.assertGreater(migration.memory_processed, 0)
             self.assertEqual(0, migration.memory_remaining)
 
-        self.dests['dst1'].resume_destination(
-            'ctxt', self.instance, self.migrations['dst1'])
+        stored = mock.Mock(system_metadata={
+            'multidest_active': 'true',
+            'multidest_winner': self.migrations['dst1'].uuid})
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=stored):
+            self.dests['dst1'].resume_destination(
+                'ctxt', self.instance, self.migrations['dst1'])
         self.dests['dst2'].revert_destination(
             'ctxt', self.instance, self.migrations['dst2'])
         running = [d.name() for d in self.conn.listAllDomains(0)

@@ -204,6 +204,39 @@ class DestinationSideTest(EndpointTestBase):
                           self.instance, self.migration)
         self.driver.rollback_live_migration_at_destination.assert_not_called()
 
+    def stored_instance(self, **system_metadata):
+        stored = mock.Mock(system_metadata=system_metadata)
+        patcher = mock.patch.object(objects.Instance, 'get_by_uuid',
+                                    return_value=stored)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def completed_destination(self):
+        endpoint = self.endpoint()
+        endpoint.prepare_destination('ctxt', self.instance, self.migration,
+                                     SECRET_HEX, False, self.migrate_data())
+        prepared = endpoint._destinations['mig-1']
+        prepared.guest.status = 'completed'
+        return endpoint, prepared.guest
+
+    def test_only_the_recorded_winner_resumes(self):
+        endpoint, guest = self.completed_destination()
+        self.stored_instance(multidest_active='true',
+                             multidest_winner='mig-2')
+        self.assertRaises(exceptions.CopyMayHaveRun,
+                          endpoint.resume_destination, 'ctxt',
+                          self.instance, self.migration)
+        self.assertFalse(guest.resumed)
+
+    def test_recorded_winner_resumes_and_forgets_its_record(self):
+        endpoint, guest = self.completed_destination()
+        self.stored_instance(multidest_active='true',
+                             multidest_winner='mig-1')
+        endpoint.resume_destination('ctxt', self.instance, self.migration)
+        self.assertTrue(guest.resumed)
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.assertEqual({}, fake._REGISTRY.agents)
+
     def test_cleanup_after_restart_keeps_migrations_in_progress(self):
         endpoint = self.endpoint()
         record = {'instance_uuid': 'inst-1', 'domain_name': 'instance-1',
@@ -317,6 +350,15 @@ class SourceSideTest(EndpointTestBase):
         self.instance.host = 'elsewhere'
         self.assertRaises(exceptions.InvalidSettings,
                           self.source.source_status, 'ctxt', self.instance)
+
+    def test_source_never_resumes_once_a_winner_was_elected(self):
+        stored = mock.Mock(system_metadata={'multidest_active': 'true',
+                                            'multidest_winner': 'mig-1'})
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=stored):
+            self.assertRaises(exceptions.CopyMayHaveRun,
+                              self.source.resume_source, 'ctxt',
+                              self.instance)
 
     def test_cleanup_source_refuses_while_the_guest_runs_here(self):
         self.driver.multidest_guest_running.return_value = True
