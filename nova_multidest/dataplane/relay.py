@@ -526,7 +526,10 @@ class StreamRelay(object):
                 channel = self._new_channel(index)
             LOG.info("Relay %s accepted source channel %d",
                      self.migration_id, index)
-            self._threads.start(self._read_source, channel, sock)
+            if len(channel.forwarders) == 1:
+                channel.buffer.set_pull(sock.recv_into)
+            else:
+                self._threads.start(self._read_source, channel, sock)
             index += 1
 
     def _read_source(self, channel, sock):

@@ -18,7 +18,7 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 2**20
 DEFAULT_WINDOW_BYTES = 8 * 2**20
-_FREE_CHUNKS = 8
+_FREE_CHUNKS = 16
 
 
 class StreamAborted(Exception):
@@ -60,6 +60,8 @@ class StreamBuffer(object):
         self._free = []
         self._cursors = []
         self._cond = threading.Condition()
+        self._pull = None
+        self._pulling = False
 
     @property
     def retained_bytes(self):
@@ -123,10 +125,11 @@ class StreamBuffer(object):
         """Wait for bytes after ``cursor``; return a view of them.
 
         Returns an empty view at the end of the stream and None when the
-        timeout expired. Raises CursorDropped or StreamAborted.
+        timeout expired. Raises CursorDropped or StreamAborted. In pull
+        mode the caller reads the source itself when nothing is buffered.
         """
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 if cursor.dropped:
                     raise CursorDropped(cursor.dropped)
                 if cursor.offset < self.head:
@@ -135,8 +138,44 @@ class StreamBuffer(object):
                     raise StreamAborted(self.abort_reason)
                 if self.eof:
                     return memoryview(b'')
-                if not self._cond.wait(timeout):
-                    return None
+                pull = None if self._pulling else self._pull
+                if pull is None:
+                    if not self._cond.wait(timeout):
+                        return None
+                    continue
+                self._pulling = True
+            try:
+                self._pull_once(pull)
+            finally:
+                with self._cond:
+                    self._pulling = False
+                    self._cond.notify_all()
+
+    def set_pull(self, pull):
+        """Let consumers read the source in their own thread.
+
+        With one consumer, handing every chunk from a reader thread to the
+        consumer's thread costs as much CPU as copying it; the consumer
+        calls ``pull(view)`` (bytes read into view, 0 at the end, OSError
+        on failure) whenever it has caught up with the source.
+        """
+        with self._cond:
+            self._pull = pull
+            self._cond.notify_all()
+
+    def _pull_once(self, pull):
+        view = self.writable()
+        if view is None:
+            return
+        try:
+            count = pull(view)
+        except OSError as exc:
+            self.abort('source connection failed: %s' % exc)
+            return
+        if count:
+            self.publish(count)
+        else:
+            self.finish()
 
     def _view_locked(self, offset):
         for start, chunk in self._chunks:

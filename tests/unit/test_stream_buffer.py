@@ -132,3 +132,42 @@ class StreamBufferTest(testtools.TestCase):
         exc = self.assertRaises(stream_buffer.CursorDropped, buffer.rewind,
                                 cursor, 0)
         self.assertIn('still buffered', str(exc))
+
+    def test_pull_mode_reads_the_source_in_the_consumer(self):
+        buffer = self.make(chunk=4 * KiB)
+        cursor = buffer.add_cursor('only')
+        source = [b'abc' * 1000, b'def' * 2000, b'']
+        pulls = []
+
+        def pull(view):
+            data = source[0][:len(view)]
+            source[0] = source[0][len(data):]
+            if not source[0]:
+                source.pop(0)
+            pulls.append(len(data))
+            view[:len(data)] = data
+            return len(data)
+
+        buffer.set_pull(pull)
+        got = bytearray()
+        while True:
+            view = buffer.peek(cursor)
+            if not len(view):
+                break
+            got += view
+            buffer.advance(cursor, len(view))
+        self.assertEqual(b'abc' * 1000 + b'def' * 2000, bytes(got))
+        self.assertTrue(buffer.eof)
+        self.assertEqual(0, pulls[-1])
+
+    def test_pull_failure_aborts_the_stream(self):
+        buffer = self.make()
+        cursor = buffer.add_cursor('only')
+
+        def pull(view):
+            raise ConnectionResetError('source reset')
+
+        buffer.set_pull(pull)
+        exc = self.assertRaises(stream_buffer.StreamAborted, buffer.peek,
+                                cursor)
+        self.assertIn('source connection failed: source reset', str(exc))
