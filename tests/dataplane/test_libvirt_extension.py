@@ -283,8 +283,9 @@ class LibvirtExtensionTest(testtools.TestCase):
         winner._watcher.join(5)
         self.assertFalse(winner._watcher.is_alive())
         self.assertTrue(winner.domain.isPersistent())
-        self.assertFalse(libvirt_ext.is_incoming_xml(
-            winner.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+        persistent = winner.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        self.assertFalse(libvirt_ext.is_incoming_xml(persistent))
+        self.assertIsNone(libvirt_ext.incoming_work_dir(persistent))
         for dest in destinations.values():
             dest.destroy()
             self.assertFalse(os.path.exists(dest.work_dir))
@@ -364,10 +365,12 @@ class LibvirtExtensionTest(testtools.TestCase):
         source = self.hv.source(self.name)
         dest = self.hv.create_destination('dest1', source)
         dest.start_incoming()
+        self.assertTrue(os.path.isdir(dest.work_dir))
         self.assertFalse(self.hv.destroy_incoming(self.name))
         self.assertTrue(self.hv.destroy_incoming(dest.domain.name()))
         self.assertEqual([self.name], self._domain_names())
         self.assertTrue(source.is_running())
+        self.assertFalse(os.path.exists(dest.work_dir))
 
     def test_cancel_keeps_the_source_running(self):
         secret = protocol.new_secret()

@@ -42,6 +42,8 @@ from nova_multidest.virt import hypervisors
 LOG = logging.getLogger(__name__)
 
 QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
+MULTIDEST_NS = 'http://openstack.org/xmlns/libvirt/nova-multidest/1.0'
+WORK_DIR_PREFIX = 'multidest-incoming-'
 MiB = 1 << 20
 # QEMU's own announce-self defaults (qemu-options: -announce).
 ANNOUNCE = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
@@ -72,20 +74,33 @@ def _capabilities(capabilities):
             for name, state in capabilities.items()]
 
 
-def incoming_xml(xml, name=None):
+def _register_namespaces():
+    ElementTree.register_namespace('qemu', QEMU_NS)
+    ElementTree.register_namespace('multidest', MULTIDEST_NS)
+
+
+def incoming_xml(xml, work_dir, name=None):
     """The source's domain XML made into a paused incoming destination.
 
-    ``name`` renames the domain and gives it a fresh UUID, for a source
-    and destinations on one libvirtd (tests only: Nova needs the
-    instance's own name and UUID on every host).
+    The domain's metadata records ``work_dir`` (where QEMU listens for
+    the stream) so that whoever destroys the domain, even after a restart
+    of nova-compute, also removes it. ``name`` renames the domain and
+    gives it a fresh UUID, for a source and destinations on one libvirtd
+    (tests only: Nova needs the instance's own name and UUID on every
+    host).
     """
-    ElementTree.register_namespace('qemu', QEMU_NS)
+    _register_namespaces()
     root = ElementTree.fromstring(xml)
     if name is not None:
         root.find('name').text = name
         uuid_element = root.find('uuid')
         if uuid_element is not None:
             uuid_element.text = str(uuid.uuid4())
+    metadata = root.find('metadata')
+    if metadata is None:
+        metadata = ElementTree.SubElement(root, 'metadata')
+    ElementTree.SubElement(metadata, '{%s}incoming' % MULTIDEST_NS,
+                           dir=work_dir)
     commandline = root.find('{%s}commandline' % QEMU_NS)
     if commandline is None:
         commandline = ElementTree.SubElement(root,
@@ -112,14 +127,31 @@ def is_incoming_xml(xml):
     return commandline is not None and _incoming_args(commandline) is not None
 
 
-def persistent_xml(xml):
-    """The elected domain's XML without ``-incoming defer``.
+def incoming_work_dir(xml):
+    """The work directory ``incoming_xml`` recorded, if any."""
+    marker = ElementTree.fromstring(xml).find(
+        'metadata/{%s}incoming' % MULTIDEST_NS)
+    if marker is None:
+        return None
+    work_dir = marker.get('dir') or ''
+    # Never remove anything but a directory this module created.
+    if not os.path.basename(work_dir).startswith(WORK_DIR_PREFIX):
+        return None
+    return work_dir
 
-    Kept, the argument would make every later start of the domain wait
-    for a migration stream instead of booting.
+
+def persistent_xml(xml):
+    """The elected domain's XML without what made it an incoming copy.
+
+    Kept, ``-incoming defer`` would make every later start of the domain
+    wait for a migration stream instead of booting.
     """
-    ElementTree.register_namespace('qemu', QEMU_NS)
+    _register_namespaces()
     root = ElementTree.fromstring(xml)
+    metadata = root.find('metadata')
+    if metadata is not None:
+        for marker in metadata.findall('{%s}incoming' % MULTIDEST_NS):
+            metadata.remove(marker)
     commandline = root.find('{%s}commandline' % QEMU_NS)
     if commandline is not None:
         pair = _incoming_args(commandline)
@@ -430,11 +462,12 @@ class LibvirtHypervisor(hypervisors.NovaHypervisor):
         if self.rename_destinations:
             new_name = '%s-%s' % (ElementTree.fromstring(xml).findtext('name'),
                                   name)
-        work_dir = tempfile.mkdtemp(prefix='multidest-incoming-',
+        work_dir = tempfile.mkdtemp(prefix=WORK_DIR_PREFIX,
                                     dir=self.work_dir)
         try:
             domain = self.connection.createXML(
-                incoming_xml(xml, new_name), libvirt.VIR_DOMAIN_START_PAUSED)
+                incoming_xml(xml, work_dir, new_name),
+                libvirt.VIR_DOMAIN_START_PAUSED)
         except libvirt.libvirtError as exc:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise exceptions.HypervisorError(
@@ -453,8 +486,11 @@ class LibvirtHypervisor(hypervisors.NovaHypervisor):
         except libvirt.libvirtError:
             return False
         state, _reason = domain.state()
-        if (state != libvirt.VIR_DOMAIN_PAUSED or
-                not is_incoming_xml(domain.XMLDesc(0))):
+        xml = domain.XMLDesc(0)
+        if state != libvirt.VIR_DOMAIN_PAUSED or not is_incoming_xml(xml):
             return False
         _destroy_domain(domain)
+        work_dir = incoming_work_dir(xml)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
         return True
