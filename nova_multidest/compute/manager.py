@@ -336,6 +336,9 @@ class MultiDestComputeManager(object):
                 destination=self.host,
                 reason='its guest is running, so it is the winner and '
                        'cannot be reverted')
+        else:
+            # No handle survived a restart: the extension finds its own.
+            self.hypervisor.destroy_incoming(prepared.record['domain_name'])
         record = prepared.record
         migrate_data = objects.LibvirtLiveMigrateData.obj_from_primitive(
             record['migrate_data'])
@@ -623,6 +626,5 @@ class MultiDestComputeManager(object):
             return
         LOG.info('Removing the destination of finished or abandoned '
                  'migration %s', migration_uuid, instance=instance)
-        self.hypervisor.destroy_incoming(record['domain_name'])
         prepared = _PreparedDestination(migration_uuid, record)
         self._revert(context, instance, prepared, delete_attachments=False)

@@ -186,7 +186,10 @@ class DestinationSideTest(EndpointTestBase):
             'ctxt', self.instance, self.migration, SECRET_HEX, False,
             self.migrate_data(shared=False))
         restarted = self.endpoint()
+        restarted.hypervisor.destroy_incoming = mock.Mock()
         restarted.revert_destination('ctxt', self.instance, self.migration)
+        restarted.hypervisor.destroy_incoming.assert_called_once_with(
+            'instance-1')
         kwargs = self.driver.rollback_live_migration_at_destination.\
             call_args.kwargs
         self.assertTrue(kwargs['destroy_disks'])
