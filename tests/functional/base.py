@@ -90,6 +90,12 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
 
     def setUp(self):
         self.flags(api_paste_config=self.api_paste_config(), group='wsgi')
+        # Nova's harness detaches each manager's graceful shutdown (timeout
+        # 0); our compute driver's cleanup_host also stops its own RPC
+        # server, which takes a moment, and would then shut the process-wide
+        # executors down after the harness stopped guarding them, breaking
+        # every later test of the worker. Let stop() wait for it instead.
+        self.flags(manager_shutdown_timeout=10)
         multidest_conf.register_opts(CONF)
         super().setUp()
         self.useFixture(fixtures.MonkeyPatch(
@@ -182,14 +188,19 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
     # -- invariants -------------------------------------------------------
 
     def get_migrations(self, server_id):
-        ctxt = self.admin_context()
         return objects.MigrationList.get_by_filters(
-            ctxt, {'instance_uuid': server_id})
+            self.cell_context(), {'instance_uuid': server_id})
 
     def get_instance(self, server_id):
         return objects.Instance.get_by_uuid(
-            self.admin_context(), server_id,
+            self.cell_context(), server_id,
             expected_attrs=['system_metadata', 'migration_context'])
+
+    def cell_context(self):
+        """An admin context targeted at the cell the computes are in."""
+        ctxt = self.admin_context()
+        nova_context.set_target_cell(ctxt, self.cell_mappings['cell1'])
+        return ctxt
 
     def assert_invariants(self, server, expected_host):
         """Prove the server runs on ``expected_host`` and nowhere else.
@@ -274,9 +285,8 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
         The connector's host cannot be checked here: os-brick's fixture
         reports the process-wide CONF.host, whichever compute asks.
         """
-        ctxt = self.admin_context()
         bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
-            ctxt, server_id)
+            self.cell_context(), server_id)
         expected = {bdm.volume_id: bdm.attachment_id
                     for bdm in bdms if bdm.is_volume}
         found = {}
@@ -385,7 +395,7 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
 
     def get_instance_faults(self, server_id):
         return objects.InstanceFaultList.get_by_instance_uuids(
-            self.admin_context(), [server_id])
+            self.cell_context(), [server_id])
 
     def migrations_by_host(self, server_id):
         return {m.dest_compute: m for m in self.get_migrations(server_id)}

@@ -64,12 +64,12 @@ class DestinationFailureTest(base.MultiDestMigrationTestBase):
         self.server = self.boot_server(
             host=self.source, networks=[{'port': self.neutron.port_1['id']}])
 
-    def migrate_expecting(self, status_of_bad='failed'):
+    def migrate_expecting(self, status_of_bad=('failed',)):
         result = self.migrate_and_wait(
             self.server, destinations=[self.bad, self.good])
         self.assertEqual({'result': 'completed', 'host': self.good}, result)
         migrations = self.migrations_by_host(self.server['id'])
-        self.assertEqual(status_of_bad, migrations[self.bad].status)
+        self.assertIn(migrations[self.bad].status, status_of_bad)
         self.assertEqual('completed', migrations[self.good].status)
         self.assert_invariants(self.server, self.good)
         events = self.admin_api.api_get(
@@ -104,8 +104,10 @@ class DestinationFailureTest(base.MultiDestMigrationTestBase):
         self.migrate_expecting()
 
     def test_complete_fails(self):
+        # Both reach the end of the stream together: the bad one is either
+        # reported failed first or cancelled once the good one won.
         self.inject_fault(self.bad, 'complete')
-        self.migrate_expecting()
+        self.migrate_expecting(status_of_bad=('failed', 'cancelled'))
 
     def test_elected_winner_fails_before_its_guest_ran(self):
         # The bad host completes first and is elected; it cannot resume,

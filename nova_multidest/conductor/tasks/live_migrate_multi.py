@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import os
 import queue
+import time
 import typing
 
 from oslo_log import log as logging
@@ -48,6 +49,8 @@ PHASE_STREAM = 'stream'
 PHASE_RESUME = 'resume'
 # Extra seconds a wait_destination call may take beyond the stream limits.
 _WAIT_GRACE = 60
+# How often the election loop looks whether its conductor is stopping.
+_REPORT_POLL = 1.0
 
 
 @dataclasses.dataclass
@@ -333,22 +336,26 @@ class LiveMigrateMultiTask(object):
             pool.submit(self._wait_one, destination, timeout, reports)
         pool.shutdown(wait=False)
         waiting = list(ready)
-        try:
-            while waiting:
-                destination, outcome = reports.get(
-                    timeout=timeout + _WAIT_GRACE)
-                waiting.remove(destination)
+        deadline = time.monotonic() + timeout + _WAIT_GRACE
+        while waiting:
+            try:
+                destination, outcome = reports.get(timeout=_REPORT_POLL)
+            except queue.Empty:
                 self.check_not_stopping()
-                if outcome == 'completed' and self._elect(destination):
-                    self._revert_all(waiting, records.CANCELLED,
-                                     'another destination won')
-                    return destination
-                if outcome != 'completed':
-                    destination.fail(PHASE_STREAM, outcome)
-                    self._revert(destination, records.FAILED)
-        except queue.Empty:
-            self._revert_all(waiting, records.FAILED,
-                             'no report within %d s' % timeout)
+                if time.monotonic() > deadline:
+                    self._revert_all(waiting, records.FAILED,
+                                     'no report within %d s' % timeout)
+                    return None
+                continue
+            waiting.remove(destination)
+            self.check_not_stopping()
+            if outcome == 'completed' and self._elect(destination):
+                self._revert_all(waiting, records.CANCELLED,
+                                 'another destination won')
+                return destination
+            if outcome != 'completed':
+                destination.fail(PHASE_STREAM, outcome)
+                self._revert(destination, records.FAILED)
         return None
 
     def _wait_one(self, destination, timeout, reports):
