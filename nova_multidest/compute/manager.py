@@ -459,15 +459,16 @@ class MultiDestComputeManager(object):
             last_saved[0] = now
             for host, migration in migrations.items():
                 destination = progress.get(host)
-                migration.memory_total = stats.total
-                migration.memory_processed = (
-                    destination.bytes_sent if destination is not None
-                    else stats.transferred)
                 complete = (stats.status == hypervisor.STATUS_COMPLETED and
                             destination is not None and
                             destination.state != 'failed')
-                migration.memory_remaining = (0 if complete
-                                              else stats.remaining)
+                # Nova's API schema allows null or >= 1 for these counters.
+                migration.memory_total = stats.total or None
+                migration.memory_processed = (
+                    destination.bytes_sent if destination is not None
+                    else stats.transferred) or None
+                migration.memory_remaining = (
+                    None if complete else stats.remaining or None)
                 if migration.obj_what_changed():
                     migration.save()
         return record
