@@ -220,12 +220,18 @@ class ElectionTest(session_base.SessionTestBase):
 class WarmUpTest(session_base.SessionTestBase):
 
     def _hold_then_switch(self, **settings):
+        # The hold lasts while the guest dirties more than bandwidth x 1 ms
+        # between two bitmap syncs. A capped bandwidth keeps that true even
+        # when other tests starve the guest of CPU.
         self.boot(fill_mb=16, pages_per_tick=0)
         migration = self.make_session(['d0', 'd1'], warm_up=True,
+                                      max_bandwidth=32 * MiB,
                                       poll_interval=0.05, **settings)
         migration.start()
-        self.assertTrue(migration.warm_up_ready.wait(30),
-                        migration.warm_up_state)
+        if not migration.warm_up_ready.wait(30):
+            self.fail('warm-up not ready: %s; source %s; destinations %s'
+                      % (migration.warm_up_state, self.source.stats(),
+                         migration.progress()))
         # Held: still pre-copying pass after pass, guest running.
         first = self.source.stats()
         self.assertTrue(session_base.wait_for(
