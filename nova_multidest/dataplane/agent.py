@@ -364,7 +364,10 @@ class DestinationAgent(object):
         with self._lock:
             channel = self._channels[int(header['channel'])]
             channel.ingest_sock = sock
-        error = channel.ingest(sock, generation)
+        if channel.forwarder is None and not header.get('repair'):
+            error = channel.ingest_pulled(sock)
+        else:
+            error = channel.ingest(sock, generation)
         with self._lock:
             channel.ingesting = False
             self._lock.notify_all()
@@ -425,6 +428,7 @@ class _AgentChannel(object):
         self.upstream_position = 0
         self.delivered = 0
         self.local_done = False
+        self.delivery_over = threading.Event()
         chain = [(n, tuple(a)) for n, a in header.get('chain') or []]
         lag_limit = int(header.get('lag_limit') or 256 * 2**20)
         self.buffer = stream_buffer.StreamBuffer(
@@ -502,7 +506,28 @@ class _AgentChannel(object):
             length -= n
         return True
 
+    def ingest_pulled(self, sock):
+        """Star: the local delivery reads the hop itself; wait for its end.
+
+        A single consumer gains nothing from a reader thread, whose hand-off
+        of every chunk costs as much CPU as copying it.
+        """
+        self.buffer.set_pull(_FrameReader(sock, self.buffer).pull,
+                             'upstream connection')
+        self.delivery_over.wait()
+        self.buffer.set_pull(None)
+        if self.local_cursor.dropped:
+            # Say why before the upstream sees this connection close.
+            self.agent._flush_status()
+        return None
+
     def _deliver(self):
+        try:
+            self._deliver_stream()
+        finally:
+            self.delivery_over.set()
+
+    def _deliver_stream(self):
         agent = self.agent
         cursor = self.local_cursor
         if not agent._local_gate.wait_turn(self.index):
@@ -555,3 +580,47 @@ class _AgentChannel(object):
                                      % (self.agent.target, exc))
                     return None
                 time.sleep(0.05)
+
+
+class _FrameReader(object):
+    """Turns the frames of one hop back into stream bytes, for pull mode."""
+
+    def __init__(self, sock, buffer):
+        self._sock = sock
+        self._buffer = buffer
+        self._remaining = 0
+        self._header = bytearray(protocol.FRAME_HEADER.size)
+
+    def pull(self, view):
+        """Read stream bytes into ``view``; 0 at the end of the stream."""
+        while not self._remaining:
+            frame_type, length = self._read_header()
+            if frame_type == protocol.FRAME_DATA:
+                self._remaining = length
+            elif frame_type == protocol.FRAME_END:
+                return 0
+            elif frame_type == protocol.FRAME_ABORT:
+                try:
+                    reason = protocol.recv_exact(self._sock, length)
+                except EOFError as exc:
+                    raise ConnectionError(str(exc))
+                self._buffer.abort('the source aborted the stream: %s'
+                                   % reason.decode('utf-8', 'replace'))
+                return 0
+            else:
+                raise ConnectionError('unknown frame type %d' % frame_type)
+        count = self._sock.recv_into(view, min(len(view), self._remaining))
+        if not count:
+            raise ConnectionError('connection closed inside a frame')
+        self._remaining -= count
+        return count
+
+    def _read_header(self):
+        view = memoryview(self._header)
+        got = 0
+        while got < len(view):
+            count = self._sock.recv_into(view[got:])
+            if not count:
+                raise ConnectionError('connection closed mid-stream')
+            got += count
+        return protocol.FRAME_HEADER.unpack(self._header)

@@ -61,6 +61,7 @@ class StreamBuffer(object):
         self._cursors = []
         self._cond = threading.Condition()
         self._pull = None
+        self._pull_what = None
         self._pulling = False
 
     @property
@@ -151,7 +152,7 @@ class StreamBuffer(object):
                     self._pulling = False
                     self._cond.notify_all()
 
-    def set_pull(self, pull):
+    def set_pull(self, pull, what='source connection'):
         """Let consumers read the source in their own thread.
 
         With one consumer, handing every chunk from a reader thread to the
@@ -161,6 +162,7 @@ class StreamBuffer(object):
         """
         with self._cond:
             self._pull = pull
+            self._pull_what = what
             self._cond.notify_all()
 
     def _pull_once(self, pull):
@@ -170,7 +172,7 @@ class StreamBuffer(object):
         try:
             count = pull(view)
         except OSError as exc:
-            self.abort('source connection failed: %s' % exc)
+            self.abort('%s failed: %s' % (self._pull_what, exc))
             return
         if count:
             self.publish(count)
