@@ -30,12 +30,11 @@ CONF = conf.CONF
 
 @dataclasses.dataclass
 class Candidate:
-    """A host picked for the group, maybe already claimed."""
+    """A host picked and claimed for the group."""
 
     host: str
     node: typing.Optional[str]
     migration_uuid: str
-    claimed: bool = False
 
 
 def new_migration_uuid():
@@ -68,24 +67,6 @@ def build_request_spec(context, instance, network_api):
     spec.ensure_network_information(instance)
     compute_utils.heal_reqspec_is_bfv(context, spec, instance)
     return spec
-
-
-def claim_on_host(context, query_client, spec, instance, host,
-                  migration_uuid):
-    """Claim ``host`` for ``migration_uuid`` through the scheduler.
-
-    An explicit destination still passes the scheduler filters, as Nova's
-    own live migration to a named host does since microversion 2.68.
-    Returns the compute node name; raises NoValidHost.
-    """
-    host_spec = spec.obj_clone()
-    host_spec.requested_destination = objects.Destination(
-        host=host, cell=spec.requested_destination.cell)
-    host_spec.ignore_hosts = [instance.host]
-    selections = query_client.select_destinations(
-        context, host_spec, [migration_uuid], return_objects=True,
-        return_alternates=False)
-    return selections[0][0].nodename
 
 
 def _failure_domain(context, host):
@@ -155,7 +136,7 @@ def schedule(context, query_client, report_client, spec, instance, count,
                 break
             if selection is first:
                 picked.append(Candidate(first.service_host, first.nodename,
-                                        first_uuid, claimed=True))
+                                        first_uuid))
                 first_used = True
                 continue
             alternate_uuid = new_migration_uuid()
@@ -165,19 +146,15 @@ def schedule(context, query_client, report_client, spec, instance, count,
                                 alternate_uuid):
                 picked.append(Candidate(
                     selection.service_host, selection.nodename,
-                    alternate_uuid, claimed=True))
+                    alternate_uuid))
         if not first_used:
             report_client.delete_allocation_for_instance(
                 context, first_uuid, consumer_type='migration', force=True)
     return picked
 
 
-def explicit(context, instance, hosts):
-    """Candidates for hosts the admin named; claims happen per host later.
-
-    The API already refused unknown hosts and the source; this guards the
-    conductor against a direct RPC caller as well.
-    """
+def check_explicit(instance, hosts):
+    """Refuse what the API already refuses, for direct RPC callers too."""
     if len(set(hosts)) != len(hosts):
         raise exceptions.InvalidSettings(
             reason='destination hosts must be distinct, got %s' % hosts)
@@ -185,4 +162,10 @@ def explicit(context, instance, hosts):
         raise exceptions.InvalidSettings(
             reason='the source host %s cannot be a destination' %
             instance.host)
-    return [Candidate(host, None, new_migration_uuid()) for host in hosts]
+    return list(hosts)
+
+
+def other_hosts(context, instance, hosts):
+    """Compute hosts of the instance's cell that were not named."""
+    nodes = objects.ComputeNodeList.get_all(context)
+    return {node.host for node in nodes} - set(hosts)

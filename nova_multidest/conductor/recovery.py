@@ -84,7 +84,7 @@ def _recover(context, clients, instance, stopping):
         task.source_node = first.source_node
     destinations = {
         m.uuid: task_mod.Destination(m.dest_compute, m, node=m.dest_node,
-                                     claimed=True, prepare_sent=True,
+                                     prepare_sent=True,
                                      reason=REASON)
         for m in migrations}
     winner = None
@@ -92,15 +92,18 @@ def _recover(context, clients, instance, stopping):
         winner = destinations.pop(
             winner_migration.uuid,
             task_mod.Destination(winner_migration.dest_compute,
-                                 winner_migration, claimed=True))
+                                 winner_migration))
         winner.reason = None
         winner.attachment_ids = records.winner_attachments(instance)
     losers = list(destinations.values())
     if winner is not None and _winner_runs(task, winner):
-        task._revert_all(losers, records.CANCELLED, REASON)
         if instance.host == winner.host:
+            task._revert_all(losers, records.CANCELLED, REASON)
+            clients.report_client.move_allocations(
+                context, winner.migration.uuid, instance.uuid)
             task._end_completed(winner)
         else:
+            task.losers = losers
             task._finish(winner)
         return
     if winner is not None:

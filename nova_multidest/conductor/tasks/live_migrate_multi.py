@@ -53,6 +53,24 @@ _WAIT_GRACE = 60
 _REPORT_POLL = 1.0
 
 
+class _PhaseTimer(object):
+    """Seconds spent per phase, for the debug log."""
+
+    def __init__(self, phase=PHASE_CHECKS):
+        self.phase = phase
+        self.start = time.monotonic()
+        self.spent = []
+
+    def next(self, phase):
+        now = time.monotonic()
+        self.spent.append((self.phase, now - self.start))
+        self.phase, self.start = phase, now
+        return phase
+
+    def __str__(self):
+        return ', '.join('%s %.2fs' % item for item in self.spent)
+
+
 @dataclasses.dataclass
 class Destination:
     """One destination host of the group and what it holds."""
@@ -60,7 +78,6 @@ class Destination:
     host: str
     migration: typing.Any
     node: typing.Optional[str] = None
-    claimed: bool = False
     prepare_sent: bool = False
     migrate_data: typing.Any = None
     agent_address: typing.Any = None
@@ -94,6 +111,7 @@ class LiveMigrateMultiTask(object):
         self.source = instance.host
         self.source_node = instance.node
         self.tried_hosts = set()
+        self.losers = []
         self.reasons = {}
         self._spec = None
 
@@ -109,11 +127,17 @@ class LiveMigrateMultiTask(object):
         rounds = CONF.multidest.max_rounds
         for round_number in range(1, rounds + 1):
             records.start_group(self.instance, round_number)
+            timer = _PhaseTimer('prepare')
             ready = self._prepare_round(round_number)
             if len(ready) >= CONF.multidest.min_destinations:
+                timer.next('stream and election')
                 winner = self._stream_and_elect(ready)
                 if winner is not None:
+                    timer.next('finish')
                     self._finish(winner)
+                    timer.next(None)
+                    LOG.debug('Group timings: %s', timer,
+                              instance=self.instance)
                     return
             else:
                 LOG.warning('%d destination(s) ready, %d required: giving up '
@@ -192,20 +216,36 @@ class LiveMigrateMultiTask(object):
         migration.save()
 
     def _choose(self, round_number):
-        """Destinations of this round, each with its Migration record."""
-        wanted = min(self._wanted_count(), CONF.multidest.max_destinations)
+        """Destinations of this round, each with its Migration record.
+
+        Named hosts go through the scheduler too, in one call that ignores
+        every other host: its filters and placement claim each of them,
+        and a named host it refuses fails alone, at the claim phase.
+        """
         if self.requested_hosts and round_number == 1:
-            candidates = dest_mod.explicit(self.context, self.instance,
-                                           self.requested_hosts)
-            chosen = [Destination(c.host, self._new_migration(
-                c.host, migration_uuid=c.migration_uuid))
-                for c in candidates]
+            hosts = dest_mod.check_explicit(self.instance,
+                                            self.requested_hosts)
+            others = dest_mod.other_hosts(self.context, self.instance, hosts)
+            chosen = self._schedule(len(hosts), self.tried_hosts | others)
+            found = {d.host for d in chosen}
+            for host in hosts:
+                if host not in found:
+                    self._refused_by_scheduler(host)
         else:
-            chosen = self._schedule(wanted)
+            wanted = min(self._wanted_count(),
+                         CONF.multidest.max_destinations)
+            chosen = self._schedule(wanted, self.tried_hosts)
         self.tried_hosts.update(d.host for d in chosen)
         return chosen
 
-    def _schedule(self, wanted):
+    def _refused_by_scheduler(self, host):
+        destination = Destination(host, self._new_migration(host))
+        destination.fail(PHASE_CLAIM, 'no valid host: the scheduler '
+                         'filters or placement refused it')
+        self._revert(destination, records.FAILED)
+        self.tried_hosts.add(host)
+
+    def _schedule(self, wanted, exclude):
         # The record exists before the claim: a crash in between leaves a
         # Migration that recovery finds, never an orphaned allocation.
         pending = {}
@@ -217,13 +257,13 @@ class LiveMigrateMultiTask(object):
         candidates = dest_mod.schedule(
             self.context, self.clients.query_client,
             self.clients.report_client, self._request_spec(), self.instance,
-            wanted, exclude=self.tried_hosts, before_claim=create)
+            wanted, exclude=exclude, before_claim=create)
         chosen = []
         for candidate in candidates:
             migration = pending.pop(candidate.migration_uuid)
             self._set_dest_node(migration, candidate.host, candidate.node)
             chosen.append(Destination(candidate.host, migration,
-                                      node=candidate.node, claimed=True))
+                                      node=candidate.node))
         for migration in pending.values():
             records.set_status(migration, records.FAILED)
         return chosen
@@ -231,48 +271,59 @@ class LiveMigrateMultiTask(object):
     # -- preparing destinations ---------------------------------------------
 
     def _prepare_round(self, round_number):
-        try:
-            chosen = self._choose(round_number)
-        except (exceptions.MultiDestError, nova_exception.NovaException) as e:
-            LOG.warning('Could not choose destinations: %s', e,
-                        instance=self.instance)
-            self.reasons['scheduler'] = str(e)
-            return []
-        self.secret = os.urandom(32)
-        if not chosen:
-            return []
-        with concurrent.futures.ThreadPoolExecutor(len(chosen)) as pool:
-            results = list(pool.map(self._prepare_one, chosen))
+        """Choose and prepare this round's destinations, all at once.
+
+        Each destination runs on a thread of its own, so preparing N takes
+        about as long as the slowest. Named hosts are checked while the
+        scheduler claims them.
+        """
+        named = []
+        if self.requested_hosts and round_number == 1:
+            named = self.requested_hosts
+        workers = 2 * CONF.multidest.max_destinations
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            checks = {host: pool.submit(self._run_checks, host)
+                      for host in named}
+            try:
+                chosen = self._choose(round_number)
+            except (exceptions.MultiDestError,
+                    nova_exception.NovaException) as error:
+                LOG.warning('Could not choose destinations: %s', error,
+                            instance=self.instance)
+                self.reasons['scheduler'] = str(error)
+                return []
+            self.secret = os.urandom(32)
+            futures = [pool.submit(self._prepare_one, d, checks.get(d.host))
+                       for d in chosen]
+            results = [future.result() for future in futures]
         self.check_not_stopping()
         return [d for d, ok in zip(chosen, results) if ok]
 
-    def _prepare_one(self, destination):
+    def _run_checks(self, host):
+        """Nova's live-migration checks of one destination host."""
+        self.check_not_stopping()
+        self._check_host_up(host)
+        self._check_same_cell(host)
+        self._check_hypervisor(host)
+        return self.clients.compute_rpcapi.check_can_live_migrate_destination(
+            self.context, self.instance, host, self.block_migration, None,
+            None, None)
+
+    def _prepare_one(self, destination, checks=None):
         phase = PHASE_CHECKS
+        timings = _PhaseTimer()
         try:
             self.check_not_stopping()
             records.set_status(destination.migration, records.PREPARING)
-            self._check_host_up(destination.host)
-            self._check_same_cell(destination.host)
-            self._check_hypervisor(destination.host)
-            migrate_data = (
-                self.clients.compute_rpcapi.check_can_live_migrate_destination(
-                    self.context, self.instance, destination.host,
-                    self.block_migration, None, None, None))
-            phase = PHASE_CLAIM
-            self.check_not_stopping()
-            if not destination.claimed:
-                destination.node = dest_mod.claim_on_host(
-                    self.context, self.clients.query_client,
-                    self._request_spec(), self.instance, destination.host,
-                    destination.migration.uuid)
-                destination.claimed = True
-                self._set_dest_node(destination.migration, destination.host,
-                                    destination.node)
-            phase = PHASE_BINDING
+            if checks is None:
+                migrate_data = self._run_checks(destination.host)
+            else:
+                migrate_data = checks.result()
+            phase = timings.next(PHASE_BINDING)
             resources.bind_ports(self.context, self.clients.network_api,
                                  self.instance, destination.host,
                                  migrate_data)
-            phase = PHASE_PREPARE
+            phase = timings.next(PHASE_PREPARE)
             self.check_not_stopping()
             destination.prepare_sent = True
             result = self.clients.multidest_compute.prepare_destination(
@@ -282,6 +333,9 @@ class LiveMigrateMultiTask(object):
             destination.migrate_data = (result.get('migrate_data') or
                                         migrate_data)
             destination.attachment_ids = result.get('attachment_ids') or {}
+            timings.next(None)
+            LOG.debug('Destination %s prepared (%s)', destination.host,
+                      timings, instance=self.instance)
             return True
         except exceptions.ConductorStopping:
             return False
@@ -350,8 +404,7 @@ class LiveMigrateMultiTask(object):
             waiting.remove(destination)
             self.check_not_stopping()
             if outcome == 'completed' and self._elect(destination):
-                self._revert_all(waiting, records.CANCELLED,
-                                 'another destination won')
+                self.losers = waiting
                 return destination
             if outcome != 'completed':
                 destination.fail(PHASE_STREAM, outcome)
@@ -431,28 +484,42 @@ class LiveMigrateMultiTask(object):
     # -- endings ------------------------------------------------------------
 
     def _finish(self, winner):
-        """Nova's post-live-migration bookkeeping, for the winner."""
+        """Nova's post-live-migration bookkeeping, for the winner.
+
+        The losers are reverted, the winner's port bindings activated and
+        its claim made the instance's allocation while the source is
+        cleaned up: only what Nova's post_live_migration_at_destination
+        needs waits, so the server is ACTIVE on the winner sooner.
+        """
         context, instance = self.context, self.instance
         compute_utils.notify_about_instance_action(
             context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
             phase=obj_fields.NotificationPhase.START)
-        self.clients.network_api.migrate_instance_start(
-            context, instance, objects.Migration(
-                source_compute=self.source, dest_compute=winner.host))
-        self.clients.multidest_compute.cleanup_source(
-            context, instance, winner.migration,
-            migrate_data=winner.migrate_data)
-        resources.adopt_attachments(context, self.clients.volume_api,
-                                    instance, winner.attachment_ids)
-        self.clients.report_client.move_allocations(
-            context, winner.migration.uuid, instance.uuid)
-        instance.availability_zone = (
-            availability_zones.get_host_availability_zone(
-                context, winner.host))
-        instance.save()
-        self.clients.compute_rpcapi.post_live_migration_at_destination(
-            context, instance, self.block_migration, winner.host)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            side_work = [
+                pool.submit(self._revert_all, self.losers,
+                            records.CANCELLED, 'another destination won'),
+                pool.submit(self.clients.report_client.move_allocations,
+                            context, winner.migration.uuid, instance.uuid)]
+            bindings = pool.submit(
+                self.clients.network_api.migrate_instance_start, context,
+                instance, objects.Migration(source_compute=self.source,
+                                            dest_compute=winner.host))
+            self.clients.multidest_compute.cleanup_source(
+                context, instance, winner.migration,
+                migrate_data=winner.migrate_data)
+            resources.adopt_attachments(context, self.clients.volume_api,
+                                        instance, winner.attachment_ids)
+            instance.availability_zone = (
+                availability_zones.get_host_availability_zone(
+                    context, winner.host))
+            instance.save()
+            bindings.result()
+            self.clients.compute_rpcapi.post_live_migration_at_destination(
+                context, instance, self.block_migration, winner.host)
+            for future in side_work:
+                future.result()
         instance.refresh()
         self._end_completed(winner)
         compute_utils.notify_about_instance_action(

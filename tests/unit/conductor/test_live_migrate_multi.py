@@ -14,8 +14,7 @@ from nova_multidest import exceptions
 def destination(host, prepared=False):
     return task_mod.Destination(
         host, mock.Mock(uuid='mig-%s' % host, dest_compute=host,
-                        status=records.ACCEPTED), claimed=True,
-        prepare_sent=prepared)
+                        status=records.ACCEPTED), prepare_sent=prepared)
 
 
 class TaskTest(testtools.TestCase):
