@@ -69,21 +69,24 @@ def _cpu_seconds():
 def _agent(secret, target, address_queue, stop, cpu_queue):
     agent = relay.DestinationAgent(secret, target)
     address_queue.put(agent.start())
+    began = _cpu_seconds()
     stop.wait()
+    cpu_queue.put(_cpu_seconds() - began)
     agent.close()
-    cpu_queue.put(_cpu_seconds())
 
 
 def _relay(secret, destinations, topology, uri_queue, stop):
     stream_relay = relay.StreamRelay(secret, destinations, topology=topology)
     stream_relay.start()
     uri_queue.put(stream_relay.source_uri)
+    began = _cpu_seconds()
     stream_relay.wait_finished(600)
+    spent = _cpu_seconds() - began
     uri_queue.put({name: p.state
                    for name, p in stream_relay.progress().items()})
     stop.wait()
     stream_relay.close()
-    uri_queue.put(_cpu_seconds())
+    uri_queue.put(spent)
 
 
 def run_once(size, sinks, topology, workdir):
