@@ -483,8 +483,9 @@ class _AgentChannel(object):
                     buffer.finish()
                     return None
                 elif frame_type == protocol.FRAME_ABORT:
-                    reason = protocol.recv_exact(sock, length).decode(
-                        'utf-8', 'replace')
+                    reason = protocol.recv_exact(
+                        sock, min(length, protocol.MAX_HEADER_BYTES)).decode(
+                            'utf-8', 'replace')
                     buffer.abort('the source aborted the stream: %s'
                                  % reason)
                     return None
@@ -601,7 +602,8 @@ class _FrameReader(object):
                 return 0
             elif frame_type == protocol.FRAME_ABORT:
                 try:
-                    reason = protocol.recv_exact(self._sock, length)
+                    reason = protocol.recv_exact(
+                        self._sock, min(length, protocol.MAX_HEADER_BYTES))
                 except EOFError as exc:
                     raise ConnectionError(str(exc))
                 self._buffer.abort('the source aborted the stream: %s'

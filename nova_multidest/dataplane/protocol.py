@@ -7,6 +7,20 @@ hop therefore starts with a mutual challenge-response proving that both
 ends hold the per-migration secret, followed by a small JSON header that the
 secret also authenticates. After the handshake the stream travels in frames,
 so that a receiver can tell a finished stream from a dead sender.
+
+Handshake (client is the connecting side)::
+
+    client: MAGIC, client nonce
+    server: MAGIC, server nonce, HMAC(secret, "server" | nonces)
+    client: HMAC(secret, "client" | nonces | header), header length, header
+    server: HMAC(secret, "reply" | nonces | reply), reply length, reply
+
+The client checks the server's proof before it sends its header, so a
+stray listener learns nothing; the server reads nothing past the header
+before the client's proof checks out. The header's ``kind`` is ``stream``
+(one channel of the migration stream, in frames), ``status`` (the agent
+writes one JSON line per status change) or ``drop`` (the source cut this
+destination off).
 """
 
 import hashlib
@@ -34,13 +48,12 @@ _SERVER_HELLO = struct.Struct('!8s32s32s')
 _MAC_AND_LENGTH = struct.Struct('!32sI')
 
 # Frames carry the stream after the handshake: a type byte and a length.
+# DATA carries stream bytes, END says the source closed the stream cleanly,
+# ABORT (with a UTF-8 reason) that it failed.
 FRAME_HEADER = struct.Struct('!BI')
 FRAME_DATA = 1
 FRAME_END = 2
-FRAME_CONTROL = 3
 FRAME_ABORT = 4
-FRAME_TYPES = (FRAME_DATA, FRAME_END, FRAME_CONTROL, FRAME_ABORT)
-MAX_FRAME_BYTES = 64 * 2**20
 
 
 def new_secret():
