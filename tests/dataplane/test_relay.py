@@ -30,11 +30,12 @@ from nova_multidest import exceptions
 
 MiB = 2**20
 WAIT = 30
-# Above what socket buffers and thread scheduling put between two healthy
-# destinations in one process when the source is paced at PACE, so only a
-# stalled one exceeds it.
+# A source kept IN_STEP with the healthy sinks puts at most IN_STEP plus one
+# write between any two of them, however their threads are scheduled; a
+# hung sink fills a few socket and relay buffers, then falls behind by the
+# rest of the stream. LAG_LIMIT lies between the two.
+IN_STEP = 8 * MiB
 LAG_LIMIT = 32 * MiB
-PACE = 64 * MiB
 
 
 def make_data(size, seed):
@@ -62,6 +63,7 @@ class FakeSink(object):
         if not hang:
             self.release.set()
         self.received = [0] * channels
+        self.progress = threading.Condition()
         self.digests = [None] * channels
         self.closed_early = threading.Event()
         self.done = threading.Event()
@@ -107,12 +109,19 @@ class FakeSink(object):
                 if not n:
                     break
                 hasher.update(memoryview(buf)[:n])
-                self.received[index] += n
+                with self.progress:
+                    self.received[index] += n
+                    self.progress.notify_all()
             self.digests[index] = hasher.hexdigest()
         except OSError:
             pass
         finally:
             conn.close()
+
+    def wait_received(self, index, count):
+        with self.progress:
+            return self.progress.wait_for(
+                lambda: self.received[index] >= count, WAIT)
 
     def close(self):
         self.release.set()
@@ -133,15 +142,18 @@ class FakeSource(object):
     """The source QEMU: writes each channel's data, main channel first.
 
     With ``pause_after`` the main channel stops after that many bytes
-    until ``resume`` is set, so a test can act mid-stream. ``pace`` caps
-    the rate in bytes per second, like a migration bandwidth limit.
+    until ``resume`` is set, so a test can act mid-stream. With
+    ``in_step_with`` (sinks) it writes no further than IN_STEP ahead of
+    what each of those sinks received, so that no scheduling delay can put
+    them a lag limit apart.
     """
 
-    def __init__(self, uri, channel_data, pause_after=None, pace=None):
+    def __init__(self, uri, channel_data, pause_after=None,
+                 in_step_with=()):
         self.uri = uri
         self.channel_data = channel_data
         self.pause_after = pause_after
-        self.pace = pace
+        self.in_step_with = in_step_with
         self.paused = threading.Event()
         self.resume = threading.Event()
         self.sent_all = threading.Event()
@@ -171,16 +183,14 @@ class FakeSource(object):
 
     def _send(self, sock, data, index):
         view = memoryview(data)
-        began = time.monotonic()
         try:
             for start in range(0, len(data), MiB):
                 if index == 0 and start == self.pause_after:
                     self.paused.set()
                     self.resume.wait(WAIT)
-                if self.pace:
-                    ahead = start / self.pace - (time.monotonic() - began)
-                    if ahead > 0:
-                        time.sleep(ahead)
+                for sink in self.in_step_with:
+                    if not sink.wait_received(index, start - IN_STEP):
+                        raise TimeoutError('%s fell behind' % sink.path)
                 sock.sendall(view[start:start + MiB])
         except OSError as exc:
             self.error = exc
@@ -399,7 +409,8 @@ class TestFailureIsolation(RelayTestCase):
         sinks, agents = self.make_destinations(
             3, sink_options={2: {'hang': True}})
         stream_relay = self.make_relay(agents, lag_limit=LAG_LIMIT)
-        source = FakeSource(stream_relay.source_uri, [data], pace=PACE)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            in_step_with=sinks[:2])
         self.assertTrue(source.sent_all.wait(WAIT))
         # The source finished while the hung QEMU had read nothing.
         self.assertEqual([0], sinks[2].received)
@@ -417,7 +428,8 @@ class TestFailureIsolation(RelayTestCase):
             3, sink_options={1: {'hang': True}})
         stream_relay = self.make_relay(agents, topology='chain',
                                        lag_limit=LAG_LIMIT)
-        source = FakeSource(stream_relay.source_uri, [data], pace=PACE)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            in_step_with=(sinks[0], sinks[2]))
         self.assertTrue(stream_relay.wait_finished(WAIT))
         source.join()
         self.assertTrue(source.sent_all.is_set())
