@@ -8,6 +8,7 @@ consumer uuid it is given, so we hand it the migration uuid; alternates it
 returns are claimed the same way from their allocation requests.
 """
 
+import concurrent.futures
 import dataclasses
 import typing
 
@@ -102,16 +103,27 @@ def _claim_alternate(context, report_client, spec, selection,
         consumer_generation=None)
 
 
+def _claim_for_new_migration(context, report_client, spec, selection,
+                             before_claim):
+    migration_uuid = new_migration_uuid()
+    before_claim(selection.service_host, selection.nodename, migration_uuid)
+    if _claim_alternate(context, report_client, spec, selection,
+                        migration_uuid):
+        return Candidate(selection.service_host, selection.nodename,
+                         migration_uuid)
+    return None
+
+
 def schedule(context, query_client, report_client, spec, instance, count,
              exclude, before_claim):
     """Pick and claim up to ``count`` hosts from the scheduler.
 
     One scheduler call returns its selection (claimed for the migration
-    uuid we pass) plus alternates, which we claim ourselves; further calls
-    are made only while hosts are missing. ``before_claim(host, node,
-    uuid)`` runs before each claim so that the claim's consumer is
-    recorded first. Returns fewer than ``count`` candidates when the
-    cloud has no more room.
+    uuid we pass) plus alternates, which we claim ourselves, concurrently;
+    further calls are made only while hosts are missing.
+    ``before_claim(host, node, uuid)`` runs before each claim so that the
+    claim's consumer is recorded first. Returns fewer than ``count``
+    candidates when the cloud has no more room.
     """
     picked = []
     seen = set(exclude) | {instance.host}
@@ -130,26 +142,24 @@ def schedule(context, query_client, report_client, spec, instance, count,
             break
         first = selections[0]
         seen.update(s.service_host for s in selections)
-        first_used = False
-        for selection in _spread_order(context, selections, used_domains):
-            if len(picked) >= count:
-                break
-            if selection is first:
-                picked.append(Candidate(first.service_host, first.nodename,
-                                        first_uuid))
-                first_used = True
-                continue
-            alternate_uuid = new_migration_uuid()
-            before_claim(selection.service_host, selection.nodename,
-                         alternate_uuid)
-            if _claim_alternate(context, report_client, spec, selection,
-                                alternate_uuid):
-                picked.append(Candidate(
-                    selection.service_host, selection.nodename,
-                    alternate_uuid))
-        if not first_used:
+        wanted = _spread_order(context, selections, used_domains)
+        wanted = wanted[:count - len(picked)]
+        if first in wanted:
+            picked.append(Candidate(first.service_host, first.nodename,
+                                    first_uuid))
+        else:
             report_client.delete_allocation_for_instance(
                 context, first_uuid, consumer_type='migration', force=True)
+        alternates = [s for s in wanted if s is not first]
+        if alternates:
+            with concurrent.futures.ThreadPoolExecutor(
+                    len(alternates)) as pool:
+                claimed = pool.map(
+                    lambda selection: _claim_for_new_migration(
+                        context, report_client, spec, selection,
+                        before_claim),
+                    alternates)
+                picked.extend(c for c in claimed if c is not None)
     return picked
 
 

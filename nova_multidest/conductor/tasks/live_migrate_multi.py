@@ -202,17 +202,20 @@ class LiveMigrateMultiTask(object):
             new_instance_type_id=self.instance.flavor.id,
             user_id=self.context.user_id,
             project_id=self.context.project_id)
-        migration.create()
         if node:
-            self._set_dest_node(migration, host, node)
+            migration.dest_node = node
+            migration.dest_compute_id = self._compute_node_id(host, node)
+        migration.create()
         return migration
+
+    def _compute_node_id(self, host, node):
+        return objects.ComputeNode.get_by_host_and_nodename(
+            self.context, host, node).id
 
     def _set_dest_node(self, migration, host, node):
         migration.dest_compute = host
         migration.dest_node = node
-        compute_node = objects.ComputeNode.get_by_host_and_nodename(
-            self.context, host, node)
-        migration.dest_compute_id = compute_node.id
+        migration.dest_compute_id = self._compute_node_id(host, node)
         migration.save()
 
     def _choose(self, round_number):
@@ -251,8 +254,8 @@ class LiveMigrateMultiTask(object):
         pending = {}
 
         def create(host, node, migration_uuid):
-            pending[migration_uuid] = self._new_migration(
-                host, node, migration_uuid)
+            migration = self._new_migration(host, node, migration_uuid)
+            pending[migration_uuid] = migration
 
         candidates = dest_mod.schedule(
             self.context, self.clients.query_client,
@@ -261,7 +264,9 @@ class LiveMigrateMultiTask(object):
         chosen = []
         for candidate in candidates:
             migration = pending.pop(candidate.migration_uuid)
-            self._set_dest_node(migration, candidate.host, candidate.node)
+            if migration.dest_compute != candidate.host:
+                self._set_dest_node(migration, candidate.host,
+                                    candidate.node)
             chosen.append(Destination(candidate.host, migration,
                                       node=candidate.node))
         for migration in pending.values():
@@ -496,7 +501,7 @@ class LiveMigrateMultiTask(object):
             context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
             phase=obj_fields.NotificationPhase.START)
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
             side_work = [
                 pool.submit(self._revert_all, self.losers,
                             records.CANCELLED, 'another destination won'),
@@ -506,15 +511,15 @@ class LiveMigrateMultiTask(object):
                 self.clients.network_api.migrate_instance_start, context,
                 instance, objects.Migration(source_compute=self.source,
                                             dest_compute=winner.host))
-            self.clients.multidest_compute.cleanup_source(
-                context, instance, winner.migration,
-                migrate_data=winner.migrate_data)
-            resources.adopt_attachments(context, self.clients.volume_api,
-                                        instance, winner.attachment_ids)
-            instance.availability_zone = (
-                availability_zones.get_host_availability_zone(
-                    context, winner.host))
-            instance.save()
+            if winner.attachment_ids:
+                # The source disconnects the volumes its BDMs name: it must
+                # be done before they name the winner's attachments.
+                self._cleanup_source(winner)
+                resources.adopt_attachments(
+                    context, self.clients.volume_api, instance,
+                    winner.attachment_ids)
+            else:
+                side_work.append(pool.submit(self._cleanup_source, winner))
             bindings.result()
             self.clients.compute_rpcapi.post_live_migration_at_destination(
                 context, instance, self.block_migration, winner.host)
@@ -527,6 +532,11 @@ class LiveMigrateMultiTask(object):
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
             phase=obj_fields.NotificationPhase.END)
 
+    def _cleanup_source(self, winner):
+        self.clients.multidest_compute.cleanup_source(
+            self.context, self.instance, winner.migration,
+            migrate_data=winner.migrate_data)
+
     def _end_completed(self, winner):
         records.set_status(winner.migration, records.COMPLETED)
         self._record_destination_event(winner)
@@ -535,6 +545,9 @@ class LiveMigrateMultiTask(object):
         resources.sweep_attachments(self.context, self.clients.volume_api,
                                     self.instance)
         records.end_group(self.instance, records.COMPLETED, winner.host)
+        self.instance.availability_zone = (
+            availability_zones.get_host_availability_zone(
+                self.context, winner.host))
         if self.instance.task_state == task_states.MIGRATING:
             self.instance.task_state = None
         self.instance.save()
