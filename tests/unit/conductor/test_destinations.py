@@ -1,0 +1,108 @@
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+import testtools
+
+from nova import exception as nova_exception
+
+from nova_multidest.conductor import destinations
+from nova_multidest import conf
+from nova_multidest import exceptions
+
+
+def selection(host):
+    return mock.Mock(service_host=host, nodename=host,
+                     allocation_request='{"allocations": {}}',
+                     allocation_request_version='1.36')
+
+
+class ScheduleTest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
+        self.query = mock.Mock()
+        self.report = mock.Mock()
+        self.report.claim_resources.return_value = True
+        self.instance = mock.Mock(host='src')
+        self.recorded = []
+
+    def schedule(self, count, exclude=()):
+        return destinations.schedule(
+            mock.Mock(), self.query, self.report, mock.Mock(),
+            self.instance, count, set(exclude),
+            lambda host, node, uuid: self.recorded.append((host, uuid)))
+
+    def test_selection_and_alternates_claimed_for_their_migrations(self):
+        self.query.select_destinations.return_value = [
+            [selection('a'), selection('b'), selection('c')]]
+        picked = self.schedule(3)
+        self.assertEqual(['a', 'b', 'c'], sorted(c.host for c in picked))
+        self.assertEqual(1, self.query.select_destinations.call_count)
+        consumers = self.query.select_destinations.call_args.args[2]
+        self.assertEqual([picked[0].migration_uuid], consumers)
+        claimed = {c.args[1] for c in self.report.claim_resources.mock_calls}
+        self.assertEqual({c.migration_uuid for c in picked[1:]}, claimed)
+        # Every consumer was recorded before its claim.
+        self.assertEqual({c.migration_uuid for c in picked},
+                         {uuid for _, uuid in self.recorded})
+
+    def answer(self, *answers):
+        answers = list(answers)
+        self.ignored = []
+
+        def select(ctxt, spec, consumers, **kwargs):
+            self.ignored.append(sorted(spec.ignore_hosts))
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return [answer]
+
+        self.query.select_destinations.side_effect = select
+
+    def test_further_calls_ignore_hosts_already_seen(self):
+        self.answer([selection('a'), selection('b')], [selection('c')],
+                    nova_exception.NoValidHost(reason='full'))
+        picked = self.schedule(4, exclude={'x'})
+        self.assertEqual(['a', 'b', 'c'], [c.host for c in picked])
+        self.assertEqual([['src', 'x'], ['a', 'b', 'src', 'x'],
+                          ['a', 'b', 'c', 'src', 'x']], self.ignored)
+
+    def test_spread_prefers_new_zones_and_drops_unused_selection(self):
+        self.conf.config(spread='availability_zone', group='multidest')
+        zones = {'a': 'z1', 'b': 'z1', 'c': 'z2'}
+        self.useFixture(fixtures.MockPatch(
+            'nova.availability_zones.get_host_availability_zone',
+            side_effect=lambda ctxt, host: zones[host]))
+        self.query.select_destinations.return_value = [
+            [selection('a'), selection('b'), selection('c')]]
+        picked = self.schedule(2)
+        self.assertEqual(['a', 'c'], sorted(c.host for c in picked))
+
+    def test_unwanted_first_selection_releases_its_claim(self):
+        self.conf.config(spread='availability_zone', group='multidest')
+        zones = {'a': 'z1', 'b': 'z1', 'c': 'z2'}
+        self.useFixture(fixtures.MockPatch(
+            'nova.availability_zones.get_host_availability_zone',
+            side_effect=lambda ctxt, host: zones[host]))
+        self.answer([selection('a')], [selection('b'), selection('c')])
+        picked = self.schedule(2)
+        self.assertEqual(['a', 'c'], [c.host for c in picked])
+        [(host, first_of_second_call), _] = self.recorded[1:]
+        self.report.delete_allocation_for_instance.assert_called_once_with(
+            mock.ANY, first_of_second_call, consumer_type='migration',
+            force=True)
+
+
+class ExplicitTest(testtools.TestCase):
+
+    def test_refuses_source_and_duplicates(self):
+        instance = mock.Mock(host='src')
+        self.assertRaises(exceptions.InvalidSettings,
+                          destinations.check_explicit, instance, ['a', 'a'])
+        self.assertRaises(exceptions.InvalidSettings,
+                          destinations.check_explicit, instance,
+                          ['a', 'src'])
+        self.assertEqual(['a', 'b'],
+                         destinations.check_explicit(instance, ['a', 'b']))
