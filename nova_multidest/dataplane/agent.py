@@ -9,6 +9,7 @@ next destination too.
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ import uuid
 from nova_multidest.dataplane import hops
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import stream_buffer
+from nova_multidest.dataplane import zerocopy
 from nova_multidest import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -436,6 +438,7 @@ class _AgentChannel(object):
         self.local_cursor = self.buffer.add_cursor(
             '%s/local' % agent.name, on_drop=self._local_dropped)
         self._local_sock = None
+        self._splice_upstream = None
         self.forwarder = None
         if chain:
             base = {'migration_id': header.get('migration_id'),
@@ -513,9 +516,12 @@ class _AgentChannel(object):
         A single consumer gains nothing from a reader thread, whose hand-off
         of every chunk costs as much CPU as copying it.
         """
-        self.buffer.set_pull(_FrameReader(sock, self.buffer).pull,
-                             'upstream connection')
+        reader = _FrameReader(sock, self.buffer)
+        if zerocopy.SUPPORTED and not isinstance(sock, ssl.SSLSocket):
+            self._splice_upstream = reader
+        self.buffer.set_pull(reader.pull, 'upstream connection')
         self.delivery_over.wait()
+        self._splice_upstream = None
         self.buffer.set_pull(None)
         if self.local_cursor.dropped:
             # Say why before the upstream sees this connection close.
@@ -542,6 +548,11 @@ class _AgentChannel(object):
         self._local_sock = sock
         try:
             while True:
+                if (self._splice_upstream is not None and
+                        self.buffer.caught_up(cursor) and
+                        self._deliver_spliced(sock)):
+                    sock.shutdown(socket.SHUT_WR)
+                    break
                 view = self.buffer.peek(cursor)
                 if not len(view):
                     sock.shutdown(socket.SHUT_WR)
@@ -562,6 +573,52 @@ class _AgentChannel(object):
         self.local_done = True
         agent._local_done()
 
+    def _deliver_spliced(self, local):
+        """Splice the upstream hop into the local QEMU, frame by frame.
+
+        True at the end of the stream, False if these sockets cannot be
+        spliced (the caller goes on copying). Failures surface as in the
+        copying path: an upstream one aborts the stream, a local one is an
+        OSError.
+        """
+        try:
+            splicer = zerocopy.Splicer()
+        except zerocopy.SpliceUnsupported:
+            self._splice_upstream = None
+            return False
+        reader = self._splice_upstream
+        upstream = reader.sock
+        cursor = self.local_cursor
+        with splicer:
+            while True:
+                if cursor.dropped:
+                    raise stream_buffer.CursorDropped(cursor.dropped)
+                try:
+                    if not reader.remaining and not reader.next_data():
+                        break
+                    count = splicer.fill(upstream, reader.remaining,
+                                         upstream.gettimeout())
+                    if not count:
+                        raise ConnectionError(
+                            'connection closed inside a frame')
+                except zerocopy.SpliceUnsupported as exc:
+                    LOG.info("Agent %s: channel %d cannot splice (%s), "
+                             "copies", self.agent.name, self.index, exc)
+                    self._splice_upstream = None
+                    return False
+                except OSError as exc:
+                    self.buffer.abort('upstream connection failed: %s'
+                                      % exc)
+                    break
+                reader.remaining -= count
+                splicer.drain(local, count)
+                self.delivered += count
+                self.buffer.pass_through(cursor, count)
+        if self.buffer.abort_reason:
+            raise stream_buffer.StreamAborted(self.buffer.abort_reason)
+        self.buffer.finish()
+        return True
+
     def _connect_local(self):
         family, address = protocol.parse_target(self.agent.target)
         deadline = time.monotonic() + self.agent.target_timeout
@@ -569,8 +626,9 @@ class _AgentChannel(object):
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.connect(address)
-                if family != socket.AF_UNIX:
-                    protocol.tune_socket(sock)
+                # Also for unix sockets: the sender's buffer bounds the
+                # bytes in flight to QEMU, 200 KiB by default.
+                protocol.tune_socket(sock)
                 return sock
             except OSError as exc:
                 sock.close()
@@ -587,23 +645,27 @@ class _FrameReader(object):
     """Turns the frames of one hop back into stream bytes, for pull mode."""
 
     def __init__(self, sock, buffer):
-        self._sock = sock
+        self.sock = sock
+        self.remaining = 0
         self._buffer = buffer
-        self._remaining = 0
         self._header = bytearray(protocol.FRAME_HEADER.size)
 
-    def pull(self, view):
-        """Read stream bytes into ``view``; 0 at the end of the stream."""
-        while not self._remaining:
+    def next_data(self):
+        """Read up to the next stream bytes; 0 at the end of the stream.
+
+        Returns how many stream bytes follow on the socket, which the
+        caller reads itself and takes off ``remaining``.
+        """
+        while not self.remaining:
             frame_type, length = self._read_header()
             if frame_type == protocol.FRAME_DATA:
-                self._remaining = length
+                self.remaining = length
             elif frame_type == protocol.FRAME_END:
                 return 0
             elif frame_type == protocol.FRAME_ABORT:
                 try:
                     reason = protocol.recv_exact(
-                        self._sock, min(length, protocol.MAX_HEADER_BYTES))
+                        self.sock, min(length, protocol.MAX_HEADER_BYTES))
                 except EOFError as exc:
                     raise ConnectionError(str(exc))
                 self._buffer.abort('the source aborted the stream: %s'
@@ -611,17 +673,23 @@ class _FrameReader(object):
                 return 0
             else:
                 raise ConnectionError('unknown frame type %d' % frame_type)
-        count = self._sock.recv_into(view, min(len(view), self._remaining))
+        return self.remaining
+
+    def pull(self, view):
+        """Read stream bytes into ``view``; 0 at the end of the stream."""
+        if not self.next_data():
+            return 0
+        count = self.sock.recv_into(view, min(len(view), self.remaining))
         if not count:
             raise ConnectionError('connection closed inside a frame')
-        self._remaining -= count
+        self.remaining -= count
         return count
 
     def _read_header(self):
         view = memoryview(self._header)
         got = 0
         while got < len(view):
-            count = self._sock.recv_into(view[got:])
+            count = self.sock.recv_into(view[got:])
             if not count:
                 raise ConnectionError('connection closed mid-stream')
             got += count

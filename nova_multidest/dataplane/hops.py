@@ -8,11 +8,13 @@ repair of a broken chain), and both own threads that close() must join.
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import stream_buffer
+from nova_multidest.dataplane import zerocopy
 from nova_multidest import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -134,6 +136,7 @@ class Forwarder(object):
         self._label = label
         self._index = 0
         self._sock = None
+        self._splice_source = None
         self._closing = False
         self._lock = threading.Lock()
         self.cursor = buffer.add_cursor(label, on_drop=self._cursor_dropped)
@@ -149,6 +152,18 @@ class Forwarder(object):
 
     def stop(self, reason):
         self._buffer.drop(self.cursor, reason)
+
+    def splice_from(self, source):
+        """Take the stream straight from ``source``, the lone producer.
+
+        Without repair nothing ever needs to be sent again, so the bytes
+        can go from the source socket to the hop inside the kernel instead
+        of through the buffer. A repairing forwarder keeps the buffer: a
+        new hop resumes from bytes already sent.
+        """
+        if (not self._repair and zerocopy.SUPPORTED and
+                not isinstance(source, ssl.SSLSocket)):
+            self._splice_source = source
 
     def close(self):
         self._closing = True
@@ -252,6 +267,11 @@ class Forwarder(object):
         cursor = self.cursor
         sock = self._sock
         while True:
+            if (self._splice_source is not None and
+                    not isinstance(sock, ssl.SSLSocket) and
+                    buffer.caught_up(cursor)):
+                if self._pump_spliced(sock):
+                    return
             try:
                 view = buffer.peek(cursor)
             except stream_buffer.CursorDropped:
@@ -266,3 +286,43 @@ class Forwarder(object):
             protocol.send_frame(sock, protocol.FRAME_DATA, view)
             buffer.advance(cursor, len(view))
             self.sent += len(view)
+
+    def _pump_spliced(self, sock):
+        """Splice the source to the hop; False if these sockets cannot."""
+        buffer = self._buffer
+        cursor = self.cursor
+        try:
+            splicer = zerocopy.Splicer()
+        except zerocopy.SpliceUnsupported:
+            self._splice_source = None
+            return False
+        with splicer:
+            while True:
+                if cursor.dropped:
+                    return True
+                if buffer.abort_reason:
+                    protocol.send_frame(sock, protocol.FRAME_ABORT,
+                                        buffer.abort_reason.encode())
+                    return True
+                try:
+                    count = splicer.fill(self._splice_source,
+                                         splicer.capacity)
+                except zerocopy.SpliceUnsupported as exc:
+                    LOG.info("%s: channel %d cannot splice (%s), copies",
+                             self._label, self.channel, exc)
+                    self._splice_source = None
+                    return False
+                except OSError as exc:
+                    buffer.abort('source connection failed: %s' % exc)
+                    continue
+                if not count:
+                    if buffer.abort_reason or cursor.dropped:
+                        continue
+                    buffer.finish()
+                    protocol.send_frame(sock, protocol.FRAME_END)
+                    return True
+                sock.sendall(protocol.FRAME_HEADER.pack(protocol.FRAME_DATA,
+                                                        count))
+                splicer.drain(sock, count, sock.gettimeout())
+                self.sent += count
+                buffer.pass_through(cursor, count)

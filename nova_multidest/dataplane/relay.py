@@ -527,6 +527,8 @@ class StreamRelay(object):
             LOG.info("Relay %s accepted source channel %d",
                      self.migration_id, index)
             if len(channel.forwarders) == 1:
+                if self.tls is None:
+                    channel.forwarders[0].splice_from(sock)
                 channel.buffer.set_pull(sock.recv_into)
             else:
                 self._threads.start(self._read_source, channel, sock)

@@ -188,6 +188,26 @@ class StreamBuffer(object):
         raise AssertionError('offset %d not retained (base %d, head %d)'
                              % (offset, self.base, self.head))
 
+    def caught_up(self, cursor):
+        """True if this consumer has every byte the buffer holds."""
+        with self._cond:
+            return cursor.offset == self.head
+
+    def pass_through(self, cursor, count):
+        """Count bytes that went from the source to this consumer directly.
+
+        A lone consumer that is caught up may move the source's bytes
+        itself without buffering them (zero-copy); the buffer still
+        counts them, so progress and the end of the stream stay right.
+        """
+        with self._cond:
+            if cursor.dropped:
+                return
+            self.head += count
+            cursor.offset += count
+            self._trim_locked()
+            self._cond.notify_all()
+
     def advance(self, cursor, count):
         """Record that ``count`` more bytes reached the consumer."""
         laggards = []

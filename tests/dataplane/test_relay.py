@@ -6,6 +6,8 @@ destination must get exactly the source's bytes; a failed one must be
 dropped without disturbing the others or blocking the source.
 """
 
+import collections
+import errno
 import hashlib
 import itertools
 import logging
@@ -26,6 +28,7 @@ import testtools
 
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import relay
+from nova_multidest.dataplane import zerocopy
 from nova_multidest import exceptions
 
 MiB = 2**20
@@ -493,6 +496,119 @@ class TestFailureIsolation(RelayTestCase):
         self.assertIsInstance(source.error, OSError)
         self.assertEqual({'dest0', 'dest1'}, set(self.dropped))
         self.assertEqual([], stream_relay.live_destinations())
+
+
+class TestZeroCopy(RelayTestCase):
+    """One destination in a star: the bytes never enter Python."""
+
+    def setUp(self):
+        super().setUp()
+        self.spliced = collections.Counter()
+        drain = zerocopy.Splicer.drain
+
+        def counting_drain(splicer, sock, count, timeout=None):
+            self.spliced[sock.family] += count
+            return drain(splicer, sock, count, timeout)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_multidest.dataplane.zerocopy.Splicer.drain',
+            counting_drain))
+
+    def _stream(self, data, **source_options):
+        sinks, agents = self.make_destinations(1)
+        stream_relay = self.make_relay(agents)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            **source_options)
+        return sinks[0], agents[0], stream_relay, source
+
+    def test_relay_and_agent_splice(self):
+        data = make_data(48 * MiB, seed=30)
+        sink, agent, stream_relay, source = self._stream(data)
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assert_delivered(sink, agent, data,
+                              stream_relay.progress()['dest0'])
+        self.assertEqual(len(data), stream_relay.bytes_from_source)
+        # At most the chunk read before the source was known is copied.
+        self.assertGreaterEqual(self.spliced[socket.AF_INET],
+                                len(data) - MiB)
+        self.assertGreaterEqual(self.spliced[socket.AF_UNIX],
+                                len(data) - MiB)
+
+    def test_copies_when_splice_is_refused(self):
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EINVAL, 'Invalid argument')
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_multidest.dataplane.zerocopy.os.splice', refuse))
+        data = make_data(16 * MiB, seed=31)
+        sink, agent, stream_relay, source = self._stream(data)
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assert_delivered(sink, agent, data,
+                              stream_relay.progress()['dest0'])
+        self.assertEqual({}, dict(+self.spliced))
+
+    def test_sink_dying(self):
+        data = make_data(32 * MiB, seed=32)
+        sinks, agents = self.make_destinations(
+            1, sink_options={0: {'die_after': 5 * MiB}})
+        stream_relay = self.make_relay(agents)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertTrue(sinks[0].closed_early.is_set())
+        self.assertIsInstance(source.error, OSError)
+        self.assertEqual(['dest0'], list(self.dropped))
+        self.assertEqual('failed', agents[0].state)
+        self.assertIn('local QEMU', agents[0].reason)
+
+    def test_drop_mid_stream(self):
+        data = make_data(32 * MiB, seed=33)
+        sink, agent, stream_relay, source = self._stream(
+            data, pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertTrue(wait_until(lambda: sink.received[0] == 8 * MiB))
+        self.assertEqual(8 * MiB, stream_relay.progress()['dest0'].bytes_sent)
+        stream_relay.drop('dest0', 'lost the election')
+        self.assertTrue(wait_until(lambda: agent.state == 'failed'))
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        # Its agent may hear of the drop or of the stream it ended first.
+        self.assertEqual({'dest0': 'dropped: lost the election'},
+                         self.dropped)
+        self.assertTrue(sink.done.wait(WAIT))
+        self.assertLess(sink.received[0], len(data))
+
+    def test_abort_mid_stream(self):
+        data = make_data(32 * MiB, seed=34)
+        sink, agent, stream_relay, source = self._stream(
+            data, pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertTrue(wait_until(lambda: sink.received[0] == 8 * MiB))
+        stream_relay.abort('the source QEMU reported failure')
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertTrue(wait_until(lambda: agent.state == 'failed'))
+        self.assertIn('the source QEMU reported failure', agent.reason)
+        self.assertTrue(sink.done.wait(WAIT))
+        self.assertLess(sink.received[0], len(data))
+
+    def test_multifd(self):
+        channel_data = [make_data(size, seed=35 + index) for index, size
+                        in enumerate((16 * MiB, 8 * MiB, 8 * MiB))]
+        sinks, agents = self.make_destinations(
+            1, sink_options={0: {'channels': 3}})
+        stream_relay = self.make_relay(agents)
+        source = FakeSource(stream_relay.source_uri, channel_data)
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertTrue(sinks[0].done.wait(WAIT))
+        self.assertEqual([digest(d) for d in channel_data], sinks[0].digests)
+        self.assertEqual('complete', agents[0].state)
+        self.assertGreaterEqual(self.spliced[socket.AF_UNIX],
+                                sum(len(d) for d in channel_data) - 3 * MiB)
 
 
 AGENT_PROCESS = """
