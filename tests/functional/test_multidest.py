@@ -288,3 +288,20 @@ class ServiceAndSpreadTest(base.MultiDestMigrationTestBase):
         self.assertEqual(2, len(hosts))
         self.assertIn(other, hosts)
         self.assert_invariants(server, result['host'])
+
+
+class SourceRestartTest(base.MultiDestMigrationTestBase):
+
+    COMPUTES = 4
+
+    def test_source_compute_restart_mid_operation(self):
+        source = self.hostnames[0]
+        server = self.boot_server(
+            host=source, networks=[{'port': self.neutron.port_1['id']}])
+        waits = self.hold_compute_calls('wait_destination')
+        self.request_migration(server, destinations=self.hostnames[1:3])
+        waits.wait_reached(2)
+        self.restart_compute_service(source)
+        waits.release()
+        result = self.wait_for_group_end(server)
+        self.assert_invariants(server, result['host'])

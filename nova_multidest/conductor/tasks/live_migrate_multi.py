@@ -497,6 +497,7 @@ class LiveMigrateMultiTask(object):
         needs waits, so the server is ACTIVE on the winner sooner.
         """
         context, instance = self.context, self.instance
+        self._reclaim_task_state()
         compute_utils.notify_about_instance_action(
             context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
@@ -531,6 +532,21 @@ class LiveMigrateMultiTask(object):
             context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
             phase=obj_fields.NotificationPhase.END)
+
+    def _reclaim_task_state(self):
+        """Put back the task_state a restarted source compute reset.
+
+        Nova's init_host resets a migrating instance's task_state (and errs
+        one running migration) on its host; the group still owns the
+        server, and Nova's post-live-migration expects MIGRATING.
+        """
+        self.instance.refresh()
+        if self.instance.task_state != task_states.MIGRATING:
+            LOG.warning('task_state was reset to %s meanwhile; setting it '
+                        'back to finish the migration',
+                        self.instance.task_state, instance=self.instance)
+            self.instance.task_state = task_states.MIGRATING
+            self.instance.save()
 
     def _cleanup_source(self, winner):
         self.clients.multidest_compute.cleanup_source(
