@@ -98,21 +98,21 @@ def _recover(context, clients, instance, stopping):
     losers = list(destinations.values())
     if winner is not None and _winner_runs(task, winner):
         if instance.host == winner.host:
-            task._revert_all(losers, records.CANCELLED, REASON)
+            task.revert_all(losers, records.CANCELLED, REASON)
             clients.report_client.move_allocations(
                 context, winner.migration.uuid, instance.uuid)
-            task._end_completed(winner)
+            task.end_completed(winner)
         else:
             task.losers = losers
-            task._finish(winner)
+            task.finish(winner)
         return
     if winner is not None:
         losers.append(winner)
-    task._revert_all(losers, records.FAILED, REASON)
+    task.revert_all(losers, records.FAILED, REASON)
     clients.multidest_compute.abort_stream(context, instance)
-    task._resume_source()
+    task.resume_source()
     task.reasons.setdefault('conductor', REASON)
-    task._all_failed()
+    task.all_failed()
 
 
 def _winner_runs(task, winner):

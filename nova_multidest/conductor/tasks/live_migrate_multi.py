@@ -134,7 +134,7 @@ class LiveMigrateMultiTask(object):
                 winner = self._stream_and_elect(ready)
                 if winner is not None:
                     timer.next('finish')
-                    self._finish(winner)
+                    self.finish(winner)
                     timer.next(None)
                     LOG.debug('Group timings: %s', timer,
                               instance=self.instance)
@@ -144,10 +144,10 @@ class LiveMigrateMultiTask(object):
                             'round %d', len(ready),
                             CONF.multidest.min_destinations, round_number,
                             instance=self.instance)
-                self._revert_all(ready, records.CANCELLED,
-                                 'too few destinations ready')
-            self._resume_source()
-        self._all_failed()
+                self.revert_all(ready, records.CANCELLED,
+                                'too few destinations ready')
+            self.resume_source()
+        self.all_failed()
 
     # -- helpers shared with recovery -----------------------------------------
 
@@ -402,8 +402,8 @@ class LiveMigrateMultiTask(object):
             except queue.Empty:
                 self.check_not_stopping()
                 if time.monotonic() > deadline:
-                    self._revert_all(waiting, records.FAILED,
-                                     'no report within %d s' % timeout)
+                    self.revert_all(waiting, records.FAILED,
+                                    'no report within %d s' % timeout)
                     return None
                 continue
             waiting.remove(destination)
@@ -470,7 +470,7 @@ class LiveMigrateMultiTask(object):
             exceptions.DestinationFailed(destination=destination.host,
                                          reason=reason))
 
-    def _revert_all(self, group, status, reason):
+    def revert_all(self, group, status, reason):
         if not group:
             return
         for destination in group:
@@ -478,7 +478,7 @@ class LiveMigrateMultiTask(object):
         with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
             list(pool.map(lambda d: self._revert(d, status), group))
 
-    def _resume_source(self):
+    def resume_source(self):
         try:
             self.clients.multidest_compute.resume_source(
                 self.context, self.instance)
@@ -488,7 +488,7 @@ class LiveMigrateMultiTask(object):
 
     # -- endings ------------------------------------------------------------
 
-    def _finish(self, winner):
+    def finish(self, winner):
         """Nova's post-live-migration bookkeeping, for the winner.
 
         The losers are reverted, the winner's port bindings activated and
@@ -504,7 +504,7 @@ class LiveMigrateMultiTask(object):
             phase=obj_fields.NotificationPhase.START)
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             side_work = [
-                pool.submit(self._revert_all, self.losers,
+                pool.submit(self.revert_all, self.losers,
                             records.CANCELLED, 'another destination won'),
                 pool.submit(self.clients.report_client.move_allocations,
                             context, winner.migration.uuid, instance.uuid)]
@@ -527,7 +527,7 @@ class LiveMigrateMultiTask(object):
             for future in side_work:
                 future.result()
         instance.refresh()
-        self._end_completed(winner)
+        self.end_completed(winner)
         compute_utils.notify_about_instance_action(
             context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
@@ -553,7 +553,7 @@ class LiveMigrateMultiTask(object):
             self.context, self.instance, winner.migration,
             migrate_data=winner.migrate_data)
 
-    def _end_completed(self, winner):
+    def end_completed(self, winner):
         records.set_status(winner.migration, records.COMPLETED)
         self._record_destination_event(winner)
         self.clients.network_api.cleanup_instance_network_on_host(
@@ -570,7 +570,7 @@ class LiveMigrateMultiTask(object):
         LOG.info('Live migration to %s completed', winner.host,
                  instance=self.instance)
 
-    def _all_failed(self):
+    def all_failed(self):
         """The server stays where it was, ACTIVE, and says why."""
         instance = self.instance
         resources.sweep_attachments(self.context, self.clients.volume_api,
