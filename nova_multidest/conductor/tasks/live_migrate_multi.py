@@ -140,10 +140,13 @@ class LiveMigrateMultiTask(object):
                               instance=self.instance)
                     return
             else:
-                LOG.warning('%d destination(s) ready, %d required: giving up '
-                            'round %d', len(ready),
-                            CONF.multidest.min_destinations, round_number,
+                error = exceptions.NotEnoughDestinations(
+                    ready=len(ready),
+                    minimum=CONF.multidest.min_destinations)
+                LOG.warning('Round %d: %s', round_number, error,
                             instance=self.instance)
+                self.reasons['round %d' % round_number] = (
+                    'too few destinations ready')
                 self.revert_all(ready, records.CANCELLED,
                                 'too few destinations ready')
             self.resume_source()
