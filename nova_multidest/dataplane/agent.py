@@ -439,6 +439,7 @@ class _AgentChannel(object):
             '%s/local' % agent.name, on_drop=self._local_dropped)
         self._local_sock = None
         self._splice_upstream = None
+        self._ingest_splicer = None
         self.forwarder = None
         if chain:
             base = {'migration_id': header.get('migration_id'),
@@ -464,6 +465,22 @@ class _AgentChannel(object):
 
     def ingest(self, sock, generation):
         """Read frames into the buffer; None on a clean end, else the error."""
+        splicer = None
+        if (self.forwarder is None and zerocopy.SUPPORTED and
+                not isinstance(sock, ssl.SSLSocket)):
+            try:
+                splicer = zerocopy.Splicer()
+            except zerocopy.SpliceUnsupported:
+                pass
+        self._ingest_splicer = splicer
+        try:
+            return self._ingest_frames(sock)
+        finally:
+            self._ingest_splicer = None
+            if splicer is not None:
+                splicer.close()
+
+    def _ingest_frames(self, sock):
         buffer = self.buffer
         header = bytearray(protocol.FRAME_HEADER.size)
         header_view = memoryview(header)
@@ -500,6 +517,14 @@ class _AgentChannel(object):
     def _read_payload(self, sock, length):
         buffer = self.buffer
         while length:
+            local = self._local_sock
+            if (self._ingest_splicer is not None and local is not None and
+                    buffer.caught_up(self.local_cursor)):
+                count = self._splice_payload(sock, local, length)
+                if count is None:
+                    return False
+                length -= count
+                continue
             view = buffer.writable()
             if view is None:
                 return False
@@ -509,6 +534,33 @@ class _AgentChannel(object):
             buffer.publish(n)
             length -= n
         return True
+
+    def _splice_payload(self, sock, local, length):
+        """Last hop of a chain: splice upstream bytes into the local QEMU.
+
+        The stream still counts them, so a repaired upstream resumes from
+        the right offset. Returns the bytes moved, None if the local QEMU
+        failed (nobody is left to deliver to).
+        """
+        splicer = self._ingest_splicer
+        try:
+            count = splicer.fill(sock, length, sock.gettimeout())
+        except zerocopy.SpliceUnsupported as exc:
+            LOG.info("Agent %s: channel %d cannot splice (%s), copies",
+                     self.agent.name, self.index, exc)
+            self._ingest_splicer = None
+            splicer.close()
+            return 0
+        if not count:
+            raise EOFError('connection closed inside a frame')
+        try:
+            splicer.drain(local, count)
+        except OSError as exc:
+            self.buffer.drop(self.local_cursor, 'delivery failed: %s' % exc)
+            return None
+        self.delivered += count
+        self.buffer.pass_through(self.local_cursor, count)
+        return count
 
     def ingest_pulled(self, sock):
         """Star: the local delivery reads the hop itself; wait for its end.

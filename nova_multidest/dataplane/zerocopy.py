@@ -53,11 +53,11 @@ class Splicer(object):
         self._copying = False
 
     def close(self):
-        for fd in (self._read_fd, self._write_fd):
-            try:
+        fds = (self._read_fd, self._write_fd)
+        self._read_fd = self._write_fd = -1
+        for fd in fds:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
 
     def __enter__(self):
         return self

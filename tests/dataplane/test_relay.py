@@ -499,7 +499,7 @@ class TestFailureIsolation(RelayTestCase):
 
 
 class TestZeroCopy(RelayTestCase):
-    """One destination in a star: the bytes never enter Python."""
+    """Where no byte must stay buffered, the stream never enters Python."""
 
     def setUp(self):
         super().setUp()
@@ -594,6 +594,30 @@ class TestZeroCopy(RelayTestCase):
         self.assertIn('the source QEMU reported failure', agent.reason)
         self.assertTrue(sink.done.wait(WAIT))
         self.assertLess(sink.received[0], len(data))
+
+    def test_last_chain_hop_splices_and_survives_repair(self):
+        # The chain's first hops keep copying: a repair resends from the
+        # retained buffer. The last hop resumes from what it counted.
+        data = make_data(48 * MiB, seed=36)
+        sinks, agents = self.make_destinations(3)
+        stream_relay = self.make_relay(agents, topology='chain')
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertTrue(wait_until(
+            lambda: all(s.received[0] == 8 * MiB for s in sinks)))
+        agents[1].close()
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest1'], list(self.dropped))
+        progress = stream_relay.progress()
+        for index in (0, 2):
+            self.assert_delivered(sinks[index], agents[index], data,
+                                  progress[agents[index].name])
+        self.assertEqual(0, self.spliced[socket.AF_INET])
+        self.assertGreater(self.spliced[socket.AF_UNIX], len(data) // 2)
+        self.assertLessEqual(self.spliced[socket.AF_UNIX], len(data))
 
     def test_multifd(self):
         channel_data = [make_data(size, seed=35 + index) for index, size
