@@ -50,7 +50,7 @@ def instance_cell(context, instance):
 def build_request_spec(context, instance, network_api):
     """The instance's RequestSpec, made ready for a live migration.
 
-    As Nova's LiveMigrationTask prepares it, minus what A's API filter
+    As Nova's LiveMigrationTask prepares it, minus what the API filter
     already refused (ports with resource requests).
     """
     spec = objects.RequestSpec.get_by_instance_uuid(context, instance.uuid)
