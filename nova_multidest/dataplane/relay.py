@@ -461,8 +461,12 @@ class StreamRelay(object):
         return [live] if live else []
 
     def _new_channel(self, index):
+        remote = any(not protocol.is_local_host(host)
+                     for _, (host, _) in self._destinations)
         buffer = stream_buffer.StreamBuffer(
             self.lag_limit,
+            window=(stream_buffer.REMOTE_WINDOW_BYTES if remote
+                    else stream_buffer.DEFAULT_WINDOW_BYTES),
             retain=self.lag_limit if self.topology == 'chain' else 0)
         channel = _RelayChannel(index, buffer)
         with self._lock:

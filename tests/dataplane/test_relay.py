@@ -1018,3 +1018,27 @@ class TestCapabilities(testtools.TestCase):
                                   'late-block-activate': True,
                                   'return-path': False})
         self.assertTrue(relay.MULTIFD_SUPPORTED)
+
+
+class TestBufferSizing(testtools.TestCase):
+    """Small buffers only where a network link is the bottleneck."""
+
+    def test_loopback_names_are_local(self):
+        for host in ('127.0.0.1', '127.1.2.3', '::1', '::ffff:127.0.0.1',
+                     'localhost'):
+            self.assertTrue(protocol.is_local_host(host), host)
+
+    def test_other_hosts_cross_a_link(self):
+        for host in ('192.0.2.7', '2001:db8::1', 'fe80::1%eth0',
+                     'compute-2'):
+            self.assertFalse(protocol.is_local_host(host), host)
+
+    def test_local_sockets_do_not_cross_hosts(self):
+        unix_a, unix_b = socket.socketpair()
+        listener = socket.create_server(('127.0.0.1', 0))
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        for sock in (unix_a, unix_b, listener, client, server):
+            self.addCleanup(sock.close)
+        for sock in (unix_a, client, server):
+            self.assertFalse(protocol.crosses_hosts(sock), sock)
