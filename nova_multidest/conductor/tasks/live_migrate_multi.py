@@ -170,14 +170,22 @@ class LiveMigrateMultiTask(object):
             objects.InstanceActionEvent.event_start(
                 self.context, self.instance.uuid, name, want_result=False,
                 host=destination.host)
+            # Nova marks an event failed only when it has a traceback; the
+            # reason is all there is to show.
             objects.InstanceActionEvent.event_finish_with_failure(
                 self.context, self.instance.uuid, name, exc_val=error,
+                exc_tb=None if error is None else str(error),
                 want_result=False)
         except nova_exception.InstanceActionNotFound:
             LOG.debug('No instance action to record %s in', name,
                       instance=self.instance)
 
     # -- choosing destinations ---------------------------------------------
+
+    def _topology(self):
+        """A flavor may ask for its own topology (multidest:topology)."""
+        return self.instance.flavor.extra_specs.get(
+            'multidest:topology', CONF.multidest.topology)
 
     def _request_spec(self):
         if self._spec is None:
@@ -389,7 +397,7 @@ class LiveMigrateMultiTask(object):
             self.context, self.instance,
             [{'migration_uuid': d.migration.uuid, 'host': d.host,
               'agent_address': d.agent_address} for d in ready],
-            self.secret, CONF.multidest.topology, self.warm_up)
+            self.secret, self._topology(), self.warm_up)
         timeout = (CONF.multidest.completion_timeout +
                    CONF.multidest.election_timeout)
         reports = queue.Queue()
