@@ -87,6 +87,23 @@ class MigrationStats:
     def first_pass_done(self):
         return self.iterations >= 2 or self.status == STATUS_COMPLETED
 
+    @classmethod
+    def from_query_migrate(cls, info):
+        """Read QMP's query-migrate reply, whoever carried it to us."""
+        ram = info.get('ram', {})
+        page_size = ram.get('page-size', 4096)
+        return cls(
+            status=info.get('status', STATUS_NONE),
+            transferred=ram.get('transferred', 0),
+            remaining=ram.get('remaining', 0),
+            total=ram.get('total', 0),
+            dirty_rate=ram.get('dirty-pages-rate', 0) * page_size,
+            bandwidth=ram.get('mbps', 0.0) * 1e6 / 8,
+            iterations=ram.get('dirty-sync-count', 0),
+            expected_downtime_ms=info.get('expected-downtime'),
+            downtime_ms=info.get('downtime'),
+            error=info.get('error-desc'))
+
 
 EventCallback = typing.Callable[[GuestEvent], None]
 

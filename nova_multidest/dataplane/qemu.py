@@ -234,20 +234,8 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
         self.process.qmp.execute('migrate', uri=uri)
 
     def stats(self):
-        info = self.process.qmp.execute('query-migrate')
-        ram = info.get('ram', {})
-        page_size = ram.get('page-size', 4096)
-        return hypervisor.MigrationStats(
-            status=info.get('status', hypervisor.STATUS_NONE),
-            transferred=ram.get('transferred', 0),
-            remaining=ram.get('remaining', 0),
-            total=ram.get('total', 0),
-            dirty_rate=ram.get('dirty-pages-rate', 0) * page_size,
-            bandwidth=ram.get('mbps', 0.0) * 1e6 / 8,
-            iterations=ram.get('dirty-sync-count', 0),
-            expected_downtime_ms=info.get('expected-downtime'),
-            downtime_ms=info.get('downtime'),
-            error=info.get('error-desc'))
+        return hypervisor.MigrationStats.from_query_migrate(
+            self.process.qmp.execute('query-migrate'))
 
     def cancel(self):
         try:
