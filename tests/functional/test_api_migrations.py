@@ -42,17 +42,25 @@ class GroupMigrationsTest(base.MultiDestMigrationTestBase):
             return migrations
         return None
 
+    def _with_progress(self, url):
+        shown = self.admin_api.api_get(url).body['migration']
+        return shown if shown['memory_total_bytes'] else None
+
     def test_list_and_show_every_destination(self):
         migrations = self.start_warm_up()
 
         self.assertEqual(sorted(self.destinations),
                          sorted(m['dest_compute'] for m in migrations))
         for listed in migrations:
-            shown = self.admin_api.api_get('/servers/%s/migrations/%d' % (
-                self.server['id'], listed['id'])).body['migration']
+            url = '/servers/%s/migrations/%d' % (self.server['id'],
+                                                 listed['id'])
+            # The source records progress at most once a second.
+            shown = base.wait_until(
+                lambda: self._with_progress(url),
+                message='no progress recorded for %s' % url)
             self.assertEqual(listed['uuid'], shown['uuid'])
             self.assertEqual(self.source, shown['source_compute'])
-            self.assertIsNotNone(shown['memory_total_bytes'])
+            self.assertGreater(shown['memory_total_bytes'], 0)
         # Clean end for the invariants: give up the group.
         self.admin_api.delete_migration(self.server['id'],
                                         migrations[0]['id'])
