@@ -19,9 +19,13 @@ different processes, possibly on different hosts, are compared.
 
 import abc
 import dataclasses
+import logging
+import threading
 import typing
 
 from nova_multidest.dataplane import relay
+
+LOG = logging.getLogger(__name__)
 
 # Migration states as QEMU names them (query-migrate / MIGRATION event).
 # libvirt implementations map their job states onto these.
@@ -106,6 +110,32 @@ class MigrationStats:
 
 
 EventCallback = typing.Callable[[GuestEvent], None]
+
+
+class Subscribers:
+    """The callbacks of one guest's events, for every implementation.
+
+    A failing callback is logged and never stops the others: the election
+    listens here, and one broken listener must not hide a completion.
+    """
+
+    def __init__(self, name):
+        self._name = name
+        self._callbacks = []
+        self._lock = threading.Lock()
+
+    def add(self, callback: EventCallback) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def emit(self, event: GuestEvent) -> None:
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:
+                LOG.exception('Event callback of %s failed', self._name)
 
 
 class Guest(abc.ABC):

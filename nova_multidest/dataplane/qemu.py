@@ -164,19 +164,12 @@ class _QemuGuest(hypervisor.Guest):
     def __init__(self, process):
         self.process = process
         self.name = process.name
-        self._callbacks = []
-        self._lock = threading.Lock()
+        self._subscribers = hypervisor.Subscribers(self.name)
         process.qmp.add_event_callback(self._on_qmp_event)
         process.on_exit(self._on_exit)
 
     def _emit(self, event):
-        with self._lock:
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception:
-                LOG.exception('event callback failed')
+        self._subscribers.emit(event)
 
     def _on_qmp_event(self, event):
         kind = {'STOP': hypervisor.EVENT_STOPPED,
@@ -193,8 +186,7 @@ class _QemuGuest(hypervisor.Guest):
             timestamp=timestamp, detail='exit code %s' % returncode))
 
     def subscribe(self, callback):
-        with self._lock:
-            self._callbacks.append(callback)
+        self._subscribers.add(callback)
 
     def is_alive(self):
         return self.process.is_alive()

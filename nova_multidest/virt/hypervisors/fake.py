@@ -140,24 +140,16 @@ class _FakeGuest(hypervisor.Guest):
     def __init__(self, name, domain):
         self.name = name
         self.domain = domain
-        self._callbacks = []
-        self._lock = threading.Lock()
+        self._subscribers = hypervisor.Subscribers(name)
 
     def subscribe(self, callback):
-        with self._lock:
-            self._callbacks.append(callback)
+        self._subscribers.add(callback)
 
     def _emit(self, kind, status=None, detail=None):
         event = hypervisor.GuestEvent(guest=self.name, kind=kind,
                                       timestamp=time.time(), status=status,
                                       detail=detail)
-        with self._lock:
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception:
-                LOG.exception('Event callback of %s failed', self.name)
+        self._subscribers.emit(event)
 
     def _domain_state(self):
         if self.domain is None:

@@ -173,14 +173,14 @@ class _LibvirtGuest(hypervisor.Guest):
     def __init__(self, domain):
         self.domain = domain
         self.name = domain.name()
-        self._callbacks = []
+        self._subscribers = hypervisor.Subscribers(self.name)
         self._lock = threading.Lock()
         self._watcher = None
         self._stop_watch = threading.Event()
 
     def subscribe(self, callback):
+        self._subscribers.add(callback)
         with self._lock:
-            self._callbacks.append(callback)
             if self._watcher is None:
                 self._watcher = threading.Thread(
                     target=self._watch, daemon=True,
@@ -220,13 +220,7 @@ class _LibvirtGuest(hypervisor.Guest):
             last_status, last_running = status, running
 
     def _emit(self, event):
-        with self._lock:
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception:
-                LOG.exception('Event callback of %s failed', self.name)
+        self._subscribers.emit(event)
 
     def stop_watching(self):
         self._stop_watch.set()
