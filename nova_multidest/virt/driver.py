@@ -37,7 +37,7 @@ from nova.virt import driver as virt_driver
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import migration as libvirt_migration
 
-from nova_multidest.compute import manager as compute_manager
+from nova_multidest.compute import endpoint as compute_endpoint
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class MultiDestLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def init_host(self, host):
         super().init_host(host)
-        endpoint = compute_manager.MultiDestComputeManager(self, host)
+        endpoint = compute_endpoint.MultiDestComputeManager(self, host)
         endpoint.cleanup_after_restart(nova_context.get_admin_context())
         target = messaging.Target(topic=CONF.multidest.compute_topic,
                                   server=host)

@@ -29,7 +29,7 @@ import testtools
 
 from nova import objects
 
-from nova_multidest.compute import manager
+from nova_multidest.compute import endpoint as compute_endpoint
 from nova_multidest import conf
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import protocol
@@ -94,7 +94,7 @@ class EndpointOverLibvirtTest(testtools.TestCase):
         extension = libvirt_ext.LibvirtHypervisor(
             lambda: self.conn, rename_destinations=rename,
             work_dir=self.work_dir)
-        endpoint = manager.MultiDestComputeManager(
+        endpoint = compute_endpoint.MultiDestComputeManager(
             driver, host, hypervisor_ext=extension)
         endpoint.compute_rpcapi = mock.Mock()
         endpoint.compute_rpcapi.get_source_guest.side_effect = (

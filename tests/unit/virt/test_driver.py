@@ -76,7 +76,7 @@ class DriverTest(testtools.TestCase):
         parent.assert_called_once_with(self.instance)
 
     @mock.patch('nova.rpc.get_server')
-    @mock.patch('nova_multidest.compute.manager.MultiDestComputeManager')
+    @mock.patch('nova_multidest.compute.endpoint.MultiDestComputeManager')
     @mock.patch.object(libvirt_driver.LibvirtDriver, 'init_host')
     def test_init_host_cleans_up_then_serves(self, parent, endpoint_cls,
                                              get_server):

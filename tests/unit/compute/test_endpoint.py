@@ -21,7 +21,7 @@ import testtools
 
 from nova import objects
 
-from nova_multidest.compute import manager
+from nova_multidest.compute import endpoint as compute_endpoint
 from nova_multidest import conf
 from nova_multidest.dataplane import session
 from nova_multidest import exceptions
@@ -83,7 +83,7 @@ class EndpointTestBase(testtools.TestCase):
                                    dest_compute='dst')
 
     def endpoint(self, host='dst'):
-        endpoint = manager.MultiDestComputeManager(
+        endpoint = compute_endpoint.MultiDestComputeManager(
             self.driver, host, hypervisor_ext=fake.FakeHypervisor())
         endpoint.compute_rpcapi = mock.Mock()
         endpoint.compute_rpcapi.get_source_guest.return_value = {
