@@ -39,9 +39,9 @@ import sys
 import time
 
 from nova_multidest.dataplane import guest
-from nova_multidest.dataplane import hypervisor as hv
 from nova_multidest.dataplane import qemu
 from nova_multidest.dataplane import session
+from nova_multidest import vocabulary
 
 MiB = 1 << 20
 CLONE_NEWNET = 0x40000000
@@ -205,8 +205,9 @@ def migrate_direct(hypervisor, source):
         source.migrate(dest.direct_uri())
         done = dest.process.qmp.wait_event(
             'MIGRATION', lambda e: e.data.get('status') in
-            hv.FINAL_STATUSES, timeout=120)
-        if done is None or done.data['status'] != hv.STATUS_COMPLETED:
+            vocabulary.QemuStatus.FINAL, timeout=120)
+        completed = vocabulary.QemuStatus.COMPLETED
+        if done is None or done.data['status'] != completed:
             raise RuntimeError('direct migration failed: %s' % (done,))
         dest.resume()
         resumed = dest.process.qmp.wait_event('RESUME', timeout=10)

@@ -19,10 +19,10 @@ oslo-config-generator.
 
 from oslo_config import cfg
 
-GROUP_NAME = 'multidest'
+from nova_multidest import vocabulary
 
 multidest_group = cfg.OptGroup(
-    GROUP_NAME,
+    vocabulary.NAMESPACE,
     title='Multi-destination live migration',
     help='Options of nova-multidest: live migration of one server to '
          'several destination hosts at once, where the first destination '
@@ -31,20 +31,20 @@ multidest_group = cfg.OptGroup(
 destination_opts = [
     cfg.IntOpt(
         'default_destinations',
-        default=2, min=1, max=16,
+        default=2, min=1, max=vocabulary.MAX_DESTINATIONS,
         help='Number of destinations the scheduler picks when a request '
              'names neither destination hosts nor a count, and the flavor '
              'has no "multidest:destinations" extra spec.'),
     cfg.IntOpt(
         'max_destinations',
-        default=4, min=1, max=16,
+        default=4, min=1, max=vocabulary.MAX_DESTINATIONS,
         help='Largest number of destinations one migration may use. Each '
              'destination holds a placement claim and receives a full copy '
              'of the guest memory until a winner is elected, so this bounds '
              'the resources one request can hold.'),
     cfg.IntOpt(
         'min_destinations',
-        default=1, min=1, max=16,
+        default=1, min=1, max=vocabulary.MAX_DESTINATIONS,
         help='Fewest prepared destinations with which a migration starts '
              'streaming. Destinations that fail their checks or preparation '
              'are reverted alone; if fewer than this remain, the migration '
@@ -71,14 +71,14 @@ destination_opts = [
 stream_opts = [
     cfg.StrOpt(
         'topology',
-        default='star',
+        default=vocabulary.Topology.STAR,
         choices=[
-            ('star', 'The source host sends one copy of the stream to each '
-                     'destination: lowest latency, N copies on the source '
-                     'link.'),
-            ('chain', 'Each destination host forwards the stream to the '
-                      'next: one copy on every link, a little more latency '
-                      'per hop.'),
+            (vocabulary.Topology.STAR,
+             'The source host sends one copy of the stream to each '
+             'destination: lowest latency, N copies on the source link.'),
+            (vocabulary.Topology.CHAIN,
+             'Each destination host forwards the stream to the next: one '
+             'copy on every link, a little more latency per hop.'),
         ],
         help='How the migration stream reaches the destinations.'),
     cfg.IntOpt(
@@ -138,12 +138,13 @@ stream_opts = [
 warm_up_opts = [
     cfg.StrOpt(
         'warm_up_exit',
-        default='copied',
+        default=vocabulary.WarmUpExit.COPIED,
         choices=[
-            ('copied', 'Every page has been sent at least once.'),
-            ('downtime', 'The expected downtime, from the remaining dirty '
-                         'memory and the dirty rate, is below '
-                         'downtime_limit_ms.'),
+            (vocabulary.WarmUpExit.COPIED,
+             'Every page has been sent at least once.'),
+            (vocabulary.WarmUpExit.DOWNTIME,
+             'The expected downtime, from the remaining dirty memory and '
+             'the dirty rate, is below downtime_limit_ms.'),
         ],
         help='Condition a destination must reach before a warm-up '
              'migration is ready to switch over.'),

@@ -19,12 +19,11 @@ namespace whose name or value these validators do not accept.
 
 from nova.api.validation.extra_specs import base
 
-DESTINATIONS = 'multidest:destinations'
-TOPOLOGY = 'multidest:topology'
+from nova_multidest import vocabulary
 
 EXTRA_SPEC_VALIDATORS = [
     base.ExtraSpecValidator(
-        name=DESTINATIONS,
+        name=vocabulary.EXTRA_SPEC_DESTINATIONS,
         description=(
             'Number of destination hosts a multi-destination live migration '
             'of servers of this flavor uses when the request names neither '
@@ -34,11 +33,11 @@ EXTRA_SPEC_VALIDATORS = [
             'type': int,
             'description': 'A number of destination hosts.',
             'min': 1,
-            'max': 16,
+            'max': vocabulary.MAX_DESTINATIONS,
         },
     ),
     base.ExtraSpecValidator(
-        name=TOPOLOGY,
+        name=vocabulary.EXTRA_SPEC_TOPOLOGY,
         description=(
             'How the migration stream of servers of this flavor reaches the '
             'destinations; overrides [multidest] topology.'
@@ -47,7 +46,7 @@ EXTRA_SPEC_VALIDATORS = [
             'type': str,
             'description': 'star: the source sends to every destination; '
                            'chain: each destination forwards to the next.',
-            'enum': ['star', 'chain'],
+            'enum': list(vocabulary.Topology.ALL),
         },
     ),
 ]

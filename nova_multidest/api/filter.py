@@ -40,13 +40,12 @@ from nova import objects
 from nova.policies import servers_migrations as sm_policies
 from nova import policy
 
-from nova_multidest.api import extra_specs
 from nova_multidest.api import policies
 from nova_multidest.api import schemas
 from nova_multidest.api import views
-from nova_multidest.conductor import records
 from nova_multidest.conductor import rpcapi as conductor_rpcapi
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -56,10 +55,6 @@ _ACTION_PATH = re.compile(r'^(?P<prefix>/[^/]+)?/servers/(?P<server>[^/]+)'
                           r'/action/?$')
 _MIGRATION_PATH = re.compile(r'^(?:/[^/]+)?/servers/(?P<server>[^/]+)'
                              r'/migrations/(?P<migration>\d+)/?$')
-
-# Nova's source compute can abort only a running stream, or a queued
-# single-destination migration it holds itself; see abort_guard.
-_NOT_YET_RUNNING = ('accepted', 'queued', 'preparing')
 
 _STATE_HINTS = {
     'vm_state': 'only an ACTIVE server can be live migrated.',
@@ -83,7 +78,7 @@ _STATE_HINTS = {
 @compute.check_instance_lock
 @compute.check_instance_state(vm_state=[vm_states.ACTIVE])
 def check_instance(compute_api, context, instance):
-    if records.group_in_progress(instance):
+    if vocabulary.group_in_progress(instance.system_metadata):
         raise exception.InstanceInvalidState(
             attr='task_state', state='multi-destination migration',
             instance_uuid=instance.uuid, method='live_migrate_multi')
@@ -135,7 +130,7 @@ class MultiDestinationFilter(wsgi.Middleware):
             body = jsonutils.loads(req.body)
         except ValueError:
             return None
-        if isinstance(body, dict) and schemas.ACTION in body:
+        if isinstance(body, dict) and vocabulary.SERVER_ACTION in body:
             return body
         return None
 
@@ -248,8 +243,10 @@ class MultiDestinationFilter(wsgi.Middleware):
         if not context.can(sm_policies.POLICY_ROOT % 'delete', fatal=False,
                            target={'project_id': instance.project_id}):
             return
-        if (migration.status in _NOT_YET_RUNNING and
-                records.group_in_progress(instance)):
+        # Nova's source compute can abort only a running stream, or a
+        # queued single-destination migration it holds itself.
+        if (migration.status in vocabulary.MigrationStatus.NOT_YET_RUNNING
+                and vocabulary.group_in_progress(instance.system_metadata)):
             raise webob.exc.HTTPBadRequest(explanation=(
                 'Migration %d of server %s is %s: its destinations are '
                 'still being prepared. Abort it once its status is '
@@ -257,10 +254,9 @@ class MultiDestinationFilter(wsgi.Middleware):
 
 
 def default_count(instance):
-    flavor_count = instance.flavor.extra_specs.get(extra_specs.DESTINATIONS)
-    count = (int(flavor_count) if flavor_count
-             else CONF.multidest.default_destinations)
-    return min(count, CONF.multidest.max_destinations)
+    return vocabulary.flavor_destination_count(
+        instance.flavor.extra_specs, CONF.multidest.default_destinations,
+        CONF.multidest.max_destinations)
 
 
 def invalid_state_message(error, server_id):

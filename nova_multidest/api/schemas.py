@@ -21,8 +21,7 @@ import jsonschema
 from nova.api.validation import parameter_types
 
 from nova_multidest import exceptions
-
-ACTION = 'os-migrateLive-multi'
+from nova_multidest import vocabulary
 
 _HINTS = {
     'additionalProperties': 'Remove the unexpected field.',
@@ -40,7 +39,7 @@ def migrate_live_multi(max_destinations):
     return {
         'type': 'object',
         'properties': {
-            ACTION: {
+            vocabulary.SERVER_ACTION: {
                 'type': 'object',
                 'properties': {
                     'destinations': {
@@ -64,7 +63,7 @@ def migrate_live_multi(max_destinations):
                 'additionalProperties': False,
             },
         },
-        'required': [ACTION],
+        'required': [vocabulary.SERVER_ACTION],
         'additionalProperties': False,
     }
 
@@ -80,7 +79,7 @@ def validate(body, max_destinations):
     if error is not None:
         raise exceptions.InvalidMigrationRequest(
             reason=_describe(error, max_destinations))
-    args = body[ACTION]
+    args = body[vocabulary.SERVER_ACTION]
     if 'destinations' in args and 'count' in args:
         raise exceptions.InvalidMigrationRequest(
             reason="give either 'destinations' or 'count', not both.")

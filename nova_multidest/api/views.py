@@ -12,7 +12,7 @@
 
 """Response bodies of the multi-destination live migration action."""
 
-RESPONSE_KEY = 'multidest_migration'
+from nova_multidest import vocabulary
 
 
 def accepted(req, prefix, instance, args, request_id):
@@ -24,7 +24,7 @@ def accepted(req, prefix, instance, args, request_id):
     """
     server_url = '%s%s/servers/%s' % (req.application_url, prefix,
                                       instance.uuid)
-    return {RESPONSE_KEY: {
+    return {vocabulary.RESPONSE_KEY: {
         'server_uuid': instance.uuid,
         'destinations': args['destinations'],
         'count': (len(args['destinations']) if args['destinations']

@@ -35,9 +35,9 @@ from nova import thread_pool_factory  # noqa: E402
 from nova import version  # noqa: E402
 
 from nova_multidest import conf  # noqa: E402
+from nova_multidest import vocabulary  # noqa: E402
 
 CONF = conf.CONF
-BINARY = 'nova-multidest-conductor'
 MANAGER = 'nova_multidest.conductor.manager.MultiDestConductorManager'
 
 
@@ -50,8 +50,8 @@ def main():
     gmr.TextGuruMeditation.setup_autorun(version, conf=CONF)
 
     server = service.Service.create(
-        binary=BINARY, topic=CONF.multidest.conductor_topic,
-        manager=MANAGER)
+        binary=vocabulary.CONDUCTOR_BINARY,
+        topic=CONF.multidest.conductor_topic, manager=MANAGER)
     thread_pool_factory.reset_all_executors()
     service.serve(server, workers=1)
     service.wait()

@@ -32,6 +32,7 @@ import time
 from nova_multidest.dataplane import guest
 from nova_multidest.dataplane import qemu
 from nova_multidest.dataplane import session
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 MiB = 1 << 20
@@ -45,8 +46,8 @@ def parse_args(argv):
                     'once; the first to hold the complete state wins.')
     parser.add_argument('--destinations', type=int, default=3, metavar='N',
                         help='number of destinations (default 3)')
-    parser.add_argument('--topology', choices=session.TOPOLOGIES,
-                        default='star',
+    parser.add_argument('--topology', choices=vocabulary.Topology.ALL,
+                        default=vocabulary.Topology.STAR,
                         help='star: the source sends to each destination; '
                              'chain: each destination forwards to the next')
     parser.add_argument('--memory', type=int, default=128, metavar='MiB',
@@ -96,8 +97,8 @@ class ProgressBoard(object):
         text = '%-4s [%s] %5.1f%% %8.1f MiB  %s' % (
             name, bar, progress.percent, progress.bytes / MiB,
             progress.state)
-        if progress.reason and progress.state in (session.FAILED,
-                                                  session.REMOVED):
+        if (progress.reason and
+                progress.state in vocabulary.DestinationState.GONE):
             text += ' (%s)' % progress.reason
         return text
 
@@ -172,7 +173,8 @@ class Demo(object):
     def _on_progress(self, progress):
         victim = progress.get(self.victim)
         if (victim is not None and not self.killed and
-                victim.state == session.STREAMING and victim.percent >= 30):
+                victim.state == vocabulary.DestinationState.STREAMING and
+                victim.percent >= 30):
             process = self.destinations[self.victim].process
             LOG.info('Killing %s (pid %s)', self.victim, process.pid)
             process.kill(signal.SIGKILL)
@@ -206,7 +208,7 @@ class Demo(object):
         settings = session.Settings(
             topology=args.topology,
             max_bandwidth=args.bandwidth * MiB,
-            warm_up=args.warm_up, warm_up_exit='copied',
+            warm_up=args.warm_up, warm_up_exit=vocabulary.WarmUpExit.COPIED,
             election_timeout=20, completion_timeout=50)
         self.say('Migrating it live to %d destinations (%s)%s%s:',
                  args.destinations, args.topology,

@@ -47,25 +47,17 @@ from nova.volume import cinder
 from nova_multidest.compute import journal as journal_mod
 from nova_multidest.compute import rpcapi
 from nova_multidest import conf
-from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import session
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
 from nova_multidest.virt import streaming
+from nova_multidest import vocabulary
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
-FINAL_MIGRATION_STATUSES = frozenset(
-    ('completed', 'cancelled', 'failed', 'error', 'done', 'confirmed'))
-# System metadata the conductor writes (conductor/records.py): the group
-# runs; the destination elected before it may resume; a destination's
-# guest has run. Other 'multidest_' keys outlive the group.
-GROUP_ACTIVE_KEY = 'multidest_active'
-WINNER_KEY = 'multidest_winner'
-RESUMED_KEY = 'multidest_resumed'
 WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
 # Holds an instance's place in the stream table while its stream starts.
@@ -278,18 +270,18 @@ class MultiDestComputeManager(object):
             LOG.warning('No incoming stream for migration %s here (was '
                         'nova-compute restarted?)', migration.uuid,
                         instance=instance)
-            return 'failed'
+            return vocabulary.WaitOutcome.FAILED
         deadline = time.monotonic() + timeout
         with prepared.changed:
             while True:
                 status = prepared.guest.migration_status()
-                if status == hypervisor.STATUS_COMPLETED:
-                    return 'completed'
-                if status in hypervisor.FINAL_STATUSES:
-                    return 'failed'
+                if status == vocabulary.QemuStatus.COMPLETED:
+                    return vocabulary.WaitOutcome.COMPLETED
+                if status in vocabulary.QemuStatus.FINAL:
+                    return vocabulary.WaitOutcome.FAILED
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return 'timeout'
+                    return vocabulary.WaitOutcome.TIMEOUT
                 prepared.changed.wait(min(left, WAIT_POLL_INTERVAL))
 
     def resume_destination(self, context, instance, migration):
@@ -301,7 +293,8 @@ class MultiDestComputeManager(object):
                 destination=self.host,
                 reason='it holds no incoming guest for migration %s; elect '
                        'another destination' % migration.uuid)
-        winner = self._group_records(context, instance).get(WINNER_KEY)
+        winner = self._group_records(context, instance).get(
+            vocabulary.SYSMETA_WINNER)
         if winner != migration.uuid:
             raise exceptions.CopyMayHaveRun(
                 instance_uuid=instance.uuid, host=self.host,
@@ -464,16 +457,16 @@ class MultiDestComputeManager(object):
         last_saved = [0.0]
 
         def record(stats, progress):
-            final = stats.status in hypervisor.FINAL_STATUSES
+            final = stats.status in vocabulary.QemuStatus.FINAL
             now = time.monotonic()
             if not final and now - last_saved[0] < PROGRESS_SAVE_INTERVAL:
                 return
             last_saved[0] = now
             for host, migration in migrations.items():
                 destination = progress.get(host)
-                complete = (stats.status == hypervisor.STATUS_COMPLETED and
+                complete = (stats.status == vocabulary.QemuStatus.COMPLETED and
                             destination is not None and
-                            destination.state != 'failed')
+                            destination.state != vocabulary.StreamState.FAILED)
                 # Nova's API schema allows null or >= 1 for these counters.
                 migration.memory_total = stats.total or None
                 migration.memory_processed = (
@@ -522,9 +515,9 @@ class MultiDestComputeManager(object):
             with self._lock:
                 error = self._start_errors.get(instance.uuid)
             if error is not None:
-                return {'state': hypervisor.STATUS_FAILED, 'error': error,
+                return {'state': vocabulary.QemuStatus.FAILED, 'error': error,
                         'destinations': {}}
-            return {'state': hypervisor.STATUS_NONE, 'destinations': {}}
+            return {'state': vocabulary.QemuStatus.NONE, 'destinations': {}}
         return stream.status()
 
     def _group_records(self, context, instance):
@@ -535,14 +528,13 @@ class MultiDestComputeManager(object):
 
     def resume_source(self, context, instance):
         self._check_source_side(instance)
-        records = self._group_records(context, instance)
-        if records.get(GROUP_ACTIVE_KEY) == 'true':
-            elected = records.get(RESUMED_KEY) or records.get(WINNER_KEY)
-            if elected:
-                raise exceptions.CopyMayHaveRun(
-                    instance_uuid=instance.uuid, host=self.host,
-                    reason='migration %s was elected and its copy may have '
-                           'run' % elected)
+        elected = vocabulary.elected_migration(
+            self._group_records(context, instance))
+        if elected:
+            raise exceptions.CopyMayHaveRun(
+                instance_uuid=instance.uuid, host=self.host,
+                reason='migration %s was elected and its copy may have run'
+                       % elected)
         stream = self._pop_stream(instance)
         if stream is not None:
             stream.close()
@@ -630,9 +622,9 @@ class MultiDestComputeManager(object):
                 self.hypervisor.destroy_incoming(record['domain_name'])
             self.journal.delete(migration_uuid)
             return
-        in_group = instance.system_metadata.get(GROUP_ACTIVE_KEY) == 'true'
+        in_group = vocabulary.group_in_progress(instance.system_metadata)
         if (migration is not None and in_group and
-                migration.status not in FINAL_MIGRATION_STATUSES):
+                migration.status not in vocabulary.MigrationStatus.NOVA_FINAL):
             LOG.info('Migration %s is still in progress; leaving this '
                      'destination to the conductor', migration_uuid,
                      instance=instance)

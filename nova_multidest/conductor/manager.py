@@ -26,12 +26,10 @@ from nova_multidest.conductor import service_record
 from nova_multidest.conductor.tasks import live_migrate_multi
 from nova_multidest import conf
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
-
-INSTANCE_ATTRS = ['system_metadata', 'flavor', 'info_cache',
-                  'numa_topology', 'pci_requests', 'resources']
 
 
 class MultiDestConductorManager(manager.Manager):
@@ -86,7 +84,8 @@ class MultiDestConductorManager(manager.Manager):
             context, instance.uuid)
         nova_context.set_target_cell(context, mapping.cell_mapping)
         instance = objects.Instance.get_by_uuid(
-            context, instance.uuid, expected_attrs=INSTANCE_ATTRS)
+            context, instance.uuid,
+            expected_attrs=list(vocabulary.INSTANCE_ATTRS))
         task = live_migrate_multi.LiveMigrateMultiTask(
             context, instance, self.clients, destinations=destinations,
             count=count, block_migration=block_migration, warm_up=warm_up,

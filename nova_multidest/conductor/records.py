@@ -15,69 +15,47 @@
 Everything the conductor must know after a crash lives in Nova's own
 records: one Migration row per destination (its uuid is also the placement
 consumer of that destination's claim) and a few keys in the instance's
-system_metadata. nova-api reads the same keys to refuse a second request
-while a group runs.
+system_metadata (named in ``vocabulary.py``). nova-api and the computes
+read the same keys: the one to refuse a second request while a group
+runs, the others to let only the elected copy run.
 """
 
 import json
 
 from nova import objects
+from nova.objects import fields as obj_fields
 
-KEY_PREFIX = 'multidest_'
-# Constant value so that recovery can find groups with Nova's exact-match
-# system_metadata filter.
-ACTIVE_KEY = KEY_PREFIX + 'active'
-ACTIVE_VALUE = 'true'
-PHASE_KEY = KEY_PREFIX + 'phase'
-ROUND_KEY = KEY_PREFIX + 'round'
-# Migration uuid of the elected destination, written before it resumes.
-WINNER_KEY = KEY_PREFIX + 'winner'
-# Written once the elected destination's guest runs: from then on no
-# other copy may ever run.
-RESUMED_KEY = KEY_PREFIX + 'resumed'
-RESULT_KEY = KEY_PREFIX + 'last_result'
-# One key per volume: the winner's attachment of that volume.
-ATTACHMENT_KEY_PREFIX = KEY_PREFIX + 'attachment_'
-
-PHASE_PREPARING = 'preparing'
-PHASE_STREAMING = 'streaming'
-PHASE_FINISHING = 'finishing'
-PHASE_REVERTING = 'reverting'
-
-# Migration.status values.
-ACCEPTED = 'accepted'
-PREPARING = 'preparing'
-RUNNING = 'running'
-COMPLETED = 'completed'
-CANCELLED = 'cancelled'
-FAILED = 'failed'
-IN_PROGRESS = (ACCEPTED, PREPARING, RUNNING)
-FINAL = (COMPLETED, CANCELLED, FAILED)
+from nova_multidest import vocabulary
 
 # system_metadata values are limited to 255 characters.
 _MAX_VALUE = 255
 
 
 def group_in_progress(instance):
-    return instance.system_metadata.get(ACTIVE_KEY) == ACTIVE_VALUE
+    return vocabulary.group_in_progress(instance.system_metadata)
 
 
 def start_group(instance, round_number):
     meta = instance.system_metadata
-    meta.pop(RESULT_KEY, None)
-    meta[ACTIVE_KEY] = ACTIVE_VALUE
-    meta[PHASE_KEY] = PHASE_PREPARING
-    meta[ROUND_KEY] = str(round_number)
+    meta.pop(vocabulary.SYSMETA_LAST_RESULT, None)
+    meta[vocabulary.SYSMETA_ACTIVE] = vocabulary.SYSMETA_ACTIVE_VALUE
+    meta[vocabulary.SYSMETA_PHASE] = vocabulary.GroupPhase.PREPARING
+    meta[vocabulary.SYSMETA_ROUND] = str(round_number)
     instance.save()
 
 
 def set_phase(instance, phase):
-    instance.system_metadata[PHASE_KEY] = phase
+    instance.system_metadata[vocabulary.SYSMETA_PHASE] = phase
     instance.save()
 
 
 def phase(instance):
-    return instance.system_metadata.get(PHASE_KEY)
+    return instance.system_metadata.get(vocabulary.SYSMETA_PHASE)
+
+
+def _attachment_keys(meta):
+    return [key for key in meta
+            if key.startswith(vocabulary.SYSMETA_ATTACHMENT_PREFIX)]
 
 
 def record_winner(instance, migration_uuid, attachment_ids=None):
@@ -87,45 +65,46 @@ def record_winner(instance, migration_uuid, attachment_ids=None):
     key per volume keeps each value far below the column size.
     """
     meta = instance.system_metadata
-    meta[WINNER_KEY] = migration_uuid
-    meta[PHASE_KEY] = PHASE_FINISHING
+    meta[vocabulary.SYSMETA_WINNER] = migration_uuid
+    meta[vocabulary.SYSMETA_PHASE] = vocabulary.GroupPhase.FINISHING
     for volume_id, attachment_id in (attachment_ids or {}).items():
-        meta[ATTACHMENT_KEY_PREFIX + volume_id] = attachment_id
+        meta[vocabulary.SYSMETA_ATTACHMENT_PREFIX + volume_id] = (
+            attachment_id)
     instance.save()
 
 
 def clear_winner(instance):
     meta = instance.system_metadata
-    for key in [k for k in meta if k.startswith(ATTACHMENT_KEY_PREFIX)]:
+    for key in _attachment_keys(meta):
         del meta[key]
-    meta.pop(WINNER_KEY, None)
-    meta[PHASE_KEY] = PHASE_STREAMING
+    meta.pop(vocabulary.SYSMETA_WINNER, None)
+    meta[vocabulary.SYSMETA_PHASE] = vocabulary.GroupPhase.STREAMING
     instance.save()
 
 
 def winner_attachments(instance):
-    return {key[len(ATTACHMENT_KEY_PREFIX):]: value
-            for key, value in instance.system_metadata.items()
-            if key.startswith(ATTACHMENT_KEY_PREFIX)}
+    meta = instance.system_metadata
+    prefix = len(vocabulary.SYSMETA_ATTACHMENT_PREFIX)
+    return {key[prefix:]: meta[key] for key in _attachment_keys(meta)}
 
 
 def winner(instance):
-    return instance.system_metadata.get(WINNER_KEY)
+    return instance.system_metadata.get(vocabulary.SYSMETA_WINNER)
 
 
 def record_resumed(instance, migration_uuid):
-    instance.system_metadata[RESUMED_KEY] = migration_uuid
+    instance.system_metadata[vocabulary.SYSMETA_RESUMED] = migration_uuid
     instance.save()
 
 
 def resumed(instance):
-    return instance.system_metadata.get(RESUMED_KEY)
+    return instance.system_metadata.get(vocabulary.SYSMETA_RESUMED)
 
 
 def end_group(instance, result, host, reasons=None):
     """Drop the group keys and leave a short summary for operators."""
     meta = instance.system_metadata
-    for key in [k for k in meta if k.startswith(KEY_PREFIX)]:
+    for key in [k for k in meta if k.startswith(vocabulary.SYSMETA_PREFIX)]:
         del meta[key]
     summary = {'result': result, 'host': host}
     if reasons:
@@ -134,15 +113,15 @@ def end_group(instance, result, host, reasons=None):
     if len(text) > _MAX_VALUE:
         summary['reasons'] = 'see the instance action events'
         text = json.dumps(summary, sort_keys=True)
-    meta[RESULT_KEY] = text
+    meta[vocabulary.SYSMETA_LAST_RESULT] = text
 
 
 def group_migrations(context, instance):
     """The in-progress live migrations of the instance: its group."""
     migrations = objects.MigrationList.get_by_filters(
         context, {'instance_uuid': instance.uuid,
-                  'migration_type': 'live-migration',
-                  'status': list(IN_PROGRESS)})
+                  'migration_type': obj_fields.MigrationType.LIVE_MIGRATION,
+                  'status': list(vocabulary.MigrationStatus.IN_PROGRESS)})
     return list(migrations)
 
 

@@ -29,11 +29,10 @@ from nova import objects
 from nova_multidest.conductor import records
 from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
-INSTANCE_ATTRS = ['system_metadata', 'flavor', 'info_cache',
-                  'numa_topology', 'pci_requests', 'resources']
 REASON = 'interrupted: nova-multidest-conductor restarted'
 
 
@@ -45,9 +44,9 @@ def recover_all(context, clients, stopping=None):
             instances = objects.InstanceList.get_by_filters(
                 cell_context,
                 {'deleted': False,
-                 'system_metadata': {records.ACTIVE_KEY:
-                                     records.ACTIVE_VALUE}},
-                expected_attrs=INSTANCE_ATTRS)
+                 'system_metadata': {vocabulary.SYSMETA_ACTIVE:
+                                     vocabulary.SYSMETA_ACTIVE_VALUE}},
+                expected_attrs=list(vocabulary.INSTANCE_ATTRS))
             for instance in instances:
                 LOG.info('Recovering an interrupted multi-destination '
                          'live migration', instance=instance)
@@ -110,7 +109,8 @@ def _recover(context, clients, instance, stopping):
     losers = list(destinations.values())
     if winner is not None and _winner_runs(task, winner):
         if instance.host == winner.host:
-            task.revert_all(losers, records.CANCELLED, REASON)
+            task.revert_all(losers, vocabulary.MigrationStatus.CANCELLED,
+                            REASON)
             clients.report_client.move_allocations(
                 context, winner.migration.uuid, instance.uuid)
             task.end_completed(winner)
@@ -120,7 +120,7 @@ def _recover(context, clients, instance, stopping):
         return
     if winner is not None:
         losers.append(winner)
-    task.revert_all(losers, records.FAILED, REASON)
+    task.revert_all(losers, vocabulary.MigrationStatus.FAILED, REASON)
     clients.multidest_compute.abort_stream(context, instance)
     task.resume_source()
     task.reasons.setdefault('conductor', REASON)
@@ -136,7 +136,7 @@ def _winner_runs(task, winner):
     """
     instance = task.instance
     if (records.resumed(instance) == winner.migration.uuid or
-            winner.migration.status == records.COMPLETED or
+            winner.migration.status == vocabulary.MigrationStatus.COMPLETED or
             instance.host == winner.host):
         return True
     try:
@@ -145,7 +145,7 @@ def _winner_runs(task, winner):
     except Exception as error:
         LOG.warning('Recorded winner %s cannot resume: %s', winner.host,
                     error, instance=instance)
-        winner.fail(task_mod.PHASE_RESUME, error)
+        winner.fail(vocabulary.DestinationPhase.RESUME, error)
         records.clear_winner(instance)
         return False
     records.record_resumed(instance, winner.migration.uuid)

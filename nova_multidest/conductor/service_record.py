@@ -27,19 +27,20 @@ from nova import exception as nova_exception
 from nova import objects
 from nova.objects import service as service_obj
 
-BINARY = 'nova-multidest-conductor'
+from nova_multidest import vocabulary
 
 
 def ensure(context, host, topic):
-    service = objects.Service.get_by_host_and_binary(context, host, BINARY)
+    binary = vocabulary.CONDUCTOR_BINARY
+    service = objects.Service.get_by_host_and_binary(context, host, binary)
     if service is not None:
         return service
     try:
         db.service_create(context, {
-            'host': host, 'binary': BINARY, 'topic': topic,
+            'host': host, 'binary': binary, 'topic': topic,
             'report_count': 0, 'version': service_obj.SERVICE_VERSION,
             'uuid': uuidutils.generate_uuid()})
     except (nova_exception.ServiceBinaryExists,
             nova_exception.ServiceTopicExists):
         pass
-    return objects.Service.get_by_host_and_binary(context, host, BINARY)
+    return objects.Service.get_by_host_and_binary(context, host, binary)

@@ -28,10 +28,11 @@ from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import stream_buffer
 from nova_multidest.dataplane import zerocopy
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
-FINAL_STATES = ('complete', 'failed')
+FINAL_STATES = vocabulary.StreamState.FINAL
 
 
 def shutdown(sock):

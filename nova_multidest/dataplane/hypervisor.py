@@ -36,22 +36,13 @@ import threading
 import typing
 
 from nova_multidest.dataplane import relay
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
-# Migration states as QEMU names them (query-migrate / MIGRATION event).
-# libvirt implementations map their job states onto these.
-STATUS_NONE = 'none'
-STATUS_SETUP = 'setup'
-STATUS_ACTIVE = 'active'
-STATUS_DEVICE = 'device'
-STATUS_PRE_SWITCHOVER = 'pre-switchover'
-STATUS_COMPLETED = 'completed'
-STATUS_FAILED = 'failed'
-STATUS_CANCELLING = 'cancelling'
-STATUS_CANCELLED = 'cancelled'
-FINAL_STATUSES = frozenset((STATUS_COMPLETED, STATUS_FAILED,
-                            STATUS_CANCELLED))
+# QEMU's own defaults for announce-self (qemu-options: -announce): the
+# elected copy tells the network where the guest now is.
+ANNOUNCE_SELF = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
 
 # GuestEvent kinds.
 EVENT_STOPPED = 'stopped'       # the guest's vCPUs stopped
@@ -101,7 +92,8 @@ class MigrationStats:
 
     @property
     def first_pass_done(self):
-        return self.iterations >= 2 or self.status == STATUS_COMPLETED
+        return (self.iterations >= 2 or
+                self.status == vocabulary.QemuStatus.COMPLETED)
 
     @classmethod
     def from_query_migrate(cls, info):
@@ -109,7 +101,7 @@ class MigrationStats:
         ram = info.get('ram', {})
         page_size = ram.get('page-size', 4096)
         return cls(
-            status=info.get('status', STATUS_NONE),
+            status=info.get('status', vocabulary.QemuStatus.NONE),
             transferred=ram.get('transferred', 0),
             remaining=ram.get('remaining', 0),
             total=ram.get('total', 0),
@@ -255,7 +247,7 @@ class DestinationGuest(Guest):
 
     @abc.abstractmethod
     def migration_status(self) -> str:
-        """The incoming migration state (one of the STATUS_ values)."""
+        """The incoming migration state, a ``vocabulary.QemuStatus``."""
 
     @abc.abstractmethod
     def resume(self) -> None:

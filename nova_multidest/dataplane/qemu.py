@@ -34,16 +34,16 @@ from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import qmp
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
 QEMU_BINARY = 'qemu-system-x86_64'
 MiB = 1 << 20
-# QEMU's own defaults for announce-self (qemu-options: -announce).
-ANNOUNCE = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
 BOOT_TIMEOUT = 30
-PAUSED_AFTER_MIGRATION = ('postmigrate', 'finish-migrate', 'paused',
-                          'prelaunch', 'inmigrate')
+# A raw QEMU source may also be stopped before it ever ran.
+_RESUMABLE = vocabulary.QemuRunState.PAUSED_AFTER_MIGRATION + (
+    vocabulary.QemuRunState.PRELAUNCH, vocabulary.QemuRunState.INMIGRATE)
 
 
 class QemuProcess(object):
@@ -207,7 +207,8 @@ class _QemuGuest(hypervisor.Guest):
         if not self.is_alive():
             return False
         try:
-            return self.process.run_state() == 'running'
+            return (self.process.run_state() ==
+                    vocabulary.QemuRunState.RUNNING)
         except exceptions.QMPError:
             return False
 
@@ -248,7 +249,7 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
             LOG.warning('migrate_cancel on %s: %s', self.name, exc)
 
     def resume(self):
-        if self.process.run_state() in PAUSED_AFTER_MIGRATION:
+        if self.process.run_state() in _RESUMABLE:
             self.process.qmp.execute('cont')
 
 
@@ -273,17 +274,18 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
 
     def migration_status(self):
         if not self.is_alive():
-            return hypervisor.STATUS_FAILED
+            return vocabulary.QemuStatus.FAILED
         try:
             return self.process.qmp.execute('query-migrate').get(
-                'status', hypervisor.STATUS_NONE)
+                'status', vocabulary.QemuStatus.NONE)
         except exceptions.QMPError:
-            return hypervisor.STATUS_FAILED
+            return vocabulary.QemuStatus.FAILED
 
     def resume(self):
         try:
             self.process.qmp.execute('cont')
-            self.process.qmp.execute('announce-self', **ANNOUNCE)
+            self.process.qmp.execute('announce-self',
+                                     **hypervisor.ANNOUNCE_SELF)
         except exceptions.QMPError as exc:
             raise exceptions.HypervisorError(operation='resume %s' % self.name,
                                              reason=str(exc))

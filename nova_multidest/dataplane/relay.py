@@ -39,10 +39,10 @@ from nova_multidest.dataplane import hops
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import stream_buffer
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
-TOPOLOGIES = ('star', 'chain')
 LOOPBACK = ('127.0.0.1', '::1', 'localhost')
 
 # A return path would need exactly one destination's upstream bytes to reach
@@ -96,7 +96,8 @@ class StreamRelay(object):
     without slowing the others, and reports per-destination progress.
     """
 
-    def __init__(self, secret, destinations, topology='star',
+    def __init__(self, secret, destinations,
+                 topology=vocabulary.Topology.STAR,
                  lag_limit=256 * 2**20, tls=None, listen=None,
                  migration_id=None, on_drop=None,
                  connect_timeout=protocol.HANDSHAKE_TIMEOUT,
@@ -104,10 +105,10 @@ class StreamRelay(object):
         protocol.check_secret(secret)
         protocol.check_tls(tls, 'client')
         self._destinations = self._check_destinations(destinations)
-        if topology not in TOPOLOGIES:
+        if topology not in vocabulary.Topology.ALL:
             raise exceptions.InvalidSettings(
                 reason='unknown topology %r; use one of %s'
-                       % (topology, ', '.join(TOPOLOGIES)))
+                       % (topology, ', '.join(vocabulary.Topology.ALL)))
         if not isinstance(lag_limit, int) or lag_limit <= 0:
             raise exceptions.InvalidSettings(
                 reason='lag_limit must be a positive number of bytes, not %r'
@@ -216,7 +217,7 @@ class StreamRelay(object):
             result = {}
             for name, _ in self._destinations:
                 reported = self._reported.get(name, {})
-                if self.topology == 'star':
+                if self.topology == vocabulary.Topology.STAR:
                     sent = sum(f.sent for ch in self._channels
                                for f in ch.forwarders
                                if f.hops[0][0] == name)
@@ -246,7 +247,7 @@ class StreamRelay(object):
 
     def _stop_forwarders(self, name, reason):
         """In a star, stop sending to a failed destination at once."""
-        if self.topology != 'star':
+        if self.topology != vocabulary.Topology.STAR:
             return
         with self._lock:
             forwarders = [f for ch in self._channels
@@ -394,7 +395,7 @@ class StreamRelay(object):
     def _dial(self, address, channel, rest, resume, hop_index):
         header = self._header(
             kind='stream', channel=channel, resume=resume,
-            repair=self.topology == 'chain',
+            repair=self.topology == vocabulary.Topology.CHAIN,
             chain=[[n, list(a)] for n, a in rest],
             sender_position=0, position=self._position(address),
             stall_timeout=self.stall_timeout)
@@ -468,28 +469,30 @@ class StreamRelay(object):
         """The hop lists the source sends to: one per destination, or one."""
         live = [(n, a) for n, a in self._destinations
                 if self._state[n] not in hops.FINAL_STATES]
-        if self.topology == 'star':
+        if self.topology == vocabulary.Topology.STAR:
             return [[hop] for hop in live]
         return [live] if live else []
 
     def _new_channel(self, index):
         remote = any(not protocol.is_local_host(host)
                      for _, (host, _) in self._destinations)
+        chain = self.topology == vocabulary.Topology.CHAIN
         buffer = stream_buffer.StreamBuffer(
             self.lag_limit,
             window=(stream_buffer.REMOTE_WINDOW_BYTES if remote
                     else stream_buffer.DEFAULT_WINDOW_BYTES),
-            retain=self.lag_limit if self.topology == 'chain' else 0)
+            retain=self.lag_limit if chain else 0)
         channel = _RelayChannel(index, buffer)
         with self._lock:
             paths = self._paths()
             self._channels.append(channel)
         for path in paths:
-            gate_key = path[0][0] if self.topology == 'star' else 'chain'
+            # A chain has one gate for its single path.
+            gate_key = self.topology if chain else path[0][0]
             gate = self._gates.setdefault(gate_key, hops.ChannelGate())
             forwarder = hops.Forwarder(
                 buffer, index, path, self._dial, gate, self._on_lost,
-                repair=self.topology == 'chain',
+                repair=chain,
                 label='relay->%s' % path[0][0],
                 stall_timeout=self.stall_timeout)
             channel.forwarders.append(forwarder)

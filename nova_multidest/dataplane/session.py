@@ -59,10 +59,9 @@ from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import relay
 from nova_multidest.dataplane import warmup
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
-
-TOPOLOGIES = ('star', 'chain')
 
 # Capabilities QEMU 7.2 knows.
 KNOWN_CAPABILITIES = frozenset((
@@ -110,20 +109,12 @@ PROBE_BANDWIDTH = 4 << 20
 # Seconds to wait for the source's STOP event once a winner runs.
 SOURCE_EVENT_GRACE = 5.0
 
-# Destination states in progress reports.
-PREPARING = 'preparing'
-STREAMING = 'streaming'
-COMPLETED = 'completed'
-RUNNING = 'running'
-FAILED = 'failed'
-REMOVED = 'removed'
-
 
 @dataclasses.dataclass
 class Settings:
     """How to migrate; see nova_multidest.conf for the matching options."""
 
-    topology: str = 'star'
+    topology: str = vocabulary.Topology.STAR
     capabilities: typing.Mapping[str, bool] = dataclasses.field(
         default_factory=dict)
     max_bandwidth: int = 0
@@ -131,7 +122,7 @@ class Settings:
     lag_limit: int = 256 << 20
     min_destinations: int = 1
     warm_up: bool = False
-    warm_up_exit: str = warmup.EXIT_COPIED
+    warm_up_exit: str = vocabulary.WarmUpExit.COPIED
     warm_up_percent: int = 100
     completion_timeout: float = 1800.0
     switch_over_timeout: float = 10.0
@@ -152,9 +143,9 @@ class Settings:
         if duplicates:
             bad('destination listed more than once: %s'
                 % ', '.join(duplicates))
-        if self.topology not in TOPOLOGIES:
+        if self.topology not in vocabulary.Topology.ALL:
             bad('unknown topology %r; use one of: %s'
-                % (self.topology, ', '.join(TOPOLOGIES)))
+                % (self.topology, ', '.join(vocabulary.Topology.ALL)))
         for name, enabled in sorted(self.capabilities.items()):
             if name not in KNOWN_CAPABILITIES:
                 bad('unknown migration capability %r' % name)
@@ -164,9 +155,9 @@ class Settings:
         if not 1 <= self.min_destinations <= len(destinations):
             bad('min_destinations must be between 1 and the %d destinations'
                 ' given' % len(destinations))
-        if self.warm_up_exit not in warmup.EXIT_CONDITIONS:
+        if self.warm_up_exit not in vocabulary.WarmUpExit.ALL:
             bad('unknown warm-up exit condition %r; use one of: %s'
-                % (self.warm_up_exit, ', '.join(warmup.EXIT_CONDITIONS)))
+                % (self.warm_up_exit, ', '.join(vocabulary.WarmUpExit.ALL)))
         if not 1 <= self.warm_up_percent <= 100:
             bad('warm_up_percent must be between 1 and 100')
         if not 1 <= self.downtime_limit_ms <= MAX_DOWNTIME_MS:
@@ -238,7 +229,8 @@ class _RoundState:
     source_done_at: typing.Optional[float] = None
     next_sample: float = 0.0
     stats: hv.MigrationStats = dataclasses.field(
-        default_factory=lambda: hv.MigrationStats(status=hv.STATUS_SETUP))
+        default_factory=lambda: hv.MigrationStats(
+            status=vocabulary.QemuStatus.SETUP))
 
 
 class Session(object):
@@ -389,8 +381,8 @@ class Session(object):
     def _set_progress(self, name, state=None, received=None, percent=None,
                       reason=None):
         with self._lock:
-            old = self._progress.get(name, DestinationProgress(PREPARING, 0,
-                                                               0.0))
+            old = self._progress.get(name, DestinationProgress(
+                vocabulary.DestinationState.PREPARING, 0, 0.0))
             self._progress[name] = DestinationProgress(
                 state or old.state,
                 old.bytes if received is None else received,
@@ -403,7 +395,8 @@ class Session(object):
                   if name in SHARED_CAPABILITIES}
         addresses = []
         for name in names:
-            self._set_progress(name, PREPARING, 0, 0.0)
+            self._set_progress(name, vocabulary.DestinationState.PREPARING,
+                               0, 0.0)
             dest = None
             try:
                 dest = self.hypervisor.create_destination(name, self.source)
@@ -484,7 +477,7 @@ class Session(object):
         LOG.info('Migrating %s to %s (%s)', self.source.name,
                  ', '.join(self._dests), s.topology)
         for name in self._dests:
-            self._set_progress(name, STREAMING)
+            self._set_progress(name, vocabulary.DestinationState.STREAMING)
         return _RoundState(started=self._started, bandwidth=bandwidth,
                            probing=s.warm_up,
                            switch_at=None if s.warm_up else self._started)
@@ -522,11 +515,12 @@ class Session(object):
             raise _RoundFailed(
                 'only %d destinations left, fewer than the minimum of %d'
                 % (live, s.min_destinations))
-        if stats.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):
+        if stats.status in (vocabulary.QemuStatus.FAILED,
+                            vocabulary.QemuStatus.CANCELLED):
             self._cancel_round('source migration %s' % stats.status)
             raise _RoundFailed('the source migration %s: %s'
                                % (stats.status, stats.error))
-        if (stats.status == hv.STATUS_COMPLETED or
+        if (stats.status == vocabulary.QemuStatus.COMPLETED or
                 self._source_stopped_at is not None):
             state.source_done_at = state.source_done_at or now
             if now - state.source_done_at > s.election_timeout:
@@ -563,7 +557,8 @@ class Session(object):
                 continue
             self.result.bytes_by_destination[name] = prog.bytes_sent
             state = self._progress.get(name)
-            if state is not None and state.state == COMPLETED:
+            if state is not None and state.state == (
+                    vocabulary.DestinationState.COMPLETED):
                 percent = 100.0
             elif expected:
                 percent = min(99.0, 100.0 * prog.bytes_sent / expected)
@@ -583,21 +578,24 @@ class Session(object):
             self.on_progress(self.progress())
 
     def _live(self):
-        return [name for name, dest in self._dests.items()
-                if self._progress[name].state in (STREAMING, COMPLETED)]
+        live = vocabulary.DestinationState.LIVE
+        return [name for name in self._dests
+                if self._progress[name].state in live]
 
     def _on_dest_event_in_session(self, event):
         name = event.guest
         if name not in self._dests or name not in self._live():
             return
         if event.kind == hv.EVENT_MIGRATION:
-            if event.status == hv.STATUS_COMPLETED:
+            if event.status == vocabulary.QemuStatus.COMPLETED:
                 LOG.info('Destination %s holds the complete state', name)
                 self.result.completion_s[name] = (event.timestamp -
                                                   self._started)
-                self._set_progress(name, COMPLETED, percent=100.0)
+                self._set_progress(name, vocabulary.DestinationState.COMPLETED,
+                                   percent=100.0)
                 self._completed.append(name)
-            elif event.status in (hv.STATUS_FAILED, hv.STATUS_CANCELLED):
+            elif event.status in (vocabulary.QemuStatus.FAILED,
+                                  vocabulary.QemuStatus.CANCELLED):
                 self._fail(name, 'incoming migration %s' % event.status,
                            self._dests[name])
         elif event.kind == hv.EVENT_EXITED:
@@ -646,10 +644,11 @@ class Session(object):
         return name in self._resumed_at
 
     def _finish(self, winner, started):
-        self._set_progress(winner, RUNNING, percent=100.0)
+        self._set_progress(winner, vocabulary.DestinationState.RUNNING,
+                           percent=100.0)
         for name in list(self._dests):
             if name != winner and self._progress[name].state in (
-                    STREAMING, COMPLETED):
+                    vocabulary.DestinationState.LIVE):
                 self._fail(name, 'lost the election to %s' % winner,
                            self._dests[name])
         self._dests[winner].close_stream()
@@ -675,12 +674,14 @@ class Session(object):
     def _fail(self, name, reason, dest):
         """Cut one destination off and remove it, whatever its state."""
         state = self._progress.get(name)
-        if state is not None and state.state in (FAILED, REMOVED):
+        gone = vocabulary.DestinationState.GONE
+        if state is not None and state.state in gone:
             return
         if self._ran(name):
             LOG.error('Destination %s ran and then failed: %s', name, reason)
         LOG.info('Removing destination %s: %s', name, reason)
-        self._set_progress(name, FAILED, reason=reason)
+        self._set_progress(name, vocabulary.DestinationState.FAILED,
+                           reason=reason)
         self.result.reasons[name] = reason
         if self._relay is not None and name in self._relay.live_destinations():
             try:
@@ -692,7 +693,7 @@ class Session(object):
                 dest.destroy()
             except Exception:
                 LOG.exception('Could not destroy destination %s', name)
-        self._set_progress(name, REMOVED)
+        self._set_progress(name, vocabulary.DestinationState.REMOVED)
 
     def _remove_all(self, reason):
         for name, dest in list(self._dests.items()):
@@ -706,10 +707,11 @@ class Session(object):
         or is cancelled, and resuming it ourselves meanwhile would race.
         """
         if self.source.is_alive():
-            if self.source.stats().status not in hv.FINAL_STATUSES:
+            if self.source.stats().status not in vocabulary.QemuStatus.FINAL:
                 self.source.cancel()
             deadline = time.monotonic() + self.settings.election_timeout
-            while (self.source.stats().status not in hv.FINAL_STATUSES and
+            final = vocabulary.QemuStatus.FINAL
+            while (self.source.stats().status not in final and
                    time.monotonic() < deadline):
                 time.sleep(self.settings.poll_interval / 4)
         self._remove_all(reason)

@@ -25,9 +25,7 @@ import dataclasses
 import math
 import typing
 
-EXIT_COPIED = 'copied'
-EXIT_DOWNTIME = 'downtime'
-EXIT_CONDITIONS = (EXIT_COPIED, EXIT_DOWNTIME)
+from nova_multidest import vocabulary
 
 # Weight of the newest sample in the smoothed delivery rate.
 RATE_SMOOTHING = 0.5
@@ -109,7 +107,7 @@ class WarmUpMonitor(object):
             backlog = max(0, bytes_from_source - sample.received)
             downtimes[name] = self._expected_ms(
                 pending + backlog, self._rates.get(name) or stats.bandwidth)
-            if self.exit_condition == EXIT_COPIED:
+            if self.exit_condition == vocabulary.WarmUpExit.COPIED:
                 ok = (self._copied_mark is not None and
                       sample.received >= self._copied_mark)
             else:

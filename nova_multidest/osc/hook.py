@@ -26,8 +26,8 @@ from openstack import exceptions as sdk_exceptions
 from osc_lib import exceptions
 
 from nova_multidest.osc import progress
+from nova_multidest import vocabulary
 
-ACTION = 'os-migrateLive-multi'
 # Lists Migration records with uuid (2.59) and instance actions with the
 # details of failed events (2.84).
 MIGRATIONS_MICROVERSION = '2.59'
@@ -97,11 +97,12 @@ class MultiDestinationMigrateHook(hooks.CommandHook):
         known = ({m['id'] for m in list_migrations(compute, server.id) or []}
                  if parsed_args.wait else set())
 
-        response = compute.post('/servers/%s/action' % server.id,
-                                json={ACTION: request_body(parsed_args)})
+        response = compute.post(
+            '/servers/%s/action' % server.id,
+            json={vocabulary.SERVER_ACTION: request_body(parsed_args)})
         check_response(response, 'Multi-destination live migration of '
                                  'server %s refused' % server.id)
-        accepted = response.json()['multidest_migration']
+        accepted = response.json()[vocabulary.RESPONSE_KEY]
         stdout.write('Multi-destination live migration of server %s '
                      'accepted: %s (request %s)\n' % (
                          server.id, describe_targets(accepted),
@@ -207,7 +208,8 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
 
     failures = action_failures(compute, server.id, request_id)
     if ours is not None:
-        won = any(m['status'] == 'completed' for m in ours)
+        won = any(m['status'] == vocabulary.MigrationStatus.COMPLETED
+                  for m in ours)
     else:
         won = not failures
     if not won:

@@ -16,13 +16,14 @@ Works from the Migration records the compute API lists, so it needs
 nothing but their dictionaries.
 """
 
+from nova_multidest import vocabulary
+
 BAR_WIDTH = 30
-_DONE = ('completed',)
 
 
 def percent(migration):
     """Share of guest memory a destination has received, 0..100."""
-    if migration.get('status') in _DONE:
+    if migration.get('status') == vocabulary.MigrationStatus.COMPLETED:
         return 100
     total = migration.get('memory_total_bytes') or 0
     if total <= 0:

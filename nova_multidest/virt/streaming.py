@@ -27,6 +27,7 @@ from oslo_log import log as logging
 
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import warmup
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class SourceStream(object):
     def __init__(self, source, relay, warm_up=False, downtime_limit_ms=500,
                  max_bandwidth=None, capabilities=None, on_progress=None,
                  poll_interval=POLL_INTERVAL,
-                 warm_up_exit=warmup.EXIT_COPIED, warm_up_percent=100):
+                 warm_up_exit=vocabulary.WarmUpExit.COPIED,
+                 warm_up_percent=100):
         self.source = source
         self.relay = relay
         self.warm_up = warm_up
@@ -77,7 +79,7 @@ class SourceStream(object):
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._last_stats = hypervisor.MigrationStats(
-            status=hypervisor.STATUS_SETUP)
+            status=vocabulary.QemuStatus.SETUP)
         self._closed = False
 
     @property
@@ -107,7 +109,7 @@ class SourceStream(object):
         try:
             while True:
                 stats = self._poll()
-                if stats.status in hypervisor.FINAL_STATUSES:
+                if stats.status in vocabulary.QemuStatus.FINAL:
                     LOG.info('Outgoing stream of %s ended: %s',
                              self.source.name, stats.status)
                     break
@@ -128,7 +130,8 @@ class SourceStream(object):
         if self._monitor_warm_up is not None:
             samples = {
                 name: warmup.DestinationSample(
-                    received=p.bytes_sent, live=p.state != 'failed')
+                    received=p.bytes_sent,
+                    live=p.state != vocabulary.StreamState.FAILED)
                 for name, p in progress.items()}
             state = self._monitor_warm_up.update(
                 time.monotonic(), stats, self.relay.bytes_from_source,

@@ -34,6 +34,7 @@ from nova_multidest import conf
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import protocol
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
+from nova_multidest import vocabulary
 from tests.dataplane import test_libvirt_extension as libvirt_fixtures
 
 STREAM_TIMEOUT = 60
@@ -124,7 +125,8 @@ class EndpointOverLibvirtTest(testtools.TestCase):
         with mock.patch.object(objects.Migration, 'get_by_uuid',
                                side_effect=lambda c, u: by_uuid[u]):
             self.source.start_stream('ctxt', self.instance, destinations,
-                                     secret, 'chain', False)
+                                     secret, vocabulary.Topology.CHAIN,
+                                     False)
         for host, endpoint in self.dests.items():
             self.assertEqual('completed', endpoint.wait_destination(
                 'ctxt', self.instance, self.migrations[host],
@@ -141,8 +143,8 @@ class EndpointOverLibvirtTest(testtools.TestCase):
             self.assertIsNone(migration.memory_remaining)
 
         stored = mock.Mock(system_metadata={
-            'multidest_active': 'true',
-            'multidest_winner': self.migrations['dst1'].uuid})
+            vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE,
+            vocabulary.SYSMETA_WINNER: self.migrations['dst1'].uuid})
         with mock.patch.object(objects.Instance, 'get_by_uuid',
                                return_value=stored):
             self.dests['dst1'].resume_destination(

@@ -34,10 +34,10 @@ import libvirt
 import testtools
 
 from nova_multidest.dataplane import guest as guest_image
-from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import protocol
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 from nova_multidest.virt import streaming
+from nova_multidest import vocabulary
 
 MiB = 1 << 20
 GUEST_MEMORY_MB = 64
@@ -206,7 +206,8 @@ class StatusWaiter(object):
         """Until the stream has started arriving."""
         deadline = time.monotonic() + timeout
         with self.changed:
-            while self.guest.migration_status() != hypervisor.STATUS_ACTIVE:
+            active = vocabulary.QemuStatus.ACTIVE
+            while self.guest.migration_status() != active:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError('no stream reached %s'
@@ -219,7 +220,7 @@ class StatusWaiter(object):
             while True:
                 status = self.guest.migration_status()
                 left = deadline - time.monotonic()
-                if status in hypervisor.FINAL_STATUSES or left <= 0:
+                if status in vocabulary.QemuStatus.FINAL or left <= 0:
                     return status
                 self.changed.wait(min(left, 1.0))
 
@@ -273,10 +274,11 @@ class LibvirtExtensionTest(testtools.TestCase):
             target=func, daemon=True).start())
         self.addCleanup(stream.close)
         self.assertTrue(stream.wait(STREAM_TIMEOUT), stream.status())
-        self.assertEqual(hypervisor.STATUS_COMPLETED, source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
+                         source.stats().status)
         self.assertFalse(source.is_running())
         for host, waiter in waiters.items():
-            self.assertEqual(hypervisor.STATUS_COMPLETED,
+            self.assertEqual(vocabulary.QemuStatus.COMPLETED,
                              waiter.wait_final(STREAM_TIMEOUT), host)
             self.assertEqual(relay.bytes_from_source,
                              destinations[host].stream_bytes_received())
@@ -339,8 +341,9 @@ class LibvirtExtensionTest(testtools.TestCase):
         lost.destroy()
         stream.switch_over()
         self.assertTrue(stream.wait(STREAM_TIMEOUT), stream.status())
-        self.assertEqual(hypervisor.STATUS_COMPLETED, source.stats().status)
-        self.assertEqual(hypervisor.STATUS_COMPLETED,
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
+                         source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
                          waiters['dest2'].wait_final(STREAM_TIMEOUT))
         winner = destinations['dest2']
         self.assertEqual(source.memory_digest(self.work_dir),
@@ -400,10 +403,11 @@ class LibvirtExtensionTest(testtools.TestCase):
         self.addCleanup(stream.close)
         stream.abort()
         self.assertTrue(stream.wait(STREAM_TIMEOUT))
-        self.assertEqual(hypervisor.STATUS_CANCELLED, source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.CANCELLED,
+                         source.stats().status)
         self.assertTrue(source.is_running())
         stream.close()
-        self.assertEqual(hypervisor.STATUS_FAILED,
+        self.assertEqual(vocabulary.QemuStatus.FAILED,
                          waiter.wait_final(STREAM_TIMEOUT))
         dest.destroy()
         self.assertEqual([self.name], self._domain_names())

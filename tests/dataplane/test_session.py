@@ -17,8 +17,8 @@ import random
 import signal
 
 from nova_multidest.dataplane import protocol
-from nova_multidest.dataplane import session
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 from tests.dataplane import session_base
 
 MiB = session_base.MiB
@@ -27,7 +27,7 @@ MiB = session_base.MiB
 class IdenticalStateTest(session_base.SessionTestBase):
     """Every surviving destination holds exactly the source's state."""
 
-    def _migrate(self, count, topology='star'):
+    def _migrate(self, count, topology=vocabulary.Topology.STAR):
         self.boot(fill_mb=32)
         names = ['d%d' % i for i in range(count)]
         result = self.make_session(names, topology=topology).run(60)
@@ -51,7 +51,7 @@ class IdenticalStateTest(session_base.SessionTestBase):
         self._migrate(3)
 
     def test_three_destinations_chain(self):
-        self._migrate(3, topology='chain')
+        self._migrate(3, topology=vocabulary.Topology.CHAIN)
 
 
 class DestinationFailureTest(session_base.SessionTestBase):
@@ -64,8 +64,9 @@ class DestinationFailureTest(session_base.SessionTestBase):
     def on_progress(self, progress):
         for name, at_percent in list(self.kill.items()):
             state = progress.get(name)
-            if state and state.state == session.STREAMING and \
-                    state.percent >= at_percent:
+            streaming = vocabulary.DestinationState.STREAMING
+            if (state and state.state == streaming and
+                    state.percent >= at_percent):
                 del self.kill[name]
                 self.destinations[name].process.kill(signal.SIGKILL)
                 self.killed.append(name)
@@ -104,7 +105,8 @@ class DestinationFailureTest(session_base.SessionTestBase):
 
         def cut(progress):
             d1 = progress.get('d1')
-            if d1 and d1.state == session.STREAMING and d1.percent > 20:
+            streaming = vocabulary.DestinationState.STREAMING
+            if d1 and d1.state == streaming and d1.percent > 20:
                 migration.drop_destination('d1', 'cut off by the test')
         self.on_progress = cut
         migration = self.make_session(names, **settings)

@@ -42,18 +42,13 @@ from nova.tests.functional import integrated_helpers
 from nova.tests.functional.libvirt import base as libvirt_base
 
 from nova_multidest import conf as multidest_conf
+from nova_multidest import vocabulary
 
 CONF = nova_conf.CONF
 
 DRIVER = 'multidest.MultiDestLibvirtDriver'
-CONDUCTOR_BINARY = 'nova-multidest-conductor'
 CONDUCTOR_MANAGER = (
     'nova_multidest.conductor.manager.MultiDestConductorManager')
-
-# Migration statuses after which Nova holds nothing for the migration.
-FINAL_MIGRATION_STATUSES = frozenset(
-    ('completed', 'cancelled', 'failed', 'error', 'done', 'reverted',
-     'confirmed'))
 
 
 def nova_api_paste_config():
@@ -142,7 +137,7 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
     def _notification_source(self, binary):
         # Nova's notification publisher knows only Nova's own binaries; the
         # harness deletes services at clean-up, which notifies.
-        if binary == CONDUCTOR_BINARY:
+        if binary == vocabulary.CONDUCTOR_BINARY:
             return 'nova-conductor'
         return self._nova_notification_source(binary)
 
@@ -154,7 +149,7 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
         """
         service = self.start_service(
             'multidest-conductor', host=None,
-            binary=CONDUCTOR_BINARY, manager=CONDUCTOR_MANAGER,
+            binary=vocabulary.CONDUCTOR_BINARY, manager=CONDUCTOR_MANAGER,
             topic=CONF.multidest.conductor_topic)
         self.multidest_conductor = service
         return service
@@ -253,7 +248,7 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
     def assert_no_migration_in_progress(self, migrations):
         for migration in migrations:
             self.assertIn(
-                migration.status, FINAL_MIGRATION_STATUSES,
+                migration.status, vocabulary.MigrationStatus.NOVA_FINAL,
                 'Migration %s to %s still %s' % (
                     migration.uuid, migration.dest_compute,
                     migration.status))
@@ -342,8 +337,8 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
 
     def assert_no_group_in_progress(self, instance):
         group_keys = [key for key in instance.system_metadata
-                      if key.startswith('multidest_') and
-                      key != 'multidest_last_result']
+                      if key.startswith(vocabulary.SYSMETA_PREFIX) and
+                      key != vocabulary.SYSMETA_LAST_RESULT]
         self.assertEqual([], group_keys, instance.system_metadata)
 
     # -- small helpers ------------------------------------------------------
@@ -362,7 +357,6 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
     stream and takes injected faults per host and phase.
     """
 
-    ACTION = 'os-migrateLive-multi'
     COMPUTES = 4
 
     def api_paste_config(self):
@@ -383,13 +377,13 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
 
     def request_migration(self, server, status=202, **args):
         return self.admin_api.api_post(
-            '/servers/%s/action' % server['id'], {self.ACTION: args},
-            check_response_status=[status])
+            '/servers/%s/action' % server['id'],
+            {vocabulary.SERVER_ACTION: args}, check_response_status=[status])
 
     def group_ended(self, server_id):
         instance = self.get_instance(server_id)
-        if any(key.startswith('multidest_') and
-               key != 'multidest_last_result'
+        if any(key.startswith(vocabulary.SYSMETA_PREFIX) and
+               key != vocabulary.SYSMETA_LAST_RESULT
                for key in instance.system_metadata):
             return None
         if instance.task_state is not None:
@@ -402,7 +396,8 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
             lambda: self.group_ended(server['id']), timeout=timeout,
             message='group of %s did not end' % server['id'])
         return json.loads(
-            instance.system_metadata.get('multidest_last_result', '{}'))
+            instance.system_metadata.get(vocabulary.SYSMETA_LAST_RESULT,
+                                         '{}'))
 
     def migrate_and_wait(self, server, **args):
         self.request_migration(server, **args)

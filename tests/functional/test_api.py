@@ -20,11 +20,11 @@ serves our action, and leaves the rest of the API to Nova.
 import os
 
 from nova_multidest.api import policies
+from nova_multidest import vocabulary
 from tests.functional import base
 
 API_PASTE_INI = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
                              'etc', 'api-paste.ini')
-ACTION = 'os-migrateLive-multi'
 
 
 class MultiDestApiTestBase(base.MultiDestTestBase):
@@ -39,7 +39,8 @@ class MultiDestApiTestBase(base.MultiDestTestBase):
         """POST the action; return (status, body) after checking status."""
         api = api or self.admin_api
         response = api.api_post('/servers/%s/action' % server_id,
-                                {ACTION: args}, check_response_status=[status])
+                                {vocabulary.SERVER_ACTION: args},
+                                check_response_status=[status])
         return response.body
 
     def assert_refused(self, server_id, args, status, *fragments, api=None):

@@ -26,6 +26,7 @@ from wsgiref import simple_server
 
 import fixtures
 
+from nova_multidest import vocabulary
 from tests.functional import base
 from tests.functional import test_api
 
@@ -181,7 +182,7 @@ class TestCliEndToEnd(CliMixin, base.MultiDestMigrationTestBase):
 
     def test_every_destination_fails(self):
         for host in self.destinations:
-            self.inject_fault(host, self.fake_hypervisor.PHASE_STREAM)
+            self.inject_fault(host, vocabulary.DestinationPhase.STREAM)
 
         code, out, err = self.migrate('--destinations', '2', '--wait')
 

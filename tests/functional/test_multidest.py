@@ -17,6 +17,7 @@ with the fake hypervisor extension; every test ends with the invariants
 checker: ACTIVE on exactly the expected host, nothing left anywhere else.
 """
 
+from nova_multidest import vocabulary
 from tests.functional import base
 
 
@@ -108,23 +109,23 @@ class DestinationFailureTest(base.MultiDestMigrationTestBase):
             self.compute_rp_uuids[self.bad]).body['allocations'])
 
     def test_prepare_fails(self):
-        self.inject_fault(self.bad, 'prepare')
+        self.inject_fault(self.bad, vocabulary.DestinationPhase.PREPARE)
         self.migrate_expecting()
 
     def test_stream_fails(self):
-        self.inject_fault(self.bad, 'stream')
+        self.inject_fault(self.bad, vocabulary.DestinationPhase.STREAM)
         self.migrate_expecting()
 
     def test_complete_fails(self):
         # Both reach the end of the stream together: the bad one is either
         # reported failed first or cancelled once the good one won.
-        self.inject_fault(self.bad, 'complete')
+        self.inject_fault(self.bad, vocabulary.DestinationPhase.COMPLETE)
         self.migrate_expecting(status_of_bad=('failed', 'cancelled'))
 
     def test_elected_winner_fails_before_its_guest_ran(self):
         # The bad host completes first and is elected; it cannot resume,
         # so the good one, held until then, must win.
-        self.inject_fault(self.bad, 'resume')
+        self.inject_fault(self.bad, vocabulary.DestinationPhase.RESUME)
         gate = self.hold_compute_calls('wait_destination', host=self.good)
         resumes = self.hold_compute_calls('resume_destination',
                                           host=self.bad)
@@ -149,7 +150,7 @@ class AllFailTest(base.MultiDestMigrationTestBase):
         server = self.boot_server(
             host=source, networks=[{'port': self.neutron.port_1['id']}])
         for host in self.hostnames[1:]:
-            self.inject_fault(host, 'stream')
+            self.inject_fault(host, vocabulary.DestinationPhase.STREAM)
         result = self.migrate_and_wait(server, count=3)
         self.assertEqual('failed', result['result'])
         self.assertEqual(source, result['host'])
@@ -166,7 +167,7 @@ class AllFailTest(base.MultiDestMigrationTestBase):
         self.flags(max_rounds=2, group='multidest')
         source, first = self.hostnames[:2]
         server = self.boot_server(host=source)
-        self.inject_fault(first, 'prepare')
+        self.inject_fault(first, vocabulary.DestinationPhase.PREPARE)
         result = self.migrate_and_wait(server, destinations=[first])
         self.assertEqual('completed', result['result'])
         winner = result['host']
@@ -211,7 +212,7 @@ class CrashTest(base.MultiDestMigrationTestBase):
         self.request_migration(self.server, destinations=self.targets)
         resumes.wait_reached()
         winner_uuid = self.get_instance(
-            self.server['id']).system_metadata['multidest_winner']
+            self.server['id']).system_metadata[vocabulary.SYSMETA_WINNER]
         self.restart_multidest_conductor()
         result = self.wait_for_group_end(self.server)
         resumes.lose()
@@ -279,7 +280,7 @@ class ServiceAndSpreadTest(base.MultiDestMigrationTestBase):
 
     def test_conductor_is_a_nova_service(self):
         [service] = self.admin_api.get_services(
-            binary='nova-multidest-conductor')
+            binary=vocabulary.CONDUCTOR_BINARY)
         self.assertEqual('up', service['state'])
         self.assertEqual('enabled', service['status'])
 

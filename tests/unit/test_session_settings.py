@@ -19,6 +19,7 @@ import testtools
 from nova_multidest.cmd import demo
 from nova_multidest.dataplane import session
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 
 class SettingsTest(testtools.TestCase):
@@ -69,9 +70,11 @@ class ProgressBoardTest(testtools.TestCase):
         board = demo.ProgressBoard(['d0'], out)
         for percent in (0.0, 10.0, 20.0, 30.0):
             board.update({'d0': session.DestinationProgress(
-                session.STREAMING, int(percent * 1e6), percent)})
+                vocabulary.DestinationState.STREAMING, int(percent * 1e6),
+                percent)})
         board.update({'d0': session.DestinationProgress(
-            session.REMOVED, 30000000, 30.0, 'hypervisor exited')})
+            vocabulary.DestinationState.REMOVED, 30000000, 30.0,
+            'hypervisor exited')})
         lines = out.getvalue().splitlines()
         self.assertEqual(3, len(lines), lines)
         self.assertNotIn('\x1b', out.getvalue())

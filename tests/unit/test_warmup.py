@@ -18,13 +18,14 @@ import testtools
 
 from nova_multidest.dataplane import hypervisor as hv
 from nova_multidest.dataplane import warmup
+from nova_multidest import vocabulary
 
 MiB = 1 << 20
 
 
 def stats(iterations, transferred, remaining=0, dirty_rate=0.0,
           bandwidth=0.0):
-    return hv.MigrationStats(status=hv.STATUS_ACTIVE,
+    return hv.MigrationStats(status=vocabulary.QemuStatus.ACTIVE,
                              transferred=transferred, remaining=remaining,
                              total=64 * MiB, dirty_rate=dirty_rate,
                              bandwidth=bandwidth, iterations=iterations)
@@ -38,13 +39,13 @@ def dests(**received):
 class CopiedConditionTest(testtools.TestCase):
 
     def test_not_ready_during_first_pass(self):
-        monitor = warmup.WarmUpMonitor('copied', 100, 500)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.COPIED, 100, 500)
         state = monitor.update(0.0, stats(1, 10 * MiB, 50 * MiB), 10 * MiB,
                                dests(a=10 * MiB))
         self.assertFalse(state.ready)
 
     def test_ready_once_destination_received_the_first_pass(self):
-        monitor = warmup.WarmUpMonitor('copied', 100, 500)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.COPIED, 100, 500)
         state = monitor.update(0.0, stats(2, 64 * MiB), 64 * MiB,
                                dests(a=64 * MiB, b=30 * MiB))
         self.assertEqual(['a'], state.ready_destinations)
@@ -57,7 +58,7 @@ class CopiedConditionTest(testtools.TestCase):
         self.assertTrue(state.ready)
 
     def test_percentage_of_live_destinations(self):
-        monitor = warmup.WarmUpMonitor('copied', 50, 500)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.COPIED, 50, 500)
         state = monitor.update(0.0, stats(2, 64 * MiB), 64 * MiB,
                                dests(a=64 * MiB, b=1, c=1))
         self.assertFalse(state.ready)  # 1 of 3 < 50 %
@@ -67,7 +68,7 @@ class CopiedConditionTest(testtools.TestCase):
         self.assertTrue(state.ready)   # 1 of 2 live >= 50 %
 
     def test_no_live_destination_is_never_ready(self):
-        monitor = warmup.WarmUpMonitor('copied', 1, 500)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.COPIED, 1, 500)
         samples = dests(a=64 * MiB)
         samples['a'].live = False
         self.assertFalse(monitor.update(0.0, stats(3, 64 * MiB), 64 * MiB,
@@ -78,7 +79,8 @@ class DowntimeConditionTest(testtools.TestCase):
 
     def _monitor(self, limit_ms=500, percent=100):
         """A monitor one second into the migration, nothing received."""
-        monitor = warmup.WarmUpMonitor('downtime', percent, limit_ms)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.DOWNTIME,
+                                       percent, limit_ms)
         monitor.update(0.0, stats(2, 0), 0, dests(a=0, b=0))
         monitor.update(1.0, stats(2, 0), 0, dests(a=0, b=0))
         return monitor
@@ -100,7 +102,8 @@ class DowntimeConditionTest(testtools.TestCase):
         self.assertFalse(state.ready)
 
     def test_not_ready_before_qemu_measured_the_dirty_rate(self):
-        monitor = warmup.WarmUpMonitor('downtime', 100, 500)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.DOWNTIME,
+                                       100, 500)
         monitor.update(0.0, stats(2, 0), 0, dests(a=0))
         # Looks idle, but QEMU has not measured anything yet.
         state = monitor.update(0.5, stats(3, 10 * MiB), 10 * MiB,
@@ -109,7 +112,8 @@ class DowntimeConditionTest(testtools.TestCase):
         self.assertFalse(state.ready)
 
     def test_not_ready_before_the_first_pass_completed(self):
-        monitor = warmup.WarmUpMonitor('downtime', 100, 500)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.DOWNTIME,
+                                       100, 500)
         state = monitor.update(0.0, stats(1, 0, remaining=0), 0,
                                dests(a=0))
         self.assertFalse(state.ready)
@@ -122,7 +126,8 @@ class DowntimeConditionTest(testtools.TestCase):
         self.assertTrue(state.ready)
 
     def test_no_rate_known_means_infinite_downtime(self):
-        monitor = warmup.WarmUpMonitor('downtime', 100, 500)
+        monitor = warmup.WarmUpMonitor(vocabulary.WarmUpExit.DOWNTIME,
+                                       100, 500)
         state = monitor.update(0.0, stats(2, 10 * MiB, remaining=MiB),
                                10 * MiB, dests(a=10 * MiB))
         self.assertTrue(math.isinf(state.expected_downtime_ms['a']))

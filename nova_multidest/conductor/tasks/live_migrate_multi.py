@@ -46,19 +46,11 @@ from nova_multidest.conductor import records
 from nova_multidest.conductor import resources
 from nova_multidest import conf
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
 
-EVENT_NAME = 'multidest_live_migration'
-DESTINATION_EVENT = 'multidest_destination_%s'
-
-PHASE_CHECKS = 'checks'
-PHASE_CLAIM = 'claim'
-PHASE_BINDING = 'binding'
-PHASE_PREPARE = 'prepare'
-PHASE_STREAM = 'stream'
-PHASE_RESUME = 'resume'
 # Extra seconds a wait_destination call may take beyond the stream limits.
 _WAIT_GRACE = 60
 # How often the election loop looks whether its conductor is stopping.
@@ -68,7 +60,7 @@ _REPORT_POLL = 1.0
 class _PhaseTimer(object):
     """Seconds spent per phase, for the debug log."""
 
-    def __init__(self, phase=PHASE_CHECKS):
+    def __init__(self, phase=vocabulary.DestinationPhase.CHECKS):
         self.phase = phase
         self.start = time.monotonic()
         self.spent = []
@@ -130,9 +122,9 @@ class LiveMigrateMultiTask(object):
     # -- entry point ------------------------------------------------------
 
     def execute(self):
-        with compute_utils.EventReporter(self.context, EVENT_NAME,
-                                         CONF.host, self.instance.uuid,
-                                         graceful_exit=True):
+        with compute_utils.EventReporter(
+                self.context, vocabulary.EVENT_LIVE_MIGRATION, CONF.host,
+                self.instance.uuid, graceful_exit=True):
             self._execute()
 
     def _execute(self):
@@ -159,7 +151,7 @@ class LiveMigrateMultiTask(object):
                             instance=self.instance)
                 self.reasons['round %d' % round_number] = (
                     'too few destinations ready')
-                self.revert_all(ready, records.CANCELLED,
+                self.revert_all(ready, vocabulary.MigrationStatus.CANCELLED,
                                 'too few destinations ready')
             self.resume_source()
         self.all_failed()
@@ -177,7 +169,7 @@ class LiveMigrateMultiTask(object):
                 instance_uuid=self.instance.uuid)
 
     def _record_destination_event(self, destination, error=None):
-        name = DESTINATION_EVENT % destination.host
+        name = vocabulary.EVENT_DESTINATION % destination.host
         try:
             objects.InstanceActionEvent.event_start(
                 self.context, self.instance.uuid, name, want_result=False,
@@ -195,9 +187,8 @@ class LiveMigrateMultiTask(object):
     # -- choosing destinations ---------------------------------------------
 
     def _topology(self):
-        """A flavor may ask for its own topology (multidest:topology)."""
-        return self.instance.flavor.extra_specs.get(
-            'multidest:topology', CONF.multidest.topology)
+        return vocabulary.flavor_topology(self.instance.flavor.extra_specs,
+                                          CONF.multidest.topology)
 
     def _request_spec(self):
         if self._spec is None:
@@ -209,9 +200,11 @@ class LiveMigrateMultiTask(object):
         if self.requested_hosts:
             return len(self.requested_hosts)
         if self.count:
-            return self.count
-        spec = self.instance.flavor.extra_specs.get('multidest:destinations')
-        return int(spec) if spec else CONF.multidest.default_destinations
+            return min(self.count, CONF.multidest.max_destinations)
+        return vocabulary.flavor_destination_count(
+            self.instance.flavor.extra_specs,
+            CONF.multidest.default_destinations,
+            CONF.multidest.max_destinations)
 
     def _new_migration(self, host=None, node=None, migration_uuid=None):
         migration = objects.Migration(
@@ -220,7 +213,7 @@ class LiveMigrateMultiTask(object):
             instance_uuid=self.instance.uuid,
             migration_type=obj_fields.MigrationType.LIVE_MIGRATION,
             source_compute=self.source, source_node=self.source_node,
-            dest_compute=host, status=records.ACCEPTED,
+            dest_compute=host, status=vocabulary.MigrationStatus.ACCEPTED,
             old_instance_type_id=self.instance.flavor.id,
             new_instance_type_id=self.instance.flavor.id,
             user_id=self.context.user_id,
@@ -258,17 +251,16 @@ class LiveMigrateMultiTask(object):
                 if host not in found:
                     self._refused_by_scheduler(host)
         else:
-            wanted = min(self._wanted_count(),
-                         CONF.multidest.max_destinations)
-            chosen = self._schedule(wanted, self.tried_hosts)
+            chosen = self._schedule(self._wanted_count(), self.tried_hosts)
         self.tried_hosts.update(d.host for d in chosen)
         return chosen
 
     def _refused_by_scheduler(self, host):
         destination = Destination(host, self._new_migration(host))
-        destination.fail(PHASE_CLAIM, 'no valid host: the scheduler '
-                         'filters or placement refused it')
-        self._revert(destination, records.FAILED)
+        destination.fail(vocabulary.DestinationPhase.CLAIM,
+                         'no valid host: the scheduler filters or placement '
+                         'refused it')
+        self._revert(destination, vocabulary.MigrationStatus.FAILED)
         self.tried_hosts.add(host)
 
     def _schedule(self, wanted, exclude):
@@ -293,7 +285,7 @@ class LiveMigrateMultiTask(object):
             chosen.append(Destination(candidate.host, migration,
                                       node=candidate.node))
         for migration in pending.values():
-            records.set_status(migration, records.FAILED)
+            records.set_status(migration, vocabulary.MigrationStatus.FAILED)
         return chosen
 
     # -- preparing destinations ---------------------------------------------
@@ -338,20 +330,21 @@ class LiveMigrateMultiTask(object):
             None, None)
 
     def _prepare_one(self, destination, checks=None):
-        phase = PHASE_CHECKS
+        phase = vocabulary.DestinationPhase.CHECKS
         timings = _PhaseTimer()
         try:
             self.check_not_stopping()
-            records.set_status(destination.migration, records.PREPARING)
+            records.set_status(destination.migration,
+                               vocabulary.MigrationStatus.PREPARING)
             if checks is None:
                 migrate_data = self._run_checks(destination.host)
             else:
                 migrate_data = checks.result()
-            phase = timings.next(PHASE_BINDING)
+            phase = timings.next(vocabulary.DestinationPhase.BINDING)
             resources.bind_ports(self.context, self.clients.network_api,
                                  self.instance, destination.host,
                                  migrate_data)
-            phase = timings.next(PHASE_PREPARE)
+            phase = timings.next(vocabulary.DestinationPhase.PREPARE)
             self.check_not_stopping()
             destination.prepare_sent = True
             result = self.clients.multidest_compute.prepare_destination(
@@ -372,7 +365,7 @@ class LiveMigrateMultiTask(object):
             LOG.warning('Destination %s failed at %s: %s', destination.host,
                         phase, error, instance=self.instance)
             destination.fail(phase, error)
-            self._revert(destination, records.FAILED)
+            self._revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
 
     def _check_host_up(self, host):
@@ -401,9 +394,10 @@ class LiveMigrateMultiTask(object):
     # -- stream and election -------------------------------------------------
 
     def _stream_and_elect(self, ready):
-        records.set_phase(self.instance, records.PHASE_STREAMING)
+        records.set_phase(self.instance, vocabulary.GroupPhase.STREAMING)
         for destination in ready:
-            records.set_status(destination.migration, records.RUNNING)
+            records.set_status(destination.migration,
+                               vocabulary.MigrationStatus.RUNNING)
         self.check_not_stopping()
         self.clients.multidest_compute.start_stream(
             self.context, self.instance,
@@ -425,18 +419,19 @@ class LiveMigrateMultiTask(object):
             except queue.Empty:
                 self.check_not_stopping()
                 if time.monotonic() > deadline:
-                    self.revert_all(waiting, records.FAILED,
+                    self.revert_all(waiting, vocabulary.MigrationStatus.FAILED,
                                     'no report within %d s' % timeout)
                     return None
                 continue
             waiting.remove(destination)
             self.check_not_stopping()
-            if outcome == 'completed' and self._elect(destination):
+            completed = outcome == vocabulary.WaitOutcome.COMPLETED
+            if completed and self._elect(destination):
                 self.losers = waiting
                 return destination
-            if outcome != 'completed':
-                destination.fail(PHASE_STREAM, outcome)
-                self._revert(destination, records.FAILED)
+            if not completed:
+                destination.fail(vocabulary.DestinationPhase.STREAM, outcome)
+                self._revert(destination, vocabulary.MigrationStatus.FAILED)
         return None
 
     def _wait_one(self, destination, timeout, reports):
@@ -463,8 +458,8 @@ class LiveMigrateMultiTask(object):
             self.check_not_stopping()
             LOG.warning('Elected destination %s failed to resume: %s',
                         destination.host, error, instance=self.instance)
-            destination.fail(PHASE_RESUME, error)
-            self._revert(destination, records.FAILED)
+            destination.fail(vocabulary.DestinationPhase.RESUME, error)
+            self._revert(destination, vocabulary.MigrationStatus.FAILED)
             records.clear_winner(self.instance)
             return False
         records.record_resumed(self.instance, destination.migration.uuid)
@@ -489,7 +484,8 @@ class LiveMigrateMultiTask(object):
         reason = destination.reason or status
         self.reasons[destination.host] = reason
         self._record_destination_event(
-            destination, None if status == records.COMPLETED else
+            destination,
+            None if status == vocabulary.MigrationStatus.COMPLETED else
             exceptions.DestinationFailed(destination=destination.host,
                                          reason=reason))
 
@@ -528,7 +524,8 @@ class LiveMigrateMultiTask(object):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             side_work = [
                 pool.submit(self.revert_all, self.losers,
-                            records.CANCELLED, 'another destination won'),
+                            vocabulary.MigrationStatus.CANCELLED,
+                            'another destination won'),
                 pool.submit(self.clients.report_client.move_allocations,
                             context, winner.migration.uuid, instance.uuid)]
             bindings = pool.submit(
@@ -577,13 +574,15 @@ class LiveMigrateMultiTask(object):
             migrate_data=winner.migrate_data)
 
     def end_completed(self, winner):
-        records.set_status(winner.migration, records.COMPLETED)
+        records.set_status(winner.migration,
+                           vocabulary.MigrationStatus.COMPLETED)
         self._record_destination_event(winner)
         self.clients.network_api.cleanup_instance_network_on_host(
             self.context, self.instance, self.source)
         resources.sweep_attachments(self.context, self.clients.volume_api,
                                     self.instance)
-        records.end_group(self.instance, records.COMPLETED, winner.host)
+        records.end_group(self.instance,
+                          vocabulary.MigrationStatus.COMPLETED, winner.host)
         self.instance.availability_zone = (
             availability_zones.get_host_availability_zone(
                 self.context, winner.host))
@@ -604,8 +603,8 @@ class LiveMigrateMultiTask(object):
             'no destination found')
         compute_utils.add_instance_fault_from_exc(
             self.context, instance, error, fault_message=str(error))
-        records.end_group(instance, records.FAILED, self.source,
-                          reasons=self.reasons)
+        records.end_group(instance, vocabulary.MigrationStatus.FAILED,
+                          self.source, reasons=self.reasons)
         instance.task_state = None
         instance.power_state = power_state.RUNNING
         instance.save(expected_task_state=[task_states.MIGRATING, None])

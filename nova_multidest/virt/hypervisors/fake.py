@@ -22,7 +22,7 @@ test can see which copies exist, which run and which were left behind.
 Everything it shares between computes lives in one module-level registry,
 because every compute of a functional test runs in this process:
 
-    fake.inject_fault('host2', fake.PHASE_STREAM)
+    fake.inject_fault('host2', vocabulary.DestinationPhase.STREAM)
     self.addCleanup(fake.reset)
 """
 
@@ -38,14 +38,20 @@ from nova_multidest.dataplane import relay
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
 from nova_multidest.virt import streaming
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
-PHASE_PREPARE = 'prepare'      # start_incoming fails after the domain exists
-PHASE_STREAM = 'stream'        # the destination dies half-way through
-PHASE_COMPLETE = 'complete'    # the last bytes arrive but loading fails
-PHASE_RESUME = 'resume'        # the elected copy cannot run
-PHASES = (PHASE_PREPARE, PHASE_STREAM, PHASE_COMPLETE, PHASE_RESUME)
+# The phases a fault can be injected at, and what fails there.
+FAULTS = {
+    vocabulary.DestinationPhase.PREPARE:
+        'start_incoming fails after the domain exists',
+    vocabulary.DestinationPhase.STREAM:
+        'the destination dies half-way through the stream',
+    vocabulary.DestinationPhase.COMPLETE:
+        'the last bytes arrive but loading them fails',
+    vocabulary.DestinationPhase.RESUME: 'the elected copy cannot run',
+}
 
 # libvirt's values; this module must not import libvirt, which Nova's
 # functional harness replaces.
@@ -80,9 +86,12 @@ _REGISTRY = _Registry()
 
 
 def inject_fault(host, phase, message=None):
-    """Make every later destination on ``host`` fail in ``phase``."""
-    if phase not in PHASES:
-        raise ValueError('phase must be one of %s' % ', '.join(PHASES))
+    """Make every later destination on ``host`` fail in ``phase``.
+
+    ``phase`` is one of FAULTS' keys.
+    """
+    if phase not in FAULTS:
+        raise ValueError('phase must be one of %s' % ', '.join(FAULTS))
     with _REGISTRY.lock:
         _REGISTRY.faults[(host, phase)] = (
             message or 'injected %s fault on %s' % (phase, host))
@@ -179,7 +188,7 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
 
     def __init__(self, name, domain, memory_bytes):
         super().__init__(name, domain)
-        self.status = hypervisor.STATUS_NONE
+        self.status = vocabulary.QemuStatus.NONE
         self.total = memory_bytes
         self.transferred = 0
         self.remaining = memory_bytes
@@ -212,7 +221,7 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
             raise exceptions.HypervisorError(
                 operation='migrate %s' % self.name,
                 reason='nothing listens on %s' % uri)
-        self.status = hypervisor.STATUS_ACTIVE
+        self.status = vocabulary.QemuStatus.ACTIVE
         self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
         fake_relay.feed(self)
 
@@ -241,7 +250,7 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
     def finish(self, status, error=None):
         self.status = status
         self.error = error
-        if status != hypervisor.STATUS_COMPLETED and self._paused:
+        if status != vocabulary.QemuStatus.COMPLETED and self._paused:
             self.resume()
         self._emit(hypervisor.EVENT_MIGRATION, status=status, detail=error)
 
@@ -257,7 +266,7 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
         super().__init__(name, domain)
         self.total = memory_bytes
         self.received = 0
-        self.status = hypervisor.STATUS_NONE
+        self.status = vocabulary.QemuStatus.NONE
         self.reason = None
         self.address = None
         self.secret = None
@@ -269,11 +278,11 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
         return 'fake:%s' % self.name
 
     def start_incoming(self, capabilities=None):
-        message = _fault(self.name, PHASE_PREPARE)
+        message = _fault(self.name, vocabulary.DestinationPhase.PREPARE)
         if message:
             raise exceptions.HypervisorError(
                 operation='start_incoming on %s' % self.name, reason=message)
-        self.status = hypervisor.STATUS_SETUP
+        self.status = vocabulary.QemuStatus.SETUP
 
     def open_stream(self, secret, listen=('127.0.0.1', 0), tls=None,
                     forward_tls=None):
@@ -297,34 +306,34 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
 
     def receive(self, size):
         """Take ``size`` bytes; False once this destination failed."""
-        if self.status in hypervisor.FINAL_STATUSES:
-            return self.status != hypervisor.STATUS_FAILED
+        if self.status in vocabulary.QemuStatus.FINAL:
+            return self.status != vocabulary.QemuStatus.FAILED
         if self.destroyed:
             self.fail('destination destroyed')
             return False
         self.received += size
-        if self.status != hypervisor.STATUS_ACTIVE:
-            self.status = hypervisor.STATUS_ACTIVE
+        if self.status != vocabulary.QemuStatus.ACTIVE:
+            self.status = vocabulary.QemuStatus.ACTIVE
             self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
-        message = _fault(self.name, PHASE_STREAM)
+        message = _fault(self.name, vocabulary.DestinationPhase.STREAM)
         if message and self.received * 2 >= self.total:
             self.fail(message)
             return False
         return True
 
     def finish(self):
-        message = _fault(self.name, PHASE_COMPLETE)
+        message = _fault(self.name, vocabulary.DestinationPhase.COMPLETE)
         if message:
             self.fail(message)
             return False
-        self.status = hypervisor.STATUS_COMPLETED
+        self.status = vocabulary.QemuStatus.COMPLETED
         self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
         return True
 
     def fail(self, reason):
-        if self.status in hypervisor.FINAL_STATUSES:
+        if self.status in vocabulary.QemuStatus.FINAL:
             return
-        self.status = hypervisor.STATUS_FAILED
+        self.status = vocabulary.QemuStatus.FAILED
         self.reason = reason
         LOG.info('Fake destination %s failed: %s', self.name, reason)
         self._emit(hypervisor.EVENT_MIGRATION, status=self.status,
@@ -334,11 +343,11 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
         return self.status
 
     def resume(self):
-        if self.status != hypervisor.STATUS_COMPLETED:
+        if self.status != vocabulary.QemuStatus.COMPLETED:
             raise exceptions.HypervisorError(
                 operation='resume %s' % self.name,
                 reason='the incoming stream is %s' % self.status)
-        message = _fault(self.name, PHASE_RESUME)
+        message = _fault(self.name, vocabulary.DestinationPhase.RESUME)
         if message:
             raise exceptions.HypervisorError(
                 operation='resume %s' % self.name, reason=message)
@@ -386,7 +395,8 @@ class FakeRelay(object):
         self.on_drop = on_drop
         self.source_uri = None
         self._targets = {}
-        self._state = {name: 'connecting' for name in self.names}
+        self._state = dict.fromkeys(self.names,
+                                    vocabulary.StreamState.CONNECTING)
         self._reasons = {}
         self._sent = dict.fromkeys(self.names, 0)
         self._from_source = 0
@@ -399,12 +409,12 @@ class FakeRelay(object):
             for name in self.names:
                 target = _REGISTRY.agents.get(self.addresses[name])
                 if target is None or target.secret != self.secret:
-                    self._state[name] = 'failed'
+                    self._state[name] = vocabulary.StreamState.FAILED
                     self._reasons[name] = 'no agent with this secret at %s' % (
                         self.addresses[name],)
                 else:
                     self._targets[name] = target
-                    self._state[name] = 'streaming'
+                    self._state[name] = vocabulary.StreamState.STREAMING
             if not self._targets:
                 raise exceptions.AllDestinationsFailed(
                     reasons='; '.join('%s: %s' % item
@@ -421,7 +431,7 @@ class FakeRelay(object):
     def live_destinations(self):
         with self._lock:
             return [name for name in self.names
-                    if self._state[name] != 'failed']
+                    if self._state[name] != vocabulary.StreamState.FAILED]
 
     @property
     def bytes_from_source(self):
@@ -434,9 +444,9 @@ class FakeRelay(object):
 
     def _mark_failed(self, name, reason, notify=True):
         with self._lock:
-            if self._state[name] == 'failed':
+            if self._state[name] == vocabulary.StreamState.FAILED:
                 return
-            self._state[name] = 'failed'
+            self._state[name] = vocabulary.StreamState.FAILED
             self._reasons[name] = reason
         target = self._targets.get(name)
         if target is not None:
@@ -464,10 +474,10 @@ class FakeRelay(object):
             if source.cancelled:
                 for name, _ in self._live_targets():
                     self._mark_failed(name, 'migration cancelled', False)
-                source.finish(hypervisor.STATUS_CANCELLED)
+                source.finish(vocabulary.QemuStatus.CANCELLED)
                 return
             if not self.live_destinations():
-                source.finish(hypervisor.STATUS_FAILED,
+                source.finish(vocabulary.QemuStatus.FAILED,
                               'every destination failed')
                 return
             if source.transferred < source.total:
@@ -483,8 +493,8 @@ class FakeRelay(object):
             source.transferred += size
             self._send(size)
             self._stop.wait(step_seconds)
-        if source.status not in hypervisor.FINAL_STATUSES:
-            source.finish(hypervisor.STATUS_FAILED, 'relay closed')
+        if source.status not in vocabulary.QemuStatus.FINAL:
+            source.finish(vocabulary.QemuStatus.FAILED, 'relay closed')
 
     def _complete(self, source):
         source.pause()
@@ -495,13 +505,13 @@ class FakeRelay(object):
             if target.finish():
                 completed += 1
                 with self._lock:
-                    self._state[name] = 'complete'
+                    self._state[name] = vocabulary.StreamState.COMPLETE
             else:
                 self._mark_failed(name, target.reason)
         if completed:
-            source.finish(hypervisor.STATUS_COMPLETED)
+            source.finish(vocabulary.QemuStatus.COMPLETED)
         else:
-            source.finish(hypervisor.STATUS_FAILED,
+            source.finish(vocabulary.QemuStatus.FAILED,
                           'no destination loaded the state')
 
     def progress(self):
@@ -525,7 +535,7 @@ class FakeRelay(object):
             self._thread.join(5)
         for name, _ in self._live_targets():
             with self._lock:
-                finished = self._state[name] == 'complete'
+                finished = self._state[name] == vocabulary.StreamState.COMPLETE
             if not finished:
                 self._mark_failed(name, 'relay closed', False)
         with _REGISTRY.lock:

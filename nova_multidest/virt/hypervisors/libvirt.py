@@ -50,6 +50,7 @@ from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import relay
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
+from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ MULTIDEST_NS = 'http://openstack.org/xmlns/libvirt/nova-multidest/1.0'
 WORK_DIR_PREFIX = 'multidest-incoming-'
 MiB = 1 << 20
 # QEMU's own announce-self defaults (qemu-options: -announce).
-ANNOUNCE = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
 EVENT_POLL_INTERVAL = 0.1
-PAUSED_AFTER_MIGRATION = ('postmigrate', 'finish-migrate', 'paused')
 SOURCE_FD_NAME = 'multidest-stream'
 
 
@@ -204,7 +203,7 @@ class _LibvirtGuest(hypervisor.Guest):
             return None, None
         try:
             status = _qmp(self.domain, 'query-migrate').get(
-                'status', hypervisor.STATUS_NONE)
+                'status', vocabulary.QemuStatus.NONE)
             running = _qmp(self.domain, 'query-status')['running']
         except exceptions.QMPError:
             return None, None
@@ -325,7 +324,8 @@ class LibvirtSource(_LibvirtGuest, hypervisor.SourceGuest):
     def resume(self):
         if not self.is_alive():
             return
-        if self.run_state() in PAUSED_AFTER_MIGRATION:
+        if (self.run_state() in
+                vocabulary.QemuRunState.PAUSED_AFTER_MIGRATION):
             self.domain.resume()
 
 
@@ -366,23 +366,23 @@ class LibvirtDestination(_LibvirtGuest, hypervisor.DestinationGuest):
 
     def migration_status(self):
         if not self.is_alive():
-            return hypervisor.STATUS_FAILED
+            return vocabulary.QemuStatus.FAILED
         try:
             return _qmp(self.domain, 'query-migrate').get(
-                'status', hypervisor.STATUS_NONE)
+                'status', vocabulary.QemuStatus.NONE)
         except exceptions.QMPError:
-            return hypervisor.STATUS_FAILED
+            return vocabulary.QemuStatus.FAILED
 
     def resume(self):
         status = self.migration_status()
-        if status != hypervisor.STATUS_COMPLETED:
+        if status != vocabulary.QemuStatus.COMPLETED:
             raise exceptions.HypervisorError(
                 operation='resume %s' % self.name,
                 reason='its incoming migration is %s, not completed'
                        % status)
         try:
             self.domain.resume()
-            _qmp(self.domain, 'announce-self', **ANNOUNCE)
+            _qmp(self.domain, 'announce-self', **hypervisor.ANNOUNCE_SELF)
             self.domain.connect().defineXML(persistent_xml(
                 self.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)))
         except (libvirt.libvirtError, exceptions.QMPError) as exc:

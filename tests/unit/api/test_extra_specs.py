@@ -16,6 +16,7 @@ from nova.api.validation.extra_specs import validators
 from nova import exception
 
 from nova_multidest.api import extra_specs
+from nova_multidest import vocabulary
 
 
 class TestExtraSpecs(testtools.TestCase):
@@ -31,15 +32,15 @@ class TestExtraSpecs(testtools.TestCase):
 
     def test_valid_values(self):
         for value in ('1', '4', '16'):
-            validators.validate(extra_specs.DESTINATIONS, value)
+            validators.validate(vocabulary.EXTRA_SPEC_DESTINATIONS, value)
         for value in ('star', 'chain'):
-            validators.validate(extra_specs.TOPOLOGY, value)
+            validators.validate(vocabulary.EXTRA_SPEC_TOPOLOGY, value)
 
     def test_invalid_values(self):
-        for name, value in ((extra_specs.DESTINATIONS, '0'),
-                            (extra_specs.DESTINATIONS, '17'),
-                            (extra_specs.DESTINATIONS, 'two'),
-                            (extra_specs.TOPOLOGY, 'ring')):
+        for name, value in ((vocabulary.EXTRA_SPEC_DESTINATIONS, '0'),
+                            (vocabulary.EXTRA_SPEC_DESTINATIONS, '17'),
+                            (vocabulary.EXTRA_SPEC_DESTINATIONS, 'two'),
+                            (vocabulary.EXTRA_SPEC_TOPOLOGY, 'ring')):
             self.assertRaises(exception.ValidationError,
                               validators.validate, name, value)
 

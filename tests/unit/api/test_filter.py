@@ -29,12 +29,12 @@ from nova import policies as nova_policies
 
 from nova_multidest.api import filter as multidest_filter
 from nova_multidest.api import policies
-from nova_multidest.conductor import records
 from nova_multidest import conf as multidest_conf
+from nova_multidest import vocabulary
 
 SERVER = '0b7c9a3e-5b1e-4f55-8f0e-3e6f4f2d6a10'
 PROJECT = 'project-1'
-GROUP_ACTIVE = {records.ACTIVE_KEY: records.ACTIVE_VALUE}
+GROUP_ACTIVE = {vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE}
 
 objects.register_all()
 
@@ -272,7 +272,7 @@ class TestMigrateLiveMulti(FilterTestCase):
 
     def test_last_result_is_no_group(self):
         self.instance = make_instance(
-            system_metadata={records.RESULT_KEY: 'completed'})
+            system_metadata={vocabulary.SYSMETA_LAST_RESULT: 'completed'})
         self.assertEqual(202, self.migrate().status_int)
 
     def test_unknown_destination(self):

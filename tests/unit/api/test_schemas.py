@@ -14,12 +14,13 @@ import testtools
 
 from nova_multidest.api import schemas
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 MAX = 4
 
 
 def body(**args):
-    return {schemas.ACTION: args}
+    return {vocabulary.SERVER_ACTION: args}
 
 
 class TestValidate(testtools.TestCase):
@@ -97,7 +98,7 @@ class TestValidate(testtools.TestCase):
         self.assert_rejected(body(warm_up='true'), 'warm_up')
 
     def test_arguments_must_be_an_object(self):
-        self.assert_rejected({schemas.ACTION: ['c2']}, 'not of type')
+        self.assert_rejected({vocabulary.SERVER_ACTION: ['c2']}, 'not of type')
 
     def test_limit_follows_configuration(self):
         self.assertEqual(

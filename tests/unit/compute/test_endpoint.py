@@ -26,6 +26,7 @@ from nova_multidest import conf
 from nova_multidest.dataplane import session
 from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import fake
+from nova_multidest import vocabulary
 
 SECRET_HEX = 'ab' * 32
 SOURCE_ATTACHMENT = '2c0c5a3e-7f8e-4b55-9a43-6c1f0d3c6a01'
@@ -156,7 +157,7 @@ class DestinationSideTest(EndpointTestBase):
         self.assertEqual({'dst': 1}, driver_bdm['connection_info'])
 
     def test_failed_prepare_leaves_nothing(self):
-        fake.inject_fault('dst', fake.PHASE_PREPARE)
+        fake.inject_fault('dst', vocabulary.DestinationPhase.PREPARE)
         self.bdms.objects.append(volume_bdm('{}'))
         endpoint = self.endpoint()
         endpoint.volume_api.attachment_create.return_value = {
@@ -258,7 +259,8 @@ class DestinationSideTest(EndpointTestBase):
                   'attachment_ids': {},
                   'migrate_data': self.migrate_data().obj_to_primitive()}
         endpoint.journal.write('mig-1', record)
-        self.instance.system_metadata = {'multidest_active': 'true'}
+        self.instance.system_metadata = {
+            vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE}
         for status, reverted in (('running', False), ('cancelled', True)):
             self.migration.status = status
             with mock.patch.object(objects.Migration, 'get_by_uuid',
@@ -278,7 +280,8 @@ class DestinationSideTest(EndpointTestBase):
             'instance_uuid': 'inst-1', 'domain_name': 'instance-1',
             'attachment_ids': {},
             'migrate_data': self.migrate_data().obj_to_primitive()})
-        self.instance.system_metadata = {'multidest_last_result': 'failed'}
+        self.instance.system_metadata = {
+            vocabulary.SYSMETA_LAST_RESULT: '{"result": "failed"}'}
         self.migration.status = 'running'
         with mock.patch.object(objects.Migration, 'get_by_uuid',
                                return_value=self.migration), \
@@ -367,8 +370,9 @@ class SourceSideTest(EndpointTestBase):
                           self.source.source_status, 'ctxt', self.instance)
 
     def test_source_never_resumes_once_a_winner_was_elected(self):
-        stored = mock.Mock(system_metadata={'multidest_active': 'true',
-                                            'multidest_winner': 'mig-1'})
+        stored = mock.Mock(system_metadata={
+            vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE,
+            vocabulary.SYSMETA_WINNER: 'mig-1'})
         with mock.patch.object(objects.Instance, 'get_by_uuid',
                                return_value=stored):
             self.assertRaises(exceptions.CopyMayHaveRun,

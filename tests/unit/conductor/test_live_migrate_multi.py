@@ -21,12 +21,14 @@ from nova_multidest.conductor import records
 from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
 from nova_multidest import conf
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 
 def destination(host, prepared=False):
     return task_mod.Destination(
         host, mock.Mock(uuid='mig-%s' % host, dest_compute=host,
-                        status=records.ACCEPTED), prepare_sent=prepared)
+                        status=vocabulary.MigrationStatus.ACCEPTED),
+        prepare_sent=prepared)
 
 
 class TaskTest(testtools.TestCase):
@@ -88,8 +90,10 @@ class TaskTest(testtools.TestCase):
             mock.ANY, self.instance, bad.migration)
         self.assertEqual(['bad'],
                          [c.args[3] for c in self.release.call_args_list])
-        self.assertEqual(records.FAILED, bad.migration.status)
-        self.assertEqual(records.PREPARING, good.migration.status)
+        self.assertEqual(vocabulary.MigrationStatus.FAILED,
+                         bad.migration.status)
+        self.assertEqual(vocabulary.MigrationStatus.PREPARING,
+                         good.migration.status)
         self.assertIn('prepare', bad.reason)
 
     def test_winner_is_recorded_before_it_resumes(self):
@@ -101,8 +105,8 @@ class TaskTest(testtools.TestCase):
 
         self.compute.resume_destination.side_effect = resume
         self.assertTrue(self.task._elect(winner))
-        self.assertEqual('mig-a', seen[records.WINNER_KEY])
-        self.assertNotIn(records.RESUMED_KEY, seen)
+        self.assertEqual('mig-a', seen[vocabulary.SYSMETA_WINNER])
+        self.assertNotIn(vocabulary.SYSMETA_RESUMED, seen)
         self.assertEqual('mig-a', records.resumed(self.instance))
 
     def test_next_completed_destination_wins_if_first_cannot_resume(self):
@@ -125,7 +129,8 @@ class TaskTest(testtools.TestCase):
         self.compute.resume_destination.side_effect = resume
         self.task.secret = b'x'
         self.assertIs(second, self.task._stream_and_elect([first, second]))
-        self.assertEqual(records.FAILED, first.migration.status)
+        self.assertEqual(vocabulary.MigrationStatus.FAILED,
+                         first.migration.status)
         self.assertEqual('mig-second', records.winner(self.instance))
         self.compute.revert_destination.assert_called_once_with(
             mock.ANY, self.instance, first.migration)
@@ -146,8 +151,10 @@ class TaskTest(testtools.TestCase):
         self.compute.start_stream.assert_not_called()
         self.compute.resume_source.assert_called_once_with(
             mock.ANY, self.instance)
-        self.assertEqual(records.CANCELLED, good.migration.status)
-        self.assertEqual(records.FAILED, bad.migration.status)
+        self.assertEqual(vocabulary.MigrationStatus.CANCELLED,
+                         good.migration.status)
+        self.assertEqual(vocabulary.MigrationStatus.FAILED,
+                         bad.migration.status)
         self.assertIsNone(self.instance.task_state)
         self.assertFalse(records.group_in_progress(self.instance))
         self.fault.assert_called_once()

@@ -16,6 +16,7 @@ from unittest import mock
 import testtools
 
 from nova_multidest.conductor import records
+from nova_multidest import vocabulary
 
 
 def fake_instance():
@@ -35,25 +36,28 @@ class RecordsTest(testtools.TestCase):
         records.clear_winner(instance)
         self.assertIsNone(records.winner(instance))
         self.assertEqual({}, records.winner_attachments(instance))
-        records.end_group(instance, records.COMPLETED, 'h2')
+        records.end_group(instance, vocabulary.MigrationStatus.COMPLETED, 'h2')
         self.assertFalse(records.group_in_progress(instance))
-        self.assertEqual([records.RESULT_KEY],
+        self.assertEqual([vocabulary.SYSMETA_LAST_RESULT],
                          list(instance.system_metadata))
         self.assertEqual({'result': 'completed', 'host': 'h2'}, json.loads(
-            instance.system_metadata[records.RESULT_KEY]))
+            instance.system_metadata[vocabulary.SYSMETA_LAST_RESULT]))
 
     def test_long_reasons_fit_the_column(self):
         instance = fake_instance()
         records.start_group(instance, 1)
         reasons = {'host%d' % i: 'x' * 200 for i in range(4)}
-        records.end_group(instance, records.FAILED, 'h1', reasons=reasons)
-        text = instance.system_metadata[records.RESULT_KEY]
+        records.end_group(instance, vocabulary.MigrationStatus.FAILED, 'h1',
+                          reasons=reasons)
+        text = instance.system_metadata[vocabulary.SYSMETA_LAST_RESULT]
         self.assertLessEqual(len(text), 255)
         self.assertEqual('failed', json.loads(text)['result'])
 
     def test_start_drops_previous_result(self):
         instance = fake_instance()
-        instance.system_metadata[records.RESULT_KEY] = '{}'
+        instance.system_metadata[vocabulary.SYSMETA_LAST_RESULT] = '{}'
         records.start_group(instance, 2)
-        self.assertNotIn(records.RESULT_KEY, instance.system_metadata)
-        self.assertEqual('2', instance.system_metadata[records.ROUND_KEY])
+        self.assertNotIn(vocabulary.SYSMETA_LAST_RESULT,
+                         instance.system_metadata)
+        self.assertEqual('2',
+                         instance.system_metadata[vocabulary.SYSMETA_ROUND])

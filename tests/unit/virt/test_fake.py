@@ -16,10 +16,10 @@ import threading
 
 import testtools
 
-from nova_multidest.dataplane import hypervisor
 from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import fake
 from nova_multidest.virt import streaming
+from nova_multidest import vocabulary
 
 SECRET = b's' * 32
 DOMAIN_XML = ("<domain><name>instance-1</name><uuid>u-1</uuid>"
@@ -120,44 +120,47 @@ class FakeHypervisorTest(testtools.TestCase):
         dest, _, _ = self.destination('host2')
         [domain] = self.conns['host2'].domains
         self.assertEqual(PAUSED, domain.state)
-        self.assertEqual(hypervisor.STATUS_SETUP, dest.migration_status())
+        self.assertEqual(vocabulary.QemuStatus.SETUP, dest.migration_status())
         self.assertFalse(dest.is_running())
 
     def test_all_destinations_complete_and_source_pauses(self):
         stream, source, dests, drops = self.stream(['host2', 'host3'])
         self.assertTrue(stream.wait(5))
-        self.assertEqual(hypervisor.STATUS_COMPLETED, source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
+                         source.stats().status)
         self.assertFalse(source.is_running())
         for dest in dests.values():
-            self.assertEqual(hypervisor.STATUS_COMPLETED,
+            self.assertEqual(vocabulary.QemuStatus.COMPLETED,
                              dest.migration_status())
             self.assertEqual(source.total, dest.stream_bytes_received())
         self.assertEqual([], drops)
 
     def test_stream_fault_drops_only_that_destination(self):
-        fake.inject_fault('host3', fake.PHASE_STREAM)
+        fake.inject_fault('host3', vocabulary.DestinationPhase.STREAM)
         stream, source, dests, drops = self.stream(['host2', 'host3'])
         self.assertTrue(stream.wait(5))
-        self.assertEqual(hypervisor.STATUS_COMPLETED, source.stats().status)
-        self.assertEqual(hypervisor.STATUS_COMPLETED,
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
+                         source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
                          dests['host2'].migration_status())
-        self.assertEqual(hypervisor.STATUS_FAILED,
+        self.assertEqual(vocabulary.QemuStatus.FAILED,
                          dests['host3'].migration_status())
         self.assertEqual(['host3'], [name for name, _ in drops])
         self.assertEqual('failed',
                          stream.status()['destinations']['host3']['state'])
 
     def test_every_destination_failing_leaves_the_source_running(self):
-        fake.inject_fault('host2', fake.PHASE_COMPLETE)
+        fake.inject_fault('host2', vocabulary.DestinationPhase.COMPLETE)
         stream, source, dests, _ = self.stream(['host2'])
         self.assertTrue(stream.wait(5))
-        self.assertEqual(hypervisor.STATUS_FAILED, source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.FAILED, source.stats().status)
         self.assertTrue(source.is_running())
-        self.assertEqual(hypervisor.STATUS_FAILED,
+        self.assertEqual(vocabulary.QemuStatus.FAILED,
                          dests['host2'].migration_status())
 
     def test_prepare_fault_raises_after_the_domain_exists(self):
-        fake.inject_fault('host2', fake.PHASE_PREPARE, 'no room')
+        fake.inject_fault('host2', vocabulary.DestinationPhase.PREPARE,
+                          'no room')
         conn = StubConnection()
         hv = fake.FakeHypervisor(lambda: conn)
         dest = hv.destination_from_xml('host2', DOMAIN_XML)
@@ -168,7 +171,7 @@ class FakeHypervisorTest(testtools.TestCase):
         self.assertEqual([], conn.domains)
 
     def test_resume_fault_keeps_the_copy_paused(self):
-        fake.inject_fault('host2', fake.PHASE_RESUME)
+        fake.inject_fault('host2', vocabulary.DestinationPhase.RESUME)
         stream, _, dests, _ = self.stream(['host2', 'host3'])
         self.assertTrue(stream.wait(5))
         self.assertRaises(exceptions.HypervisorError, dests['host2'].resume)
@@ -190,20 +193,22 @@ class FakeHypervisorTest(testtools.TestCase):
     def test_warm_up_holds_until_switch_over(self):
         stream, source, dests, _ = self.stream(['host2'], warm_up=True)
         self.assertFalse(stream.wait(0.05))
-        self.assertEqual(hypervisor.STATUS_ACTIVE, source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.ACTIVE, source.stats().status)
         self.assertTrue(stream.holding)
         stream.switch_over()
         self.assertTrue(stream.wait(5))
-        self.assertEqual(hypervisor.STATUS_COMPLETED, source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
+                         source.stats().status)
         self.assertEqual(500, source.downtime_limit_ms)
 
     def test_abort_cancels_and_fails_destinations(self):
         stream, source, dests, _ = self.stream(['host2'], warm_up=True)
         stream.abort()
         self.assertTrue(stream.wait(5))
-        self.assertEqual(hypervisor.STATUS_CANCELLED, source.stats().status)
+        self.assertEqual(vocabulary.QemuStatus.CANCELLED,
+                         source.stats().status)
         self.assertTrue(source.is_running())
-        self.assertEqual(hypervisor.STATUS_FAILED,
+        self.assertEqual(vocabulary.QemuStatus.FAILED,
                          dests['host2'].migration_status())
 
     def test_relay_refuses_agents_with_another_secret(self):

@@ -19,6 +19,7 @@ import testtools
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import relay
 from nova_multidest.virt import streaming
+from nova_multidest import vocabulary
 
 
 class StreamTest(testtools.TestCase):
@@ -28,7 +29,7 @@ class StreamTest(testtools.TestCase):
         self.source = mock.Mock()
         self.source.name = 'guest'
         self.stats = hypervisor.MigrationStats(
-            status=hypervisor.STATUS_ACTIVE, transferred=100, total=1000,
+            status=vocabulary.QemuStatus.ACTIVE, transferred=100, total=1000,
             iterations=1)
         self.source.stats.side_effect = lambda: self.stats
         self.relay = mock.Mock(bytes_from_source=100, source_uri='unix:x')
@@ -47,7 +48,7 @@ class StreamTest(testtools.TestCase):
 
     def first_pass_done(self):
         self.stats = hypervisor.MigrationStats(
-            status=hypervisor.STATUS_ACTIVE, transferred=100, total=1000,
+            status=vocabulary.QemuStatus.ACTIVE, transferred=100, total=1000,
             iterations=2)
 
     def test_warm_up_starts_holding_and_migrates_into_the_relay(self):
