@@ -10,14 +10,14 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The compute endpoint of multi-destination live migration.
+"""The compute RPC endpoint of multi-destination live migration.
 
 Served on ``[multidest] compute_topic`` by every compute host running
-MultiDestLibvirtDriver. The conductor drives a migration through it: it
-prepares each destination (Nova's pre-live-migration work plus a paused
-incoming domain and a stream agent), starts the one outgoing stream on
-the source, waits for destinations, resumes the elected one and reverts
-the others.
+MultiDestLibvirtDriver (``driver.py``). The conductor drives a migration
+through it: it prepares each destination (Nova's pre-live-migration work
+plus a paused incoming domain and a stream agent), starts the one
+outgoing stream on the source, waits for destinations, resumes the
+elected one and reverts the others.
 
 Nova keeps per-instance state that assumes a single destination
 (``instance.migration_context``, ``bdm.attachment_id``, the driver's
@@ -50,7 +50,6 @@ from nova_multidest import conf
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import session
 from nova_multidest import exceptions
-from nova_multidest.virt import hypervisors
 from nova_multidest.virt import streaming
 from nova_multidest import vocabulary
 
@@ -83,18 +82,19 @@ class _PreparedDestination(object):
             self.changed.notify_all()
 
 
-class MultiDestComputeManager(object):
-    """RPC endpoint; one per compute host, created by the driver."""
+class ComputeEndpoint(object):
+    """RPC endpoint; one per compute host, served by the driver.
+
+    ``driver`` is the host's ``virt/driver.py`` LibvirtDriver and
+    ``hypervisor`` the extension it built (``virt/hypervisors/``).
+    """
 
     target = messaging.Target(version='1.0')
 
-    def __init__(self, driver, host, hypervisor_ext=None):
+    def __init__(self, driver, host, hypervisor):
         self.driver = driver
         self.host = host
-        # Looked up at every use: the driver's Host reconnects after a
-        # libvirtd restart and replaces its connection.
-        self.hypervisor = hypervisor_ext or hypervisors.load(
-            CONF.multidest.hypervisor, lambda: driver._host.get_connection())
+        self.hypervisor = hypervisor
         self.compute_rpcapi = rpcapi.ComputeAPI()
         self.network_api = neutron.API()
         self.volume_api = cinder.API()

@@ -10,36 +10,33 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The compute driver operators select with
-``compute_driver = multidest.MultiDestLibvirtDriver``.
+"""Nova's libvirt driver with what multi-destination migration needs of it.
 
-It is Nova's libvirt driver, unchanged for every ordinary operation, so
-that a compute host running it behaves exactly like one running
-``libvirt.LibvirtDriver`` until a multi-destination migration touches it.
-It adds the endpoint of multi-destination migration, served from
-``init_host``, and routes Nova's own force-complete and abort of a live
-migration to a multi-destination stream when one runs.
+Unchanged for every ordinary operation, so that a compute host behaves
+exactly like one running ``libvirt.LibvirtDriver`` until a
+multi-destination migration touches it. It adds the host-level steps the
+compute endpoint (``compute/endpoint.py``) takes for one destination of
+several, which Nova's own driver only takes for its single destination,
+and builds the hypervisor extension (``[multidest] hypervisor``) on this
+host's libvirt connection. ``compute/driver.py`` composes it with the
+endpoint into the driver operators select.
 """
 
 import functools
 
 from oslo_log import log as logging
-import oslo_messaging as messaging
 
 from nova.compute import power_state
-import nova.conf
-from nova import context as nova_context
 from nova import exception as nova_exception
 from nova import objects
-from nova.objects import base as objects_base
-from nova import rpc
 from nova.virt import driver as virt_driver
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import migration as libvirt_migration
 
-from nova_multidest.compute import endpoint as compute_endpoint
+from nova_multidest import conf
+from nova_multidest.virt import hypervisors
 
-CONF = nova.conf.CONF
+CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 
@@ -53,50 +50,22 @@ class _SourceXML(object):
         return self._xml
 
 
-class MultiDestLibvirtDriver(libvirt_driver.LibvirtDriver):
-    """Nova's libvirt driver plus multi-destination live migration."""
+class LibvirtDriver(libvirt_driver.LibvirtDriver):
+    """Nova's libvirt driver plus the steps of one of several copies."""
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only=read_only)
-        self.multidest = None
-        self._multidest_server = None
+        self.multidest_hypervisor = None
 
     def init_host(self, host):
         super().init_host(host)
-        endpoint = compute_endpoint.MultiDestComputeManager(self, host)
-        endpoint.cleanup_after_restart(nova_context.get_admin_context())
-        target = messaging.Target(topic=CONF.multidest.compute_topic,
-                                  server=host)
-        server = rpc.get_server(target, [endpoint],
-                                serializer=objects_base.NovaObjectSerializer())
-        server.start()
-        self.multidest = endpoint
-        self._multidest_server = server
-        LOG.info('Serving multi-destination migration on topic %s',
-                 CONF.multidest.compute_topic)
+        self.multidest_hypervisor = hypervisors.load(
+            CONF.multidest.hypervisor, self._multidest_connection)
 
-    def cleanup_host(self, host):
-        server, self._multidest_server = self._multidest_server, None
-        if server is not None:
-            server.stop()
-            server.wait()
-        if self.multidest is not None:
-            self.multidest.close()
-        super().cleanup_host(host)
-
-    def live_migration_force_complete(self, instance):
-        if self.multidest is not None and self.multidest.has_stream(instance):
-            self.multidest.switch_over(None, instance)
-            return
-        super().live_migration_force_complete(instance)
-
-    def live_migration_abort(self, instance):
-        if self.multidest is not None and self.multidest.has_stream(instance):
-            self.multidest.abort_stream(None, instance)
-            return
-        super().live_migration_abort(instance)
-
-    # -- helpers the endpoint uses ---------------------------------------
+    def _multidest_connection(self):
+        # Looked up at every use: the Host reconnects after a libvirtd
+        # restart and replaces its connection.
+        return self._host.get_connection()
 
     def multidest_destination_xml(self, instance, source_xml, migrate_data):
         """The source's domain XML rewritten for this host.

@@ -95,8 +95,8 @@ class EndpointOverLibvirtTest(testtools.TestCase):
         extension = libvirt_ext.LibvirtHypervisor(
             lambda: self.conn, rename_destinations=rename,
             work_dir=self.work_dir)
-        endpoint = compute_endpoint.MultiDestComputeManager(
-            driver, host, hypervisor_ext=extension)
+        endpoint = compute_endpoint.ComputeEndpoint(
+            driver, host, hypervisor=extension)
         endpoint.compute_rpcapi = mock.Mock()
         endpoint.compute_rpcapi.get_source_guest.side_effect = (
             lambda ctxt, inst: self.source.get_source_guest(ctxt, inst))

@@ -121,17 +121,6 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
     def _setup_compute_service(self):
         self.flags(compute_driver=DRIVER)
 
-    def start_compute(self, *args, **kwargs):
-        hostname = super().start_compute(*args, **kwargs)
-        # Nova's harness gives each compute its fake libvirt connection only
-        # after init_host, by replacing driver._host.get_connection; the
-        # hypervisor extension, created in init_host, must use that one.
-        driver = self.computes[hostname].driver
-        endpoint = getattr(driver, 'multidest', None)
-        if endpoint is not None:
-            endpoint.hypervisor._connect = driver._host.get_connection
-        return hostname
-
     # -- services ---------------------------------------------------------
 
     def _notification_source(self, binary):

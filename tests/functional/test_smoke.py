@@ -12,7 +12,7 @@
 
 """Our driver must not break anything Nova does on its own."""
 
-from nova_multidest.virt import driver as multidest_driver
+from nova_multidest.compute import driver as multidest_driver
 from tests.functional import base
 
 

@@ -140,7 +140,7 @@ class TestInstallBesideNova(WheelFixtureMixin, testtools.TestCase):
             env=dict(os.environ, OS_NOVA_DISABLE_EVENTLET_PATCHING='1'))
         cls_name, nova_file = out.stdout.split()
         self.assertEqual(
-            'nova_multidest.virt.driver.MultiDestLibvirtDriver', cls_name)
+            'nova_multidest.compute.driver.MultiDestLibvirtDriver', cls_name)
         self.assertTrue(nova_file.startswith(target_lib), nova_file)
 
 

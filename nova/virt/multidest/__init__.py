@@ -16,4 +16,4 @@ Nova imports ``compute_driver`` only from below ``nova.virt``; this package
 is the only file nova-multidest installs inside Nova's own tree.
 """
 
-from nova_multidest.virt.driver import MultiDestLibvirtDriver  # noqa: F401
+from nova_multidest.compute.driver import MultiDestLibvirtDriver  # noqa: F401

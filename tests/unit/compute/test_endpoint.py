@@ -84,8 +84,8 @@ class EndpointTestBase(testtools.TestCase):
                                    dest_compute='dst')
 
     def endpoint(self, host='dst'):
-        endpoint = compute_endpoint.MultiDestComputeManager(
-            self.driver, host, hypervisor_ext=fake.FakeHypervisor())
+        endpoint = compute_endpoint.ComputeEndpoint(
+            self.driver, host, hypervisor=fake.FakeHypervisor())
         endpoint.compute_rpcapi = mock.Mock()
         endpoint.compute_rpcapi.get_source_guest.return_value = {
             'xml': SOURCE_XML}

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""What MultiDestLibvirtDriver adds to Nova's libvirt driver."""
+"""What virt/driver.py adds to Nova's libvirt driver."""
 
 from unittest import mock
 
@@ -21,6 +21,7 @@ from nova import objects
 from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_multidest.virt import driver
+from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 
 SOURCE_XML = ("<domain type='kvm'><name>instance-1</name>"
               "<devices><graphics type='vnc' listen='10.0.0.1'/></devices>"
@@ -36,70 +37,19 @@ class DriverTest(testtools.TestCase):
     def setUp(self):
         super().setUp()
         # Nova's __init__ needs a libvirt host; these tests need none of it.
-        self.driver = driver.MultiDestLibvirtDriver.__new__(
-            driver.MultiDestLibvirtDriver)
-        self.driver.multidest = mock.Mock()
-        self.driver._multidest_server = None
-        self.instance = mock.Mock(uuid='inst-1')
+        self.driver = driver.LibvirtDriver.__new__(driver.LibvirtDriver)
+        self.driver._host = mock.Mock()
 
-    def test_force_complete_switches_over_a_multidest_stream(self):
-        self.driver.multidest.has_stream.return_value = True
-        with mock.patch.object(libvirt_driver.LibvirtDriver,
-                               'live_migration_force_complete') as parent:
-            self.driver.live_migration_force_complete(self.instance)
-        self.driver.multidest.switch_over.assert_called_once_with(
-            None, self.instance)
-        parent.assert_not_called()
-
-    def test_force_complete_falls_back_to_libvirt(self):
-        self.driver.multidest.has_stream.return_value = False
-        with mock.patch.object(libvirt_driver.LibvirtDriver,
-                               'live_migration_force_complete') as parent:
-            self.driver.live_migration_force_complete(self.instance)
-        parent.assert_called_once_with(self.instance)
-        self.driver.multidest.switch_over.assert_not_called()
-
-    def test_abort_aborts_a_multidest_stream(self):
-        self.driver.multidest.has_stream.return_value = True
-        with mock.patch.object(libvirt_driver.LibvirtDriver,
-                               'live_migration_abort') as parent:
-            self.driver.live_migration_abort(self.instance)
-        self.driver.multidest.abort_stream.assert_called_once_with(
-            None, self.instance)
-        parent.assert_not_called()
-
-    def test_abort_falls_back_to_libvirt(self):
-        self.driver.multidest.has_stream.return_value = False
-        with mock.patch.object(libvirt_driver.LibvirtDriver,
-                               'live_migration_abort') as parent:
-            self.driver.live_migration_abort(self.instance)
-        parent.assert_called_once_with(self.instance)
-
-    @mock.patch('nova.rpc.get_server')
-    @mock.patch('nova_multidest.compute.endpoint.MultiDestComputeManager')
     @mock.patch.object(libvirt_driver.LibvirtDriver, 'init_host')
-    def test_init_host_cleans_up_then_serves(self, parent, endpoint_cls,
-                                             get_server):
-        calls = mock.Mock()
-        endpoint = endpoint_cls.return_value
-        endpoint.cleanup_after_restart.side_effect = (
-            lambda ctxt: calls.cleanup())
-        get_server.return_value.start.side_effect = lambda: calls.start()
+    def test_init_host_builds_the_extension_on_the_hosts_connection(
+            self, parent):
         self.driver.init_host('host1')
         parent.assert_called_once_with('host1')
-        self.assertEqual([mock.call.cleanup(), mock.call.start()],
-                         calls.mock_calls)
-        target = get_server.call_args.args[0]
-        self.assertEqual(('nova-multidest-compute', 'host1'),
-                         (target.topic, target.server))
-        self.assertEqual([endpoint], get_server.call_args.args[1])
-
-        with mock.patch.object(libvirt_driver.LibvirtDriver,
-                               'cleanup_host') as parent_cleanup:
-            self.driver.cleanup_host('host1')
-        get_server.return_value.stop.assert_called_once_with()
-        endpoint.close.assert_called_once_with()
-        parent_cleanup.assert_called_once_with('host1')
+        extension = self.driver.multidest_hypervisor
+        self.assertIsInstance(extension, libvirt_ext.LibvirtHypervisor)
+        # Nova's Host replaces its connection when libvirtd restarts.
+        self.driver._host.get_connection.return_value = mock.sentinel.new
+        self.assertIs(mock.sentinel.new, extension.connection)
 
     def test_destination_xml_applies_this_hosts_migrate_data(self):
         migrate_data = objects.LibvirtLiveMigrateData(

@@ -1,0 +1,81 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The compute driver operators select:
+``compute_driver = multidest.MultiDestLibvirtDriver``.
+
+nova-compute loads a compute driver and nothing else, so the driver is
+where this project's compute side starts. It is the libvirt driver of
+``virt/driver.py`` that also serves the endpoint of multi-destination
+migration (``endpoint.py``) on ``[multidest] compute_topic`` from
+``init_host``, and routes Nova's own force-complete and abort of a live
+migration to a multi-destination stream when one runs.
+"""
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+
+from nova import context as nova_context
+from nova.objects import base as objects_base
+from nova import rpc
+
+from nova_multidest.compute import endpoint as compute_endpoint
+from nova_multidest import conf
+from nova_multidest.virt import driver as virt_driver
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+
+class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
+    """Nova's libvirt driver plus multi-destination live migration."""
+
+    def __init__(self, virtapi, read_only=False):
+        super().__init__(virtapi, read_only=read_only)
+        self.multidest = None
+        self._multidest_server = None
+
+    def init_host(self, host):
+        super().init_host(host)
+        endpoint = compute_endpoint.ComputeEndpoint(
+            self, host, self.multidest_hypervisor)
+        endpoint.cleanup_after_restart(nova_context.get_admin_context())
+        target = messaging.Target(topic=CONF.multidest.compute_topic,
+                                  server=host)
+        server = rpc.get_server(target, [endpoint],
+                                serializer=objects_base.NovaObjectSerializer())
+        server.start()
+        self.multidest = endpoint
+        self._multidest_server = server
+        LOG.info('Serving multi-destination migration on topic %s',
+                 CONF.multidest.compute_topic)
+
+    def cleanup_host(self, host):
+        server, self._multidest_server = self._multidest_server, None
+        if server is not None:
+            server.stop()
+            server.wait()
+        if self.multidest is not None:
+            self.multidest.close()
+        super().cleanup_host(host)
+
+    def live_migration_force_complete(self, instance):
+        if self.multidest is not None and self.multidest.has_stream(instance):
+            self.multidest.switch_over(None, instance)
+            return
+        super().live_migration_force_complete(instance)
+
+    def live_migration_abort(self, instance):
+        if self.multidest is not None and self.multidest.has_stream(instance):
+            self.multidest.abort_stream(None, instance)
+            return
+        super().live_migration_abort(instance)
