@@ -79,14 +79,6 @@ class InvalidMigrationRequest(MultiDestError):
     code = 400
 
 
-class NotEnoughDestinations(MultiDestError):
-    msg_fmt = ('Only %(ready)d destination(s) could be prepared, fewer than '
-               'the %(minimum)d required ([multidest] min_destinations); '
-               'the server keeps running on its source. Free capacity on '
-               'other hosts or lower the requested count.')
-    code = 409
-
-
 class ConductorStopping(MultiDestError):
     msg_fmt = ('nova-multidest-conductor is stopping; the migration of '
                '%(instance_uuid)s is left to the recovery of the next '

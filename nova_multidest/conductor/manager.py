@@ -15,6 +15,7 @@
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
+from nova.compute import utils as compute_utils
 from nova import context as nova_context
 from nova import manager
 from nova import objects
@@ -86,19 +87,28 @@ class MultiDestConductorManager(manager.Manager):
         instance = objects.Instance.get_by_uuid(
             context, instance.uuid,
             expected_attrs=list(vocabulary.INSTANCE_ATTRS))
-        task = live_migrate_multi.LiveMigrateMultiTask(
-            context, instance, self.clients, destinations=destinations,
-            count=count, block_migration=block_migration, warm_up=warm_up,
-            stopping=self.stopping)
+        task = self._build_live_migrate_multi_task(
+            context, instance, destinations, count, block_migration,
+            warm_up)
         try:
-            task.execute()
+            with compute_utils.EventReporter(
+                    context, vocabulary.EVENT_LIVE_MIGRATION, CONF.host,
+                    instance.uuid, graceful_exit=True):
+                task.execute()
         except exceptions.ConductorStopping:
             LOG.info('Stopping: migration left to recovery',
                      instance=instance)
         except exceptions.AllDestinationsFailed as error:
             LOG.warning('%s', error, instance=instance)
         except Exception:
+            # The task's rollback has ended the group, or left it to
+            # recovery.
             LOG.exception('Multi-destination live migration failed',
                           instance=instance)
-            recovery.recover_instance(context, self.clients, instance,
-                                      self.stopping)
+
+    def _build_live_migrate_multi_task(self, context, instance, destinations,
+                                       count, block_migration, warm_up):
+        return live_migrate_multi.LiveMigrateMultiTask(
+            context, instance, self.clients, destinations=destinations,
+            count=count, block_migration=block_migration, warm_up=warm_up,
+            stopping=self.stopping)

@@ -15,19 +15,18 @@
 Runs at every start of nova-multidest-conductor, from Nova's records
 only: a group is in progress while the instance carries the
 ``multidest_active`` system_metadata key; its destinations are the
-instance's live migrations still in progress. A recorded winner is
-finished (its guest may already run: no other copy ever may); without
-one every destination is reverted and the source resumes.
+instance's live migrations still in progress. The group (``group.py``)
+settles each: a recorded winner is finished (its guest may already run:
+no other copy ever may); without one every destination is reverted and
+the source resumes.
 """
 
 from oslo_log import log as logging
 
 from nova import context as nova_context
-from nova import exception as nova_exception
 from nova import objects
 
-from nova_multidest.conductor import records
-from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
+from nova_multidest.conductor import group as group_mod
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
@@ -53,25 +52,11 @@ def recover_all(context, clients, stopping=None):
                 recover_instance(cell_context, clients, instance, stopping)
 
 
-def _winner_migration(context, instance, migrations):
-    winner_uuid = records.winner(instance)
-    if not winner_uuid:
-        return None
-    for migration in migrations:
-        if migration.uuid == winner_uuid:
-            return migration
-    try:
-        return objects.Migration.get_by_uuid(context, winner_uuid)
-    except nova_exception.MigrationNotFound:
-        return None
-
-
 def recover_instance(context, clients, instance, stopping=None):
     """Bring one interrupted group to its end; never raises."""
+    group = group_mod.Group(context, instance, clients, stopping=stopping)
     try:
-        _recover(context, clients, instance, stopping)
-    except exceptions.AllDestinationsFailed as error:
-        LOG.warning('Rolled back: %s', error, instance=instance)
+        error = group.settle(REASON)
     except exceptions.ConductorStopping:
         LOG.info('Stopping: recovery continues at the next start',
                  instance=instance)
@@ -79,74 +64,6 @@ def recover_instance(context, clients, instance, stopping=None):
         LOG.exception('Could not recover the multi-destination migration; '
                       'it is retried at the next conductor start',
                       instance=instance)
-
-
-def _recover(context, clients, instance, stopping):
-    instance.refresh()
-    if not records.group_in_progress(instance):
-        return
-    migrations = records.group_migrations(context, instance)
-    task = task_mod.LiveMigrateMultiTask(context, instance, clients,
-                                         stopping=stopping)
-    winner_migration = _winner_migration(context, instance, migrations)
-    if migrations or winner_migration:
-        first = winner_migration or migrations[0]
-        task.source = first.source_compute
-        task.source_node = first.source_node
-    destinations = {
-        m.uuid: task_mod.Destination(m.dest_compute, m, node=m.dest_node,
-                                     prepare_sent=True,
-                                     reason=REASON)
-        for m in migrations}
-    winner = None
-    if winner_migration is not None:
-        winner = destinations.pop(
-            winner_migration.uuid,
-            task_mod.Destination(winner_migration.dest_compute,
-                                 winner_migration))
-        winner.reason = None
-        winner.attachment_ids = records.winner_attachments(instance)
-    losers = list(destinations.values())
-    if winner is not None and _winner_runs(task, winner):
-        if instance.host == winner.host:
-            task.revert_all(losers, vocabulary.MigrationStatus.CANCELLED,
-                            REASON)
-            clients.report_client.move_allocations(
-                context, winner.migration.uuid, instance.uuid)
-            task.end_completed(winner)
-        else:
-            task.losers = losers
-            task.finish(winner)
-        return
-    if winner is not None:
-        losers.append(winner)
-    task.revert_all(losers, vocabulary.MigrationStatus.FAILED, REASON)
-    clients.multidest_compute.abort_stream(context, instance)
-    task.resume_source()
-    task.reasons.setdefault('conductor', REASON)
-    task.all_failed()
-
-
-def _winner_runs(task, winner):
-    """True once the elected copy runs; resumes it if that never happened.
-
-    A winner is recorded before it resumes: if the conductor died in
-    between, resuming now is the only way forward that keeps exactly one
-    copy; if that fails the winner never ran and the source may resume.
-    """
-    instance = task.instance
-    if (records.resumed(instance) == winner.migration.uuid or
-            winner.migration.status == vocabulary.MigrationStatus.COMPLETED or
-            instance.host == winner.host):
-        return True
-    try:
-        task.clients.multidest_compute.resume_destination(
-            task.context, instance, winner.migration)
-    except Exception as error:
-        LOG.warning('Recorded winner %s cannot resume: %s', winner.host,
-                    error, instance=instance)
-        winner.fail(vocabulary.DestinationPhase.RESUME, error)
-        records.clear_winner(instance)
-        return False
-    records.record_resumed(instance, winner.migration.uuid)
-    return True
+    else:
+        if error is not None:
+            LOG.warning('Rolled back: %s', error, instance=instance)

@@ -59,10 +59,10 @@ def release(context, clients, instance, host, migration_uuid,
             attachment_ids):
     """Drop one destination's binding, attachments and claim.
 
-    Every step runs even if an earlier one failed; the errors are
-    returned so the caller can report them.
+    Every step runs even if an earlier one failed. Returns what could not
+    be released, one sentence each, for the destination's reason.
     """
-    errors = []
+    leftovers = []
     try:
         if host:
             clients.network_api.cleanup_instance_network_on_host(
@@ -70,7 +70,7 @@ def release(context, clients, instance, host, migration_uuid,
     except Exception as error:
         LOG.exception('Could not delete port bindings on %s', host,
                       instance=instance)
-        errors.append(error)
+        leftovers.append('port bindings on %s (%s)' % (host, error))
     for attachment_id in attachment_ids or ():
         try:
             clients.volume_api.attachment_delete(context, attachment_id)
@@ -79,15 +79,17 @@ def release(context, clients, instance, host, migration_uuid,
         except Exception as error:
             LOG.exception('Could not delete volume attachment %s',
                           attachment_id, instance=instance)
-            errors.append(error)
+            leftovers.append('volume attachment %s (%s)'
+                             % (attachment_id, error))
     try:
         clients.report_client.delete_allocation_for_instance(
             context, migration_uuid, consumer_type='migration', force=True)
     except Exception as error:
         LOG.exception('Could not delete the allocation of migration %s',
                       migration_uuid, instance=instance)
-        errors.append(error)
-    return errors
+        leftovers.append('placement allocation of consumer %s (%s)' % (
+            migration_uuid, error))
+    return leftovers
 
 
 def sweep_attachments(context, volume_api, instance):

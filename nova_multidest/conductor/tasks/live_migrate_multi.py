@@ -12,36 +12,31 @@
 
 """The multi-destination live migration task.
 
-Flow (DESIGN.md, steps 2 to 7): choose the destinations; prepare them
-concurrently, each one reverted alone if it fails; start the one stream on
-the source; elect the first destination that completes, record it durably,
-then let it resume; do Nova's post-live-migration bookkeeping for it;
-revert the others. If every destination fails, the source resumes and the
-server stays ACTIVE there, possibly after further rounds on other hosts.
-
-Each step leaves Nova's records (Migration rows, instance
-system_metadata) telling the truth, so that ``recovery`` can finish or
-roll back a group whose conductor died.
+Nova's conductor tasks pattern (``nova.conductor.tasks.base.TaskBase``):
+``execute`` runs ``_execute`` and calls ``rollback`` if it raises. One
+round chooses the destinations, prepares them concurrently (each one
+reverted alone if it fails), starts the one stream on the source and
+elects the first destination that completes; the group (``group.py``)
+records each step and owns every end: finishing the winner, reverting the
+others, and keeping the server on its source when every destination of
+every round failed. ``rollback`` brings an unexpected failure to one of
+those ends from Nova's records, as recovery does after a restart.
 """
 
 import concurrent.futures
-import dataclasses
 import os
 import queue
 import time
-import typing
 
 from oslo_log import log as logging
 
-from nova import availability_zones
-from nova.compute import power_state
-from nova.compute import task_states
-from nova.compute import utils as compute_utils
+from nova.conductor.tasks import base
 from nova import exception as nova_exception
 from nova import objects
 from nova.objects import fields as obj_fields
 
 from nova_multidest.conductor import destinations as dest_mod
+from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
 from nova_multidest.conductor import resources
 from nova_multidest import conf
@@ -55,6 +50,8 @@ CONF = conf.CONF
 _WAIT_GRACE = 60
 # How often the election loop looks whether its conductor is stopping.
 _REPORT_POLL = 1.0
+# A round whose prepared destinations are fewer than min_destinations.
+_TOO_FEW = 'too few destinations ready'
 
 
 class _PhaseTimer(object):
@@ -75,23 +72,6 @@ class _PhaseTimer(object):
         return ', '.join('%s %.2fs' % item for item in self.spent)
 
 
-@dataclasses.dataclass
-class Destination:
-    """One destination host of the group and what it holds."""
-
-    host: str
-    migration: typing.Any
-    node: typing.Optional[str] = None
-    prepare_sent: bool = False
-    migrate_data: typing.Any = None
-    agent_address: typing.Any = None
-    attachment_ids: dict = dataclasses.field(default_factory=dict)
-    reason: typing.Optional[str] = None
-
-    def fail(self, phase, error):
-        self.reason = '%s: %s' % (phase, error)
-
-
 def block_migration_flag(block_migration):
     """The API's 'auto' means: let the driver decide, as Nova does."""
     if block_migration in ('auto', None):
@@ -99,90 +79,80 @@ def block_migration_flag(block_migration):
     return bool(block_migration)
 
 
-class LiveMigrateMultiTask(object):
+class LiveMigrateMultiTask(base.TaskBase):
+    """Live-migrate ``instance`` to several destinations at once.
+
+    ``destinations`` names the hosts of the first round, else ``count``
+    (else the flavor's, else the configured default) hosts come from the
+    scheduler. ``stopping()`` tells that the service stops.
+    """
 
     def __init__(self, context, instance, clients, destinations=None,
                  count=None, block_migration='auto', warm_up=False,
                  stopping=None):
-        self.context = context
-        self.instance = instance
+        super().__init__(context, instance)
         self.clients = clients
         self.requested_hosts = destinations
         self.count = count
         self.block_migration = block_migration_flag(block_migration)
         self.warm_up = warm_up
-        self._stopping = stopping
-        self.source = instance.host
-        self.source_node = instance.node
+        self.group = group_mod.Group(
+            context, instance, clients, source=instance.host,
+            source_node=instance.node,
+            block_migration=self.block_migration, stopping=stopping)
         self.tried_hosts = set()
-        self.losers = []
-        self.reasons = {}
+        self.secret = None
         self._spec = None
 
-    # -- entry point ------------------------------------------------------
-
-    def execute(self):
-        with compute_utils.EventReporter(
-                self.context, vocabulary.EVENT_LIVE_MIGRATION, CONF.host,
-                self.instance.uuid, graceful_exit=True):
-            self._execute()
-
     def _execute(self):
-        rounds = CONF.multidest.max_rounds
-        for round_number in range(1, rounds + 1):
-            records.start_group(self.instance, round_number)
+        for round_number in range(1, CONF.multidest.max_rounds + 1):
+            self.group.start_round(round_number)
             timer = _PhaseTimer('prepare')
             ready = self._prepare_round(round_number)
-            if len(ready) >= CONF.multidest.min_destinations:
-                timer.next('stream and election')
-                winner = self._stream_and_elect(ready)
-                if winner is not None:
-                    timer.next('finish')
-                    self.finish(winner)
-                    timer.next(None)
-                    LOG.debug('Group timings: %s', timer,
-                              instance=self.instance)
-                    return
-            else:
-                error = exceptions.NotEnoughDestinations(
-                    ready=len(ready),
-                    minimum=CONF.multidest.min_destinations)
-                LOG.warning('Round %d: %s', round_number, error,
+            if len(ready) < CONF.multidest.min_destinations:
+                LOG.warning('Round %d: only %d destination(s) could be '
+                            'prepared, fewer than [multidest] '
+                            'min_destinations (%d)', round_number,
+                            len(ready), CONF.multidest.min_destinations,
                             instance=self.instance)
-                self.reasons['round %d' % round_number] = (
-                    'too few destinations ready')
-                self.revert_all(ready, vocabulary.MigrationStatus.CANCELLED,
-                                'too few destinations ready')
-            self.resume_source()
-        self.all_failed()
+                self.group.reasons['round %d' % round_number] = _TOO_FEW
+                self.group.give_up(ready,
+                                   vocabulary.MigrationStatus.CANCELLED,
+                                   _TOO_FEW)
+                continue
+            timer.next('stream and election')
+            winner, losers = self._stream_and_elect(ready)
+            if winner is None:
+                self.group.give_up(losers, vocabulary.MigrationStatus.FAILED,
+                                   'the election ended without a winner')
+                continue
+            timer.next('finish')
+            self.group.finish(winner, losers)
+            timer.next(None)
+            LOG.debug('Group timings: %s', timer, instance=self.instance)
+            return
+        raise self.group.end_failed()
 
-    # -- helpers shared with recovery -----------------------------------------
+    def rollback(self, ex):
+        """End the group from its records after an unexpected failure.
 
-    def check_not_stopping(self):
-        """Leave everything to recovery if our service is stopping.
-
-        Simulates and handles a conductor crash alike: no cleanup, the
-        records already tell the next conductor what to do.
+        A stopping conductor leaves its groups to the next one's recovery,
+        and a group whose every destination failed has already ended.
+        Never raises: what cannot be settled now is recovered at the next
+        conductor start.
         """
-        if self._stopping is not None and self._stopping():
-            raise exceptions.ConductorStopping(
-                instance_uuid=self.instance.uuid)
-
-    def _record_destination_event(self, destination, error=None):
-        name = vocabulary.EVENT_DESTINATION % destination.host
+        if isinstance(ex, (exceptions.ConductorStopping,
+                           exceptions.AllDestinationsFailed)):
+            return
         try:
-            objects.InstanceActionEvent.event_start(
-                self.context, self.instance.uuid, name, want_result=False,
-                host=destination.host)
-            # Nova marks an event failed only when it has a traceback; the
-            # reason is all there is to show.
-            objects.InstanceActionEvent.event_finish_with_failure(
-                self.context, self.instance.uuid, name, exc_val=error,
-                exc_tb=None if error is None else str(error),
-                want_result=False)
-        except nova_exception.InstanceActionNotFound:
-            LOG.debug('No instance action to record %s in', name,
-                      instance=self.instance)
+            self.group.settle('the conductor failed: %s' % ex)
+        except exceptions.ConductorStopping:
+            LOG.info('Stopping: the migration is left to recovery',
+                     instance=self.instance)
+        except Exception:
+            LOG.exception('Could not end the multi-destination migration; '
+                          'it is recovered at the next conductor start',
+                          instance=self.instance)
 
     # -- choosing destinations ---------------------------------------------
 
@@ -212,7 +182,8 @@ class LiveMigrateMultiTask(object):
             uuid=migration_uuid or dest_mod.new_migration_uuid(),
             instance_uuid=self.instance.uuid,
             migration_type=obj_fields.MigrationType.LIVE_MIGRATION,
-            source_compute=self.source, source_node=self.source_node,
+            source_compute=self.group.source,
+            source_node=self.group.source_node,
             dest_compute=host, status=vocabulary.MigrationStatus.ACCEPTED,
             old_instance_type_id=self.instance.flavor.id,
             new_instance_type_id=self.instance.flavor.id,
@@ -256,11 +227,11 @@ class LiveMigrateMultiTask(object):
         return chosen
 
     def _refused_by_scheduler(self, host):
-        destination = Destination(host, self._new_migration(host))
+        destination = group_mod.Destination(host, self._new_migration(host))
         destination.fail(vocabulary.DestinationPhase.CLAIM,
                          'no valid host: the scheduler filters or placement '
                          'refused it')
-        self._revert(destination, vocabulary.MigrationStatus.FAILED)
+        self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
         self.tried_hosts.add(host)
 
     def _schedule(self, wanted, exclude):
@@ -282,8 +253,10 @@ class LiveMigrateMultiTask(object):
             if migration.dest_compute != candidate.host:
                 self._set_dest_node(migration, candidate.host,
                                     candidate.node)
-            chosen.append(Destination(candidate.host, migration,
-                                      node=candidate.node))
+            destination = group_mod.Destination(candidate.host, migration,
+                                                node=candidate.node)
+            self.group.add(destination)
+            chosen.append(destination)
         for migration in pending.values():
             records.set_status(migration, vocabulary.MigrationStatus.FAILED)
         return chosen
@@ -310,18 +283,18 @@ class LiveMigrateMultiTask(object):
                     nova_exception.NovaException) as error:
                 LOG.warning('Could not choose destinations: %s', error,
                             instance=self.instance)
-                self.reasons['scheduler'] = str(error)
+                self.group.reasons['scheduler'] = str(error)
                 return []
             self.secret = os.urandom(32)
             futures = [pool.submit(self._prepare_one, d, checks.get(d.host))
                        for d in chosen]
             results = [future.result() for future in futures]
-        self.check_not_stopping()
+        self.group.check_not_stopping()
         return [d for d, ok in zip(chosen, results) if ok]
 
     def _run_checks(self, host):
         """Nova's live-migration checks of one destination host."""
-        self.check_not_stopping()
+        self.group.check_not_stopping()
         self._check_host_up(host)
         self._check_same_cell(host)
         self._check_hypervisor(host)
@@ -333,7 +306,7 @@ class LiveMigrateMultiTask(object):
         phase = vocabulary.DestinationPhase.CHECKS
         timings = _PhaseTimer()
         try:
-            self.check_not_stopping()
+            self.group.check_not_stopping()
             records.set_status(destination.migration,
                                vocabulary.MigrationStatus.PREPARING)
             if checks is None:
@@ -345,7 +318,7 @@ class LiveMigrateMultiTask(object):
                                  self.instance, destination.host,
                                  migrate_data)
             phase = timings.next(vocabulary.DestinationPhase.PREPARE)
-            self.check_not_stopping()
+            self.group.check_not_stopping()
             destination.prepare_sent = True
             result = self.clients.multidest_compute.prepare_destination(
                 self.context, self.instance, destination.migration,
@@ -361,11 +334,11 @@ class LiveMigrateMultiTask(object):
         except exceptions.ConductorStopping:
             return False
         except Exception as error:
-            self.check_not_stopping()
+            self.group.check_not_stopping()
             LOG.warning('Destination %s failed at %s: %s', destination.host,
                         phase, error, instance=self.instance)
             destination.fail(phase, error)
-            self._revert(destination, vocabulary.MigrationStatus.FAILED)
+            self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
 
     def _check_host_up(self, host):
@@ -383,7 +356,7 @@ class LiveMigrateMultiTask(object):
 
     def _check_hypervisor(self, host):
         get = objects.ComputeNode.get_first_node_by_host_for_old_compat
-        source = get(self.context, self.source)
+        source = get(self.context, self.group.source)
         dest = get(self.context, host)
         if source.hypervisor_type != dest.hypervisor_type:
             raise nova_exception.InvalidHypervisorType()
@@ -394,11 +367,13 @@ class LiveMigrateMultiTask(object):
     # -- stream and election -------------------------------------------------
 
     def _stream_and_elect(self, ready):
-        records.set_phase(self.instance, vocabulary.GroupPhase.STREAMING)
-        for destination in ready:
-            records.set_status(destination.migration,
-                               vocabulary.MigrationStatus.RUNNING)
-        self.check_not_stopping()
+        """Stream to ``ready``; return (winner or None, those left).
+
+        Every destination that reported a failure was reverted; those left
+        have not reported yet (or timed out).
+        """
+        self.group.stream(ready)
+        self.group.check_not_stopping()
         self.clients.multidest_compute.start_stream(
             self.context, self.instance,
             [{'migration_uuid': d.migration.uuid, 'host': d.host,
@@ -417,22 +392,21 @@ class LiveMigrateMultiTask(object):
             try:
                 destination, outcome = reports.get(timeout=_REPORT_POLL)
             except queue.Empty:
-                self.check_not_stopping()
+                self.group.check_not_stopping()
                 if time.monotonic() > deadline:
-                    self.revert_all(waiting, vocabulary.MigrationStatus.FAILED,
-                                    'no report within %d s' % timeout)
-                    return None
+                    for late in waiting:
+                        late.reason = 'no report within %d s' % timeout
+                    return None, waiting
                 continue
             waiting.remove(destination)
-            self.check_not_stopping()
-            completed = outcome == vocabulary.WaitOutcome.COMPLETED
-            if completed and self._elect(destination):
-                self.losers = waiting
-                return destination
-            if not completed:
+            self.group.check_not_stopping()
+            if outcome != vocabulary.WaitOutcome.COMPLETED:
                 destination.fail(vocabulary.DestinationPhase.STREAM, outcome)
-                self._revert(destination, vocabulary.MigrationStatus.FAILED)
-        return None
+                self.group.revert(destination,
+                                  vocabulary.MigrationStatus.FAILED)
+            elif self.group.elect(destination):
+                return destination, waiting
+        return None, []
 
     def _wait_one(self, destination, timeout, reports):
         try:
@@ -441,177 +415,3 @@ class LiveMigrateMultiTask(object):
         except Exception as error:
             outcome = 'wait failed: %s' % error
         reports.put((destination, outcome))
-
-    def _elect(self, destination):
-        """Record ``destination`` as the winner, then let it resume.
-
-        The record comes first: if we die between the two, recovery knows
-        which copy may run. A destination that fails to resume never ran
-        (the compute's contract), so the next completed one may win.
-        """
-        records.record_winner(self.instance, destination.migration.uuid,
-                              destination.attachment_ids)
-        try:
-            self.clients.multidest_compute.resume_destination(
-                self.context, self.instance, destination.migration)
-        except Exception as error:
-            self.check_not_stopping()
-            LOG.warning('Elected destination %s failed to resume: %s',
-                        destination.host, error, instance=self.instance)
-            destination.fail(vocabulary.DestinationPhase.RESUME, error)
-            self._revert(destination, vocabulary.MigrationStatus.FAILED)
-            records.clear_winner(self.instance)
-            return False
-        records.record_resumed(self.instance, destination.migration.uuid)
-        LOG.info('Elected %s', destination.host, instance=self.instance)
-        return True
-
-    # -- reverting ----------------------------------------------------------
-
-    def _revert(self, destination, status):
-        """Undo one destination without touching any other."""
-        if destination.prepare_sent:
-            try:
-                self.clients.multidest_compute.revert_destination(
-                    self.context, self.instance, destination.migration)
-            except Exception:
-                LOG.exception('Could not revert destination %s',
-                              destination.host, instance=self.instance)
-        resources.release(self.context, self.clients, self.instance,
-                          destination.host, destination.migration.uuid,
-                          destination.attachment_ids)
-        records.set_status(destination.migration, status)
-        reason = destination.reason or status
-        self.reasons[destination.host] = reason
-        self._record_destination_event(
-            destination,
-            None if status == vocabulary.MigrationStatus.COMPLETED else
-            exceptions.DestinationFailed(destination=destination.host,
-                                         reason=reason))
-
-    def revert_all(self, group, status, reason):
-        if not group:
-            return
-        for destination in group:
-            destination.reason = destination.reason or reason
-        with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
-            list(pool.map(lambda d: self._revert(d, status), group))
-
-    def resume_source(self):
-        try:
-            self.clients.multidest_compute.resume_source(
-                self.context, self.instance)
-        except Exception:
-            LOG.exception('Could not resume the source',
-                          instance=self.instance)
-
-    # -- endings ------------------------------------------------------------
-
-    def finish(self, winner):
-        """Nova's post-live-migration bookkeeping, for the winner.
-
-        The losers are reverted, the winner's port bindings activated and
-        its claim made the instance's allocation while the source is
-        cleaned up: only what Nova's post_live_migration_at_destination
-        needs waits, so the server is ACTIVE on the winner sooner.
-        """
-        context, instance = self.context, self.instance
-        self._reclaim_task_state()
-        compute_utils.notify_about_instance_action(
-            context, instance, CONF.host,
-            action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
-            phase=obj_fields.NotificationPhase.START)
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            side_work = [
-                pool.submit(self.revert_all, self.losers,
-                            vocabulary.MigrationStatus.CANCELLED,
-                            'another destination won'),
-                pool.submit(self.clients.report_client.move_allocations,
-                            context, winner.migration.uuid, instance.uuid)]
-            bindings = pool.submit(
-                self.clients.network_api.migrate_instance_start, context,
-                instance, objects.Migration(source_compute=self.source,
-                                            dest_compute=winner.host))
-            if winner.attachment_ids:
-                # The source disconnects the volumes its BDMs name: it must
-                # be done before they name the winner's attachments.
-                self._cleanup_source(winner)
-                resources.adopt_attachments(
-                    context, self.clients.volume_api, instance,
-                    winner.attachment_ids)
-            else:
-                side_work.append(pool.submit(self._cleanup_source, winner))
-            bindings.result()
-            self.clients.compute_rpcapi.post_live_migration_at_destination(
-                context, instance, self.block_migration, winner.host)
-            for future in side_work:
-                future.result()
-        instance.refresh()
-        self.end_completed(winner)
-        compute_utils.notify_about_instance_action(
-            context, instance, CONF.host,
-            action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
-            phase=obj_fields.NotificationPhase.END)
-
-    def _reclaim_task_state(self):
-        """Put back the task_state a restarted source compute reset.
-
-        Nova's init_host resets a migrating instance's task_state (and errs
-        one running migration) on its host; the group still owns the
-        server, and Nova's post-live-migration expects MIGRATING.
-        """
-        self.instance.refresh()
-        if self.instance.task_state != task_states.MIGRATING:
-            LOG.warning('task_state was reset to %s meanwhile; setting it '
-                        'back to finish the migration',
-                        self.instance.task_state, instance=self.instance)
-            self.instance.task_state = task_states.MIGRATING
-            self.instance.save()
-
-    def _cleanup_source(self, winner):
-        self.clients.multidest_compute.cleanup_source(
-            self.context, self.instance, winner.migration,
-            migrate_data=winner.migrate_data)
-
-    def end_completed(self, winner):
-        records.set_status(winner.migration,
-                           vocabulary.MigrationStatus.COMPLETED)
-        self._record_destination_event(winner)
-        self.clients.network_api.cleanup_instance_network_on_host(
-            self.context, self.instance, self.source)
-        resources.sweep_attachments(self.context, self.clients.volume_api,
-                                    self.instance)
-        records.end_group(self.instance,
-                          vocabulary.MigrationStatus.COMPLETED, winner.host)
-        self.instance.availability_zone = (
-            availability_zones.get_host_availability_zone(
-                self.context, winner.host))
-        if self.instance.task_state == task_states.MIGRATING:
-            self.instance.task_state = None
-        self.instance.save()
-        LOG.info('Live migration to %s completed', winner.host,
-                 instance=self.instance)
-
-    def all_failed(self):
-        """The server stays where it was, ACTIVE, and says why."""
-        instance = self.instance
-        resources.sweep_attachments(self.context, self.clients.volume_api,
-                                    instance)
-        error = exceptions.AllDestinationsFailed(
-            reasons='; '.join('%s: %s' % item
-                              for item in sorted(self.reasons.items())) or
-            'no destination found')
-        compute_utils.add_instance_fault_from_exc(
-            self.context, instance, error, fault_message=str(error))
-        records.end_group(instance, vocabulary.MigrationStatus.FAILED,
-                          self.source, reasons=self.reasons)
-        instance.task_state = None
-        instance.power_state = power_state.RUNNING
-        instance.save(expected_task_state=[task_states.MIGRATING, None])
-        compute_utils.notify_about_instance_action(
-            self.context, instance, CONF.host,
-            action=obj_fields.NotificationAction.LIVE_MIGRATION_ROLLBACK,
-            phase=obj_fields.NotificationPhase.END)
-        LOG.warning('Every destination failed; the server stays on %s',
-                    self.source, instance=instance)
-        raise error

@@ -17,6 +17,7 @@ import fixtures
 from oslo_config import fixture as config_fixture
 import testtools
 
+from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
 from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
 from nova_multidest import conf
@@ -25,13 +26,13 @@ from nova_multidest import vocabulary
 
 
 def destination(host, prepared=False):
-    return task_mod.Destination(
+    return group_mod.Destination(
         host, mock.Mock(uuid='mig-%s' % host, dest_compute=host,
                         status=vocabulary.MigrationStatus.ACCEPTED),
         prepare_sent=prepared)
 
 
-class TaskTest(testtools.TestCase):
+class TaskTestBase(testtools.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -45,10 +46,13 @@ class TaskTest(testtools.TestCase):
         self.task = task_mod.LiveMigrateMultiTask(
             mock.Mock(), self.instance, self.clients, destinations=None)
         for name in ('_check_host_up', '_check_same_cell',
-                     '_check_hypervisor', '_record_destination_event'):
+                     '_check_hypervisor'):
             self.useFixture(_patch_object(self.task, name))
+        self.useFixture(_patch_object(self.task.group,
+                                      '_record_destination_event'))
         self.release = self.useFixture(_patch(
-            'nova_multidest.conductor.resources.release')).mock
+            'nova_multidest.conductor.resources.release',
+            return_value=[])).mock
         self.useFixture(_patch(
             'nova_multidest.conductor.resources.bind_ports'))
         self.useFixture(_patch(
@@ -63,6 +67,9 @@ class TaskTest(testtools.TestCase):
         self.useFixture(_patch_object(self.task, '_choose',
                                       return_value=chosen))
         return chosen
+
+
+class TaskTest(TaskTestBase):
 
     def test_destinations_are_prepared_concurrently(self):
         chosen = self.choose('a', 'b', 'c')
@@ -104,7 +111,7 @@ class TaskTest(testtools.TestCase):
             seen.update(instance.system_metadata)
 
         self.compute.resume_destination.side_effect = resume
-        self.assertTrue(self.task._elect(winner))
+        self.assertTrue(self.task.group.elect(winner))
         self.assertEqual('mig-a', seen[vocabulary.SYSMETA_WINNER])
         self.assertNotIn(vocabulary.SYSMETA_RESUMED, seen)
         self.assertEqual('mig-a', records.resumed(self.instance))
@@ -128,7 +135,8 @@ class TaskTest(testtools.TestCase):
         self.compute.wait_destination.side_effect = wait
         self.compute.resume_destination.side_effect = resume
         self.task.secret = b'x'
-        self.assertIs(second, self.task._stream_and_elect([first, second]))
+        self.assertEqual((second, []),
+                         self.task._stream_and_elect([first, second]))
         self.assertEqual(vocabulary.MigrationStatus.FAILED,
                          first.migration.status)
         self.assertEqual('mig-second', records.winner(self.instance))
@@ -160,12 +168,106 @@ class TaskTest(testtools.TestCase):
         self.fault.assert_called_once()
 
     def test_stopping_conductor_abandons_without_cleanup(self):
-        self.task._stopping = lambda: True
+        self.task.group._stopping = lambda: True
         self.choose('a')
         self.assertRaises(exceptions.ConductorStopping,
                           self.task._prepare_round, 1)
         self.compute.prepare_destination.assert_not_called()
         self.release.assert_not_called()
+
+    def test_what_a_revert_cannot_release_is_in_the_reason(self):
+        loser = destination('a', prepared=True)
+        loser.reason = 'stream: lost'
+        self.release.return_value = ['placement allocation of consumer '
+                                     'mig-a (placement is down)']
+        self.task.group.revert(loser, vocabulary.MigrationStatus.FAILED)
+        self.assertEqual('stream: lost; left behind: placement allocation '
+                         'of consumer mig-a (placement is down)',
+                         self.task.group.reasons['a'])
+        self.assertEqual(vocabulary.MigrationStatus.FAILED,
+                         loser.migration.status)
+
+
+class RollbackTest(TaskTestBase):
+    """An unexpected failure ends the group as recovery would."""
+
+    def setUp(self):
+        super().setUp()
+        self.migrations = []
+        self.useFixture(_patch(
+            'nova_multidest.conductor.records.group_migrations',
+            side_effect=lambda ctxt, inst: list(self.migrations)))
+
+    def start_streaming(self, *hosts):
+        """A group whose destinations ``hosts`` receive the stream."""
+        records.start_group(self.instance, 1)
+        chosen = [destination(host, prepared=True) for host in hosts]
+        for dest in chosen:
+            self.task.group.add(dest)
+        self.task.group.stream(chosen)
+        self.migrations = [d.migration for d in chosen]
+        return chosen
+
+    def test_execute_rolls_back_a_stream_that_cannot_start(self):
+        chosen = self.start_streaming('a', 'b')
+        self.useFixture(_patch_object(self.task, '_prepare_round',
+                                      return_value=chosen))
+        self.compute.start_stream.side_effect = RuntimeError('bus down')
+        error = self.assertRaises(RuntimeError, self.task.execute)
+        self.assertEqual('bus down', str(error))
+        self.assertEqual(
+            [vocabulary.MigrationStatus.FAILED] * 2,
+            [d.migration.status for d in chosen])
+        self.assertEqual(2, self.compute.revert_destination.call_count)
+        self.compute.abort_stream.assert_called_once_with(
+            mock.ANY, self.instance)
+        self.compute.resume_source.assert_called_once_with(
+            mock.ANY, self.instance)
+        self.assertFalse(records.group_in_progress(self.instance))
+        self.assertIn('the conductor failed: bus down',
+                      self.instance.system_metadata[
+                          vocabulary.SYSMETA_LAST_RESULT])
+        self.fault.assert_called_once()
+
+    def test_a_recorded_winner_is_finished_not_reverted(self):
+        winner, loser = self.start_streaming('a', 'b')
+        records.record_winner(self.instance, winner.migration.uuid)
+        records.record_resumed(self.instance, winner.migration.uuid)
+        finish = self.useFixture(_patch_object(self.task.group,
+                                               'finish')).mock
+        self.task.rollback(RuntimeError('lost'))
+        finish.assert_called_once_with(winner, [loser])
+        self.assertIn('lost', loser.reason)
+        self.compute.resume_source.assert_not_called()
+
+    def test_a_winner_that_cannot_resume_is_reverted_with_the_others(self):
+        winner, loser = self.start_streaming('a', 'b')
+        records.record_winner(self.instance, winner.migration.uuid)
+        self.compute.resume_destination.side_effect = RuntimeError('dead')
+        self.task.rollback(RuntimeError('lost'))
+        self.assertEqual(
+            [vocabulary.MigrationStatus.FAILED] * 2,
+            [d.migration.status for d in (winner, loser)])
+        self.assertIn('resume: dead', winner.reason)
+        self.compute.resume_source.assert_called_once_with(
+            mock.ANY, self.instance)
+
+    def test_stopping_and_ended_groups_are_left_alone(self):
+        self.start_streaming('a')
+        for error in (exceptions.ConductorStopping(instance_uuid='inst'),
+                      exceptions.AllDestinationsFailed(reasons='x')):
+            self.task.rollback(error)
+        self.compute.revert_destination.assert_not_called()
+        self.assertTrue(records.group_in_progress(self.instance))
+
+    def test_a_stopping_conductor_leaves_the_rest_to_recovery(self):
+        self.start_streaming('a', 'b')
+        self.task.group._stopping = lambda: True
+        records.record_winner(self.instance, 'mig-a')
+        self.compute.resume_destination.side_effect = RuntimeError('dead')
+        self.task.rollback(RuntimeError('lost'))
+        self.compute.revert_destination.assert_not_called()
+        self.assertEqual('mig-a', records.winner(self.instance))
 
 
 def _patch(target, **kwargs):
