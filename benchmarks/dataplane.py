@@ -38,9 +38,9 @@ import subprocess
 import sys
 import time
 
+from nova_multidest.dataplane import demo_session
 from nova_multidest.dataplane import guest
 from nova_multidest.dataplane import qemu
-from nova_multidest.dataplane import session
 from nova_multidest import vocabulary
 
 MiB = 1 << 20
@@ -199,7 +199,7 @@ def migrate_direct(hypervisor, source):
     try:
         dest.start_incoming()
         source.set_capabilities({'events': True})
-        source.set_parameters(max_bandwidth=session.UNLIMITED_BANDWIDTH,
+        source.set_parameters(max_bandwidth=demo_session.UNLIMITED_BANDWIDTH,
                               downtime_limit_ms=SETTINGS['downtime_limit_ms'])
         started = time.time()
         source.migrate(dest.direct_uri())
@@ -223,8 +223,8 @@ def migrate_direct(hypervisor, source):
 
 def migrate_relay(hypervisor, source, topology, count, network):
     names = ['d%d' % i for i in range(count)]
-    settings = session.Settings(topology=topology, **SETTINGS)
-    migration = session.Session(hypervisor, source, names, settings)
+    settings = demo_session.Settings(topology=topology, **SETTINGS)
+    migration = demo_session.Session(hypervisor, source, names, settings)
     context = (in_netns(network.ns('source')) if network is not None
                else contextlib.nullcontext())
     with context:

@@ -29,9 +29,9 @@ import sys
 import threading
 import time
 
+from nova_multidest.dataplane import demo_session
 from nova_multidest.dataplane import guest
 from nova_multidest.dataplane import qemu
-from nova_multidest.dataplane import session
 from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class Demo(object):
         process = self.hypervisor.boot('source', memory_mb=args.memory,
                                        image=self.image())
         self.source = self.hypervisor.source(process)
-        settings = session.Settings(
+        settings = demo_session.Settings(
             topology=args.topology,
             max_bandwidth=args.bandwidth * MiB,
             warm_up=args.warm_up, warm_up_exit=vocabulary.WarmUpExit.COPIED,
@@ -216,7 +216,7 @@ class Demo(object):
                  ', %s will be killed mid-stream' % self.victim
                  if self.victim else '')
         self.board = ProgressBoard(self.names, self.out)
-        migration = session.Session(
+        migration = demo_session.Session(
             self.hypervisor, self.source, self.names, settings,
             approve_winner=self._approve, on_progress=self._on_progress,
             on_destination_ready=self._on_ready)

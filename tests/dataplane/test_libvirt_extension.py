@@ -35,8 +35,8 @@ import testtools
 
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import protocol
+from nova_multidest.dataplane import source_stream
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
-from nova_multidest.virt import streaming
 from nova_multidest import vocabulary
 
 MiB = 1 << 20
@@ -267,7 +267,7 @@ class LibvirtExtensionTest(testtools.TestCase):
                    for host, dest in destinations.items()}
 
         relay = self.hv.create_relay(secret, addresses)
-        stream = streaming.SourceStream(
+        stream = source_stream.SourceStream(
             source, relay, downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
             poll_interval=0.1)
         stream.start(lambda func: threading.Thread(
@@ -329,7 +329,7 @@ class LibvirtExtensionTest(testtools.TestCase):
         waiters = {host: StatusWaiter(dest)
                    for host, dest in destinations.items()}
         relay = self.hv.create_relay(secret, addresses)
-        stream = streaming.SourceStream(
+        stream = source_stream.SourceStream(
             source, relay, warm_up=True, downtime_limit_ms=2000,
             max_bandwidth=1024 * MiB, poll_interval=0.1)
         stream.start(lambda func: threading.Thread(
@@ -360,7 +360,7 @@ class LibvirtExtensionTest(testtools.TestCase):
         dest.start_incoming()
         address = dest.open_stream(secret, listen=('127.0.0.1', 0))
         relay = self.hv.create_relay(secret, [('dest1', address)])
-        stream = streaming.SourceStream(
+        stream = source_stream.SourceStream(
             source, relay, downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
             poll_interval=0.1)
         stream.start(lambda func: threading.Thread(
@@ -395,9 +395,9 @@ class LibvirtExtensionTest(testtools.TestCase):
         address = dest.open_stream(secret, listen=('127.0.0.1', 0))
         waiter = StatusWaiter(dest)
         relay = self.hv.create_relay(secret, [('dest1', address)])
-        stream = streaming.SourceStream(source, relay, warm_up=True,
-                                        max_bandwidth=64 * MiB,
-                                        poll_interval=0.1)
+        stream = source_stream.SourceStream(source, relay, warm_up=True,
+                                            max_bandwidth=64 * MiB,
+                                            poll_interval=0.1)
         stream.start(lambda func: threading.Thread(
             target=func, daemon=True).start())
         self.addCleanup(stream.close)

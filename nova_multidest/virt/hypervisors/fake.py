@@ -35,9 +35,9 @@ from oslo_log import log as logging
 
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import relay
+from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
-from nova_multidest.virt import streaming
 from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
     @property
     def holding(self):
         return (self.downtime_limit_ms is not None and
-                self.downtime_limit_ms <= streaming.HOLD_DOWNTIME_MS)
+                self.downtime_limit_ms <= source_stream.HOLD_DOWNTIME_MS)
 
     def migrate(self, uri):
         with _REGISTRY.lock:

@@ -16,9 +16,9 @@ import threading
 
 import testtools
 
+from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import fake
-from nova_multidest.virt import streaming
 from nova_multidest import vocabulary
 
 SECRET = b's' * 32
@@ -110,8 +110,8 @@ class FakeHypervisorTest(testtools.TestCase):
         relay = self.source_hv.create_relay(
             SECRET, addresses, on_drop=lambda *args: drops.append(args))
         source = self.source_hv.source('instance-1')
-        stream = streaming.SourceStream(source, relay, warm_up=warm_up,
-                                        poll_interval=0.001)
+        stream = source_stream.SourceStream(source, relay, warm_up=warm_up,
+                                            poll_interval=0.001)
         stream.start(spawn)
         self.addCleanup(stream.close)
         return stream, source, dests, drops

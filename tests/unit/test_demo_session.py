@@ -17,7 +17,7 @@ import io
 import testtools
 
 from nova_multidest.cmd import demo
-from nova_multidest.dataplane import session
+from nova_multidest.dataplane import demo_session
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
@@ -25,7 +25,7 @@ from nova_multidest import vocabulary
 class SettingsTest(testtools.TestCase):
 
     def test_defaults_are_valid(self):
-        session.Settings().validate(['a', 'b'])
+        demo_session.Settings().validate(['a', 'b'])
 
     def test_rejected(self):
         cases = [
@@ -42,9 +42,9 @@ class SettingsTest(testtools.TestCase):
         ]
         for names, kwargs, text in cases:
             with self.subTest(kwargs=kwargs):
+                settings = demo_session.Settings(**kwargs)
                 err = self.assertRaises(exceptions.InvalidSettings,
-                                        session.Settings(**kwargs).validate,
-                                        names)
+                                        settings.validate, names)
                 self.assertIn(text, str(err))
 
     def test_capabilities_a_one_way_stream_cannot_carry(self):
@@ -53,14 +53,14 @@ class SettingsTest(testtools.TestCase):
             with self.subTest(capability=name):
                 err = self.assertRaises(
                     exceptions.UnsupportedCapability,
-                    session.Settings(capabilities={name: True}).validate,
+                    demo_session.Settings(capabilities={name: True}).validate,
                     ['a'])
                 self.assertIn(name, str(err))
                 self.assertIn('Turn it off', str(err))
 
     def test_disabled_unsupported_capability_is_fine(self):
-        session.Settings(capabilities={'return-path': False,
-                                       'multifd': True}).validate(['a'])
+        demo_session.Settings(capabilities={'return-path': False,
+                                            'multifd': True}).validate(['a'])
 
 
 class ProgressBoardTest(testtools.TestCase):
@@ -69,10 +69,10 @@ class ProgressBoardTest(testtools.TestCase):
         out = io.StringIO()
         board = demo.ProgressBoard(['d0'], out)
         for percent in (0.0, 10.0, 20.0, 30.0):
-            board.update({'d0': session.DestinationProgress(
+            board.update({'d0': demo_session.DestinationProgress(
                 vocabulary.DestinationState.STREAMING, int(percent * 1e6),
                 percent)})
-        board.update({'d0': session.DestinationProgress(
+        board.update({'d0': demo_session.DestinationProgress(
             vocabulary.DestinationState.REMOVED, 30000000, 30.0,
             'hypervisor exited')})
         lines = out.getvalue().splitlines()

@@ -19,9 +19,9 @@ import time
 
 import testtools
 
+from nova_multidest.dataplane import demo_session
 from nova_multidest.dataplane import guest
 from nova_multidest.dataplane import qemu
-from nova_multidest.dataplane import session
 from tests.dataplane import qemu_fixture
 
 MiB = 1 << 20
@@ -157,8 +157,8 @@ class SessionTestBase(testtools.TestCase):
                 self.take_snapshots(name)
             return approve(name) if approve else True
 
-        migration = session.Session(
-            hypervisor, self.source, names, session.Settings(**settings),
+        migration = demo_session.Session(
+            hypervisor, self.source, names, demo_session.Settings(**settings),
             approve_winner=approve_winner, on_destination_ready=on_ready,
             on_progress=self.on_progress)
         self.addCleanup(migration.abort, 'test cleanup')

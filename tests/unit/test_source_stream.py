@@ -18,7 +18,7 @@ import testtools
 
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import relay
-from nova_multidest.virt import streaming
+from nova_multidest.dataplane import source_stream
 from nova_multidest import vocabulary
 
 
@@ -36,7 +36,7 @@ class StreamTest(testtools.TestCase):
         self.relay.progress.return_value = {
             'dest': relay.DestinationProgress('streaming', 100, None)}
         self.progress = []
-        self.stream = streaming.SourceStream(
+        self.stream = source_stream.SourceStream(
             self.source, self.relay, warm_up=True, downtime_limit_ms=300,
             on_progress=lambda *args: self.progress.append(args))
         # The monitor thread is driven by hand.
@@ -52,7 +52,7 @@ class StreamTest(testtools.TestCase):
             iterations=2)
 
     def test_warm_up_starts_holding_and_migrates_into_the_relay(self):
-        self.assertEqual([streaming.HOLD_DOWNTIME_MS],
+        self.assertEqual([source_stream.HOLD_DOWNTIME_MS],
                          self.downtime_limits())
         self.source.migrate.assert_called_once_with('unix:x')
         self.assertTrue(self.stream.holding)
@@ -69,7 +69,7 @@ class StreamTest(testtools.TestCase):
         self.stream._poll()
         self.stream._maybe_release()
         self.assertFalse(self.stream.holding)
-        self.assertEqual([streaming.HOLD_DOWNTIME_MS, 300],
+        self.assertEqual([source_stream.HOLD_DOWNTIME_MS, 300],
                          self.downtime_limits())
         self.assertTrue(self.stream.status()['warm_up_ready'])
 
@@ -84,7 +84,7 @@ class StreamTest(testtools.TestCase):
         self.stream.switch_over()
         self.stream.switch_over()
         self.assertFalse(self.stream.holding)
-        self.assertEqual(streaming.FORCE_DOWNTIME_MS,
+        self.assertEqual(source_stream.FORCE_DOWNTIME_MS,
                          self.downtime_limits()[-1])
 
     def test_progress_reaches_the_callback_with_each_destination(self):
@@ -102,6 +102,6 @@ class StreamTest(testtools.TestCase):
         source = mock.Mock()
         source.migrate.side_effect = RuntimeError('refused')
         fanout = mock.Mock()
-        stream = streaming.SourceStream(source, fanout)
+        stream = source_stream.SourceStream(source, fanout)
         self.assertRaises(RuntimeError, stream.start, lambda func: None)
         fanout.close.assert_called_once_with()

@@ -19,12 +19,12 @@ import signal
 from nova_multidest.dataplane import protocol
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
-from tests.dataplane import session_base
+from tests.dataplane import demo_session_base
 
-MiB = session_base.MiB
+MiB = demo_session_base.MiB
 
 
-class IdenticalStateTest(session_base.SessionTestBase):
+class IdenticalStateTest(demo_session_base.SessionTestBase):
     """Every surviving destination holds exactly the source's state."""
 
     def _migrate(self, count, topology=vocabulary.Topology.STAR):
@@ -54,7 +54,7 @@ class IdenticalStateTest(session_base.SessionTestBase):
         self._migrate(3, topology=vocabulary.Topology.CHAIN)
 
 
-class DestinationFailureTest(session_base.SessionTestBase):
+class DestinationFailureTest(demo_session_base.SessionTestBase):
 
     def setUp(self):
         super().setUp()
@@ -175,7 +175,7 @@ class DestinationFailureTest(session_base.SessionTestBase):
         self.assert_identical_survivors(['e0', 'e1'])
 
 
-class ElectionTest(session_base.SessionTestBase):
+class ElectionTest(demo_session_base.SessionTestBase):
 
     def test_winner_failing_to_resume_elects_next_completed(self):
         self.boot(fill_mb=16)
@@ -231,7 +231,7 @@ class ElectionTest(session_base.SessionTestBase):
         self.assert_identical_survivors(['d0', 'd1'])
 
 
-class WarmUpTest(session_base.SessionTestBase):
+class WarmUpTest(demo_session_base.SessionTestBase):
 
     def _hold_then_switch(self, **settings):
         # The hold lasts while the guest dirties more than bandwidth x 1 ms
@@ -248,7 +248,7 @@ class WarmUpTest(session_base.SessionTestBase):
                          migration.progress()))
         # Held: still pre-copying pass after pass, guest running.
         first = self.source.stats()
-        self.assertTrue(session_base.wait_for(
+        self.assertTrue(demo_session_base.wait_for(
             lambda: self.source.stats().iterations >= first.iterations + 5,
             timeout=10))
         self.assertEqual('active', self.source.stats().status)
@@ -302,7 +302,7 @@ class WarmUpTest(session_base.SessionTestBase):
         self.assert_identical_survivors(['d0'])
 
 
-class BadSettingsTest(session_base.SessionTestBase):
+class BadSettingsTest(demo_session_base.SessionTestBase):
 
     def test_rejected_before_anything_starts(self):
         self.boot()

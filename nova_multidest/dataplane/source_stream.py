@@ -20,10 +20,9 @@ destination are the conductor's; the source only ever resumes its guest
 when told to, or when QEMU gave up on its own.
 """
 
+import logging
 import threading
 import time
-
-from oslo_log import log as logging
 
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import warmup
