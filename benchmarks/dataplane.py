@@ -240,7 +240,7 @@ def migrate_relay(hypervisor, source, topology, count, network):
 
 SETTINGS = dict(downtime_limit_ms=300, lag_limit=1 << 30,
                 election_timeout=60, completion_timeout=120,
-                poll_interval=0.05)
+                sample_interval=0.05)
 
 
 def measure(hypervisor, image, memory_mb, case, network):

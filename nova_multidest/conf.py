@@ -153,6 +153,14 @@ warm_up_opts = [
         default=100, min=1, max=100,
         help='Percentage of live destinations that must meet warm_up_exit '
              'before a warm-up migration is reported ready.'),
+    cfg.IntOpt(
+        'switch_over_timeout',
+        default=10, min=1,
+        help='Seconds a requested switch-over (force complete) may take: '
+             'to wait for warm_up_exit, then to converge within '
+             'downtime_limit_ms. After that the switch-over is forced: the '
+             'guest pauses until the rest of its memory is copied, however '
+             'long that takes. A second force complete forces it at once.'),
 ]
 
 timeout_opts = [

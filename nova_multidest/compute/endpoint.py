@@ -47,7 +47,6 @@ from nova.volume import cinder
 from nova_multidest.compute import journal as journal_mod
 from nova_multidest.compute import rpcapi
 from nova_multidest import conf
-from nova_multidest.dataplane import demo_session
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
@@ -434,15 +433,16 @@ class ComputeEndpoint(object):
             topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
             tls=self._tls_contexts()[1],
             on_drop=functools.partial(self._on_drop, instance))
-        return source_stream.SourceStream(
-            source, fanout, warm_up=warm_up,
+        settings = source_stream.StreamSettings(
+            max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB,
             downtime_limit_ms=CONF.multidest.downtime_limit_ms,
-            # QEMU's own 128 MiB/s default would cap every migration.
-            max_bandwidth=(CONF.multidest.max_bandwidth_mb * MiB or
-                           demo_session.UNLIMITED_BANDWIDTH),
-            on_progress=self._progress_recorder(migrations),
+            warm_up=warm_up,
             warm_up_exit=CONF.multidest.warm_up_exit,
-            warm_up_percent=CONF.multidest.warm_up_percent)
+            warm_up_percent=CONF.multidest.warm_up_percent,
+            switch_over_timeout=CONF.multidest.switch_over_timeout)
+        return source_stream.SourceStream(
+            source, fanout, settings,
+            on_progress=self._progress_recorder(migrations))
 
     def _on_drop(self, instance, name, reason):
         LOG.warning('Destination %s dropped from the stream: %s', name,

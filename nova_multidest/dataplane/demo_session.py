@@ -10,44 +10,36 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""One multi-destination live migration, at the hypervisor level.
+"""The demo's migration: every destination on this host, election here.
 
-The session owns the whole life of one migration of one guest: it
-prepares N paused incoming destinations, streams the source's single
-migration through the relay to all of them, optionally holds pre-copy
-(warm-up) until a switch-over is requested, elects the first destination
-whose incoming migration completed, lets only that one run, and removes
-every other one. If no destination makes it, the source runs on; a
-callback may name other destinations for another round.
+In Nova the conductor elects the winner among destinations on other
+hosts (``conductor/group.py``); the demo (``cmd/demo.py``), the data-plane
+tests and the data-plane benchmark have no conductor, so this session
+plays its part over the ``hypervisor`` interface on one host: it
+prepares N paused incoming destinations, streams the source through the
+relay to all of them with the source-side engine Nova runs
+(``source_stream.py``: warm-up, switch-over, forcing), elects the first
+destination whose incoming migration completed, lets only that one run,
+and removes every other one. If no destination makes it, the source runs
+on; a callback may name other destinations for another round.
 
-It drives the ``hypervisor`` interface only, so the same logic runs over
-raw QEMU processes (demo, tests) and libvirt domains (compute driver).
-
-Warm-up on QEMU 7.2: the downtime limit is set to 1 ms until the
-switch-over (and the stream starts slowly for QEMU's first 100 ms
-bandwidth sample, before which its threshold is zero), so QEMU keeps
-iterating as long as the guest dirties more than bandwidth x 1 ms between
-two bitmap syncs; the switch-over sets the real limit, and forces the
-completion after ``switch_over_timeout`` if the guest still dirties too
-fast. A limit of 0 does not hold: QEMU then never re-syncs after the first
-pass and completes at once. A (nearly) idle guest cannot be held at all:
-QEMU stops it and completes by itself, and the session then elects a
-winner without waiting for the switch-over command, since the guest is
-already paused. ``pause-before-switchover`` is no hold either: it pauses
-the guest.
+A (nearly) idle guest cannot be held in warm-up (QEMU stops it and
+completes by itself): the session then elects a winner without waiting
+for the switch-over command, since the guest is already paused.
 
 Safety rules the code keeps, in order of importance:
 
 * at most one copy ever runs: a destination runs only after
   ``approve_winner`` accepted it, and once any destination's guest has
   run, neither another destination nor the source is ever resumed;
-* until a winner runs, the source keeps a complete state: capabilities
-  that would free or hand over source memory early are refused;
+* until a winner runs, the source keeps a complete state (the engine
+  refuses capabilities that would free or hand over source memory);
 * bad settings are refused before anything is started.
 """
 
 import collections
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -57,81 +49,38 @@ import typing
 from nova_multidest.dataplane import hypervisor as hv
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import relay
-from nova_multidest.dataplane import warmup
+from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
-
-# Capabilities QEMU 7.2 knows.
-KNOWN_CAPABILITIES = frozenset((
-    'xbzrle', 'rdma-pin-all', 'auto-converge', 'zero-blocks', 'compress',
-    'events', 'postcopy-ram', 'x-colo', 'release-ram', 'block',
-    'return-path', 'pause-before-switchover', 'multifd', 'dirty-bitmaps',
-    'postcopy-blocktime', 'late-block-activate', 'x-ignore-shared',
-    'validate-uuid', 'background-snapshot', 'zero-copy-send',
-    'postcopy-preempt'))
-
-UNSUPPORTED_CAPABILITIES = {
-    'return-path': 'the stream is one-way; with several destinations only '
-                   'one could answer the source',
-    'postcopy-ram': 'post-copy runs the guest on one destination before '
-                    'the others have the state, and needs a return path',
-    'postcopy-preempt': 'it is part of post-copy',
-    'postcopy-blocktime': 'it is part of post-copy',
-    'release-ram': 'it frees source memory as it is sent, so the source '
-                   'could not resume if every destination failed',
-    'pause-before-switchover': 'the session itself decides the switch-over',
-    'x-colo': 'COLO keeps a secondary running in lockstep',
-    'background-snapshot': 'it writes a snapshot, not a migration',
-    'rdma-pin-all': 'RDMA bypasses the stream relay',
-}
-
-# Capabilities a destination must share with the source.
-SHARED_CAPABILITIES = ('multifd', 'xbzrle', 'compress', 'zero-blocks',
-                       'x-ignore-shared', 'validate-uuid')
-
-# QEMU's downtime-limit bounds (ms). During warm-up the smallest non-zero
-# limit holds pre-copy: QEMU 7.2 completes only when what is still dirty
-# after a bitmap sync fits in bandwidth x limit, and with a limit of 0 it
-# never syncs again after the first pass, so it would complete right away.
-HOLD_DOWNTIME_MS = 1
-MAX_DOWNTIME_MS = 2000 * 1000
-# max-bandwidth meaning "unlimited" (bytes/s); QEMU's 128 MiB/s default
-# would otherwise dominate migration time.
-UNLIMITED_BANDWIDTH = 1 << 40
-# While QEMU measures its first bandwidth sample (100 ms) its threshold is
-# zero, and a small guest finishes its first pass within that window, which
-# completes the migration during warm-up. Starting slow for that window
-# avoids it.
-PROBE_BANDWIDTH = 4 << 20
 
 # Seconds to wait for the source's STOP event once a winner runs.
 SOURCE_EVENT_GRACE = 5.0
 
 
 @dataclasses.dataclass
-class Settings:
-    """How to migrate; see nova_multidest.conf for the matching options."""
+class Settings(source_stream.StreamSettings):
+    """The source stream's settings plus what the session decides alone.
+
+    The session samples progress more often than a compute host does:
+    the demo draws it.
+    """
 
     topology: str = vocabulary.Topology.STAR
-    capabilities: typing.Mapping[str, bool] = dataclasses.field(
-        default_factory=dict)
-    max_bandwidth: int = 0
-    downtime_limit_ms: int = 500
     lag_limit: int = 256 << 20
     min_destinations: int = 1
-    warm_up: bool = False
-    warm_up_exit: str = vocabulary.WarmUpExit.COPIED
-    warm_up_percent: int = 100
     completion_timeout: float = 1800.0
-    switch_over_timeout: float = 10.0
     election_timeout: float = 60.0
     max_rounds: int = 1
     listen_host: str = '127.0.0.1'
-    poll_interval: float = 0.1
+    sample_interval: float = 0.1
 
-    def validate(self, destinations):
+    def validate(self, destinations=None):
+        super().validate()
+        if destinations is None:
+            return
+
         def bad(reason):
             raise exceptions.InvalidSettings(reason=reason)
 
@@ -146,29 +95,14 @@ class Settings:
         if self.topology not in vocabulary.Topology.ALL:
             bad('unknown topology %r; use one of: %s'
                 % (self.topology, ', '.join(vocabulary.Topology.ALL)))
-        for name, enabled in sorted(self.capabilities.items()):
-            if name not in KNOWN_CAPABILITIES:
-                bad('unknown migration capability %r' % name)
-            if enabled and name in UNSUPPORTED_CAPABILITIES:
-                raise exceptions.UnsupportedCapability(
-                    capability=name, reason=UNSUPPORTED_CAPABILITIES[name])
         if not 1 <= self.min_destinations <= len(destinations):
             bad('min_destinations must be between 1 and the %d destinations'
                 ' given' % len(destinations))
-        if self.warm_up_exit not in vocabulary.WarmUpExit.ALL:
-            bad('unknown warm-up exit condition %r; use one of: %s'
-                % (self.warm_up_exit, ', '.join(vocabulary.WarmUpExit.ALL)))
-        if not 1 <= self.warm_up_percent <= 100:
-            bad('warm_up_percent must be between 1 and 100')
-        if not 1 <= self.downtime_limit_ms <= MAX_DOWNTIME_MS:
-            bad('downtime_limit_ms must be between 1 and %d'
-                % MAX_DOWNTIME_MS)
-        if self.max_bandwidth < 0 or self.lag_limit <= 0:
-            bad('max_bandwidth must be >= 0 and lag_limit > 0')
+        if self.lag_limit <= 0:
+            bad('lag_limit must be > 0')
         if self.max_rounds < 1:
             bad('max_rounds must be at least 1')
-        for name in ('completion_timeout', 'switch_over_timeout',
-                     'election_timeout', 'poll_interval'):
+        for name in ('completion_timeout', 'election_timeout'):
             if getattr(self, name) <= 0:
                 bad('%s must be positive' % name)
 
@@ -219,15 +153,10 @@ class _RoundFailed(Exception):
 
 @dataclasses.dataclass
 class _RoundState:
-    """Timing of one round, as the session loop sees it."""
+    """Deadlines of one round, as the session loop sees them."""
 
     started: float
-    bandwidth: int
-    probing: bool
-    switch_at: typing.Optional[float]
-    forced: bool = False
     source_done_at: typing.Optional[float] = None
-    next_sample: float = 0.0
     stats: hv.MigrationStats = dataclasses.field(
         default_factory=lambda: hv.MigrationStats(
             status=vocabulary.QemuStatus.SETUP))
@@ -239,9 +168,9 @@ class Session(object):
     Callbacks, all optional, are called from the session thread:
 
     ``approve_winner(name) -> bool``: called once a destination holds the
-      complete state, before it may run. Nova records the winner durably
-      here. False or an exception: nothing resumes on any destination, and
-      the source runs on.
+      complete state, before it may run (Nova records the winner durably
+      at this point). False or an exception: nothing resumes on any
+      destination, and the source runs on.
     ``on_progress({name: DestinationProgress})``: after each sample.
     ``more_destinations(round, reasons) -> [names]``: when every
       destination of a round failed; the names of another round, or an
@@ -272,12 +201,12 @@ class Session(object):
         self._progress = {}
         self._dests = {}
         self._relay = None
+        self._stream = None
         self._resumed_at = {}
         self._source_stopped_at = None
         self._a_guest_ran = False
         self._source_stopped = threading.Event()
         self._started = None
-        self.warm_up_state = None
         source.subscribe(self._on_source_event)
 
     # -- public ----------------------------------------------------------
@@ -327,7 +256,13 @@ class Session(object):
         with self._lock:
             return dict(self._progress)
 
-    # -- event intake (hypervisor and relay threads) ----------------------
+    @property
+    def warm_up_state(self):
+        """The source stream's latest WarmUpState, if it warms up."""
+        stream = self._stream
+        return stream.warm_up_state if stream is not None else None
+
+    # -- event intake (hypervisor, relay and stream threads) --------------
 
     def _on_source_event(self, event):
         if event.kind == hv.EVENT_STOPPED and self._source_stopped_at is None:
@@ -344,6 +279,12 @@ class Session(object):
     def _on_relay_drop(self, name, reason):
         self._events.put(('drop', (name, reason)))
 
+    def _on_stream_sample(self, stream, stats, progress):
+        self._events.put(('sample', (stream, stats, progress)))
+
+    def _on_warm_up_ready(self, state):
+        self.warm_up_ready.set()
+
     # -- the session thread ------------------------------------------------
 
     def _run(self):
@@ -357,6 +298,7 @@ class Session(object):
                 except _RoundFailed as exc:
                     LOG.warning('Round %d failed: %s', round_no, exc)
                     self.result.error = str(exc)
+                    self._close_stream()
                     self._resume_source()
                 if (round_no == self.settings.max_rounds or
                         self.more_destinations is None or
@@ -373,10 +315,15 @@ class Session(object):
             self._remove_all('session error')
             self._resume_source()
         finally:
-            if self._relay is not None:
-                self._relay.close()
-                self._relay = None
+            self._close_stream()
             self._done.set()
+
+    def _close_stream(self):
+        if self._stream is not None:
+            self._stream.close()
+        elif self._relay is not None:
+            self._relay.close()
+        self._relay = None
 
     def _set_progress(self, name, state=None, received=None, percent=None,
                       reason=None):
@@ -390,9 +337,7 @@ class Session(object):
                 reason or old.reason)
 
     def _prepare(self, names, secret):
-        shared = {name: state for name, state in
-                  self.settings.capabilities.items()
-                  if name in SHARED_CAPABILITIES}
+        shared = self.settings.shared_capabilities()
         addresses = []
         for name in names:
             self._set_progress(name, vocabulary.DestinationState.PREPARING,
@@ -421,78 +366,74 @@ class Session(object):
         self._relay = relay.StreamRelay(
             secret, addresses, topology=self.settings.topology,
             lag_limit=self.settings.lag_limit, on_drop=self._on_relay_drop)
-        self._relay.start()
 
     def _round(self, names):
         self._dests = {}
         self._completed = []
+        self._stream = None
         self._source_stopped_at = None
         self._source_stopped.clear()
         try:
             self._prepare(names, protocol.new_secret())
+            state = self._start_stream()
         except exceptions.MultiDestError as exc:
             self._remove_all(str(exc))
             raise _RoundFailed(str(exc))
-        state = self._start_stream()
-        monitor = warmup.WarmUpMonitor(self.settings.warm_up_exit,
-                                       self.settings.warm_up_percent,
-                                       self.settings.downtime_limit_ms)
         while True:
             try:
                 kind, payload = self._events.get(
-                    timeout=self.settings.poll_interval)
+                    timeout=self._until_deadline(state))
             except queue.Empty:
                 kind, payload = None, None
             now = time.time()
-            self._handle(kind, payload, state, now)
+            self._handle(kind, payload, state)
             if self._completed:
                 winner = self._elect()
                 if winner is not None:
                     self._finish(winner, state.started)
                     return
-            if now >= state.next_sample or kind == 'source':
-                state.next_sample = now + self.settings.poll_interval
-                state.stats = self.source.stats()
-                self._sample(state.stats, monitor, now)
-                if state.probing and state.stats.bandwidth > 0:
-                    state.probing = False
-                    self.source.set_parameters(max_bandwidth=state.bandwidth)
             self._check_round(state, now)
 
     def _start_stream(self):
-        """Set the source up and start the migration into the relay."""
-        s = self.settings
-        caps = dict(s.capabilities)
-        caps['events'] = True
-        self.source.set_capabilities(caps)
-        bandwidth = s.max_bandwidth or UNLIMITED_BANDWIDTH
-        if s.warm_up:
-            self.source.set_parameters(max_bandwidth=PROBE_BANDWIDTH,
-                                       downtime_limit_ms=HOLD_DOWNTIME_MS)
-        else:
-            self.source.set_parameters(max_bandwidth=bandwidth,
-                                       downtime_limit_ms=s.downtime_limit_ms)
+        """Start the source-side engine into the relay."""
+        stream = source_stream.SourceStream(
+            self.source, self._relay, self.settings,
+            on_ready=self._on_warm_up_ready)
+        stream.on_progress = functools.partial(self._on_stream_sample, stream)
+        self._stream = stream
         self._started = time.time()
-        self.source.migrate(self._relay.source_uri)
+        self._stream.start(self._spawn)
         LOG.info('Migrating %s to %s (%s)', self.source.name,
-                 ', '.join(self._dests), s.topology)
+                 ', '.join(self._dests), self.settings.topology)
         for name in self._dests:
             self._set_progress(name, vocabulary.DestinationState.STREAMING)
-        return _RoundState(started=self._started, bandwidth=bandwidth,
-                           probing=s.warm_up,
-                           switch_at=None if s.warm_up else self._started)
+        return _RoundState(started=self._started)
 
-    def _handle(self, kind, payload, state, now):
+    def _spawn(self, func):
+        threading.Thread(target=func, daemon=True,
+                         name='multidest-stream-%s' % self.source.name).start()
+
+    def _until_deadline(self, state):
+        """Seconds until the round's next deadline: nothing else polls."""
+        s = self.settings
+        deadlines = [state.started + s.completion_timeout]
+        if state.source_done_at is not None:
+            deadlines.append(state.source_done_at + s.election_timeout)
+        return max(0.0, min(deadlines) - time.time())
+
+    def _handle(self, kind, payload, state):
         if kind == 'abort':
             self._cancel_round(payload)
             raise _RoundFailed('aborted: %s' % payload)
-        if kind == 'switch-over' and state.switch_at is None:
+        if kind == 'switch-over':
             LOG.info('Switch-over requested for %s', self.source.name)
-            state.switch_at = now
-            state.probing = False
-            self.source.set_parameters(
-                max_bandwidth=state.bandwidth,
-                downtime_limit_ms=self.settings.downtime_limit_ms)
+            self._stream.switch_over()
+        elif kind == 'sample':
+            stream, stats, progress = payload
+            # A sample of an earlier round's stream tells nothing now.
+            if stream is self._stream:
+                state.stats = stats
+                self._sample(stats, progress)
         elif kind == 'destination':
             self._on_dest_event_in_session(payload)
         elif kind == 'drop':
@@ -500,10 +441,7 @@ class Session(object):
             self._fail(name, reason, self._dests.get(name))
 
     def _check_round(self, state, now):
-        """Raise _RoundFailed (after cleaning up) if the round cannot win.
-
-        Also forces a warm-up switch-over that does not converge.
-        """
+        """Raise _RoundFailed, after cleaning up, if the round can't win."""
         s = self.settings
         stats = state.stats
         live = len(self._live())
@@ -528,32 +466,19 @@ class Session(object):
                 raise _RoundFailed(
                     'no destination completed within %ss of the '
                     'switch-over' % s.election_timeout)
-        elif (s.warm_up and state.switch_at is not None and
-              not state.forced and
-              now - state.switch_at > s.switch_over_timeout):
-            LOG.warning('%s does not converge; forcing the switch-over',
-                        self.source.name)
-            self.source.set_parameters(downtime_limit_ms=MAX_DOWNTIME_MS)
-            state.forced = True
         if now - state.started > s.completion_timeout:
             self._cancel_round('completion timeout')
             raise _RoundFailed('not complete after %ss'
                                % s.completion_timeout)
 
-    def _sample(self, stats, monitor, now):
-        relay_progress = self._relay.progress()
-        from_source = self._relay.bytes_from_source
-        self.result.bytes_from_source = from_source
+    def _sample(self, stats, relay_progress):
+        self.result.bytes_from_source = self._relay.bytes_from_source
         # Unknown until QEMU has sized its first pass.
         expected = (stats.transferred + stats.remaining
                     if stats.remaining or stats.transferred else 0)
-        samples = {}
+        live = self._live()
         for name, prog in relay_progress.items():
-            if name not in self._dests:
-                continue
-            live = name in self._live()
-            samples[name] = warmup.DestinationSample(prog.bytes_sent, live)
-            if not live:
+            if name not in live:
                 continue
             self.result.bytes_by_destination[name] = prog.bytes_sent
             state = self._progress.get(name)
@@ -566,14 +491,6 @@ class Session(object):
                 percent = 0.0
             self._set_progress(name, received=prog.bytes_sent,
                                percent=percent)
-        if self.settings.warm_up and not self.warm_up_ready.is_set():
-            self.warm_up_state = monitor.update(now, stats, from_source,
-                                                samples)
-            if self.warm_up_state.ready:
-                LOG.info('Warm-up exit condition %s reached on %s',
-                         self.settings.warm_up_exit,
-                         ', '.join(self.warm_up_state.ready_destinations))
-                self.warm_up_ready.set()
         if self.on_progress is not None:
             self.on_progress(self.progress())
 
@@ -684,10 +601,7 @@ class Session(object):
                            reason=reason)
         self.result.reasons[name] = reason
         if self._relay is not None and name in self._relay.live_destinations():
-            try:
-                self._relay.drop(name, reason)
-            except exceptions.MultiDestError:
-                pass
+            self._relay.drop(name, reason)
         if dest is not None:
             try:
                 dest.destroy()
@@ -706,14 +620,12 @@ class Session(object):
         the source itself when a migration it stopped the guest for fails
         or is cancelled, and resuming it ourselves meanwhile would race.
         """
-        if self.source.is_alive():
-            if self.source.stats().status not in vocabulary.QemuStatus.FINAL:
-                self.source.cancel()
-            deadline = time.monotonic() + self.settings.election_timeout
-            final = vocabulary.QemuStatus.FINAL
-            while (self.source.stats().status not in final and
-                   time.monotonic() < deadline):
-                time.sleep(self.settings.poll_interval / 4)
+        if self._stream is not None:
+            self._stream.abort()
+            if not self._stream.wait(self.settings.election_timeout):
+                LOG.warning('The migration of %s did not settle within '
+                            '%ss of its cancellation', self.source.name,
+                            self.settings.election_timeout)
         self._remove_all(reason)
 
     def _resume_source(self):

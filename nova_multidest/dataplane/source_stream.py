@@ -10,192 +10,268 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The source side of one multi-destination migration on a compute host.
+"""The source side of one multi-destination migration: the one engine.
 
-One outgoing stream from the source guest goes into the relay, which
-copies it to every destination agent. This object owns both for the
-lifetime of the stream, reports progress, holds pre-copy during warm-up
-and releases it at switch-over. Election and the fate of each
-destination are the conductor's; the source only ever resumes its guest
-when told to, or when QEMU gave up on its own.
+One outgoing migration of the source guest goes into the relay, which
+copies it to every destination. ``SourceStream`` owns that stream for its
+whole life, wherever the source runs: in Nova's compute endpoint
+(``compute/endpoint.py``) over libvirt, and in the demo's session
+(``demo_session.py``) over raw QEMU. What it decides:
+
+* Settings (``StreamSettings``) are checked before anything starts;
+  capabilities that would tie the stream to one destination, or free
+  source memory before a winner runs, are refused.
+* Warm-up holds pre-copy until the switch-over. On QEMU 7.2 a downtime
+  limit of 0 does not hold (QEMU never re-syncs after its first pass),
+  so the limit is 1 ms; and QEMU's threshold is zero until its first
+  bandwidth sample (100 ms), within which a small guest finishes its
+  first pass and completes, so the stream starts at a probe bandwidth
+  until that sample. An idle guest cannot be held at all: QEMU stops it
+  and completes by itself.
+* The switch-over is requested with ``switch_over()`` and released once
+  every gate is ready: the warm-up exit condition (``warmup.py``) and
+  any gate a caller adds (``add_gate``). The real downtime limit then
+  applies; a migration not done ``switch_over_timeout`` seconds after the
+  request (not ready, or not converging) is forced whatever the
+  downtime, and so is a second request.
+* Events, not polling, move it: the source's migration and stop events
+  wake it at once. Only progress, which QEMU reports by no event, is
+  sampled, every ``sample_interval``.
+
+Election and the fate of each destination are the caller's; the source
+guest only ever resumes when the caller says so, or when QEMU gives up on
+its own.
 """
 
+import dataclasses
 import logging
 import threading
 import time
+import typing
 
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import warmup
+from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
-MiB = 1 << 20
-# During warm-up QEMU must never judge the remaining memory small enough
-# to stop the guest: a 1 ms downtime limit keeps it pre-copying.
+# Capabilities QEMU 7.2 knows.
+KNOWN_CAPABILITIES = frozenset((
+    'xbzrle', 'rdma-pin-all', 'auto-converge', 'zero-blocks', 'compress',
+    'events', 'postcopy-ram', 'x-colo', 'release-ram', 'block',
+    'return-path', 'pause-before-switchover', 'multifd', 'dirty-bitmaps',
+    'postcopy-blocktime', 'late-block-activate', 'x-ignore-shared',
+    'validate-uuid', 'background-snapshot', 'zero-copy-send',
+    'postcopy-preempt'))
+
+UNSUPPORTED_CAPABILITIES = {
+    'return-path': 'the stream is one-way; with several destinations only '
+                   'one could answer the source',
+    'postcopy-ram': 'post-copy runs the guest on one destination before '
+                    'the others have the state, and needs a return path',
+    'postcopy-preempt': 'it is part of post-copy',
+    'postcopy-blocktime': 'it is part of post-copy',
+    'release-ram': 'it frees source memory as it is sent, so the source '
+                   'could not resume if every destination failed',
+    'pause-before-switchover': 'the source stream itself decides the '
+                               'switch-over',
+    'x-colo': 'COLO keeps a secondary running in lockstep',
+    'background-snapshot': 'it writes a snapshot, not a migration',
+    'rdma-pin-all': 'RDMA bypasses the stream relay',
+}
+
+# Capabilities a destination must share with the source.
+SHARED_CAPABILITIES = ('multifd', 'xbzrle', 'compress', 'zero-blocks',
+                       'x-ignore-shared', 'validate-uuid')
+
+# QEMU's downtime-limit bounds (ms): the smallest that holds pre-copy,
+# and the largest, which forces completion whatever the downtime.
 HOLD_DOWNTIME_MS = 1
-# Switch-over asked for again before warm-up is ready forces completion
-# whatever the downtime, like Nova's force-complete, without pausing the
-# guest ourselves.
-FORCE_DOWNTIME_MS = 60000
-POLL_INTERVAL = 0.5
+MAX_DOWNTIME_MS = 2000 * 1000
+# max-bandwidth meaning "unlimited" (bytes/s); QEMU's 128 MiB/s default
+# would otherwise dominate migration time.
+UNLIMITED_BANDWIDTH = 1 << 40
+# Bandwidth until QEMU's first bandwidth sample during warm-up.
+PROBE_BANDWIDTH = 4 << 20
+
+
+@dataclasses.dataclass
+class StreamSettings:
+    """How the source streams; nova_multidest/conf.py names the options.
+
+    ``max_bandwidth`` is bytes/s, 0 for unlimited.
+    """
+
+    capabilities: typing.Mapping[str, bool] = dataclasses.field(
+        default_factory=dict)
+    max_bandwidth: int = 0
+    downtime_limit_ms: int = 500
+    warm_up: bool = False
+    warm_up_exit: str = vocabulary.WarmUpExit.COPIED
+    warm_up_percent: int = 100
+    switch_over_timeout: float = 10.0
+    sample_interval: float = 0.5
+
+    @property
+    def bandwidth(self):
+        """The max-bandwidth QEMU gets once the stream runs freely."""
+        return self.max_bandwidth or UNLIMITED_BANDWIDTH
+
+    def shared_capabilities(self):
+        """What each destination must enable too."""
+        return {name: state for name, state in self.capabilities.items()
+                if name in SHARED_CAPABILITIES}
+
+    def validate(self):
+        """Raise InvalidSettings or UnsupportedCapability, naming the fix."""
+        def bad(reason):
+            raise exceptions.InvalidSettings(reason=reason)
+
+        for name, enabled in sorted(self.capabilities.items()):
+            if name not in KNOWN_CAPABILITIES:
+                bad('unknown migration capability %r' % name)
+            if enabled and name in UNSUPPORTED_CAPABILITIES:
+                raise exceptions.UnsupportedCapability(
+                    capability=name, reason=UNSUPPORTED_CAPABILITIES[name])
+        if self.warm_up_exit not in vocabulary.WarmUpExit.ALL:
+            bad('unknown warm-up exit condition %r; use one of: %s'
+                % (self.warm_up_exit, ', '.join(vocabulary.WarmUpExit.ALL)))
+        if not 1 <= self.warm_up_percent <= 100:
+            bad('warm_up_percent must be between 1 and 100')
+        if not 1 <= self.downtime_limit_ms <= MAX_DOWNTIME_MS:
+            bad('downtime_limit_ms must be between 1 and %d'
+                % MAX_DOWNTIME_MS)
+        if self.max_bandwidth < 0:
+            bad('max_bandwidth must be >= 0')
+        for name in ('switch_over_timeout', 'sample_interval'):
+            if getattr(self, name) <= 0:
+                bad('%s must be positive' % name)
 
 
 class SourceStream(object):
     """Drives ``source`` into ``relay`` in a thread of its own.
 
-    ``on_progress(stats, destinations)`` is called from that thread at
-    every poll and once at the end, with the relay's DestinationProgress
-    per destination name; it must not raise.
-
-    A warm-up stream pre-copies until a switch-over was requested *and*
-    the warm-up exit condition holds (``warm_up_exit`` on
-    ``warm_up_percent`` % of the live destinations); a second request
-    before that forces the switch-over.
+    ``on_progress(stats, destinations)`` is called from that thread after
+    every sample and once at the end, with the relay's
+    DestinationProgress per destination name. ``on_ready(state)`` is
+    called once, the first time the warm-up exit condition holds, with
+    its WarmUpState. Neither may raise.
     """
 
-    def __init__(self, source, relay, warm_up=False, downtime_limit_ms=500,
-                 max_bandwidth=None, capabilities=None, on_progress=None,
-                 poll_interval=POLL_INTERVAL,
-                 warm_up_exit=vocabulary.WarmUpExit.COPIED,
-                 warm_up_percent=100):
+    def __init__(self, source, relay, settings=None, on_progress=None,
+                 on_ready=None):
+        self.settings = settings or StreamSettings()
+        self.settings.validate()
         self.source = source
         self.relay = relay
-        self.warm_up = warm_up
-        self.downtime_limit_ms = downtime_limit_ms
-        self.max_bandwidth = max_bandwidth
-        self.capabilities = dict(capabilities or {})
-        self.capabilities.setdefault('events', True)
         self.on_progress = on_progress
-        self.poll_interval = poll_interval
-        self._monitor_warm_up = (
-            warmup.WarmUpMonitor(warm_up_exit, warm_up_percent,
-                                 downtime_limit_ms) if warm_up else None)
-        self._warm_up_state = None
-        self._holding = warm_up
-        self._switch_requests = 0
+        self.on_ready = on_ready
+        self._gates = []
+        self._monitor = (
+            warmup.WarmUpMonitor(self.settings.warm_up_exit,
+                                 self.settings.warm_up_percent,
+                                 self.settings.downtime_limit_ms)
+            if self.settings.warm_up else None)
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._last_stats = hypervisor.MigrationStats(
+        self._stats = hypervisor.MigrationStats(
             status=vocabulary.QemuStatus.SETUP)
+        self._warm_up_state = None
+        self._probing = False
+        self._holding = self.settings.warm_up
+        self._forced = False
+        self._switch_requests = 0
+        self._switch_deadline = None
         self._closed = False
+        source.subscribe(self._on_source_event)
+
+    # -- state, for callers ------------------------------------------------
 
     @property
     def holding(self):
+        """True while pre-copy is held for warm-up."""
         return self._holding
 
+    @property
+    def stats(self):
+        """The latest MigrationStats sampled."""
+        with self._lock:
+            return self._stats
+
+    @property
+    def warm_up_state(self):
+        """The latest WarmUpState, None without warm-up."""
+        with self._lock:
+            return self._warm_up_state
+
+    def add_gate(self, ready):
+        """Hold the switch-over until ``ready()`` is true too."""
+        self._gates.append(ready)
+
+    # -- commands ----------------------------------------------------------
+
     def start(self, spawn):
-        """Start streaming; ``spawn(func)`` runs the monitor thread.
+        """Start streaming; ``spawn(func)`` runs the engine's thread.
 
         Raises if the relay reaches no destination or the hypervisor
         refuses the migration; the guest is then untouched.
         """
-        self.source.set_capabilities(self.capabilities)
-        self.source.set_parameters(
-            max_bandwidth=self.max_bandwidth,
-            downtime_limit_ms=(HOLD_DOWNTIME_MS if self.warm_up
-                               else self.downtime_limit_ms))
+        s = self.settings
+        capabilities = dict(s.capabilities)
+        capabilities['events'] = True
+        self.source.set_capabilities(capabilities)
+        if s.warm_up:
+            self._probing = True
+            self.source.set_parameters(max_bandwidth=PROBE_BANDWIDTH,
+                                       downtime_limit_ms=HOLD_DOWNTIME_MS)
+        else:
+            self.source.set_parameters(max_bandwidth=s.bandwidth,
+                                       downtime_limit_ms=s.downtime_limit_ms)
         self.relay.start()
         try:
             self.source.migrate(self.relay.source_uri)
         except Exception:
             self.relay.close()
             raise
-        spawn(self._monitor)
-
-    def _monitor(self):
-        try:
-            while True:
-                stats = self._poll()
-                if stats.status in vocabulary.QemuStatus.FINAL:
-                    LOG.info('Outgoing stream of %s ended: %s',
-                             self.source.name, stats.status)
-                    break
-                self._maybe_release()
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
-        except Exception:
-            LOG.exception('Monitoring the stream of %s failed',
-                          self.source.name)
-        finally:
-            self._done.set()
-
-    def _poll(self):
-        stats = self.source.stats()
-        progress = self.relay.progress()
-        with self._lock:
-            self._last_stats = stats
-        if self._monitor_warm_up is not None:
-            samples = {
-                name: warmup.DestinationSample(
-                    received=p.bytes_sent,
-                    live=p.state != vocabulary.StreamState.FAILED)
-                for name, p in progress.items()}
-            state = self._monitor_warm_up.update(
-                time.monotonic(), stats, self.relay.bytes_from_source,
-                samples)
-            with self._lock:
-                self._warm_up_state = state
-        if self.on_progress is not None:
-            try:
-                self.on_progress(stats, progress)
-            except Exception:
-                LOG.exception('Recording progress of %s failed',
-                              self.source.name)
-        return stats
-
-    def _maybe_release(self):
-        with self._lock:
-            if not self._holding or not self._switch_requests:
-                return
-            ready = (self._warm_up_state is not None and
-                     self._warm_up_state.ready)
-            if not ready and self._switch_requests < 2:
-                return
-            self._holding = False
-            downtime = (self.downtime_limit_ms if ready
-                        else FORCE_DOWNTIME_MS)
-        LOG.info('Switch-over of %s: downtime limit %d ms (warm-up %s)',
-                 self.source.name, downtime,
-                 'ready' if ready else 'forced')
-        self.source.set_parameters(downtime_limit_ms=downtime)
-
-    def wait(self, timeout=None):
-        """True once the source's migration reached a final state."""
-        return self._done.wait(timeout)
+        spawn(self._run)
 
     def switch_over(self):
         """Request the switch-over; a repeated request forces it."""
         with self._lock:
             self._switch_requests += 1
-            holding = self._holding
-        if holding:
-            self._maybe_release()
-        else:
-            LOG.info('Forcing the switch-over of %s', self.source.name)
-            self.source.set_parameters(downtime_limit_ms=FORCE_DOWNTIME_MS)
+            if self._switch_deadline is None:
+                self._switch_deadline = (time.monotonic() +
+                                         self.settings.switch_over_timeout)
         self._wake.set()
 
     def abort(self):
-        """Cancel the outgoing migration; the source guest keeps running."""
+        """Cancel the outgoing migration; the source guest runs on."""
         if not self._done.is_set():
             self.source.cancel()
         self._wake.set()
 
+    def wait(self, timeout=None):
+        """True once the source's migration reached a final state."""
+        return self._done.wait(timeout)
+
+    def close(self):
+        """Stop the relay; abort first if the migration still runs."""
+        if self._closed:
+            return
+        self._closed = True
+        self.abort()
+        self.relay.close()
+
     def status(self):
-        if self._done.is_set():
-            with self._lock:
-                stats = self._last_stats
-        else:
-            stats = self.source.stats()
-        with self._lock:
-            warm_up_state = self._warm_up_state
-        destinations = {}
-        for name, progress in self.relay.progress().items():
-            destinations[name] = {'state': progress.state,
-                                  'bytes': progress.bytes_sent,
-                                  'reason': progress.reason}
+        """The stream as the compute endpoint reports it."""
+        stats = self.stats if self._done.is_set() else self.source.stats()
+        warm_up_state = self.warm_up_state
+        destinations = {
+            name: {'state': progress.state, 'bytes': progress.bytes_sent,
+                   'reason': progress.reason}
+            for name, progress in self.relay.progress().items()}
         return {'state': stats.status,
                 'holding': self._holding,
                 'switch_requested': bool(self._switch_requests),
@@ -207,10 +283,119 @@ class SourceStream(object):
                 'error': stats.error,
                 'destinations': destinations}
 
-    def close(self):
-        """Stop the relay; abort first if the migration still runs."""
-        if self._closed:
-            return
-        self._closed = True
-        self.abort()
-        self.relay.close()
+    # -- the engine's thread -----------------------------------------------
+
+    def _on_source_event(self, event):
+        if event.kind in (hypervisor.EVENT_MIGRATION,
+                          hypervisor.EVENT_STOPPED,
+                          hypervisor.EVENT_EXITED):
+            self._wake.set()
+
+    def _run(self):
+        try:
+            while True:
+                stats = self._sample()
+                if stats.status in vocabulary.QemuStatus.FINAL:
+                    LOG.info('Outgoing stream of %s ended: %s',
+                             self.source.name, stats.status)
+                    break
+                self._advance()
+                self._wake.wait(self._next_wake())
+                self._wake.clear()
+        except Exception:
+            LOG.exception('The outgoing stream of %s failed',
+                          self.source.name)
+        finally:
+            self._done.set()
+
+    def _next_wake(self):
+        """Seconds until the next sample or the switch-over deadline."""
+        delay = self.settings.sample_interval
+        with self._lock:
+            deadline = None if self._forced else self._switch_deadline
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
+        return delay
+
+    def _sample(self):
+        stats = self.source.stats()
+        progress = self.relay.progress()
+        state = None
+        if self._monitor is not None:
+            samples = {
+                name: warmup.DestinationSample(
+                    received=p.bytes_sent,
+                    live=p.state != vocabulary.StreamState.FAILED)
+                for name, p in progress.items()}
+            state = self._monitor.update(time.monotonic(), stats,
+                                         self.relay.bytes_from_source,
+                                         samples)
+        with self._lock:
+            first_ready = (state is not None and state.ready and
+                           (self._warm_up_state is None or
+                            not self._warm_up_state.ready))
+            self._stats = stats
+            if state is not None:
+                self._warm_up_state = state
+        if first_ready:
+            LOG.info('Warm-up exit condition %s reached on %s',
+                     self.settings.warm_up_exit,
+                     ', '.join(state.ready_destinations))
+            if self.on_ready is not None:
+                self._call(self.on_ready, state)
+        if self._probing and stats.bandwidth > 0:
+            # QEMU measured its bandwidth: its threshold is real now.
+            self._probing = False
+            if self._holding:
+                self.source.set_parameters(
+                    max_bandwidth=self.settings.bandwidth)
+        if self.on_progress is not None:
+            self._call(self.on_progress, stats, progress)
+        return stats
+
+    def _call(self, callback, *args):
+        try:
+            callback(*args)
+        except Exception:
+            LOG.exception('A callback of the stream of %s failed',
+                          self.source.name)
+
+    def _ready(self):
+        state = self.warm_up_state
+        if self._monitor is not None and (state is None or not state.ready):
+            return False
+        return all(gate() for gate in self._gates)
+
+    def _advance(self):
+        """Release or force the switch-over when its time has come."""
+        with self._lock:
+            if self._forced or not self._switch_requests:
+                return
+            requests = self._switch_requests
+            late = time.monotonic() >= self._switch_deadline
+        if requests > 1 or late or not self.settings.warm_up:
+            self._force('a second request' if requests > 1 else
+                        'not done %ss after the request'
+                        % self.settings.switch_over_timeout if late else
+                        'requested without warm-up')
+        elif self._holding and self._ready():
+            self._release()
+
+    def _release(self):
+        self._holding = False
+        self._probing = False
+        LOG.info('Switch-over of %s: downtime limit %d ms', self.source.name,
+                 self.settings.downtime_limit_ms)
+        self.source.set_parameters(
+            max_bandwidth=self.settings.bandwidth,
+            downtime_limit_ms=self.settings.downtime_limit_ms)
+
+    def _force(self, why):
+        with self._lock:
+            self._forced = True
+        self._holding = False
+        self._probing = False
+        LOG.warning('Forcing the switch-over of %s (%s): the guest pauses '
+                    'until the rest is copied', self.source.name, why)
+        self.source.set_parameters(max_bandwidth=self.settings.bandwidth,
+                                   downtime_limit_ms=MAX_DOWNTIME_MS)

@@ -75,7 +75,7 @@ class DestinationFailureTest(demo_session_base.SessionTestBase):
         # 48 MiB of real data at 64 MiB/s: about a second of streaming,
         # sampled every 50 ms, so kills land inside the stream.
         self.boot(fill_mb=48)
-        return dict(max_bandwidth=64 * MiB, poll_interval=0.05)
+        return dict(max_bandwidth=64 * MiB, sample_interval=0.05)
 
     def test_sigkill_each_destination_at_random_points(self):
         seed = int(os.environ.get('MULTIDEST_SEED') or
@@ -240,7 +240,7 @@ class WarmUpTest(demo_session_base.SessionTestBase):
         self.boot(fill_mb=16, pages_per_tick=0)
         migration = self.make_session(['d0', 'd1'], warm_up=True,
                                       max_bandwidth=32 * MiB,
-                                      poll_interval=0.05, **settings)
+                                      sample_interval=0.05, **settings)
         migration.start()
         if not migration.warm_up_ready.wait(30):
             self.fail('warm-up not ready: %s; source %s; destinations %s'
@@ -279,7 +279,7 @@ class WarmUpTest(demo_session_base.SessionTestBase):
         self.boot(fill_mb=16, dirty_mb=32, delay=0, pages_per_tick=0)
         migration = self.make_session(
             ['d0'], warm_up=True, warm_up_exit='downtime',
-            downtime_limit_ms=1, switch_over_timeout=1, poll_interval=0.05)
+            downtime_limit_ms=1, switch_over_timeout=1, sample_interval=0.05)
         migration.start()
         self.assertFalse(migration.warm_up_ready.wait(2))
         self.assertGreater(migration.warm_up_state.expected_downtime_ms['d0'],

@@ -44,7 +44,11 @@ def setUpModule():
     objects.register_all()
 
 
-class EndpointOverLibvirtTest(testtools.TestCase):
+class EndpointOverLibvirtBase(testtools.TestCase):
+    """A source endpoint and two destination endpoints on one libvirtd."""
+
+    def guest(self):
+        return guest_image.DirtyingGuest()
 
     def setUp(self):
         super().setUp()
@@ -71,7 +75,7 @@ class EndpointOverLibvirtTest(testtools.TestCase):
         patcher.start()
         self.addCleanup(patcher.stop)
 
-        kernel = guest_image.DirtyingGuest().write(work_dir)
+        kernel = self.guest().write(work_dir)
         self.domain_name = 'instance-%s' % uuid.uuid4().hex[:8]
         self.conn.createXML(
             libvirt_fixtures.source_xml(self.domain_name, kernel), 0)
@@ -103,8 +107,7 @@ class EndpointOverLibvirtTest(testtools.TestCase):
         self.addCleanup(endpoint.close)
         return endpoint
 
-    def test_two_destinations_one_winner(self):
-        secret = protocol.new_secret().hex()
+    def prepare_destinations(self, secret):
         migrate_data = objects.LibvirtLiveMigrateData(
             is_shared_instance_path=True, is_shared_block_storage=True,
             block_migration=False)
@@ -116,17 +119,28 @@ class EndpointOverLibvirtTest(testtools.TestCase):
             destinations.append({
                 'migration_uuid': self.migrations[host].uuid, 'host': host,
                 'agent_address': result['agent_address']})
+        return destinations
+
+    def start_stream(self, destinations, secret, topology, warm_up):
+        by_uuid = {m.uuid: m for m in self.migrations.values()}
+        with mock.patch.object(objects.Migration, 'get_by_uuid',
+                               side_effect=lambda c, u: by_uuid[u]):
+            self.source.start_stream('ctxt', self.instance, destinations,
+                                     secret, topology, warm_up)
+
+
+class EndpointOverLibvirtTest(EndpointOverLibvirtBase):
+
+    def test_two_destinations_one_winner(self):
+        secret = protocol.new_secret().hex()
+        destinations = self.prepare_destinations(secret)
         self.assertEqual(3, len(self.conn.listAllDomains(0)))
 
         saved = threading.Event()
         for migration in self.migrations.values():
             migration.save.side_effect = saved.set
-        by_uuid = {m.uuid: m for m in self.migrations.values()}
-        with mock.patch.object(objects.Migration, 'get_by_uuid',
-                               side_effect=lambda c, u: by_uuid[u]):
-            self.source.start_stream('ctxt', self.instance, destinations,
-                                     secret, vocabulary.Topology.CHAIN,
-                                     False)
+        self.start_stream(destinations, secret, vocabulary.Topology.CHAIN,
+                          False)
         for host, endpoint in self.dests.items():
             self.assertEqual('completed', endpoint.wait_destination(
                 'ctxt', self.instance, self.migrations[host],

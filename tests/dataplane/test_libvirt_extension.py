@@ -268,8 +268,9 @@ class LibvirtExtensionTest(testtools.TestCase):
 
         relay = self.hv.create_relay(secret, addresses)
         stream = source_stream.SourceStream(
-            source, relay, downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
-            poll_interval=0.1)
+            source, relay, source_stream.StreamSettings(
+                downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
+                sample_interval=0.1))
         stream.start(lambda func: threading.Thread(
             target=func, daemon=True).start())
         self.addCleanup(stream.close)
@@ -330,8 +331,9 @@ class LibvirtExtensionTest(testtools.TestCase):
                    for host, dest in destinations.items()}
         relay = self.hv.create_relay(secret, addresses)
         stream = source_stream.SourceStream(
-            source, relay, warm_up=True, downtime_limit_ms=2000,
-            max_bandwidth=1024 * MiB, poll_interval=0.1)
+            source, relay, source_stream.StreamSettings(
+                warm_up=True, downtime_limit_ms=2000,
+                max_bandwidth=1024 * MiB, sample_interval=0.1))
         stream.start(lambda func: threading.Thread(
             target=func, daemon=True).start())
         self.addCleanup(stream.close)
@@ -361,8 +363,9 @@ class LibvirtExtensionTest(testtools.TestCase):
         address = dest.open_stream(secret, listen=('127.0.0.1', 0))
         relay = self.hv.create_relay(secret, [('dest1', address)])
         stream = source_stream.SourceStream(
-            source, relay, downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
-            poll_interval=0.1)
+            source, relay, source_stream.StreamSettings(
+                downtime_limit_ms=2000, max_bandwidth=1024 * MiB,
+                sample_interval=0.1))
         stream.start(lambda func: threading.Thread(
             target=func, daemon=True).start())
         self.addCleanup(stream.close)
@@ -395,9 +398,9 @@ class LibvirtExtensionTest(testtools.TestCase):
         address = dest.open_stream(secret, listen=('127.0.0.1', 0))
         waiter = StatusWaiter(dest)
         relay = self.hv.create_relay(secret, [('dest1', address)])
-        stream = source_stream.SourceStream(source, relay, warm_up=True,
-                                            max_bandwidth=64 * MiB,
-                                            poll_interval=0.1)
+        stream = source_stream.SourceStream(
+            source, relay, source_stream.StreamSettings(
+                warm_up=True, max_bandwidth=64 * MiB, sample_interval=0.1))
         stream.start(lambda func: threading.Thread(
             target=func, daemon=True).start())
         self.addCleanup(stream.close)

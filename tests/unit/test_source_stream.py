@@ -10,8 +10,9 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""When the source stream holds pre-copy and when it lets go."""
+"""The source-side engine: hold, probe, release, force, events."""
 
+import threading
 from unittest import mock
 
 import testtools
@@ -19,89 +20,260 @@ import testtools
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import relay
 from nova_multidest.dataplane import source_stream
+from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
+MiB = 1 << 20
 
-class StreamTest(testtools.TestCase):
+
+class FakeClock(object):
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+class StreamTestBase(testtools.TestCase):
 
     def setUp(self):
         super().setUp()
+        self.clock = FakeClock()
+        self._fake_clock()
         self.source = mock.Mock()
         self.source.name = 'guest'
-        self.stats = hypervisor.MigrationStats(
-            status=vocabulary.QemuStatus.ACTIVE, transferred=100, total=1000,
-            iterations=1)
+        self.events = []
+        self.source.subscribe.side_effect = self.events.append
+        self.set_stats(iterations=1)
         self.source.stats.side_effect = lambda: self.stats
         self.relay = mock.Mock(bytes_from_source=100, source_uri='unix:x')
         self.relay.progress.return_value = {
             'dest': relay.DestinationProgress('streaming', 100, None)}
         self.progress = []
-        self.stream = source_stream.SourceStream(
-            self.source, self.relay, warm_up=True, downtime_limit_ms=300,
-            on_progress=lambda *args: self.progress.append(args))
-        # The monitor thread is driven by hand.
-        self.stream.start(lambda func: None)
+        self.ready = []
 
-    def downtime_limits(self):
-        return [c.kwargs['downtime_limit_ms']
-                for c in self.source.set_parameters.call_args_list]
+    def _fake_clock(self):
+        patcher = mock.patch.object(source_stream, 'time', self.clock)
+        patcher.start()
+        self.addCleanup(patcher.stop)
 
-    def first_pass_done(self):
+    def set_stats(self, status=vocabulary.QemuStatus.ACTIVE, iterations=1,
+                  bandwidth=0.0):
         self.stats = hypervisor.MigrationStats(
-            status=vocabulary.QemuStatus.ACTIVE, transferred=100, total=1000,
-            iterations=2)
+            status=status, transferred=100, total=1000,
+            iterations=iterations, bandwidth=bandwidth)
 
-    def test_warm_up_starts_holding_and_migrates_into_the_relay(self):
-        self.assertEqual([source_stream.HOLD_DOWNTIME_MS],
-                         self.downtime_limits())
+    def make(self, spawn=lambda func: None, **settings):
+        settings.setdefault('downtime_limit_ms', 300)
+        stream = source_stream.SourceStream(
+            self.source, self.relay, source_stream.StreamSettings(**settings),
+            on_progress=lambda *args: self.progress.append(args),
+            on_ready=self.ready.append)
+        stream.start(spawn)
+        self.addCleanup(stream.close)
+        return stream
+
+    def step(self, stream, seconds=0.0):
+        """One turn of the engine's loop, ``seconds`` later."""
+        self.clock.now += seconds
+        stream._sample()
+        stream._advance()
+
+    def parameters(self):
+        return [c.kwargs for c in self.source.set_parameters.call_args_list]
+
+
+class WarmUpTest(StreamTestBase):
+
+    def setUp(self):
+        super().setUp()
+        self.stream = self.make(warm_up=True, switch_over_timeout=10)
+
+    def test_starts_holding_at_the_probe_bandwidth(self):
+        self.assertEqual(
+            [{'max_bandwidth': source_stream.PROBE_BANDWIDTH,
+              'downtime_limit_ms': source_stream.HOLD_DOWNTIME_MS}],
+            self.parameters())
+        self.source.set_capabilities.assert_called_once_with(
+            {'events': True})
         self.source.migrate.assert_called_once_with('unix:x')
+        self.assertTrue(self.stream.holding)
+
+    def test_full_bandwidth_once_qemu_measured_its_own(self):
+        self.step(self.stream)
+        self.assertEqual(1, len(self.parameters()))
+        self.set_stats(bandwidth=1e6)
+        self.step(self.stream)
+        self.step(self.stream)
+        self.assertEqual(
+            {'max_bandwidth': source_stream.UNLIMITED_BANDWIDTH},
+            self.parameters()[1])
+        self.assertEqual(2, len(self.parameters()))
         self.assertTrue(self.stream.holding)
 
     def test_switch_over_waits_for_the_exit_condition(self):
         self.stream.switch_over()
-        self.assertTrue(self.stream.holding)
-        self.stream._poll()
-        self.stream._maybe_release()
+        self.step(self.stream, 1)
         self.assertTrue(self.stream.holding)
         self.assertFalse(self.stream.status()['warm_up_ready'])
 
-        self.first_pass_done()
-        self.stream._poll()
-        self.stream._maybe_release()
+        self.set_stats(iterations=2)
+        self.step(self.stream, 1)
         self.assertFalse(self.stream.holding)
-        self.assertEqual([source_stream.HOLD_DOWNTIME_MS, 300],
-                         self.downtime_limits())
+        self.assertEqual(
+            {'max_bandwidth': source_stream.UNLIMITED_BANDWIDTH,
+             'downtime_limit_ms': 300}, self.parameters()[-1])
         self.assertTrue(self.stream.status()['warm_up_ready'])
 
-    def test_ready_warm_up_keeps_holding_without_a_request(self):
-        self.first_pass_done()
-        self.stream._poll()
-        self.stream._maybe_release()
+    def test_ready_keeps_holding_without_a_request_and_says_so_once(self):
+        self.set_stats(iterations=2)
+        self.step(self.stream)
+        self.step(self.stream)
         self.assertTrue(self.stream.holding)
-        self.assertTrue(self.stream.status()['warm_up_ready'])
+        self.assertEqual(1, len(self.ready))
+        self.assertTrue(self.ready[0].ready)
+
+    def test_a_gate_holds_the_switch_over_too(self):
+        gate = threading.Event()
+        self.stream.add_gate(gate.is_set)
+        self.set_stats(iterations=2)
+        self.stream.switch_over()
+        self.step(self.stream)
+        self.assertTrue(self.stream.holding)
+        gate.set()
+        self.step(self.stream)
+        self.assertFalse(self.stream.holding)
 
     def test_a_second_request_forces_the_switch_over(self):
         self.stream.switch_over()
         self.stream.switch_over()
+        self.step(self.stream)
         self.assertFalse(self.stream.holding)
-        self.assertEqual(source_stream.FORCE_DOWNTIME_MS,
-                         self.downtime_limits()[-1])
+        self.assertEqual(source_stream.MAX_DOWNTIME_MS,
+                         self.parameters()[-1]['downtime_limit_ms'])
+
+    def test_not_ready_within_the_timeout_is_forced(self):
+        self.stream.switch_over()
+        self.step(self.stream, 9.5)
+        self.assertTrue(self.stream.holding)
+        self.step(self.stream, 1)
+        self.assertFalse(self.stream.holding)
+        self.assertEqual(source_stream.MAX_DOWNTIME_MS,
+                         self.parameters()[-1]['downtime_limit_ms'])
+
+    def test_released_but_not_converging_is_forced(self):
+        self.set_stats(iterations=2)
+        self.stream.switch_over()
+        self.step(self.stream, 1)
+        self.assertEqual(300, self.parameters()[-1]['downtime_limit_ms'])
+        self.step(self.stream, 10)
+        self.assertEqual(source_stream.MAX_DOWNTIME_MS,
+                         self.parameters()[-1]['downtime_limit_ms'])
+        count = len(self.parameters())
+        self.step(self.stream, 10)
+        self.assertEqual(count, len(self.parameters()))
+
+    def test_the_engine_sleeps_until_the_deadline_at_most(self):
+        self.assertEqual(0.5, self.stream._next_wake())
+        self.stream.switch_over()
+        self.clock.now += 9.8
+        self.assertAlmostEqual(0.2, self.stream._next_wake())
 
     def test_progress_reaches_the_callback_with_each_destination(self):
-        self.stream._poll()
+        self.step(self.stream)
         stats, progress = self.progress[-1]
         self.assertIs(self.stats, stats)
         self.assertEqual(100, progress['dest'].bytes_sent)
 
+
+class StreamTest(StreamTestBase):
+
+    def test_without_warm_up_the_real_limits_apply_at_once(self):
+        self.make(max_bandwidth=64 * MiB)
+        self.assertEqual([{'max_bandwidth': 64 * MiB,
+                           'downtime_limit_ms': 300}], self.parameters())
+
+    def test_a_request_without_warm_up_forces_at_once(self):
+        stream = self.make()
+        stream.switch_over()
+        self.step(stream)
+        self.assertEqual(source_stream.MAX_DOWNTIME_MS,
+                         self.parameters()[-1]['downtime_limit_ms'])
+
+    def test_events_end_the_stream_without_waiting_for_a_sample(self):
+        threads = []
+
+        def spawn(func):
+            threads.append(threading.Thread(target=func, daemon=True))
+            threads[-1].start()
+
+        stream = self.make(spawn=spawn, sample_interval=3600)
+        self.assertFalse(stream.wait(0))
+        self.set_stats(status=vocabulary.QemuStatus.COMPLETED)
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(
+                guest='guest', kind=hypervisor.EVENT_MIGRATION,
+                timestamp=0, status=vocabulary.QemuStatus.COMPLETED))
+        self.assertTrue(stream.wait(30))
+        self.assertEqual(vocabulary.QemuStatus.COMPLETED,
+                         stream.stats.status)
+
     def test_close_cancels_a_running_migration_and_the_relay(self):
-        self.stream.close()
+        stream = self.make()
+        stream.close()
         self.source.cancel.assert_called_once_with()
         self.relay.close.assert_called_once_with()
 
     def test_failed_migration_start_closes_the_relay(self):
-        source = mock.Mock()
-        source.migrate.side_effect = RuntimeError('refused')
-        fanout = mock.Mock()
-        stream = source_stream.SourceStream(source, fanout)
+        self.source.migrate.side_effect = RuntimeError('refused')
+        stream = source_stream.SourceStream(self.source, self.relay)
         self.assertRaises(RuntimeError, stream.start, lambda func: None)
-        fanout.close.assert_called_once_with()
+        self.relay.close.assert_called_once_with()
+
+
+class SettingsTest(testtools.TestCase):
+
+    def test_defaults_are_valid(self):
+        source_stream.StreamSettings().validate()
+
+    def test_rejected(self):
+        cases = [
+            ({'capabilities': {'bogus': True}}, "'bogus'"),
+            ({'warm_up_exit': 'never'}, "'never'"),
+            ({'warm_up_percent': 0}, 'warm_up_percent'),
+            ({'downtime_limit_ms': 0}, 'downtime_limit_ms'),
+            ({'max_bandwidth': -1}, 'max_bandwidth'),
+            ({'switch_over_timeout': 0}, 'switch_over_timeout'),
+        ]
+        for kwargs, text in cases:
+            with self.subTest(kwargs=kwargs):
+                settings = source_stream.StreamSettings(**kwargs)
+                err = self.assertRaises(exceptions.InvalidSettings,
+                                        settings.validate)
+                self.assertIn(text, str(err))
+
+    def test_capabilities_a_one_way_stream_cannot_carry(self):
+        for name in ('return-path', 'postcopy-ram', 'release-ram',
+                     'pause-before-switchover'):
+            with self.subTest(capability=name):
+                settings = source_stream.StreamSettings(
+                    capabilities={name: True})
+                err = self.assertRaises(exceptions.UnsupportedCapability,
+                                        settings.validate)
+                self.assertIn(name, str(err))
+                self.assertIn('Turn it off', str(err))
+
+    def test_disabled_unsupported_capability_is_fine(self):
+        settings = source_stream.StreamSettings(
+            capabilities={'return-path': False, 'multifd': True})
+        settings.validate()
+        self.assertEqual({'multifd': True}, settings.shared_capabilities())
+
+    def test_the_stream_refuses_bad_settings_before_touching_the_guest(self):
+        source = mock.Mock()
+        self.assertRaises(
+            exceptions.UnsupportedCapability, source_stream.SourceStream,
+            source, mock.Mock(), source_stream.StreamSettings(
+                capabilities={'return-path': True}))
+        self.assertEqual([], source.mock_calls)

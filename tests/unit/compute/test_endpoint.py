@@ -23,7 +23,7 @@ from nova import objects
 
 from nova_multidest.compute import endpoint as compute_endpoint
 from nova_multidest import conf
-from nova_multidest.dataplane import demo_session
+from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import fake
 from nova_multidest import vocabulary
@@ -322,7 +322,7 @@ class SourceSideTest(EndpointTestBase):
         self.assertTrue(saved.wait(10))
         stream = self.source._stream(self.instance)
         self.assertTrue(stream.wait(10))
-        self.assertEqual(demo_session.UNLIMITED_BANDWIDTH,
+        self.assertEqual(source_stream.UNLIMITED_BANDWIDTH,
                          stream.source.max_bandwidth)
         self.assertEqual(fake.DEFAULT_MEMORY, self.migration.memory_total)
         status = self.source.source_status('ctxt', self.instance)

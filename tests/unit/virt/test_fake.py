@@ -110,8 +110,9 @@ class FakeHypervisorTest(testtools.TestCase):
         relay = self.source_hv.create_relay(
             SECRET, addresses, on_drop=lambda *args: drops.append(args))
         source = self.source_hv.source('instance-1')
-        stream = source_stream.SourceStream(source, relay, warm_up=warm_up,
-                                            poll_interval=0.001)
+        stream = source_stream.SourceStream(
+            source, relay, source_stream.StreamSettings(
+                warm_up=warm_up, sample_interval=0.001))
         stream.start(spawn)
         self.addCleanup(stream.close)
         return stream, source, dests, drops
