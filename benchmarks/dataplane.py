@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks import results
 from nova_multidest.dataplane import guest
 from nova_multidest.dataplane import hypervisor as hv
 from nova_multidest.dataplane import qemu
@@ -256,7 +257,7 @@ def measure(hypervisor, image, memory_mb, case, network):
 
 
 def run_series(title, hypervisor, image, memory_mb, cases, repetitions,
-               network, out):
+               network, out, report=None):
     samples = {case[0]: [] for case in cases}
     for rep in range(repetitions):
         # Rotate the order so no case always runs first or last.
@@ -267,29 +268,47 @@ def run_series(title, hypervisor, image, memory_mb, cases, repetitions,
             out.write('.')
             out.flush()
     out.write('\n')
-    print_table(title, samples, repetitions, out)
+    print_table(title, samples, repetitions, out, report)
     return samples
 
 
-def print_table(title, samples, repetitions, out):
-    def median(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else float('nan')
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float('nan')
 
+
+def print_table(title, samples, repetitions, out, report=None):
+    """Print medians and ratios to direct; add them to ``report``."""
     base = samples['direct']
-    base_total = median(m.total_s for m in base)
-    base_down = median(m.downtime_ms for m in base)
+    base_total = _median(m.total_s for m in base)
+    base_down = _median(m.downtime_ms for m in base)
     out.write('\n%s (medians of %d)\n' % (title, repetitions))
     out.write('%-12s %8s %8s %11s %8s %14s\n' % (
         'case', 'total s', 'x direct', 'downtime ms', 'x direct',
         'MiB/s per dest'))
+    rows = []
     for label, runs in samples.items():
-        total = median(m.total_s for m in runs)
-        down = median(m.downtime_ms for m in runs)
-        rate = median(m.per_destination_mbs for m in runs)
+        total = _median(m.total_s for m in runs)
+        down = _median(m.downtime_ms for m in runs)
+        rate = _median(m.per_destination_mbs for m in runs)
         out.write('%-12s %8.3f %8.2f %11.1f %8.2f %14.0f\n' % (
             label, total, total / base_total, down, down / base_down, rate))
+        rows.append((label, total, total / base_total, down,
+                     down / base_down, rate))
     out.flush()
+    if report is not None:
+        report.table(
+            '%s (medians of %d)' % (title, repetitions),
+            ('case', 'total s', 'x direct', 'downtime ms', 'x direct',
+             'MiB/s per destination'),
+            [(label, '%.3f' % total, '%.2fx' % total_x, '%.1f' % down,
+              '%.2fx' % down_x, '%.0f' % rate)
+             for label, total, total_x, down, down_x, rate in rows])
+        labels = [row[0] for row in rows]
+        report.chart('%s: total time, x direct' % title, labels,
+                     [row[2] for row in rows], 'x direct', 1.0, 'direct')
+        report.chart('%s: downtime, x direct' % title, labels,
+                     [row[4] for row in rows], 'x direct', 1.0, 'direct')
 
 
 def parse_args(argv):
@@ -326,15 +345,20 @@ def main(argv=None):
     image = guest.DirtyingGuest(dirty_size=8 * MiB, fill_size=fill,
                                 pages_per_tick=16)
     out = sys.stdout
-    out.write('Guest: %d MiB RAM, %d MiB written once, then 16 pages of '
-              'an 8 MiB range dirtied per 1 kHz tick; downtime limit %d ms; '
-              'QEMU TCG.\n'
-              % (args.memory, fill // MiB, SETTINGS['downtime_limit_ms']))
+    report = results.Report('dataplane', 'Real guest migration: relay '
+                            'against direct QEMU-to-QEMU', argv)
+    description = ('Guest: %d MiB RAM, %d MiB written once, then 16 pages '
+                   'of an 8 MiB range dirtied per 1 kHz tick; downtime '
+                   'limit %d ms; QEMU TCG.'
+                   % (args.memory, fill // MiB,
+                      SETTINGS['downtime_limit_ms']))
+    out.write(description + '\n')
+    report.table('Guest', ('setting', 'value'), [('guest', description)])
     if not args.no_loopback:
         hypervisor = BenchHypervisor()
         try:
             run_series('Loopback', hypervisor, image, args.memory, cases,
-                       repetitions, None, out)
+                       repetitions, None, out, report)
         finally:
             hypervisor.destroy_all()
     if not args.no_shaped and os.geteuid() != 0:
@@ -347,10 +371,12 @@ def main(argv=None):
             network.create()
             run_series('Shaped links, %d Mbit/s per host link' % args.rate,
                        hypervisor, image, args.memory, cases, repetitions,
-                       network, out)
+                       network, out, report)
         finally:
             hypervisor.destroy_all()
             network.remove()
+    for path in report.write():
+        out.write('wrote %s\n' % path)
     return 0
 
 
