@@ -138,6 +138,14 @@ class HostedDestination(qemu.QemuDestination):
     network = None
     host = None
     direct = False
+    multifd_channels = 0
+
+    def start_incoming(self, capabilities=None):
+        if self.multifd_channels:
+            self.process.qmp.execute('migrate-set-parameters',
+                                     **{'multifd-channels':
+                                        self.multifd_channels})
+        super().start_incoming(capabilities)
 
     @property
     def listen_uri(self):
@@ -163,10 +171,19 @@ class HostedDestination(qemu.QemuDestination):
 
 class BenchHypervisor(qemu.QemuHypervisor):
 
-    def __init__(self, network=None):
+    def __init__(self, network=None, multifd_channels=0):
         super().__init__()
         self.network = network
         self.direct = False
+        self.multifd_channels = multifd_channels
+
+    def capabilities(self):
+        return {'multifd': True} if self.multifd_channels else {}
+
+    def prepare_source(self, source):
+        if self.multifd_channels:
+            source.process.qmp.execute('migrate-set-parameters', **{
+                'multifd-channels': self.multifd_channels})
 
     def command_prefix(self, name):
         if self.network is None:
@@ -178,6 +195,7 @@ class BenchHypervisor(qemu.QemuHypervisor):
         hosted = HostedDestination(dest.process)
         hosted.network, hosted.host = self.network, name
         hosted.direct = self.direct
+        hosted.multifd_channels = self.multifd_channels
         return hosted
 
 
@@ -198,8 +216,8 @@ def migrate_direct(hypervisor, source):
     finally:
         hypervisor.direct = False
     try:
-        dest.start_incoming()
-        source.set_capabilities({'events': True})
+        dest.start_incoming(hypervisor.capabilities())
+        source.set_capabilities(dict(hypervisor.capabilities(), events=True))
         source.set_parameters(max_bandwidth=session.UNLIMITED_BANDWIDTH,
                               downtime_limit_ms=SETTINGS['downtime_limit_ms'])
         started = time.time()
@@ -223,7 +241,9 @@ def migrate_direct(hypervisor, source):
 
 def migrate_relay(hypervisor, source, topology, count, network):
     names = ['d%d' % i for i in range(count)]
-    settings = session.Settings(topology=topology, **SETTINGS)
+    settings = session.Settings(topology=topology,
+                                capabilities=hypervisor.capabilities(),
+                                **SETTINGS)
     migration = session.Session(hypervisor, source, names, settings)
     context = (in_netns(network.ns('source')) if network is not None
                else contextlib.nullcontext())
@@ -248,6 +268,7 @@ def measure(hypervisor, image, memory_mb, case, network):
     process = hypervisor.boot('source', memory_mb=memory_mb, image=image)
     try:
         source = hypervisor.source(process)
+        hypervisor.prepare_source(source)
         if topology == 'direct':
             return migrate_direct(hypervisor, source)
         return migrate_relay(hypervisor, source, topology, count, network)
@@ -325,6 +346,10 @@ def parse_args(argv):
                         help='skip the network-namespace series')
     parser.add_argument('--no-loopback', action='store_true',
                         help='skip the loopback series')
+    parser.add_argument('--multifd', type=int, default=0, metavar='CHANNELS',
+                        help='migrate every case, direct too, with this '
+                             'many multifd channels (results in '
+                             'dataplane_multifd)')
     return parser.parse_args(argv)
 
 
@@ -345,8 +370,13 @@ def main(argv=None):
     image = guest.DirtyingGuest(dirty_size=8 * MiB, fill_size=fill,
                                 pages_per_tick=16)
     out = sys.stdout
-    report = results.Report('dataplane', 'Real guest migration: relay '
-                            'against direct QEMU-to-QEMU', argv)
+    if args.multifd:
+        report = results.Report(
+            'dataplane_multifd', 'Real guest migration with %d multifd '
+            'channels: relay against direct' % args.multifd, argv)
+    else:
+        report = results.Report('dataplane', 'Real guest migration: relay '
+                                'against direct QEMU-to-QEMU', argv)
     description = ('Guest: %d MiB RAM, %d MiB written once, then 16 pages '
                    'of an 8 MiB range dirtied per 1 kHz tick; downtime '
                    'limit %d ms; QEMU TCG.'
@@ -355,7 +385,7 @@ def main(argv=None):
     out.write(description + '\n')
     report.table('Guest', ('setting', 'value'), [('guest', description)])
     if not args.no_loopback:
-        hypervisor = BenchHypervisor()
+        hypervisor = BenchHypervisor(multifd_channels=args.multifd)
         try:
             run_series('Loopback', hypervisor, image, args.memory, cases,
                        repetitions, None, out, report)
@@ -366,7 +396,7 @@ def main(argv=None):
                   'tc); not run.\n')
     elif not args.no_shaped:
         network = ShapedNetwork(['source', 'd0', 'd1', 'd2'], args.rate)
-        hypervisor = BenchHypervisor(network)
+        hypervisor = BenchHypervisor(network, args.multifd)
         try:
             network.create()
             run_series('Shaped links, %d Mbit/s per host link' % args.rate,
