@@ -10,15 +10,17 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""What the multi-destination session needs from a hypervisor.
+"""What multi-destination migration needs from a hypervisor.
 
-The session engine (``session.py``) decides *when* to start, hold, switch
-over, elect, resume and tear down; the classes here say *how* on one
-hypervisor. Two implementations exist: raw QEMU processes
-(``qemu.py``: the demo, the data-plane tests and the benchmark) and
-libvirt domains inside Nova's compute driver. Keeping the engine on this
-interface is what lets the tests here, which run real QEMU, prove the
-logic the compute driver runs in production.
+The source-side engine (``source_stream.py``) decides *when* to start,
+hold, switch over and force; whoever elects (Nova's conductor through
+the compute endpoint, or the demo's ``demo_session.py``) decides which
+copy resumes and which are torn down; the classes here say *how* on one
+hypervisor. Two implementations exist: raw QEMU processes (``qemu.py``:
+the demo, the data-plane tests and the benchmarks) and libvirt domains
+inside Nova's compute driver (``virt/hypervisors/libvirt.py``). Keeping
+the engine on this interface is what lets the tests here, which run real
+QEMU, prove the logic the compute driver runs in production.
 
 Everything is synchronous and thread-safe enough for one engine thread
 plus the hypervisor's own event threads: event callbacks are called from

@@ -42,7 +42,7 @@ from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
 
-# The phases a fault can be injected at, and what fails there.
+# The phases of a destination a fault can be injected at, and what fails.
 FAULTS = {
     vocabulary.DestinationPhase.PREPARE:
         'start_incoming fails after the domain exists',
@@ -52,6 +52,11 @@ FAULTS = {
         'the last bytes arrive but loading them fails',
     vocabulary.DestinationPhase.RESUME: 'the elected copy cannot run',
 }
+PHASES = tuple(FAULTS)
+# Faults of the source host: every destination fails with it.
+PHASE_SOURCE_START = 'source_start'    # the outgoing migration cannot start
+PHASE_SOURCE_STREAM = 'source_stream'  # it fails half-way through
+SOURCE_PHASES = (PHASE_SOURCE_START, PHASE_SOURCE_STREAM)
 
 # libvirt's values; this module must not import libvirt, which Nova's
 # functional harness replaces.
@@ -83,15 +88,17 @@ class _Registry(object):
 
 
 _REGISTRY = _Registry()
+_DOMAIN_LOCK = threading.Lock()
 
 
 def inject_fault(host, phase, message=None):
-    """Make every later destination on ``host`` fail in ``phase``.
+    """Make every later destination (or source) on ``host`` fail.
 
-    ``phase`` is one of FAULTS' keys.
+    ``phase`` is one of PHASES (see FAULTS) or SOURCE_PHASES.
     """
-    if phase not in FAULTS:
-        raise ValueError('phase must be one of %s' % ', '.join(FAULTS))
+    if phase not in PHASES + SOURCE_PHASES:
+        raise ValueError('phase must be one of %s' % ', '.join(
+            PHASES + SOURCE_PHASES))
     with _REGISTRY.lock:
         _REGISTRY.faults[(host, phase)] = (
             message or 'injected %s fault on %s' % (phase, host))
@@ -119,6 +126,16 @@ def reset():
         fake_relay.close()
     with _REGISTRY.lock:
         _REGISTRY.reset()
+
+
+def guests_settled():
+    """Hold while sampling which copies run.
+
+    A destination domain is created and paused under this lock, so that
+    a test never sees it in between, where Nova's fake libvirt shows it
+    running.
+    """
+    return _DOMAIN_LOCK
 
 
 def _fault(host, phase):
@@ -186,8 +203,9 @@ class _FakeGuest(hypervisor.Guest):
 
 class FakeSource(_FakeGuest, hypervisor.SourceGuest):
 
-    def __init__(self, name, domain, memory_bytes):
+    def __init__(self, name, domain, memory_bytes, host=None):
         super().__init__(name, domain)
+        self.host = host
         self.status = vocabulary.QemuStatus.NONE
         self.total = memory_bytes
         self.transferred = 0
@@ -221,6 +239,10 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
             raise exceptions.HypervisorError(
                 operation='migrate %s' % self.name,
                 reason='nothing listens on %s' % uri)
+        message = _fault(self.host, PHASE_SOURCE_START)
+        if message:
+            raise exceptions.HypervisorError(
+                operation='migrate %s' % self.name, reason=message)
         self.status = vocabulary.QemuStatus.ACTIVE
         self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
         fake_relay.feed(self)
@@ -480,6 +502,13 @@ class FakeRelay(object):
                 source.finish(vocabulary.QemuStatus.FAILED,
                               'every destination failed')
                 return
+            message = _fault(source.host, PHASE_SOURCE_STREAM)
+            if message and source.transferred * 2 >= source.total:
+                for name, _ in self._live_targets():
+                    self._mark_failed(name, 'source failed: %s' % message,
+                                      False)
+                source.finish(vocabulary.QemuStatus.FAILED, message)
+                return
             if source.transferred < source.total:
                 size = min(chunk, source.total - source.transferred)
                 source.remaining = source.total - source.transferred - size
@@ -556,9 +585,11 @@ class FakeHypervisor(hypervisors.NovaHypervisor):
         return self._connect()
 
     def source(self, guest):
-        domain = _find_domain(self.connection, guest)
+        conn = self.connection
+        domain = _find_domain(conn, guest)
         xml = domain.XMLDesc(0) if domain is not None else ''
-        return FakeSource(guest, domain, _memory_bytes(xml))
+        host = conn.getHostname() if conn is not None else None
+        return FakeSource(guest, domain, _memory_bytes(xml), host=host)
 
     def source_xml(self, domain_name):
         domain = _find_domain(self.connection, domain_name)
@@ -576,8 +607,9 @@ class FakeHypervisor(hypervisors.NovaHypervisor):
                 raise exceptions.HypervisorError(
                     operation='create destination %s' % name,
                     reason='a domain of that name already exists here')
-            domain = conn.createXML(xml, _START_PAUSED)
-            domain.suspend()
+            with _DOMAIN_LOCK:
+                domain = conn.createXML(xml, _START_PAUSED)
+                domain.suspend()
         return FakeDestination(name, domain, _memory_bytes(xml))
 
     def destroy_incoming(self, domain_name):
