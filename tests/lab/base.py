@@ -146,6 +146,17 @@ class LabTestCase(testtools.TestCase):
             % (server_id, host))
         return rows[0][0]
 
+    def action_details(self, server_id, action):
+        """Everything the server's last ``action`` records, as text."""
+        actions = [a for a in self.openstack_json(
+            '--os-compute-api-version', '2.84', 'server', 'event', 'list',
+            server_id) if a['Action'] == action]
+        if not actions:
+            return ''
+        return json.dumps(self.openstack_json(
+            '--os-compute-api-version', '2.84', 'server', 'event', 'show',
+            server_id, actions[0]['Request ID']))
+
     def show(self, server_id):
         return self.openstack_json('server', 'show', server_id)
 

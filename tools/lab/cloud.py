@@ -25,6 +25,7 @@ import os
 import secrets as secrets_mod
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -219,7 +220,7 @@ class Cloud(object):
         process = self.procs['epmd']
         process.start(self._in_controller(['epmd', '-port', '4369']))
         return process, lambda: _port_open(self.lab.controller.address,
-                                           4369, netns=None)
+                                           4369)
 
     def start_rabbitmq(self):
         process = self.procs['rabbitmq']
@@ -579,8 +580,7 @@ def _exe_name(pid):
         return ''
 
 
-def _port_open(address, port, netns=None):
-    import socket
+def _port_open(address, port):
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex((address, port)) == 0
