@@ -47,7 +47,16 @@ STREAM_TIMEOUT = 60
 
 
 class LibvirtDaemon(fixtures.Fixture):
-    """A private libvirtd; stopped, with every domain it ran, on cleanup."""
+    """A private libvirtd; stopped, with every domain it ran, on cleanup.
+
+    With ``hostname`` it also gets its own UTS namespace, that name and a
+    host UUID of its own: libvirt migrates between two such daemons as
+    between two hosts.
+    """
+
+    def __init__(self, hostname=None):
+        super().__init__()
+        self.hostname = hostname
 
     def _setUp(self):
         self.dir = tempfile.mkdtemp(prefix='multidest-libvirtd-')
@@ -58,7 +67,8 @@ class LibvirtDaemon(fixtures.Fixture):
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
                 libvirtd.namespace_command(
-                    self.dir, libvirtd.daemon_command(self.dir)),
+                    self.dir, libvirtd.daemon_command(self.dir),
+                    hostname=self.hostname or ''),
                 stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         self.qemu_pids = set()
