@@ -222,8 +222,8 @@ class TestTakeAction(HookTestCase):
         self.assertIn('now runs on c3', out)
 
     def test_wait_outlasts_the_cleared_task_state(self):
-        """The winner's compute clears task_state before the conductor
-        records its migration completed (seen in the lab)."""
+        # The winner's compute clears task_state before the conductor
+        # records its migration completed (seen in the lab).
         compute = FakeCompute(
             [server(task_state='migrating'), server(host='c3')],
             [[],
