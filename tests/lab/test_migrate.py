@@ -66,8 +66,11 @@ class NovaLiveMigrationTest(base.LabTestCase):
             check=False)
         if result.returncode and LIBVIRT_UNSAFE in self.action_details(
                 server['id'], 'live-migration'):
-            # Nova rolled back through our driver: nothing moved or leaked.
-            self.assert_only_on(server['id'], SOURCE)
+            # Nova gave up before any copy started (it sets the server to
+            # ERROR for such libvirt errors): the guest still runs on its
+            # source only.
+            self.assertEqual([SOURCE], self.running_copies(server['id']))
+            self.assert_guest_runs(SOURCE, server['id'])
             self.skipTest(
                 'libvirt 9.0 refuses Nova\'s own live migration of disks on '
                 'a local filesystem ("%s"); the lab\'s shared '
