@@ -266,7 +266,8 @@ def measure_qemu(memory_mb, repeat, out):
         hypervisor.destroy_all()
     title = ('Real QEMU (TCG), %d MiB guest, %d MiB written, relay star '
              'N=1' % (memory_mb, memory_mb - 24))
-    report = results.Report('relay_throughput_qemu', title)
+    report = results.Report('relay_throughput_qemu', title,
+                            benchmark='relay_throughput')
     out.write('\n' + title)
     bench.print_table('', samples, repeat, out, report)
     for path in report.write():
