@@ -127,7 +127,9 @@ class Cloud(object):
             network.create(self.lab)
             self.write_configs()
             if not self.bootstrapped():
-                log('Bootstrapping lab %s (first start)' % self.lab.id)
+                log('Bootstrapping lab %s (first start, or new pins of its '
+                    'services)' % self.lab.id)
+                self._stop_processes()
                 self._bootstrap(log)
             self._start_all(log)
         except BaseException:
@@ -505,6 +507,14 @@ class Cloud(object):
 
     def down(self, purge=False, log=print):
         """Stop every process the lab started; remove its network."""
+        self._stop_processes()
+        network.remove(self.lab)
+        if purge and os.path.isdir(self.lab.dir):
+            shutil.rmtree(self.lab.dir)
+        log('Lab %s is down%s' % (
+            self.lab.id, ' and its state removed' if purge else ''))
+
+    def _stop_processes(self):
         procs = self.procs
         order = []
         for host in self.lab.hosts:
@@ -518,11 +528,6 @@ class Cloud(object):
         procs['mariadb'].stop()
         for name in procs.names():
             procs[name].stop()
-        network.remove(self.lab)
-        if purge and os.path.isdir(self.lab.dir):
-            shutil.rmtree(self.lab.dir)
-        log('Lab %s is down%s' % (
-            self.lab.id, ' and its state removed' if purge else ''))
 
     def _stop_host_daemons(self, host):
         directory = self.lab.libvirt_dir(host)
