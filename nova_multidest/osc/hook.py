@@ -33,9 +33,6 @@ from nova_multidest import vocabulary
 MIGRATIONS_MICROVERSION = '2.59'
 ACTIONS_MICROVERSION = '2.84'
 POLL_INTERVAL = 1.0
-# Nova's Migration statuses after which a destination changes no more.
-FINAL_STATUSES = frozenset(('completed', 'cancelled', 'failed', 'error',
-                            'done'))
 
 _OUR_OPTIONS = ('multidest_hosts', 'multidest_count', 'multidest_warm_up')
 
@@ -211,7 +208,8 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
                 'Multi-destination live migration of server %s failed: %s' %
                 (server.id, fault_message(current.fault)))
         if current.task_state is None and all(
-                m['status'] in FINAL_STATUSES for m in ours or []):
+                m['status'] in vocabulary.MigrationStatus.NOVA_FINAL
+                for m in ours or []):
             break
         sleep(POLL_INTERVAL)
 

@@ -27,6 +27,7 @@ import time
 import fixtures
 import testtools
 
+from nova_multidest import vocabulary
 from tools.lab import cloud as cloud_mod
 from tools.lab import layout
 from tools.lab import libvirtd
@@ -39,8 +40,6 @@ BOOT_TIMEOUT = 300
 MIGRATION_TIMEOUT = 600
 GUEST_TIMEOUT = 60
 POLL_INTERVAL = 0.5
-FINAL_MIGRATION_STATUSES = ('completed', 'cancelled', 'failed', 'error',
-                            'done', 'confirmed')
 
 
 def poll(predicate, timeout, what):
@@ -133,7 +132,7 @@ class LabTestCase(testtools.TestCase):
         def done():
             server = self.show(server_id)
             return server['OS-EXT-STS:task_state'] is None and all(
-                m['status'] in FINAL_MIGRATION_STATUSES
+                m['status'] in vocabulary.MigrationStatus.NOVA_FINAL
                 for m in self.migrations(server_id)) and server
         return poll(done, MIGRATION_TIMEOUT,
                     'migration of %s over' % server_id)
@@ -250,7 +249,8 @@ class LabTestCase(testtools.TestCase):
         self.assertEqual([host], self.running_copies(server_id))
         self.assertEqual([host], list(self.allocations(server_id)))
         for migration in self.migrations(server_id):
-            self.assertIn(migration['status'], FINAL_MIGRATION_STATUSES,
+            self.assertIn(migration['status'],
+                          vocabulary.MigrationStatus.NOVA_FINAL,
                           migration)
             self.assertEqual({}, self.allocations(migration['uuid']),
                              migration)
