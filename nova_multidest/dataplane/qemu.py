@@ -19,7 +19,9 @@ directory. Removing that directory and killing that PID removes every bit
 of a guest, which is what "destroy a loser" must mean.
 """
 
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +34,7 @@ import time
 
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import nbd
 from nova_multidest.dataplane import qmp
 from nova_multidest import exceptions
 
@@ -44,18 +47,61 @@ ANNOUNCE = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
 BOOT_TIMEOUT = 30
 PAUSED_AFTER_MIGRATION = ('postmigrate', 'finish-migrate', 'paused',
                           'prelaunch', 'inmigrate')
+QEMU_IMG = 'qemu-img'
+DIGEST_CHUNK = 4 * MiB
+MIRROR_EVENT_TIMEOUT = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class QemuDisk:
+    """A disk image attached as a virtio disk whose device id is ``name``."""
+
+    name: str
+    path: str
+    format: str = 'qcow2'
+
+    @property
+    def node(self):
+        return 'disk-%s' % self.name
+
+    def argv(self):
+        blockdev = {'driver': self.format, 'node-name': self.node,
+                    'file': {'driver': 'file', 'filename': self.path}}
+        return ['-blockdev', json.dumps(blockdev),
+                '-device', 'virtio-blk-pci,drive=%s,id=%s' % (self.node,
+                                                              self.name)]
+
+
+def image_info(path):
+    """``qemu-img info`` of an image, even one a running QEMU holds."""
+    out = subprocess.run([QEMU_IMG, 'info', '-U', '--output=json', path],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def create_image(path, size, fmt='qcow2', backing=None, backing_format=None):
+    argv = [QEMU_IMG, 'create', '-q', '-f', fmt]
+    if backing:
+        argv += ['-F', backing_format or 'qcow2', '-b', backing]
+    subprocess.run(argv + [path, str(size)], check=True,
+                   capture_output=True)
 
 
 class QemuProcess(object):
     """One QEMU process, its directory and its QMP session."""
 
     def __init__(self, name, kernel, memory_mb, incoming=False,
-                 binary=QEMU_BINARY, parent_dir=None, command_prefix=()):
+                 binary=QEMU_BINARY, parent_dir=None, command_prefix=(),
+                 disks=(), owned_dirs=()):
         self.name = name
         self.kernel = kernel
         self.memory_mb = memory_mb
+        self.disks = list(disks)
         self.dir = tempfile.mkdtemp(prefix='multidest-%s-' % name,
                                     dir=parent_dir)
+        # Removed with the process: e.g. the directory of its disks.
+        self.owned_dirs = list(owned_dirs)
+        self.nbd_path = None
         self._listeners = []
         self._exit_lock = threading.Lock()
         self.exited_at = None
@@ -73,6 +119,8 @@ class QemuProcess(object):
                 '-kernel', kernel,
                 '-chardev', 'socket,id=qmp,path=%s' % qmp_path,
                 '-mon', 'chardev=qmp,mode=control']
+            for disk in self.disks:
+                argv += disk.argv()
             if incoming:
                 argv += ['-S', '-incoming', 'defer']
             self.log_path = os.path.join(self.dir, 'qemu.log')
@@ -142,7 +190,8 @@ class QemuProcess(object):
         qmp_client = getattr(self, 'qmp', None)
         if qmp_client is not None:
             qmp_client.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for directory in [self.dir] + self.owned_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def run_state(self):
         return self.qmp.execute('query-status')['status']
@@ -155,6 +204,91 @@ class QemuProcess(object):
         """A 32-bit word of guest-physical memory."""
         out = self.qmp.hmp('xp /1wx %#x' % address)
         return int(out.split(':')[1].split()[0], 16)
+
+    def disk(self, name):
+        for disk in self.disks:
+            if disk.name == name:
+                return disk
+        raise exceptions.HypervisorError(
+            operation='find disk %s of %s' % (name, self.name),
+            reason='it has disks %s' % ', '.join(d.name for d in self.disks))
+
+    def qemu_io(self, disk, command):
+        """Run a qemu-io command on a disk as the guest's device would.
+
+        Writes go through the device's block backend, so a running mirror
+        job sees them exactly as it sees the guest's own writes.
+        """
+        out = self.qmp.hmp('qemu-io -d %s/virtio-backend "%s"'
+                           % (self.disk(disk).name, command))
+        if 'error' in out.lower() or 'failed' in out.lower():
+            raise exceptions.HypervisorError(
+                operation='qemu-io %s on %s' % (command, self.name),
+                reason=out.strip())
+        return out
+
+    def start_nbd_server(self):
+        """Serve NBD on a socket of this process's own directory.
+
+        QEMU gets the listening socket through ``getfd`` and never opens
+        a path itself. Idempotent; returns the socket path.
+        """
+        if self.nbd_path is not None:
+            return self.nbd_path
+        path = os.path.join(self.dir, 'nbd.sock')
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(8)
+            self.qmp.getfd('multidest-nbd', listener.fileno())
+            self.qmp.execute('nbd-server-start', addr={
+                'type': 'fd', 'data': {'str': 'multidest-nbd'}})
+        finally:
+            listener.close()
+        self.nbd_path = path
+        return path
+
+    def stop_nbd_server(self):
+        if self.nbd_path is None:
+            return
+        self.qmp.execute('nbd-server-stop')
+        self.nbd_path = None
+
+    def disk_digest(self, name):
+        """SHA-256 of what the guest reads from disk ``name``.
+
+        Read through a read-only NBD export of the live disk, so it sees
+        exactly the data QEMU serves, cached metadata included.
+        """
+        started = self.nbd_path is None
+        path = self.start_nbd_server()
+        export = 'digest-%s' % name
+        self.qmp.execute('block-export-add', type='nbd', id=export,
+                         name=export, writable=False,
+                         **{'node-name': self.disk(name).node})
+        digest = hashlib.sha256()
+        try:
+            client = nbd.Client.connect(path, export)
+            try:
+                for offset in range(0, client.size, DIGEST_CHUNK):
+                    digest.update(client.read(
+                        offset, min(DIGEST_CHUNK, client.size - offset)))
+            finally:
+                client.disconnect()
+        finally:
+            self.qmp.execute('block-export-del', id=export)
+            if started:
+                self._wait_export_gone(export)
+                self.stop_nbd_server()
+        return digest.hexdigest()
+
+    def _wait_export_gone(self, export):
+        deadline = time.monotonic() + MIRROR_EVENT_TIMEOUT
+        while any(e['id'] == export
+                  for e in self.qmp.execute('query-block-exports')):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
 
     def memory_digest(self):
         path = os.path.join(self.dir, 'memory.bin')
@@ -251,6 +385,173 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
         if self.process.run_state() in PAUSED_AFTER_MIGRATION:
             self.process.qmp.execute('cont')
 
+    # -- disks -------------------------------------------------------------
+
+    def local_disks(self):
+        nodes = {}
+        for device in self.process.qmp.execute('query-block'):
+            inserted = device.get('inserted') or {}
+            nodes[inserted.get('node-name')] = inserted.get('image') or {}
+        disks = []
+        for disk in self.process.disks:
+            image = nodes.get(disk.node, {})
+            disks.append(hypervisor.LocalDisk(
+                name=disk.name, size=int(image.get('virtual-size', 0)),
+                shallow=bool(image.get('backing-filename'))))
+        return disks
+
+    def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
+        self._mirror_lock = getattr(self, '_mirror_lock', threading.Lock())
+        with self._mirror_lock:
+            if not getattr(self, '_mirrors', None):
+                self._mirrors = {}
+                self.process.qmp.add_event_callback(self._on_job_event)
+        try:
+            for disk in disks:
+                self._start_mirror(disk, sockets[disk.name], max_bandwidth)
+        except Exception:
+            self.cancel_disk_mirrors()
+            raise
+
+    def _start_mirror(self, disk, sock, max_bandwidth):
+        qmp_client = self.process.qmp
+        fdname = 'multidest-disk-%s' % disk.name
+        target = 'multidest-target-%s' % disk.name
+        qmp_client.getfd(fdname, sock.fileno())
+        with self._mirror_lock:
+            self._mirrors[disk.name] = hypervisor.MirrorState(
+                hypervisor.MIRROR_RUNNING)
+        try:
+            qmp_client.execute('blockdev-add', **{
+                'driver': 'nbd', 'node-name': target, 'export': disk.name,
+                'server': {'type': 'fd', 'str': fdname}})
+        except exceptions.QMPError:
+            qmp_client.execute('closefd', fdname=fdname)
+            raise
+        qmp_client.execute('blockdev-mirror', **{
+            'job-id': _mirror_job(disk.name),
+            'device': self.process.disk(disk.name).node,
+            'target': target, 'sync': 'top' if disk.shallow else 'full',
+            'copy-mode': 'write-blocking', 'speed': int(max_bandwidth)})
+
+    def _on_job_event(self, event):
+        device = event.data.get('device', '')
+        if not device.startswith(_MIRROR_JOB_PREFIX):
+            return
+        name = device[len(_MIRROR_JOB_PREFIX):]
+        data = event.data
+        if event.name == 'BLOCK_JOB_READY':
+            status, error = hypervisor.MIRROR_READY, None
+        elif event.name == 'BLOCK_JOB_COMPLETED':
+            error = data.get('error')
+            if not error and data.get('offset') != data.get('len'):
+                error = 'it ended at %s of %s bytes' % (data.get('offset'),
+                                                        data.get('len'))
+            status = (hypervisor.MIRROR_FAILED if error
+                      else hypervisor.MIRROR_COMPLETED)
+        elif event.name == 'BLOCK_JOB_CANCELLED':
+            status, error = hypervisor.MIRROR_FAILED, 'cancelled'
+        else:
+            return
+        with self._mirror_lock:
+            current = self._mirrors.get(name)
+            if current is None or current.status in _MIRROR_FINAL:
+                return
+            self._mirrors[name] = hypervisor.MirrorState(
+                status, data.get('offset', 0), data.get('len', 0), error)
+
+    def disk_mirrors(self):
+        mirrors = getattr(self, '_mirrors', None)
+        if not mirrors:
+            return {}
+        try:
+            jobs = {job['device']: job for job in
+                    self.process.qmp.execute('query-block-jobs')}
+        except exceptions.QMPError:
+            jobs = {}
+        with self._mirror_lock:
+            result = {}
+            for name, state in self._mirrors.items():
+                job = jobs.get(_mirror_job(name))
+                if job is not None and state.status not in _MIRROR_FINAL:
+                    state = dataclasses.replace(
+                        state, offset=job['offset'], length=job['len'])
+                result[name] = state
+            return result
+
+    def complete_disk_mirrors(self, timeout):
+        qmp_client = self.process.qmp
+        names = list(self.disk_mirrors())
+        for name in names:
+            try:
+                qmp_client.execute('block-job-cancel',
+                                   device=_mirror_job(name))
+            except exceptions.QMPError as exc:
+                LOG.warning('Ending the mirror of %s: %s', name, exc)
+        states = self._wait_mirrors_final(timeout)
+        self._remove_targets(names)
+        for name in names:
+            state = states.get(name)
+            if state is None or state.status != hypervisor.MIRROR_COMPLETED:
+                raise exceptions.DiskCopyFailed(
+                    disk=name, reason=(
+                        'its mirror ended as %s: %s' % (state.status,
+                                                        state.error)
+                        if state else 'its mirror did not end in %ss'
+                        % timeout))
+
+    def cancel_disk_mirrors(self):
+        mirrors = self.disk_mirrors()
+        if not mirrors or not self.is_alive():
+            return
+        for name, state in mirrors.items():
+            if state.status not in _MIRROR_FINAL:
+                try:
+                    self.process.qmp.execute('block-job-cancel',
+                                             device=_mirror_job(name),
+                                             force=True)
+                except exceptions.QMPError as exc:
+                    LOG.warning('Cancelling the mirror of %s: %s', name, exc)
+        states = self._wait_mirrors_final(MIRROR_EVENT_TIMEOUT)
+        unfinished = sorted(name for name, state in states.items()
+                            if state.status not in _MIRROR_FINAL)
+        if unfinished:
+            LOG.error('The mirrors of %s on %s did not stop in %ss',
+                      ', '.join(unfinished), self.name,
+                      MIRROR_EVENT_TIMEOUT)
+        self._remove_targets(list(mirrors))
+
+    def _wait_mirrors_final(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.disk_mirrors()
+            jobs = {job['device'] for job in
+                    self.process.qmp.execute('query-block-jobs')}
+            if all(state.status in _MIRROR_FINAL and
+                   _mirror_job(name) not in jobs
+                   for name, state in states.items()):
+                return states
+            if time.monotonic() > deadline or not self.is_alive():
+                return states
+            time.sleep(0.01)
+
+    def _remove_targets(self, names):
+        present = {node.get('node-name') for node in
+                   self.process.qmp.execute('query-named-block-nodes')}
+        for name in names:
+            target = 'multidest-target-%s' % name
+            if target in present:
+                self.process.qmp.execute('blockdev-del', **{
+                    'node-name': target})
+
+
+_MIRROR_JOB_PREFIX = 'multidest-mirror-'
+_MIRROR_FINAL = (hypervisor.MIRROR_COMPLETED, hypervisor.MIRROR_FAILED)
+
+
+def _mirror_job(disk):
+    return _MIRROR_JOB_PREFIX + disk
+
 
 class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
 
@@ -280,8 +581,34 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
         except exceptions.QMPError:
             return hypervisor.STATUS_FAILED
 
+    def export_disks(self, disks):
+        path = self.process.start_nbd_server()
+        exports = {}
+        for disk in disks:
+            self.process.qmp.execute(
+                'block-export-add', type='nbd', writable=True,
+                id=_export_id(disk.name), name=disk.name,
+                **{'node-name': self.process.disk(disk.name).node})
+            exports[disk.name] = (path, disk.name)
+        self._exports = list(exports)
+        return exports
+
+    def _stop_exports(self):
+        for name in getattr(self, '_exports', ()):
+            self.process.qmp.execute('block-export-del', id=_export_id(name))
+            self.process._wait_export_gone(_export_id(name))
+        self._exports = []
+        self.process.stop_nbd_server()
+
     def resume(self):
+        if self.copies_disks and not self.disks_copied():
+            raise exceptions.HypervisorError(
+                operation='resume %s' % self.name,
+                reason='its disks are not copied: %s'
+                       % (self.disk_copy_reason() or 'the copy is not '
+                          'finished'))
         try:
+            self._stop_exports()
             self.process.qmp.execute('cont')
             self.process.qmp.execute('announce-self', **ANNOUNCE)
         except exceptions.QMPError as exc:
@@ -291,6 +618,10 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
     def destroy(self):
         self.close_stream()
         self.process.destroy()
+
+
+def _export_id(disk):
+    return 'multidest-export-%s' % disk
 
 
 class QemuHypervisor(hypervisor.Hypervisor):
@@ -305,9 +636,11 @@ class QemuHypervisor(hypervisor.Hypervisor):
         self.parent_dir = parent_dir
         self.processes = []
 
-    def boot(self, name, memory_mb=64, image=None):
+    def boot(self, name, memory_mb=64, image=None, disks=()):
         """Start a running guest from the tiny dirtying kernel.
 
+        ``disks`` are QemuDisk images the guest gets as virtio disks (the
+        kernel never touches them; tests write them with ``qemu_io``).
         Returns once the guest runs its dirtying loop.
         """
         image = image or guest_image.DirtyingGuest()
@@ -316,7 +649,8 @@ class QemuHypervisor(hypervisor.Hypervisor):
                                      dir=self.parent_dir)
         kernel = image.write(image_dir)
         try:
-            process = self._spawn(name, kernel, memory_mb, incoming=False)
+            process = self._spawn(name, kernel, memory_mb, incoming=False,
+                                  disks=disks)
         except Exception:
             shutil.rmtree(image_dir, ignore_errors=True)
             raise
@@ -340,10 +674,18 @@ class QemuHypervisor(hypervisor.Hypervisor):
         """What QEMU for guest ``name`` is started through (nothing)."""
         return ()
 
-    def _spawn(self, name, kernel, memory_mb, incoming):
-        process = QemuProcess(name, kernel, memory_mb, incoming=incoming,
-                              binary=self.binary, parent_dir=self.parent_dir,
-                              command_prefix=self.command_prefix(name))
+    def _spawn(self, name, kernel, memory_mb, incoming, disks=(),
+               owned_dirs=()):
+        try:
+            process = QemuProcess(name, kernel, memory_mb, incoming=incoming,
+                                  binary=self.binary,
+                                  parent_dir=self.parent_dir,
+                                  command_prefix=self.command_prefix(name),
+                                  disks=disks, owned_dirs=owned_dirs)
+        except Exception:
+            for directory in owned_dirs:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
         self.processes.append(process)
         return process
 
@@ -355,8 +697,37 @@ class QemuHypervisor(hypervisor.Hypervisor):
 
     def create_destination(self, name, source):
         src = source.process
-        process = self._spawn(name, src.kernel, src.memory_mb, incoming=True)
+        disks, disk_dir = self._destination_disks(name, src)
+        process = self._spawn(name, src.kernel, src.memory_mb, incoming=True,
+                              disks=disks,
+                              owned_dirs=[disk_dir] if disk_dir else ())
         return self.destination_class(process)
+
+    def _destination_disks(self, name, src):
+        """Empty copies of the source's disks, as Nova's image cache makes.
+
+        A disk over a backing image gets a new top image over the same
+        backing file; a flat one an empty image of the same size.
+        """
+        if not src.disks:
+            return [], None
+        disk_dir = tempfile.mkdtemp(prefix='multidest-%s-disks-' % name,
+                                    dir=self.parent_dir)
+        disks = []
+        try:
+            for disk in src.disks:
+                info = image_info(disk.path)
+                path = os.path.join(disk_dir, os.path.basename(disk.path))
+                create_image(
+                    path, info['virtual-size'], disk.format,
+                    backing=info.get('full-backing-filename'),
+                    backing_format=info.get('backing-filename-format'))
+                disks.append(QemuDisk(disk.name, path, disk.format))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            shutil.rmtree(disk_dir, ignore_errors=True)
+            raise exceptions.HypervisorError(
+                operation='create the disks of %s' % name, reason=str(exc))
+        return disks, disk_dir
 
     def live_processes(self):
         return [p for p in self.processes if p.is_alive()]
