@@ -36,6 +36,7 @@ from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import nbd
 from nova_multidest.dataplane import qmp
+from nova_multidest.dataplane import qmp_disks
 from nova_multidest import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ PAUSED_AFTER_MIGRATION = ('postmigrate', 'finish-migrate', 'paused',
                           'prelaunch', 'inmigrate')
 QEMU_IMG = 'qemu-img'
 DIGEST_CHUNK = 4 * MiB
-MIRROR_EVENT_TIMEOUT = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,6 @@ class QemuProcess(object):
                                     dir=parent_dir)
         # Removed with the process: e.g. the directory of its disks.
         self.owned_dirs = list(owned_dirs)
-        self.nbd_path = None
         self._listeners = []
         self._exit_lock = threading.Lock()
         self.exited_at = None
@@ -141,6 +140,8 @@ class QemuProcess(object):
         self._waiter = threading.Thread(target=self._wait_exit,
                                         name='wait-%s' % name, daemon=True)
         self._waiter.start()
+        self.exports = qmp_disks.Exports(self.qmp.execute, self.qmp.getfd,
+                                         self.dir)
 
     def _wait_exit(self):
         self.proc.wait()
@@ -227,45 +228,16 @@ class QemuProcess(object):
                 reason=out.strip())
         return out
 
-    def start_nbd_server(self):
-        """Serve NBD on a socket of this process's own directory.
-
-        QEMU gets the listening socket through ``getfd`` and never opens
-        a path itself. Idempotent; returns the socket path.
-        """
-        if self.nbd_path is not None:
-            return self.nbd_path
-        path = os.path.join(self.dir, 'nbd.sock')
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(path)
-            listener.listen(8)
-            self.qmp.getfd('multidest-nbd', listener.fileno())
-            self.qmp.execute('nbd-server-start', addr={
-                'type': 'fd', 'data': {'str': 'multidest-nbd'}})
-        finally:
-            listener.close()
-        self.nbd_path = path
-        return path
-
-    def stop_nbd_server(self):
-        if self.nbd_path is None:
-            return
-        self.qmp.execute('nbd-server-stop')
-        self.nbd_path = None
-
     def disk_digest(self, name):
         """SHA-256 of what the guest reads from disk ``name``.
 
         Read through a read-only NBD export of the live disk, so it sees
         exactly the data QEMU serves, cached metadata included.
         """
-        started = self.nbd_path is None
-        path = self.start_nbd_server()
+        serving = self.exports.serving
         export = 'digest-%s' % name
-        self.qmp.execute('block-export-add', type='nbd', id=export,
-                         name=export, writable=False,
-                         **{'node-name': self.disk(name).node})
+        path, _ = self.exports.start({export: self.disk(name).node},
+                                     writable=False)[export]
         digest = hashlib.sha256()
         try:
             client = nbd.Client.connect(path, export)
@@ -276,19 +248,10 @@ class QemuProcess(object):
             finally:
                 client.disconnect()
         finally:
-            self.qmp.execute('block-export-del', id=export)
-            if started:
-                self._wait_export_gone(export)
-                self.stop_nbd_server()
+            self.exports.remove(export)
+            if not serving:
+                self.exports.stop()
         return digest.hexdigest()
-
-    def _wait_export_gone(self, export):
-        deadline = time.monotonic() + MIRROR_EVENT_TIMEOUT
-        while any(e['id'] == export
-                  for e in self.qmp.execute('query-block-exports')):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
 
     def memory_digest(self):
         path = os.path.join(self.dir, 'memory.bin')
@@ -400,157 +363,31 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
                 shallow=bool(image.get('backing-filename'))))
         return disks
 
+    @property
+    def _mirrors(self):
+        if getattr(self, '_mirror_jobs', None) is None:
+            self._mirror_jobs = qmp_disks.Mirrors(
+                self.process.qmp.execute, self.process.qmp.getfd, self.name)
+        return self._mirror_jobs
+
     def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
-        self._mirror_lock = getattr(self, '_mirror_lock', threading.Lock())
-        with self._mirror_lock:
-            if not getattr(self, '_mirrors', None):
-                self._mirrors = {}
-                self.process.qmp.add_event_callback(self._on_job_event)
         try:
             for disk in disks:
-                self._start_mirror(disk, sockets[disk.name], max_bandwidth)
+                self._mirrors.start(disk, self.process.disk(disk.name).node,
+                                    sockets[disk.name], max_bandwidth)
         except Exception:
             self.cancel_disk_mirrors()
             raise
 
-    def _start_mirror(self, disk, sock, max_bandwidth):
-        qmp_client = self.process.qmp
-        fdname = 'multidest-disk-%s' % disk.name
-        target = 'multidest-target-%s' % disk.name
-        qmp_client.getfd(fdname, sock.fileno())
-        with self._mirror_lock:
-            self._mirrors[disk.name] = hypervisor.MirrorState(
-                hypervisor.MIRROR_RUNNING)
-        try:
-            qmp_client.execute('blockdev-add', **{
-                'driver': 'nbd', 'node-name': target, 'export': disk.name,
-                'server': {'type': 'fd', 'str': fdname}})
-        except exceptions.QMPError:
-            qmp_client.execute('closefd', fdname=fdname)
-            raise
-        qmp_client.execute('blockdev-mirror', **{
-            'job-id': _mirror_job(disk.name),
-            'device': self.process.disk(disk.name).node,
-            'target': target, 'sync': 'top' if disk.shallow else 'full',
-            'copy-mode': 'write-blocking', 'speed': int(max_bandwidth)})
-
-    def _on_job_event(self, event):
-        device = event.data.get('device', '')
-        if not device.startswith(_MIRROR_JOB_PREFIX):
-            return
-        name = device[len(_MIRROR_JOB_PREFIX):]
-        data = event.data
-        if event.name == 'BLOCK_JOB_READY':
-            status, error = hypervisor.MIRROR_READY, None
-        elif event.name == 'BLOCK_JOB_COMPLETED':
-            error = data.get('error')
-            if not error and data.get('offset') != data.get('len'):
-                error = 'it ended at %s of %s bytes' % (data.get('offset'),
-                                                        data.get('len'))
-            status = (hypervisor.MIRROR_FAILED if error
-                      else hypervisor.MIRROR_COMPLETED)
-        elif event.name == 'BLOCK_JOB_CANCELLED':
-            status, error = hypervisor.MIRROR_FAILED, 'cancelled'
-        else:
-            return
-        with self._mirror_lock:
-            current = self._mirrors.get(name)
-            if current is None or current.status in _MIRROR_FINAL:
-                return
-            self._mirrors[name] = hypervisor.MirrorState(
-                status, data.get('offset', 0), data.get('len', 0), error)
-
     def disk_mirrors(self):
-        mirrors = getattr(self, '_mirrors', None)
-        if not mirrors:
-            return {}
-        try:
-            jobs = {job['device']: job for job in
-                    self.process.qmp.execute('query-block-jobs')}
-        except exceptions.QMPError:
-            jobs = {}
-        with self._mirror_lock:
-            result = {}
-            for name, state in self._mirrors.items():
-                job = jobs.get(_mirror_job(name))
-                if job is not None and state.status not in _MIRROR_FINAL:
-                    state = dataclasses.replace(
-                        state, offset=job['offset'], length=job['len'])
-                result[name] = state
-            return result
+        return self._mirrors.states()
 
     def complete_disk_mirrors(self, timeout):
-        qmp_client = self.process.qmp
-        names = list(self.disk_mirrors())
-        for name in names:
-            try:
-                qmp_client.execute('block-job-cancel',
-                                   device=_mirror_job(name))
-            except exceptions.QMPError as exc:
-                LOG.warning('Ending the mirror of %s: %s', name, exc)
-        states = self._wait_mirrors_final(timeout)
-        self._remove_targets(names)
-        for name in names:
-            state = states.get(name)
-            if state is None or state.status != hypervisor.MIRROR_COMPLETED:
-                raise exceptions.DiskCopyFailed(
-                    disk=name, reason=(
-                        'its mirror ended as %s: %s' % (state.status,
-                                                        state.error)
-                        if state else 'its mirror did not end in %ss'
-                        % timeout))
+        self._mirrors.complete(timeout)
 
     def cancel_disk_mirrors(self):
-        mirrors = self.disk_mirrors()
-        if not mirrors or not self.is_alive():
-            return
-        for name, state in mirrors.items():
-            if state.status not in _MIRROR_FINAL:
-                try:
-                    self.process.qmp.execute('block-job-cancel',
-                                             device=_mirror_job(name),
-                                             force=True)
-                except exceptions.QMPError as exc:
-                    LOG.warning('Cancelling the mirror of %s: %s', name, exc)
-        states = self._wait_mirrors_final(MIRROR_EVENT_TIMEOUT)
-        unfinished = sorted(name for name, state in states.items()
-                            if state.status not in _MIRROR_FINAL)
-        if unfinished:
-            LOG.error('The mirrors of %s on %s did not stop in %ss',
-                      ', '.join(unfinished), self.name,
-                      MIRROR_EVENT_TIMEOUT)
-        self._remove_targets(list(mirrors))
-
-    def _wait_mirrors_final(self, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            states = self.disk_mirrors()
-            jobs = {job['device'] for job in
-                    self.process.qmp.execute('query-block-jobs')}
-            if all(state.status in _MIRROR_FINAL and
-                   _mirror_job(name) not in jobs
-                   for name, state in states.items()):
-                return states
-            if time.monotonic() > deadline or not self.is_alive():
-                return states
-            time.sleep(0.01)
-
-    def _remove_targets(self, names):
-        present = {node.get('node-name') for node in
-                   self.process.qmp.execute('query-named-block-nodes')}
-        for name in names:
-            target = 'multidest-target-%s' % name
-            if target in present:
-                self.process.qmp.execute('blockdev-del', **{
-                    'node-name': target})
-
-
-_MIRROR_JOB_PREFIX = 'multidest-mirror-'
-_MIRROR_FINAL = (hypervisor.MIRROR_COMPLETED, hypervisor.MIRROR_FAILED)
-
-
-def _mirror_job(disk):
-    return _MIRROR_JOB_PREFIX + disk
+        if self.is_alive():
+            self._mirrors.cancel()
 
 
 class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
@@ -582,23 +419,8 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
             return hypervisor.STATUS_FAILED
 
     def export_disks(self, disks):
-        path = self.process.start_nbd_server()
-        exports = {}
-        for disk in disks:
-            self.process.qmp.execute(
-                'block-export-add', type='nbd', writable=True,
-                id=_export_id(disk.name), name=disk.name,
-                **{'node-name': self.process.disk(disk.name).node})
-            exports[disk.name] = (path, disk.name)
-        self._exports = list(exports)
-        return exports
-
-    def _stop_exports(self):
-        for name in getattr(self, '_exports', ()):
-            self.process.qmp.execute('block-export-del', id=_export_id(name))
-            self.process._wait_export_gone(_export_id(name))
-        self._exports = []
-        self.process.stop_nbd_server()
+        return self.process.exports.start(
+            {disk.name: self.process.disk(disk.name).node for disk in disks})
 
     def resume(self):
         if self.copies_disks and not self.disks_copied():
@@ -608,7 +430,7 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
                        % (self.disk_copy_reason() or 'the copy is not '
                           'finished'))
         try:
-            self._stop_exports()
+            self.process.exports.stop()
             self.process.qmp.execute('cont')
             self.process.qmp.execute('announce-self', **ANNOUNCE)
         except exceptions.QMPError as exc:
@@ -618,10 +440,6 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
     def destroy(self):
         self.close_stream()
         self.process.destroy()
-
-
-def _export_id(disk):
-    return 'multidest-export-%s' % disk
 
 
 class QemuHypervisor(hypervisor.Hypervisor):

@@ -18,15 +18,18 @@ top image over the same base, serving it over NBD. The source's disk is
 written through its virtio device while the mirror runs.
 """
 
+import logging
 import os
 import signal
 import subprocess
 import tempfile
 
 import ddt
+import fixtures
 import testtools
 
 from nova_multidest.dataplane import disk_copy
+from nova_multidest.dataplane import guest
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import qemu
 from nova_multidest import exceptions
@@ -37,6 +40,13 @@ MiB = 1 << 20
 DISK_MB = 64
 BASE_MB = 8
 WAIT = 60
+# A source kept IN_STEP with the healthy destinations puts at most that
+# plus one write between them; a frozen one fills a few buffers, then
+# falls behind by the rest. LAG_LIMIT lies between the two.
+IN_STEP = 2 * MiB
+LAG_LIMIT = 8 * MiB
+# Halts between timer ticks, leaving the CPU to the copy.
+GUEST = guest.DirtyingGuest(pages_per_tick=16)
 wait_for = session_base.wait_for
 
 
@@ -45,6 +55,7 @@ class DiskCopyTestBase(testtools.TestCase):
 
     def setUp(self):
         super().setUp()
+        self.useFixture(fixtures.FakeLogger(level=logging.INFO))
         self.qemu = self.useFixture(qemu_fixture.QemuFixture())
         self.hypervisor = self.qemu.hypervisor
         self.destinations = {}
@@ -62,7 +73,7 @@ class DiskCopyTestBase(testtools.TestCase):
             self._qemu_io_offline(top, 'write -P 0x22 %dM %dM'
                                   % (BASE_MB // 2, top_mb))
         self.process = self.hypervisor.boot(
-            'source', disks=[qemu.QemuDisk('vda', top)])
+            'source', image=GUEST, disks=[qemu.QemuDisk('vda', top)])
         self.source = self.hypervisor.source(self.process)
         return self.source
 
@@ -166,7 +177,7 @@ class TestDiskCopy(DiskCopyTestBase):
         qemu.create_image(flat, DISK_MB * MiB)
         self._qemu_io_offline(flat, 'write -P 0x33 3M 10M')
         self.process = self.hypervisor.boot(
-            'source', disks=[qemu.QemuDisk('vda', flat)])
+            'source', image=GUEST, disks=[qemu.QemuDisk('vda', flat)])
         self.source = self.hypervisor.source(self.process)
         self.assertFalse(self.source.local_disks()[0].shallow)
         copy = self.make_copy(['d1', 'd2'])
@@ -195,17 +206,25 @@ class TestDiskCopy(DiskCopyTestBase):
         self.assertIn('d2', self.dropped)
 
     def test_stalled_destination_dropped_on_lag(self):
-        self.boot()
+        self.boot(top_mb=1)
         names = ['d1', 'd2', 'd3']
-        # Throttled, so that only the frozen one falls behind on a busy
-        # machine.
-        copy = self.make_copy(names, lag_limit=8 * MiB,
-                              max_bandwidth=16 * MiB)
+        copy = self.make_copy(names, lag_limit=LAG_LIMIT)
+        copy.start()
+        self.wait_ready(copy)
+        # Frozen once its writer is connected: only falling behind can
+        # tell the relay.
         frozen = self.destinations['d3'].process
         frozen.kill(signal.SIGSTOP)
         self.addCleanup(frozen.kill, signal.SIGCONT)
-        copy.start()
-        self.wait_ready(copy)
+        healthy = [self.destinations[n]._disk_writer for n in ('d1', 'd2')]
+        for index in range(4 * LAG_LIMIT // MiB):
+            self.write(BASE_MB + index % 48, 1024, index)
+            # In step with the healthy ones, so that however their
+            # threads are scheduled only the frozen one falls behind.
+            written = copy.relay.bytes_from_source
+            self.assertTrue(wait_for(lambda: all(
+                w.progress().get('vda', 0) >= written - IN_STEP
+                for w in healthy), timeout=WAIT))
         self.assertEqual(['d1', 'd2'], copy.relay.live_destinations())
         self.assertIn('behind', self.dropped['d3'])
         self.complete(copy)
