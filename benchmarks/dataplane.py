@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks import results
 from nova_multidest.dataplane import guest
 from nova_multidest.dataplane import hypervisor as hv
 from nova_multidest.dataplane import qemu
@@ -137,6 +138,14 @@ class HostedDestination(qemu.QemuDestination):
     network = None
     host = None
     direct = False
+    multifd_channels = 0
+
+    def start_incoming(self, capabilities=None):
+        if self.multifd_channels:
+            self.process.qmp.execute('migrate-set-parameters',
+                                     **{'multifd-channels':
+                                        self.multifd_channels})
+        super().start_incoming(capabilities)
 
     @property
     def listen_uri(self):
@@ -162,10 +171,19 @@ class HostedDestination(qemu.QemuDestination):
 
 class BenchHypervisor(qemu.QemuHypervisor):
 
-    def __init__(self, network=None):
+    def __init__(self, network=None, multifd_channels=0):
         super().__init__()
         self.network = network
         self.direct = False
+        self.multifd_channels = multifd_channels
+
+    def capabilities(self):
+        return {'multifd': True} if self.multifd_channels else {}
+
+    def prepare_source(self, source):
+        if self.multifd_channels:
+            source.process.qmp.execute('migrate-set-parameters', **{
+                'multifd-channels': self.multifd_channels})
 
     def command_prefix(self, name):
         if self.network is None:
@@ -177,6 +195,7 @@ class BenchHypervisor(qemu.QemuHypervisor):
         hosted = HostedDestination(dest.process)
         hosted.network, hosted.host = self.network, name
         hosted.direct = self.direct
+        hosted.multifd_channels = self.multifd_channels
         return hosted
 
 
@@ -197,8 +216,8 @@ def migrate_direct(hypervisor, source):
     finally:
         hypervisor.direct = False
     try:
-        dest.start_incoming()
-        source.set_capabilities({'events': True})
+        dest.start_incoming(hypervisor.capabilities())
+        source.set_capabilities(dict(hypervisor.capabilities(), events=True))
         source.set_parameters(max_bandwidth=session.UNLIMITED_BANDWIDTH,
                               downtime_limit_ms=SETTINGS['downtime_limit_ms'])
         started = time.time()
@@ -222,7 +241,9 @@ def migrate_direct(hypervisor, source):
 
 def migrate_relay(hypervisor, source, topology, count, network):
     names = ['d%d' % i for i in range(count)]
-    settings = session.Settings(topology=topology, **SETTINGS)
+    settings = session.Settings(topology=topology,
+                                capabilities=hypervisor.capabilities(),
+                                **SETTINGS)
     migration = session.Session(hypervisor, source, names, settings)
     context = (in_netns(network.ns('source')) if network is not None
                else contextlib.nullcontext())
@@ -247,6 +268,7 @@ def measure(hypervisor, image, memory_mb, case, network):
     process = hypervisor.boot('source', memory_mb=memory_mb, image=image)
     try:
         source = hypervisor.source(process)
+        hypervisor.prepare_source(source)
         if topology == 'direct':
             return migrate_direct(hypervisor, source)
         return migrate_relay(hypervisor, source, topology, count, network)
@@ -256,7 +278,7 @@ def measure(hypervisor, image, memory_mb, case, network):
 
 
 def run_series(title, hypervisor, image, memory_mb, cases, repetitions,
-               network, out):
+               network, out, report=None):
     samples = {case[0]: [] for case in cases}
     for rep in range(repetitions):
         # Rotate the order so no case always runs first or last.
@@ -267,29 +289,47 @@ def run_series(title, hypervisor, image, memory_mb, cases, repetitions,
             out.write('.')
             out.flush()
     out.write('\n')
-    print_table(title, samples, repetitions, out)
+    print_table(title, samples, repetitions, out, report)
     return samples
 
 
-def print_table(title, samples, repetitions, out):
-    def median(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else float('nan')
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float('nan')
 
+
+def print_table(title, samples, repetitions, out, report=None):
+    """Print medians and ratios to direct; add them to ``report``."""
     base = samples['direct']
-    base_total = median(m.total_s for m in base)
-    base_down = median(m.downtime_ms for m in base)
+    base_total = _median(m.total_s for m in base)
+    base_down = _median(m.downtime_ms for m in base)
     out.write('\n%s (medians of %d)\n' % (title, repetitions))
     out.write('%-12s %8s %8s %11s %8s %14s\n' % (
         'case', 'total s', 'x direct', 'downtime ms', 'x direct',
         'MiB/s per dest'))
+    rows = []
     for label, runs in samples.items():
-        total = median(m.total_s for m in runs)
-        down = median(m.downtime_ms for m in runs)
-        rate = median(m.per_destination_mbs for m in runs)
+        total = _median(m.total_s for m in runs)
+        down = _median(m.downtime_ms for m in runs)
+        rate = _median(m.per_destination_mbs for m in runs)
         out.write('%-12s %8.3f %8.2f %11.1f %8.2f %14.0f\n' % (
             label, total, total / base_total, down, down / base_down, rate))
+        rows.append((label, total, total / base_total, down,
+                     down / base_down, rate))
     out.flush()
+    if report is not None:
+        report.table(
+            '%s (medians of %d)' % (title, repetitions),
+            ('case', 'total s', 'x direct', 'downtime ms', 'x direct',
+             'MiB/s per destination'),
+            [(label, '%.3f' % total, '%.2fx' % total_x, '%.1f' % down,
+              '%.2fx' % down_x, '%.0f' % rate)
+             for label, total, total_x, down, down_x, rate in rows])
+        labels = [row[0] for row in rows]
+        report.chart('%s: total time, x direct' % title, labels,
+                     [row[2] for row in rows], 'x direct', 1.0, 'direct')
+        report.chart('%s: downtime, x direct' % title, labels,
+                     [row[4] for row in rows], 'x direct', 1.0, 'direct')
 
 
 def parse_args(argv):
@@ -306,6 +346,10 @@ def parse_args(argv):
                         help='skip the network-namespace series')
     parser.add_argument('--no-loopback', action='store_true',
                         help='skip the loopback series')
+    parser.add_argument('--multifd', type=int, default=0, metavar='CHANNELS',
+                        help='migrate every case, direct too, with this '
+                             'many multifd channels (results in '
+                             'dataplane_multifd)')
     return parser.parse_args(argv)
 
 
@@ -326,15 +370,25 @@ def main(argv=None):
     image = guest.DirtyingGuest(dirty_size=8 * MiB, fill_size=fill,
                                 pages_per_tick=16)
     out = sys.stdout
-    out.write('Guest: %d MiB RAM, %d MiB written once, then 16 pages of '
-              'an 8 MiB range dirtied per 1 kHz tick; downtime limit %d ms; '
-              'QEMU TCG.\n'
-              % (args.memory, fill // MiB, SETTINGS['downtime_limit_ms']))
+    if args.multifd:
+        report = results.Report(
+            'dataplane_multifd', 'Real guest migration with %d multifd '
+            'channels: relay against direct' % args.multifd, argv)
+    else:
+        report = results.Report('dataplane', 'Real guest migration: relay '
+                                'against direct QEMU-to-QEMU', argv)
+    description = ('Guest: %d MiB RAM, %d MiB written once, then 16 pages '
+                   'of an 8 MiB range dirtied per 1 kHz tick; downtime '
+                   'limit %d ms; QEMU TCG.'
+                   % (args.memory, fill // MiB,
+                      SETTINGS['downtime_limit_ms']))
+    out.write(description + '\n')
+    report.table('Guest', ('setting', 'value'), [('guest', description)])
     if not args.no_loopback:
-        hypervisor = BenchHypervisor()
+        hypervisor = BenchHypervisor(multifd_channels=args.multifd)
         try:
             run_series('Loopback', hypervisor, image, args.memory, cases,
-                       repetitions, None, out)
+                       repetitions, None, out, report)
         finally:
             hypervisor.destroy_all()
     if not args.no_shaped and os.geteuid() != 0:
@@ -342,15 +396,17 @@ def main(argv=None):
                   'tc); not run.\n')
     elif not args.no_shaped:
         network = ShapedNetwork(['source', 'd0', 'd1', 'd2'], args.rate)
-        hypervisor = BenchHypervisor(network)
+        hypervisor = BenchHypervisor(network, args.multifd)
         try:
             network.create()
             run_series('Shaped links, %d Mbit/s per host link' % args.rate,
                        hypervisor, image, args.memory, cases, repetitions,
-                       network, out)
+                       network, out, report)
         finally:
             hypervisor.destroy_all()
             network.remove()
+    for path in report.write():
+        out.write('wrote %s\n' % path)
     return 0
 
 

@@ -71,16 +71,22 @@ destination_opts = [
 stream_opts = [
     cfg.StrOpt(
         'topology',
-        default='star',
+        default='chain',
         choices=[
             ('star', 'The source host sends one copy of the stream to each '
-                     'destination: lowest latency, N copies on the source '
-                     'link.'),
+                     'destination: N copies on the source link, so a '
+                     'migration bound by that link takes about N times as '
+                     'long as to one destination.'),
             ('chain', 'Each destination host forwards the stream to the '
-                      'next: one copy on every link, a little more latency '
+                      'next: one copy on every link, so about the time of '
+                      'a migration to one destination plus a little latency '
                       'per hop.'),
         ],
-        help='How the migration stream reaches the destinations.'),
+        help='How the migration stream reaches the destinations. chain is '
+             'the default because a migration network is the bottleneck '
+             'of a live migration, and a star puts N copies on the source '
+             'host\'s link; star suits a source whose link is much faster '
+             'than the destinations\' or N=1.'),
     cfg.IntOpt(
         'lag_limit_mb',
         default=256, min=1,

@@ -148,6 +148,9 @@ class DestinationAgent(object):
         self._threads.join()
         for sock in sockets:
             hops.close_socket(sock)
+        for channel in channels:
+            if channel.fanout is not None:
+                channel.fanout.close()
         hops.close_socket(self._listener)
 
     # -- state -----------------------------------------------------------
@@ -465,6 +468,16 @@ class _AgentChannel(object):
                 agent._forward_gate, agent._report_lost, repair=True,
                 label='%s/forward' % agent.name,
                 stall_timeout=header.get('stall_timeout'))
+        # A hop that feeds its QEMU and the next hop gives both the same
+        # pages (tee); the buffer keeps a copy for the next hop's repair.
+        self.fanout = None
+        self.local_lane = None
+        if (self.forwarder is not None and zerocopy.TEE_SUPPORTED and
+                not header.get('tls') and agent.forward_tls is None):
+            self.fanout = zerocopy.Fanout(self.buffer, store=True)
+            self.local_lane = self.fanout.add_lane(self.local_cursor,
+                                                   framed=False)
+            self.forwarder.use_lane(self.fanout)
 
     def start(self):
         self.agent._threads.start(self._deliver)
@@ -528,6 +541,20 @@ class _AgentChannel(object):
 
     def _read_payload(self, sock, length):
         buffer = self.buffer
+        fanout = self.fanout
+        while length and fanout is not None and not fanout.abandoned:
+            try:
+                count = fanout.feed(sock, length, sock.gettimeout())
+            except zerocopy.SpliceUnsupported as exc:
+                LOG.info("Agent %s: channel %d cannot splice (%s), copies",
+                         self.agent.name, self.index, exc)
+                fanout.abandon()
+                break
+            if count is None:
+                return False
+            if not count:
+                raise EOFError('connection closed inside a frame')
+            length -= count
         while length:
             local = self._local_sock
             if (self._ingest_splicer is not None and local is not None and
@@ -610,8 +637,15 @@ class _AgentChannel(object):
         if sock is None:
             return
         self._local_sock = sock
+        lane = self.local_lane
         try:
             while True:
+                if lane is not None:
+                    count = lane.next()
+                    if count:
+                        lane.send(sock, count)
+                        self.delivered += count
+                        continue
                 if (self._splice_upstream is not None and
                         self.buffer.caught_up(cursor) and
                         self._deliver_spliced(sock)):
@@ -621,6 +655,8 @@ class _AgentChannel(object):
                 if not len(view):
                     sock.shutdown(socket.SHUT_WR)
                     break
+                if lane is not None:
+                    view = lane.clip(view)
                 sock.sendall(view)
                 self.delivered += len(view)
                 self.buffer.advance(cursor, len(view))
@@ -634,6 +670,8 @@ class _AgentChannel(object):
             return
         finally:
             hops.close_socket(sock)
+            if lane is not None:
+                lane.close()
         self.local_done = True
         agent._local_done()
 

@@ -149,6 +149,7 @@ class Forwarder(object):
         self._index = 0
         self._sock = None
         self._splice_source = None
+        self.lane = None
         self._closing = False
         self._lock = threading.Lock()
         self.cursor = buffer.add_cursor(label, on_drop=self._cursor_dropped)
@@ -177,6 +178,10 @@ class Forwarder(object):
                 not isinstance(source, ssl.SSLSocket)):
             self._splice_source = source
 
+    def use_lane(self, fanout):
+        """Take the stream from a Fanout's pipe instead of from memory."""
+        self.lane = fanout.add_lane(self.cursor, framed=True)
+
     def close(self):
         self._closing = True
         self._buffer.drop(self.cursor, 'relay closed')
@@ -201,6 +206,8 @@ class Forwarder(object):
                     return False
                 continue
             offset = int(reply.get('offset', 0))
+            if resume and self.lane is not None:
+                self.lane.reset()
             try:
                 self._buffer.rewind(self.cursor, offset)
             except stream_buffer.CursorDropped as exc:
@@ -265,6 +272,8 @@ class Forwarder(object):
             with self._lock:
                 sock, self._sock = self._sock, None
             close_socket(sock)
+            if self.lane is not None:
+                self.lane.close()
             self.connected.set()
 
     def _reconnect(self, error):
@@ -278,7 +287,17 @@ class Forwarder(object):
         buffer = self._buffer
         cursor = self.cursor
         sock = self._sock
+        lane = self.lane
         while True:
+            if lane is not None:
+                try:
+                    count = lane.next()
+                except stream_buffer.CursorDropped:
+                    return
+                if count:
+                    lane.send(sock, count, sock.gettimeout())
+                    self.sent += count
+                    continue
             if (self._splice_source is not None and
                     not isinstance(sock, ssl.SSLSocket) and
                     buffer.caught_up(cursor)):
@@ -295,6 +314,8 @@ class Forwarder(object):
             if not len(view):
                 protocol.send_frame(sock, protocol.FRAME_END)
                 return
+            if lane is not None:
+                view = lane.clip(view)
             protocol.send_frame(sock, protocol.FRAME_DATA, view)
             buffer.advance(cursor, len(view))
             self.sent += len(view)

@@ -38,6 +38,7 @@ from nova_multidest.dataplane import agent
 from nova_multidest.dataplane import hops
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import stream_buffer
+from nova_multidest.dataplane import zerocopy
 from nova_multidest import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -304,6 +305,9 @@ class StreamRelay(object):
         self._threads.join()
         for sock in socks:
             hops.close_socket(sock)
+        for channel in channels:
+            if channel.fanout is not None:
+                channel.fanout.close()
         hops.close_socket(self._listener)
         if self._tempdir:
             shutil.rmtree(self._tempdir, ignore_errors=True)
@@ -484,6 +488,13 @@ class StreamRelay(object):
         with self._lock:
             paths = self._paths()
             self._channels.append(channel)
+        # One destination of a star takes the source socket's bytes
+        # straight (Forwarder.splice_from); the others share them through
+        # a Fanout's pipes, and a chain keeps them for repairs too.
+        if (self.tls is None and zerocopy.TEE_SUPPORTED and
+                (len(paths) > 1 or self.topology == 'chain')):
+            channel.fanout = zerocopy.Fanout(
+                buffer, store=self.topology == 'chain')
         for path in paths:
             gate_key = path[0][0] if self.topology == 'star' else 'chain'
             gate = self._gates.setdefault(gate_key, hops.ChannelGate())
@@ -492,6 +503,8 @@ class StreamRelay(object):
                 repair=self.topology == 'chain',
                 label='relay->%s' % path[0][0],
                 stall_timeout=self.stall_timeout)
+            if channel.fanout is not None:
+                forwarder.use_lane(channel.fanout)
             channel.forwarders.append(forwarder)
             self._threads.start(forwarder.run)
         return channel
@@ -542,13 +555,45 @@ class StreamRelay(object):
                 channel = self._new_channel(index)
             LOG.info("Relay %s accepted source channel %d",
                      self.migration_id, index)
-            if len(channel.forwarders) == 1:
+            if channel.fanout is not None:
+                self._threads.start(self._feed_source, channel, sock)
+            elif len(channel.forwarders) == 1:
                 if self.tls is None:
                     channel.forwarders[0].splice_from(sock)
                 channel.buffer.set_pull(sock.recv_into)
             else:
                 self._threads.start(self._read_source, channel, sock)
             index += 1
+
+    def _feed_source(self, channel, sock):
+        """Hand the source's bytes to the forwarders' pipes."""
+        buffer = channel.buffer
+        fanout = channel.fanout
+        try:
+            while True:
+                count = fanout.feed(sock, zerocopy.PIPE_BYTES)
+                if count is None:
+                    LOG.warning("Relay %s stops reading channel %d: %s",
+                                self.migration_id, channel.index,
+                                buffer.abort_reason or 'no live destination')
+                    break
+                if not count:
+                    buffer.finish()
+                    LOG.info("Relay %s: source channel %d ended after %d "
+                             "bytes", self.migration_id, channel.index,
+                             buffer.head)
+                    break
+        except zerocopy.SpliceUnsupported as exc:
+            LOG.info("Relay %s: channel %d cannot splice (%s), copies",
+                     self.migration_id, channel.index, exc)
+            fanout.abandon()
+            fanout.close_source()
+            self._read_source(channel, sock)
+            return
+        except OSError as exc:
+            buffer.abort('source connection failed: %s' % exc)
+        fanout.close_source()
+        hops.close_socket(sock)
 
     def _read_source(self, channel, sock):
         buffer = channel.buffer
@@ -581,3 +626,4 @@ class _RelayChannel(object):
         self.index = index
         self.buffer = buffer
         self.forwarders = []
+        self.fanout = None

@@ -20,6 +20,10 @@ holds a cursor into the same chunks. The producer is held back only by the
 fastest consumer (it may run ``window`` bytes ahead of it), and a consumer
 that falls more than ``lag_limit`` bytes behind the fastest is dropped, so
 memory stays bounded and a slow consumer never blocks the others.
+
+Bytes that every consumer takes through a kernel pipe instead (see
+zerocopy.Fanout) are counted without being stored: ``skip`` leaves a gap
+that no cursor ever reads.
 """
 
 import collections
@@ -71,13 +75,20 @@ class StreamBuffer(object):
         self.base = 0
         self.eof = False
         self.abort_reason = None
+        # [start, bytearray, bytes filled]; a gap may lie between two.
         self._chunks = collections.deque()
+        self._sealed = False
         self._free = []
         self._cursors = []
         self._cond = threading.Condition()
         self._pull = None
         self._pull_what = None
         self._pulling = False
+
+    @property
+    def condition(self):
+        """Notified on every change of the stream or of a cursor."""
+        return self._cond
 
     @property
     def retained_bytes(self):
@@ -130,7 +141,9 @@ class StreamBuffer(object):
         with self._cond:
             if cursor.dropped:
                 raise CursorDropped(cursor.dropped)
-            if offset < self.base or offset > self.head:
+            if offset == cursor.offset:
+                return
+            if not self._stored_locked(offset):
                 raise CursorDropped(
                     'the next hop holds %d bytes but only bytes %d..%d are '
                     'still buffered' % (offset, self.base, self.head))
@@ -194,12 +207,22 @@ class StreamBuffer(object):
         else:
             self.finish()
 
+    def _stored_locked(self, offset):
+        """Whether every byte from ``offset`` to the head is in memory."""
+        if offset < self.base or offset > self.head:
+            return False
+        for start, _, filled in self._chunks:
+            if start + filled <= offset:
+                continue
+            if start > offset:
+                return False
+            offset = start + filled
+        return offset == self.head
+
     def _view_locked(self, offset):
-        for start, chunk in self._chunks:
-            end = start + len(chunk)
-            if start <= offset < end:
-                stop = min(end, self.head)
-                return memoryview(chunk)[offset - start:stop - start]
+        for start, chunk, filled in self._chunks:
+            if start <= offset < start + filled:
+                return memoryview(chunk)[offset - start:filled]
         raise AssertionError('offset %d not retained (base %d, head %d)'
                              % (offset, self.base, self.head))
 
@@ -219,6 +242,7 @@ class StreamBuffer(object):
             if cursor.dropped:
                 return
             self.head += count
+            self._sealed = True
             cursor.offset += count
             self._trim_locked()
             self._cond.notify_all()
@@ -262,10 +286,10 @@ class StreamBuffer(object):
             keep_from = min(keep_from,
                             min(c.offset for c in self._cursors))
         while self._chunks:
-            start, chunk = self._chunks[0]
-            end = start + len(chunk)
-            if end > keep_from or end > self.head:
+            start, chunk, filled = self._chunks[0]
+            if start + filled > keep_from or self._writing_locked(0):
                 break
+            end = start + filled
             self._chunks.popleft()
             self.base = end
             if len(self._free) < _FREE_CHUNKS:
@@ -275,36 +299,62 @@ class StreamBuffer(object):
 
     # -- producer --------------------------------------------------------
 
-    def writable(self, timeout=None):
+    def writable(self, timeout=None, paced=True):
         """Wait until the producer may write; return a view to fill.
 
         Returns None if no consumer is left (nobody to deliver to), if the
-        stream was aborted, or on timeout; the producer then stops.
+        stream was aborted, or on timeout; the producer then stops. A
+        producer that keeps to the window itself passes ``paced=False``.
         """
         with self._cond:
             while True:
                 if not self._cursors or self.abort_reason:
                     return None
+                if not paced:
+                    break
                 fastest = max(c.offset for c in self._cursors)
                 if self.head - fastest < self.window:
                     break
                 if not self._cond.wait(timeout):
                     return None
-            if self._chunks:
-                start, chunk = self._chunks[-1]
-                used = self.head - start
-                if used < len(chunk):
-                    return memoryview(chunk)[used:]
+            if self._writing_locked(-1):
+                _, chunk, filled = self._chunks[-1]
+                return memoryview(chunk)[filled:]
             chunk = (self._free.pop() if self._free
                      else bytearray(self.chunk_size))
-            self._chunks.append((self.head, chunk))
+            self._chunks.append([self.head, chunk, 0])
+            self._sealed = False
             return memoryview(chunk)
+
+    def _writing_locked(self, index):
+        """Whether chunk ``index`` is the one the producer writes into."""
+        if not self._chunks or self._sealed:
+            return False
+        if index == 0 and len(self._chunks) > 1:
+            return False
+        _, chunk, filled = self._chunks[-1]
+        return filled < len(chunk)
 
     def publish(self, count):
         """Make ``count`` bytes just written into the writable view visible."""
         with self._cond:
+            self._chunks[-1][2] += count
             self.head += count
             laggards = self._check_lag_locked()
+            self._cond.notify_all()
+        self._notify_dropped(laggards)
+
+    def skip(self, count):
+        """Count ``count`` bytes that no consumer will read from memory.
+
+        Every consumer gets them another way (through a kernel pipe), so
+        they advance the stream without being stored.
+        """
+        with self._cond:
+            self.head += count
+            self._sealed = True
+            laggards = self._check_lag_locked()
+            self._trim_locked()
             self._cond.notify_all()
         self._notify_dropped(laggards)
 

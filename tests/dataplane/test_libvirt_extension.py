@@ -65,6 +65,7 @@ NAMESPACE_SCRIPT = textwrap.dedent('''\
     mount --bind "$1/etc" /etc/libvirt
     mount --bind "$1/passwd" /etc/passwd
     mount --bind "$1/group" /etc/group
+    if [ -n "$2" ]; then hostname "$2"; fi
     exec libvirtd -f "$1/libvirtd.conf"
     ''')
 
@@ -79,7 +80,16 @@ def _with_qemu_user(path, line):
 
 
 class LibvirtDaemon(fixtures.Fixture):
-    """A private libvirtd; stopped, with every domain it ran, on cleanup."""
+    """A private libvirtd; stopped, with every domain it ran, on cleanup.
+
+    With ``hostname`` it also gets its own UTS namespace, that name and a
+    host UUID of its own: libvirt migrates between two such daemons as
+    between two hosts.
+    """
+
+    def __init__(self, hostname=None):
+        super().__init__()
+        self.hostname = hostname
 
     def _setUp(self):
         self.dir = tempfile.mkdtemp(prefix='multidest-libvirtd-')
@@ -91,6 +101,8 @@ class LibvirtDaemon(fixtures.Fixture):
             f.write('unix_sock_dir = "%s"\n'
                     'auth_unix_rw = "none"\n'
                     'auth_unix_ro = "none"\n' % self.dir)
+            if self.hostname:
+                f.write('host_uuid = "%s"\n' % uuid.uuid4())
         with open(os.path.join(self.dir, 'passwd'), 'w') as f:
             f.write(_with_qemu_user(
                 '/etc/passwd',
@@ -102,9 +114,10 @@ class LibvirtDaemon(fixtures.Fixture):
         self.log_path = os.path.join(self.dir, 'libvirtd.log')
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
-                ['unshare', '--mount', '--propagation', 'private',
-                 'sh', '-c', NAMESPACE_SCRIPT, 'libvirtd-namespace',
-                 self.dir],
+                ['unshare', '--mount', '--propagation', 'private'] +
+                (['--uts'] if self.hostname else []) +
+                ['sh', '-c', NAMESPACE_SCRIPT, 'libvirtd-namespace',
+                 self.dir, self.hostname or ''],
                 stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         self.qemu_pids = set()

@@ -423,48 +423,79 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
         as calls of a conductor that died would never return.
         """
         from nova_multidest.compute import rpcapi as compute_rpcapi
-        real = getattr(compute_rpcapi.ComputeAPI, method)
-        gate = CallGate(host, limit)
-
-        def held(api, ctxt, instance, *args, **kwargs):
-            gate.hold(instance, *args, **kwargs)
-            return real(api, ctxt, instance, *args, **kwargs)
-
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova_multidest.compute.rpcapi.ComputeAPI.%s' % method, held))
-        self.addCleanup(gate.release)
-        return gate
+        return self.useFixture(CallGate(compute_rpcapi.ComputeAPI, method,
+                                        host=host, limit=limit))
 
 
-class CallGate(object):
-    """Holds RPC calls in flight, for tests that need an exact order."""
+def destination_of_call(args, kwargs):
+    """The host a call of our compute RPC client goes to.
 
-    def __init__(self, host=None, limit=None):
+    Its methods take (self, context, instance, [migration, ...]):
+    destination-side calls go to ``migration.dest_compute``, the others
+    to ``instance.host``.
+    """
+    migration = kwargs.get('migration')
+    if migration is None and len(args) > 3:
+        migration = args[3]
+    host = getattr(migration, 'dest_compute', None)
+    if host is None:
+        instance = kwargs.get('instance', args[2] if len(args) > 2 else None)
+        host = getattr(instance, 'host', None)
+    return host
+
+
+class CallGate(fixtures.Fixture):
+    """Holds calls of ``owner.method`` in flight, for an exact order.
+
+    Only calls to ``host`` (as ``host_of(args, kwargs)`` tells, by default
+    the destination of a call of our compute RPC client) are held, at most
+    ``limit`` of them; ``held_hosts`` names the hosts of the held calls.
+    Used as a fixture, it patches the method while in use and lets every
+    held call go at clean-up.
+    """
+
+    def __init__(self, owner, method, host=None, limit=None,
+                 host_of=destination_of_call):
+        super().__init__()
+        self.owner = owner
+        self.method = method
         self.host = host
         self.limit = limit
+        self.host_of = host_of
         self.reached = threading.Event()
         self._released = threading.Event()
         self._lost = False
+        self._lock = threading.Lock()
         self.count = 0
+        self.held_hosts = []
 
-    def _matches(self, instance, args, kwargs):
-        if self.host is None:
-            return True
-        migration = kwargs.get('migration', args[0] if args else None)
-        host = getattr(migration, 'dest_compute', None) or instance.host
-        return host == self.host
+    def _setUp(self):
+        real = getattr(self.owner, self.method)
 
-    def hold(self, instance, *args, **kwargs):
-        matches = self._matches(instance, args, kwargs)
-        if self._released.is_set() or not matches:
-            return
-        if self.limit is not None and self.count >= self.limit:
-            return
-        self.count += 1
+        def held(*args, **kwargs):
+            self.hold(*args, **kwargs)
+            return real(*args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(self.owner, self.method,
+                                                 held))
+        self.addCleanup(self.release)
+
+    def hold(self, *args, **kwargs):
+        host = self.host_of(args, kwargs) if self.host_of else None
+        with self._lock:
+            if self._released.is_set():
+                return
+            if self.host is not None and host != self.host:
+                return
+            if self.limit is not None and self.count >= self.limit:
+                return
+            self.count += 1
+            self.held_hosts.append(host)
         self.reached.set()
         self._released.wait(120)
         if self._lost:
-            raise RuntimeError('call lost with the conductor that made it')
+            raise RuntimeError('%s call lost with the service that made '
+                               'it' % self.method)
 
     def wait_reached(self, count=1, timeout=60):
         wait_until(lambda: self.count >= count, timeout=timeout,

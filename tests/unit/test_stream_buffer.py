@@ -183,3 +183,30 @@ class StreamBufferTest(testtools.TestCase):
         exc = self.assertRaises(stream_buffer.StreamAborted, buffer.peek,
                                 cursor)
         self.assertIn('source connection failed: source reset', str(exc))
+
+    def test_skipped_bytes_count_but_are_not_kept(self):
+        buffer = self.make(chunk=4 * KiB, retain=16 * KiB)
+        piped = buffer.add_cursor('piped')
+        copied = buffer.add_cursor('copied')
+        produce(buffer, b'a' * KiB)
+        buffer.skip(2 * KiB)
+        produce(buffer, b'b' * KiB)
+        self.assertEqual(4 * KiB, buffer.head)
+        # The copying consumer reads what was kept, never the gap.
+        self.assertEqual(b'a' * KiB, bytes(buffer.peek(copied, timeout=0)))
+        buffer.advance(copied, 3 * KiB)
+        self.assertEqual(b'b' * KiB, bytes(buffer.peek(copied, timeout=0)))
+        buffer.advance(piped, 4 * KiB)
+        # A hop cannot resume from inside the gap, only after it.
+        self.assertRaises(stream_buffer.CursorDropped, buffer.rewind, piped,
+                          2 * KiB)
+        buffer.rewind(piped, 3 * KiB)
+        self.assertEqual(b'b' * KiB, bytes(buffer.peek(piped, timeout=0)))
+
+    def test_skipping_past_the_lag_limit_drops_the_laggard(self):
+        buffer = self.make(lag_limit=8 * KiB)
+        fast = buffer.add_cursor('fast', on_drop=self.on_drop)
+        buffer.add_cursor('slow', on_drop=self.on_drop)
+        buffer.skip(9 * KiB)
+        buffer.advance(fast, 9 * KiB)
+        self.assertEqual(['slow'], [name for name, _ in self.dropped])

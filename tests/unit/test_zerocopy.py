@@ -19,6 +19,7 @@ import socket
 import fixtures
 import testtools
 
+from nova_multidest.dataplane import stream_buffer
 from nova_multidest.dataplane import zerocopy
 
 
@@ -92,3 +93,119 @@ class SplicerTest(testtools.TestCase):
                 raise OSError(errno.EINVAL, 'Invalid argument')
             return splice(fd_in, fd_out, count, **kwargs)
         return fake_splice
+
+
+class TeeTest(testtools.TestCase):
+
+    def test_second_pipe_gets_the_bytes_and_the_first_keeps_them(self):
+        first = os.pipe()
+        second = os.pipe()
+        for fd in first + second:
+            self.addCleanup(os.close, fd)
+        os.write(first[1], b'pages')
+        self.assertEqual(5, zerocopy.tee(first[0], second[1], 100))
+        self.assertEqual(b'pages', os.read(second[0], 100))
+        self.assertEqual(b'pages', os.read(first[0], 100))
+
+    def test_empty_pipe_would_block(self):
+        first = os.pipe2(os.O_NONBLOCK)
+        second = os.pipe2(os.O_NONBLOCK)
+        for fd in first + second:
+            self.addCleanup(os.close, fd)
+        self.assertRaises(BlockingIOError, zerocopy.tee, first[0],
+                          second[1], 100)
+
+
+class FanoutTest(testtools.TestCase):
+    """Several consumers of one source, through pipes or the buffer."""
+
+    ROUND = 64 * 1024
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_multidest.dataplane.zerocopy.LANE_PIPE_BYTES',
+            4 * self.ROUND))
+        self.buffer = stream_buffer.StreamBuffer(
+            lag_limit=64 * 2**20, window=4 * self.ROUND)
+        self.upstream, self.source = socket.socketpair()
+        for sock in (self.upstream, self.source):
+            self.addCleanup(sock.close)
+
+    def _fanout(self, count, store=False):
+        fanout = zerocopy.Fanout(self.buffer, store=store)
+        self.addCleanup(fanout.close)
+        lanes = [fanout.add_lane(self.buffer.add_cursor('c%d' % i),
+                                 framed=False) for i in range(count)]
+        return fanout, lanes
+
+    def _feed(self, fanout, data):
+        self.upstream.sendall(data)
+        fed = 0
+        while fed < len(data):
+            fed += fanout.feed(self.source, len(data) - fed, timeout=5)
+
+    def _take(self, lane, size):
+        """What one consumer sends, and how many bytes came by pipe."""
+        out, sink = socket.socketpair()
+        self.addCleanup(out.close)
+        self.addCleanup(sink.close)
+        got = bytearray()
+        piped = 0
+        while len(got) < size:
+            count = lane.next()
+            if count:
+                lane.send(out, count, timeout=5)
+                piped += count
+            else:
+                view = lane.clip(self.buffer.peek(lane.cursor, timeout=0))
+                out.sendall(view)
+                self.buffer.advance(lane.cursor, len(view))
+            while True:
+                try:
+                    got += sink.recv(1 << 20, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+        return bytes(got), piped
+
+    def test_every_consumer_gets_the_stream_without_a_copy(self):
+        fanout, lanes = self._fanout(3)
+        data = os.urandom(3 * self.ROUND)
+        self._feed(fanout, data)
+        for lane in lanes:
+            self.assertEqual((data, len(data)), self._take(lane, len(data)))
+        self.assertEqual(0, fanout.stored_bytes)
+        self.assertEqual(len(data), self.buffer.head)
+
+    def test_full_pipe_gets_copies_and_holds_nobody_back(self):
+        fanout, (fast, slow) = self._fanout(2)
+        rounds = [os.urandom(self.ROUND) for _ in range(6)]
+        for data in rounds:
+            self._feed(fanout, data)
+            # Only the fast consumer sends; the slow one's pipe fills.
+            self.assertEqual((data, len(data)), self._take(fast, len(data)))
+        got, piped = self._take(slow, len(rounds) * self.ROUND)
+        self.assertEqual(b''.join(rounds), got)
+        self.assertEqual(4 * self.ROUND, piped)
+        self.assertEqual(2 * self.ROUND, fanout.stored_bytes)
+
+    def test_store_keeps_every_byte_for_a_resend(self):
+        fanout, (lane,) = self._fanout(1, store=True)
+        data = os.urandom(2 * self.ROUND)
+        self._feed(fanout, data)
+        self.assertEqual(len(data), fanout.stored_bytes)
+        self.assertEqual((data, len(data)), self._take(lane, len(data)))
+        # A repaired hop resumes from what it holds: the buffer resends.
+        lane.reset()
+        self.buffer.rewind(lane.cursor, self.ROUND)
+        self.assertEqual((data[self.ROUND:], 0),
+                         self._take(lane, self.ROUND))
+
+    def test_end_and_abort_reach_the_consumers(self):
+        fanout, (lane,) = self._fanout(1)
+        self.buffer.finish()
+        self.assertEqual(0, lane.next())
+        self.assertEqual(b'', bytes(self.buffer.peek(lane.cursor)))
+        self.buffer.drop(lane.cursor, 'lost the election')
+        self.assertRaises(stream_buffer.CursorDropped, lane.next)
+        self.assertIsNone(fanout.feed(self.source, 10, timeout=5))

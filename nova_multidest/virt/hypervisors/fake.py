@@ -46,6 +46,10 @@ PHASE_STREAM = 'stream'        # the destination dies half-way through
 PHASE_COMPLETE = 'complete'    # the last bytes arrive but loading fails
 PHASE_RESUME = 'resume'        # the elected copy cannot run
 PHASES = (PHASE_PREPARE, PHASE_STREAM, PHASE_COMPLETE, PHASE_RESUME)
+# Faults of the source host: every destination fails with it.
+PHASE_SOURCE_START = 'source_start'    # the outgoing migration cannot start
+PHASE_SOURCE_STREAM = 'source_stream'  # it fails half-way through
+SOURCE_PHASES = (PHASE_SOURCE_START, PHASE_SOURCE_STREAM)
 
 # libvirt's values; this module must not import libvirt, which Nova's
 # functional harness replaces.
@@ -77,12 +81,14 @@ class _Registry(object):
 
 
 _REGISTRY = _Registry()
+_DOMAIN_LOCK = threading.Lock()
 
 
 def inject_fault(host, phase, message=None):
-    """Make every later destination on ``host`` fail in ``phase``."""
-    if phase not in PHASES:
-        raise ValueError('phase must be one of %s' % ', '.join(PHASES))
+    """Make every later destination (or source) on ``host`` fail."""
+    if phase not in PHASES + SOURCE_PHASES:
+        raise ValueError('phase must be one of %s' % ', '.join(
+            PHASES + SOURCE_PHASES))
     with _REGISTRY.lock:
         _REGISTRY.faults[(host, phase)] = (
             message or 'injected %s fault on %s' % (phase, host))
@@ -110,6 +116,16 @@ def reset():
         fake_relay.close()
     with _REGISTRY.lock:
         _REGISTRY.reset()
+
+
+def guests_settled():
+    """Hold while sampling which copies run.
+
+    A destination domain is created and paused under this lock, so that
+    a test never sees it in between, where Nova's fake libvirt shows it
+    running.
+    """
+    return _DOMAIN_LOCK
 
 
 def _fault(host, phase):
@@ -177,8 +193,9 @@ class _FakeGuest(hypervisor.Guest):
 
 class FakeSource(_FakeGuest, hypervisor.SourceGuest):
 
-    def __init__(self, name, domain, memory_bytes):
+    def __init__(self, name, domain, memory_bytes, host=None):
         super().__init__(name, domain)
+        self.host = host
         self.status = hypervisor.STATUS_NONE
         self.total = memory_bytes
         self.transferred = 0
@@ -212,6 +229,10 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
             raise exceptions.HypervisorError(
                 operation='migrate %s' % self.name,
                 reason='nothing listens on %s' % uri)
+        message = _fault(self.host, PHASE_SOURCE_START)
+        if message:
+            raise exceptions.HypervisorError(
+                operation='migrate %s' % self.name, reason=message)
         self.status = hypervisor.STATUS_ACTIVE
         self._emit(hypervisor.EVENT_MIGRATION, status=self.status)
         fake_relay.feed(self)
@@ -470,6 +491,13 @@ class FakeRelay(object):
                 source.finish(hypervisor.STATUS_FAILED,
                               'every destination failed')
                 return
+            message = _fault(source.host, PHASE_SOURCE_STREAM)
+            if message and source.transferred * 2 >= source.total:
+                for name, _ in self._live_targets():
+                    self._mark_failed(name, 'source failed: %s' % message,
+                                      False)
+                source.finish(hypervisor.STATUS_FAILED, message)
+                return
             if source.transferred < source.total:
                 size = min(chunk, source.total - source.transferred)
                 source.remaining = source.total - source.transferred - size
@@ -546,9 +574,11 @@ class FakeHypervisor(hypervisors.NovaHypervisor):
         return self._connect()
 
     def source(self, guest):
-        domain = _find_domain(self.connection, guest)
+        conn = self.connection
+        domain = _find_domain(conn, guest)
         xml = domain.XMLDesc(0) if domain is not None else ''
-        return FakeSource(guest, domain, _memory_bytes(xml))
+        host = conn.getHostname() if conn is not None else None
+        return FakeSource(guest, domain, _memory_bytes(xml), host=host)
 
     def source_xml(self, domain_name):
         domain = _find_domain(self.connection, domain_name)
@@ -566,8 +596,9 @@ class FakeHypervisor(hypervisors.NovaHypervisor):
                 raise exceptions.HypervisorError(
                     operation='create destination %s' % name,
                     reason='a domain of that name already exists here')
-            domain = conn.createXML(xml, _START_PAUSED)
-            domain.suspend()
+            with _DOMAIN_LOCK:
+                domain = conn.createXML(xml, _START_PAUSED)
+                domain.suspend()
         return FakeDestination(name, domain, _memory_bytes(xml))
 
     def destroy_incoming(self, domain_name):

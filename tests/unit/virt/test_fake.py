@@ -59,8 +59,12 @@ class StubDomain(object):
 
 class StubConnection(object):
 
-    def __init__(self):
+    def __init__(self, hostname='host1'):
         self.domains = []
+        self.hostname = hostname
+
+    def getHostname(self):
+        return self.hostname
 
     def listAllDomains(self, flags):
         return list(self.domains)
@@ -89,7 +93,7 @@ class FakeHypervisorTest(testtools.TestCase):
         self.conns = {}
 
     def destination(self, host):
-        conn = self.conns.setdefault(host, StubConnection())
+        conn = self.conns.setdefault(host, StubConnection(host))
         hv = fake.FakeHypervisor(lambda: conn)
         dest = hv.destination_from_xml(
             host, self.source_hv.source_xml('instance-1'))
@@ -217,6 +221,27 @@ class FakeHypervisorTest(testtools.TestCase):
         hv = fake.FakeHypervisor(lambda: self.conns['host2'])
         self.assertTrue(hv.destroy_incoming('instance-1'))
         self.assertEqual([], self.conns['host2'].domains)
+
+    def test_source_start_fault_refuses_the_migration(self):
+        fake.inject_fault('host1', fake.PHASE_SOURCE_START, 'no socket')
+        _, address, _ = self.destination('host2')
+        relay = self.source_hv.create_relay(SECRET, [('host2', address)])
+        source = self.source_hv.source('instance-1')
+        stream = streaming.SourceStream(source, relay)
+        error = self.assertRaises(exceptions.HypervisorError, stream.start,
+                                  spawn)
+        self.assertIn('no socket', str(error))
+        self.assertTrue(source.is_running())
+
+    def test_source_stream_fault_fails_every_destination(self):
+        fake.inject_fault('host1', fake.PHASE_SOURCE_STREAM)
+        stream, source, dests, _ = self.stream(['host2', 'host3'])
+        self.assertTrue(stream.wait(5))
+        self.assertEqual(hypervisor.STATUS_FAILED, source.stats().status)
+        self.assertTrue(source.is_running())
+        for dest in dests.values():
+            self.assertEqual(hypervisor.STATUS_FAILED,
+                             dest.migration_status())
 
     def test_unknown_phase_is_rejected(self):
         self.assertRaises(ValueError, fake.inject_fault, 'host2', 'boot')

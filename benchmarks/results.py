@@ -1,0 +1,120 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Where a benchmark leaves its numbers: a Markdown table and a chart.
+
+Every run rewrites ``benchmarks/results/NAME.md`` and ``NAME.png``, so
+the committed files are the latest measurement and README can show them.
+The machine's load goes with the numbers: on a shared machine a time
+without the load it was taken under says little.
+"""
+
+import datetime
+import os
+import platform
+import sys
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'results')
+
+
+def load_average():
+    return '%.2f %.2f %.2f' % os.getloadavg()
+
+
+class Report(object):
+    """Tables and bar charts of one benchmark run."""
+
+    def __init__(self, name, title, argv=None):
+        self.name = name
+        self.title = title
+        self.command = 'tools/run bench %s %s' % (
+            name, ' '.join(sys.argv[1:] if argv is None else argv))
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.load_before = load_average()
+        self._sections = []
+        self._charts = []
+
+    def table(self, caption, headers, rows, notes=()):
+        """Keep a table; ``rows`` are lists of already formatted cells."""
+        self._sections.append((caption, headers, rows, list(notes)))
+
+    def chart(self, caption, labels, values, unit, reference=None,
+              reference_label=None):
+        """A bar per label; ``reference`` draws a line (direct, a target)."""
+        self._charts.append((caption, labels, values, unit, reference,
+                             reference_label))
+
+    def markdown(self):
+        lines = ['# %s' % self.title, '',
+                 '`%s`, %s, %s, %d cores; load average (1, 5, 15 min) '
+                 'before: %s, after: %s.' % (
+                     self.command.strip(),
+                     self.started.strftime('%Y-%m-%d %H:%M UTC'),
+                     platform.python_implementation() + ' ' +
+                     platform.python_version(), os.cpu_count(),
+                     self.load_before, load_average()), '']
+        for caption, headers, rows, notes in self._sections:
+            lines += ['## %s' % caption, '',
+                      '| %s |' % ' | '.join(headers),
+                      '|%s|' % '|'.join('---' for _ in headers)]
+            lines += ['| %s |' % ' | '.join(str(c) for c in row)
+                      for row in rows]
+            lines.append('')
+            for note in notes:
+                lines += [note, '']
+        if self._charts:
+            lines += ['![%s](%s.png)' % (self.title, self.name), '']
+        return '\n'.join(lines)
+
+    def write(self, directory=RESULTS_DIR):
+        """Write NAME.md and NAME.png; return their paths."""
+        os.makedirs(directory, exist_ok=True)
+        md_path = os.path.join(directory, '%s.md' % self.name)
+        with open(md_path, 'w') as out:
+            out.write(self.markdown())
+        paths = [md_path]
+        if self._charts:
+            png_path = os.path.join(directory, '%s.png' % self.name)
+            self._draw(png_path)
+            paths.append(png_path)
+        return paths
+
+    def _draw(self, path):
+        import matplotlib
+        matplotlib.use('Agg')
+        from matplotlib import pyplot
+
+        count = len(self._charts)
+        figure, axes = pyplot.subplots(
+            count, 1, figsize=(9, 3.2 * count), squeeze=False)
+        for axis, chart in zip(axes[:, 0], self._charts):
+            caption, labels, values, unit, reference, reference_label = chart
+            positions = range(len(labels))
+            bars = axis.bar(positions, [v if v == v else 0 for v in values],
+                            color='#4c72b0')
+            axis.bar_label(bars, labels=['%.3g' % v if v == v else 'n/a'
+                                         for v in values], fontsize=8)
+            axis.set_xticks(list(positions))
+            axis.set_xticklabels(labels, fontsize=8)
+            axis.set_ylabel(unit)
+            axis.set_title(caption, fontsize=10)
+            if reference is not None:
+                axis.axhline(reference, color='#c44e52', linestyle='--',
+                             label=reference_label)
+                if reference_label:
+                    axis.legend(fontsize=8)
+        figure.suptitle('%s (load %s)' % (self.title, self.load_before),
+                        fontsize=11)
+        figure.tight_layout()
+        figure.savefig(path, dpi=90)
+        pyplot.close(figure)
