@@ -250,6 +250,8 @@ class Exports(object):
 
     def stop(self, timeout=CANCEL_TIMEOUT):
         """Stop serving; the guest may run only after this."""
+        if not self._exports and not self._serving:
+            return
         for name in self._exports:
             self._execute('block-export-del', id=EXPORT_PREFIX + name)
         self._wait_gone({EXPORT_PREFIX + name for name in self._exports},
