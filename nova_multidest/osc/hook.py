@@ -33,6 +33,9 @@ ACTION = 'os-migrateLive-multi'
 MIGRATIONS_MICROVERSION = '2.59'
 ACTIONS_MICROVERSION = '2.84'
 POLL_INTERVAL = 1.0
+# Nova's Migration statuses after which a destination changes no more.
+FINAL_STATUSES = frozenset(('completed', 'cancelled', 'failed', 'error',
+                            'done'))
 
 _OUR_OPTIONS = ('multidest_hosts', 'multidest_count', 'multidest_warm_up')
 
@@ -189,6 +192,11 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
                      sleep=time.sleep):
     """Follow the destinations until the server has no task left.
 
+    The winner's compute clears the server's task_state (Nova's
+    post_live_migration_at_destination) before the conductor records its
+    migration completed, so the group is over only once every migration
+    it made is final too.
+
     :raises: CommandError with the reason when no destination won.
     """
     while True:
@@ -201,7 +209,8 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
             raise exceptions.CommandError(
                 'Multi-destination live migration of server %s failed: %s' %
                 (server.id, fault_message(current.fault)))
-        if current.task_state is None:
+        if current.task_state is None and all(
+                m['status'] in FINAL_STATUSES for m in ours or []):
             break
         sleep(POLL_INTERVAL)
 
