@@ -376,7 +376,8 @@ def main(argv=None):
     if args.multifd:
         report = results.Report(
             'dataplane_multifd', 'Real guest migration with %d multifd '
-            'channels: relay against direct' % args.multifd, argv)
+            'channels: relay against direct' % args.multifd, argv,
+            benchmark='dataplane')
     else:
         report = results.Report('dataplane', 'Real guest migration: relay '
                                 'against direct QEMU-to-QEMU', argv)
@@ -386,7 +387,7 @@ def main(argv=None):
                    % (args.memory, fill // MiB,
                       SETTINGS['downtime_limit_ms']))
     out.write(description + '\n')
-    report.table('Guest', ('setting', 'value'), [('guest', description)])
+    report.note(description)
     if not args.no_loopback:
         hypervisor = BenchHypervisor(multifd_channels=args.multifd)
         try:

@@ -34,15 +34,21 @@ def load_average():
 class Report(object):
     """Tables and bar charts of one benchmark run."""
 
-    def __init__(self, name, title, argv=None):
+    def __init__(self, name, title, argv=None, benchmark=None):
         self.name = name
         self.title = title
         self.command = 'tools/run bench %s %s' % (
-            name, ' '.join(sys.argv[1:] if argv is None else argv))
+            benchmark or name,
+            ' '.join(sys.argv[1:] if argv is None else argv))
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.load_before = load_average()
+        self._notes = []
         self._sections = []
         self._charts = []
+
+    def note(self, text):
+        """A paragraph under the title: what was measured, and how."""
+        self._notes.append(text)
 
     def table(self, caption, headers, rows, notes=()):
         """Keep a table; ``rows`` are lists of already formatted cells."""
@@ -63,6 +69,8 @@ class Report(object):
                      platform.python_implementation() + ' ' +
                      platform.python_version(), os.cpu_count(),
                      self.load_before, load_average()), '']
+        for note in self._notes:
+            lines += [note, '']
         for caption, headers, rows, notes in self._sections:
             lines += ['## %s' % caption, '',
                       '| %s |' % ' | '.join(headers),

@@ -73,6 +73,17 @@ class QMPError(HypervisorError):
     msg_fmt = 'QMP command %(command)s failed: %(reason)s'
 
 
+class NBDError(MultiDestError):
+    msg_fmt = ('Disk copy through %(peer)s failed: %(reason)s. The disk '
+               'copy to this destination stops; the source disk is '
+               'untouched.')
+
+
+class DiskCopyFailed(MultiDestError):
+    msg_fmt = ('The copy of disk %(disk)s failed: %(reason)s. The server '
+               'keeps running on its source, whose disks were only read.')
+
+
 class InvalidMigrationRequest(MultiDestError):
     msg_fmt = ('Invalid multi-destination live migration request: '
                '%(reason)s')

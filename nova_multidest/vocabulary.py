@@ -238,6 +238,30 @@ class StreamState(object):
     FINAL = (COMPLETE, FAILED)
 
 
+class MirrorState(object):
+    """A disk mirror of the source, as the hypervisors report it."""
+
+    # Copying the disk's allocated data.
+    RUNNING = 'running'
+    # In sync; every guest write is mirrored.
+    READY = 'ready'
+    # Ended in sync, target removed.
+    COMPLETED = 'completed'
+    # Ended without a complete copy.
+    FAILED = 'failed'
+
+
+class DiskWriterState(object):
+    """One destination's disk writer (``dataplane/disk_writer.py``)."""
+
+    WAITING = 'waiting'
+    RECEIVING = 'receiving'
+    COMPLETE = 'complete'
+    FAILED = 'failed'
+
+    FINAL = (COMPLETE, FAILED)
+
+
 class DestinationState(object):
     """One destination in the session engine's progress reports."""
 

@@ -37,7 +37,9 @@ import logging
 import threading
 import typing
 
+from nova_multidest.dataplane import disk_writer
 from nova_multidest.dataplane import relay
+from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
@@ -113,6 +115,51 @@ class MigrationStats:
             expected_downtime_ms=info.get('expected-downtime'),
             downtime_ms=info.get('downtime'),
             error=info.get('error-desc'))
+
+
+# Disk mirror states (MirrorState.status), named in vocabulary.py.
+MIRROR_RUNNING = vocabulary.MirrorState.RUNNING
+MIRROR_READY = vocabulary.MirrorState.READY
+MIRROR_COMPLETED = vocabulary.MirrorState.COMPLETED
+MIRROR_FAILED = vocabulary.MirrorState.FAILED
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalDisk:
+    """A disk only the source host holds, which the migration copies.
+
+    ``name`` is the guest's target device (``vda``) and the name of the
+    disk's stream and NBD export. A ``shallow`` copy sends only what the
+    top image holds, because every destination builds its disk over the
+    same backing image from its own image cache (Nova's qcow2 backend);
+    otherwise the whole disk is copied.
+    """
+
+    name: str
+    size: int
+    shallow: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorState:
+    """Where the source's mirror job of one disk stands.
+
+    ``offset`` and ``length`` are the job's own progress counters: bytes
+    copied so far out of the bytes known to need copying, which grows
+    while the guest writes.
+    """
+
+    status: str
+    offset: int = 0
+    length: int = 0
+    error: typing.Optional[str] = None
+
+
+def _no_disks(guest, operation):
+    return exceptions.HypervisorError(
+        operation='%s of %s' % (operation, guest.name),
+        reason='this hypervisor does not copy local disks; use shared '
+               'storage or volumes')
 
 
 EventCallback = typing.Callable[[GuestEvent], None]
@@ -222,6 +269,45 @@ class SourceGuest(Guest):
         'completed' migration) but no destination took over.
         """
 
+    def local_disks(self) -> typing.List[LocalDisk]:
+        """The disks the migration must copy (none by default)."""
+        return []
+
+    def start_disk_mirrors(self, sockets: typing.Mapping[str, typing.Any],
+                           disks: typing.Sequence[LocalDisk],
+                           max_bandwidth: int = 0) -> None:
+        """Mirror each disk into the connected socket given for it.
+
+        ``max_bandwidth`` caps each mirror's background copy (bytes/s, 0
+        for none); guest writes are mirrored as they happen regardless.
+
+        The socket leads to the disk relay's NBD export of that disk;
+        implementations hand it to the hypervisor (the caller closes its
+        own copy afterwards). Guest writes must reach the mirror before
+        the guest sees them complete (QEMU's ``write-blocking``), so a
+        mirror that is ready stays in sync. The disks themselves are only
+        ever read.
+        """
+        raise _no_disks(self, 'mirror disks')
+
+    def disk_mirrors(self) -> typing.Dict[str, MirrorState]:
+        """The state of each disk mirror started, by disk name."""
+        return {}
+
+    def complete_disk_mirrors(self, timeout: float) -> None:
+        """End every mirror in sync; the guest must be paused already.
+
+        Raises DiskCopyFailed when a mirror cannot end with a complete
+        copy. The mirror targets are removed either way.
+        """
+        raise _no_disks(self, 'complete disk mirrors')
+
+    def cancel_disk_mirrors(self) -> None:
+        """Stop every mirror at once, without a complete copy; idempotent.
+
+        The guest and its disks go on as if nothing was mirrored.
+        """
+
 
 class DestinationGuest(Guest):
     """A paused guest in incoming mode that may become the new home."""
@@ -295,6 +381,64 @@ class DestinationGuest(Guest):
         agent = getattr(self, '_stream_agent', None)
         if agent is not None:
             agent.close()
+        self.close_disk_stream()
+
+    def export_disks(self, disks: typing.Sequence[LocalDisk]):
+        """Serve this paused guest's copies of ``disks`` for writing.
+
+        Returns ``{disk name: (unix socket path, NBD export name)}``, local
+        to the destination host, for its disk writer.
+        """
+        raise _no_disks(self, 'export disks')
+
+    def open_disk_stream(self, secret: bytes, exports,
+                         listen=('127.0.0.1', 0), tls=None,
+                         forward_tls=None):
+        """Start the agent and writer that receive the disk streams.
+
+        ``exports`` is what ``export_disks`` returned. Returns the agent's
+        address for the disk relay. The default runs both in this
+        process; a remote implementation starts them on its host.
+        """
+        writer = disk_writer.DiskWriter(exports, name=self.name)
+        target = writer.start()
+        agent = relay.DestinationAgent(
+            secret, target=target, listen=listen, tls=tls,
+            forward_tls=forward_tls, name='%s-disks' % self.name)
+        try:
+            agent.start()
+        except Exception:
+            writer.close()
+            raise
+        self._disk_writer = writer
+        self._disk_agent = agent
+        return agent.address
+
+    def disks_copied(self) -> typing.Optional[bool]:
+        """Whether this copy holds the source's disks.
+
+        None while the copy runs (or when no disk is copied: see
+        ``copies_disks``), True once every disk stream was applied up to
+        its end and flushed, False if the copy failed.
+        """
+        writer = getattr(self, '_disk_writer', None)
+        if writer is None or writer.state not in disk_writer.FINAL_STATES:
+            return None
+        return writer.state == disk_writer.COMPLETE
+
+    @property
+    def copies_disks(self) -> bool:
+        return getattr(self, '_disk_writer', None) is not None
+
+    def disk_copy_reason(self) -> typing.Optional[str]:
+        writer = getattr(self, '_disk_writer', None)
+        return writer.reason if writer is not None else None
+
+    def close_disk_stream(self) -> None:
+        for attribute in ('_disk_agent', '_disk_writer'):
+            part = getattr(self, attribute, None)
+            if part is not None:
+                part.close()
 
 
 class Hypervisor(abc.ABC):

@@ -19,7 +19,9 @@ directory. Removing that directory and killing that PID removes every bit
 of a guest, which is what "destroy a loser" must mean.
 """
 
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,7 +34,9 @@ import time
 
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import nbd
 from nova_multidest.dataplane import qmp
+from nova_multidest.dataplane import qmp_disks
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
@@ -44,18 +48,59 @@ BOOT_TIMEOUT = 30
 # A raw QEMU source may also be stopped before it ever ran.
 _RESUMABLE = vocabulary.QemuRunState.PAUSED_AFTER_MIGRATION + (
     vocabulary.QemuRunState.PRELAUNCH, vocabulary.QemuRunState.INMIGRATE)
+QEMU_IMG = 'qemu-img'
+DIGEST_CHUNK = 4 * MiB
+
+
+@dataclasses.dataclass(frozen=True)
+class QemuDisk:
+    """A disk image attached as a virtio disk whose device id is ``name``."""
+
+    name: str
+    path: str
+    format: str = 'qcow2'
+
+    @property
+    def node(self):
+        return 'disk-%s' % self.name
+
+    def argv(self):
+        blockdev = {'driver': self.format, 'node-name': self.node,
+                    'file': {'driver': 'file', 'filename': self.path}}
+        return ['-blockdev', json.dumps(blockdev),
+                '-device', 'virtio-blk-pci,drive=%s,id=%s' % (self.node,
+                                                              self.name)]
+
+
+def image_info(path):
+    """``qemu-img info`` of an image, even one a running QEMU holds."""
+    out = subprocess.run([QEMU_IMG, 'info', '-U', '--output=json', path],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def create_image(path, size, fmt='qcow2', backing=None, backing_format=None):
+    argv = [QEMU_IMG, 'create', '-q', '-f', fmt]
+    if backing:
+        argv += ['-F', backing_format or 'qcow2', '-b', backing]
+    subprocess.run(argv + [path, str(size)], check=True,
+                   capture_output=True)
 
 
 class QemuProcess(object):
     """One QEMU process, its directory and its QMP session."""
 
     def __init__(self, name, kernel, memory_mb, incoming=False,
-                 binary=QEMU_BINARY, parent_dir=None, command_prefix=()):
+                 binary=QEMU_BINARY, parent_dir=None, command_prefix=(),
+                 disks=(), owned_dirs=()):
         self.name = name
         self.kernel = kernel
         self.memory_mb = memory_mb
+        self.disks = list(disks)
         self.dir = tempfile.mkdtemp(prefix='multidest-%s-' % name,
                                     dir=parent_dir)
+        # Removed with the process: e.g. the directory of its disks.
+        self.owned_dirs = list(owned_dirs)
         self._listeners = []
         self._exit_lock = threading.Lock()
         self.exited_at = None
@@ -73,6 +118,8 @@ class QemuProcess(object):
                 '-kernel', kernel,
                 '-chardev', 'socket,id=qmp,path=%s' % qmp_path,
                 '-mon', 'chardev=qmp,mode=control']
+            for disk in self.disks:
+                argv += disk.argv()
             if incoming:
                 argv += ['-S', '-incoming', 'defer']
             self.log_path = os.path.join(self.dir, 'qemu.log')
@@ -93,6 +140,8 @@ class QemuProcess(object):
         self._waiter = threading.Thread(target=self._wait_exit,
                                         name='wait-%s' % name, daemon=True)
         self._waiter.start()
+        self.exports = qmp_disks.Exports(self.qmp.execute, self.qmp.getfd,
+                                         self.dir)
 
     def _wait_exit(self):
         self.proc.wait()
@@ -142,7 +191,8 @@ class QemuProcess(object):
         qmp_client = getattr(self, 'qmp', None)
         if qmp_client is not None:
             qmp_client.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for directory in [self.dir] + self.owned_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def run_state(self):
         return self.qmp.execute('query-status')['status']
@@ -155,6 +205,53 @@ class QemuProcess(object):
         """A 32-bit word of guest-physical memory."""
         out = self.qmp.hmp('xp /1wx %#x' % address)
         return int(out.split(':')[1].split()[0], 16)
+
+    def disk(self, name):
+        for disk in self.disks:
+            if disk.name == name:
+                return disk
+        raise exceptions.HypervisorError(
+            operation='find disk %s of %s' % (name, self.name),
+            reason='it has disks %s' % ', '.join(d.name for d in self.disks))
+
+    def qemu_io(self, disk, command):
+        """Run a qemu-io command on a disk as the guest's device would.
+
+        Writes go through the device's block backend, so a running mirror
+        job sees them exactly as it sees the guest's own writes.
+        """
+        out = self.qmp.hmp('qemu-io -d %s/virtio-backend "%s"'
+                           % (self.disk(disk).name, command))
+        if 'error' in out.lower() or 'failed' in out.lower():
+            raise exceptions.HypervisorError(
+                operation='qemu-io %s on %s' % (command, self.name),
+                reason=out.strip())
+        return out
+
+    def disk_digest(self, name):
+        """SHA-256 of what the guest reads from disk ``name``.
+
+        Read through a read-only NBD export of the live disk, so it sees
+        exactly the data QEMU serves, cached metadata included.
+        """
+        serving = self.exports.serving
+        export = 'digest-%s' % name
+        path, _ = self.exports.start({export: self.disk(name).node},
+                                     writable=False)[export]
+        digest = hashlib.sha256()
+        try:
+            client = nbd.Client.connect(path, export)
+            try:
+                for offset in range(0, client.size, DIGEST_CHUNK):
+                    digest.update(client.read(
+                        offset, min(DIGEST_CHUNK, client.size - offset)))
+            finally:
+                client.disconnect()
+        finally:
+            self.exports.remove(export)
+            if not serving:
+                self.exports.stop()
+        return digest.hexdigest()
 
     def memory_digest(self):
         path = os.path.join(self.dir, 'memory.bin')
@@ -252,6 +349,47 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
         if self.process.run_state() in _RESUMABLE:
             self.process.qmp.execute('cont')
 
+    # -- disks -------------------------------------------------------------
+
+    def local_disks(self):
+        nodes = {}
+        for device in self.process.qmp.execute('query-block'):
+            inserted = device.get('inserted') or {}
+            nodes[inserted.get('node-name')] = inserted.get('image') or {}
+        disks = []
+        for disk in self.process.disks:
+            image = nodes.get(disk.node, {})
+            disks.append(hypervisor.LocalDisk(
+                name=disk.name, size=int(image.get('virtual-size', 0)),
+                shallow=bool(image.get('backing-filename'))))
+        return disks
+
+    @property
+    def _mirrors(self):
+        if getattr(self, '_mirror_jobs', None) is None:
+            self._mirror_jobs = qmp_disks.Mirrors(
+                self.process.qmp.execute, self.process.qmp.getfd, self.name)
+        return self._mirror_jobs
+
+    def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
+        try:
+            for disk in disks:
+                self._mirrors.start(disk, self.process.disk(disk.name).node,
+                                    sockets[disk.name], max_bandwidth)
+        except Exception:
+            self.cancel_disk_mirrors()
+            raise
+
+    def disk_mirrors(self):
+        return self._mirrors.states()
+
+    def complete_disk_mirrors(self, timeout):
+        self._mirrors.complete(timeout)
+
+    def cancel_disk_mirrors(self):
+        if self.is_alive():
+            self._mirrors.cancel()
+
 
 class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
 
@@ -281,8 +419,19 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
         except exceptions.QMPError:
             return vocabulary.QemuStatus.FAILED
 
+    def export_disks(self, disks):
+        return self.process.exports.start(
+            {disk.name: self.process.disk(disk.name).node for disk in disks})
+
     def resume(self):
+        if self.copies_disks and not self.disks_copied():
+            raise exceptions.HypervisorError(
+                operation='resume %s' % self.name,
+                reason='its disks are not copied: %s'
+                       % (self.disk_copy_reason() or 'the copy is not '
+                          'finished'))
         try:
+            self.process.exports.stop()
             self.process.qmp.execute('cont')
             self.process.qmp.execute('announce-self',
                                      **hypervisor.ANNOUNCE_SELF)
@@ -307,9 +456,11 @@ class QemuHypervisor(hypervisor.Hypervisor):
         self.parent_dir = parent_dir
         self.processes = []
 
-    def boot(self, name, memory_mb=64, image=None):
+    def boot(self, name, memory_mb=64, image=None, disks=()):
         """Start a running guest from the tiny dirtying kernel.
 
+        ``disks`` are QemuDisk images the guest gets as virtio disks (the
+        kernel never touches them; tests write them with ``qemu_io``).
         Returns once the guest runs its dirtying loop.
         """
         image = image or guest_image.DirtyingGuest()
@@ -318,7 +469,8 @@ class QemuHypervisor(hypervisor.Hypervisor):
                                      dir=self.parent_dir)
         kernel = image.write(image_dir)
         try:
-            process = self._spawn(name, kernel, memory_mb, incoming=False)
+            process = self._spawn(name, kernel, memory_mb, incoming=False,
+                                  disks=disks)
         except Exception:
             shutil.rmtree(image_dir, ignore_errors=True)
             raise
@@ -342,10 +494,18 @@ class QemuHypervisor(hypervisor.Hypervisor):
         """What QEMU for guest ``name`` is started through (nothing)."""
         return ()
 
-    def _spawn(self, name, kernel, memory_mb, incoming):
-        process = QemuProcess(name, kernel, memory_mb, incoming=incoming,
-                              binary=self.binary, parent_dir=self.parent_dir,
-                              command_prefix=self.command_prefix(name))
+    def _spawn(self, name, kernel, memory_mb, incoming, disks=(),
+               owned_dirs=()):
+        try:
+            process = QemuProcess(name, kernel, memory_mb, incoming=incoming,
+                                  binary=self.binary,
+                                  parent_dir=self.parent_dir,
+                                  command_prefix=self.command_prefix(name),
+                                  disks=disks, owned_dirs=owned_dirs)
+        except Exception:
+            for directory in owned_dirs:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
         self.processes.append(process)
         return process
 
@@ -357,8 +517,37 @@ class QemuHypervisor(hypervisor.Hypervisor):
 
     def create_destination(self, name, source):
         src = source.process
-        process = self._spawn(name, src.kernel, src.memory_mb, incoming=True)
+        disks, disk_dir = self._destination_disks(name, src)
+        process = self._spawn(name, src.kernel, src.memory_mb, incoming=True,
+                              disks=disks,
+                              owned_dirs=[disk_dir] if disk_dir else ())
         return self.destination_class(process)
+
+    def _destination_disks(self, name, src):
+        """Empty copies of the source's disks, as Nova's image cache makes.
+
+        A disk over a backing image gets a new top image over the same
+        backing file; a flat one an empty image of the same size.
+        """
+        if not src.disks:
+            return [], None
+        disk_dir = tempfile.mkdtemp(prefix='multidest-%s-disks-' % name,
+                                    dir=self.parent_dir)
+        disks = []
+        try:
+            for disk in src.disks:
+                info = image_info(disk.path)
+                path = os.path.join(disk_dir, os.path.basename(disk.path))
+                create_image(
+                    path, info['virtual-size'], disk.format,
+                    backing=info.get('full-backing-filename'),
+                    backing_format=info.get('backing-filename-format'))
+                disks.append(QemuDisk(disk.name, path, disk.format))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            shutil.rmtree(disk_dir, ignore_errors=True)
+            raise exceptions.HypervisorError(
+                operation='create the disks of %s' % name, reason=str(exc))
+        return disks, disk_dir
 
     def live_processes(self):
         return [p for p in self.processes if p.is_alive()]

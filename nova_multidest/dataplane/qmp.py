@@ -19,6 +19,7 @@ command replies to the waiting caller and queues (or calls back) every
 asynchronous event.
 """
 
+import array
 import collections
 import json
 import logging
@@ -166,6 +167,17 @@ class QMPClient(object):
 
         Raises QMPError with QEMU's own error text, or when QEMU went away.
         """
+        return self._execute(command, timeout, arguments, ())
+
+    def getfd(self, fdname, fd, timeout=30.0):
+        """Hand QEMU a file descriptor it knows as ``fdname`` afterwards.
+
+        QEMU then uses a socket we connected or bound instead of opening
+        a path or port of the host itself.
+        """
+        self._execute('getfd', timeout, {'fdname': fdname}, (fd,))
+
+    def _execute(self, command, timeout, arguments, fds):
         with self._cond:
             if self._closed:
                 raise exceptions.QMPError(
@@ -178,6 +190,11 @@ class QMPClient(object):
         data = json.dumps(msg).encode() + b'\n'
         try:
             with self._send_lock:
+                if fds:
+                    sent = self._sock.sendmsg(
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  array.array('i', fds))])
+                    data = data[sent:]
                 self._sock.sendall(data)
         except OSError as exc:
             raise exceptions.QMPError(command=command, reason=str(exc))

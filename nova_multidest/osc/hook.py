@@ -190,6 +190,11 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
                      sleep=time.sleep):
     """Follow the destinations until the server has no task left.
 
+    The winner's compute clears the server's task_state (Nova's
+    post_live_migration_at_destination) before the conductor records its
+    migration completed, so the group is over only once every migration
+    it made is final too.
+
     :raises: CommandError with the reason when no destination won.
     """
     while True:
@@ -202,7 +207,9 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
             raise exceptions.CommandError(
                 'Multi-destination live migration of server %s failed: %s' %
                 (server.id, fault_message(current.fault)))
-        if current.task_state is None:
+        if current.task_state is None and all(
+                m['status'] in vocabulary.MigrationStatus.NOVA_FINAL
+                for m in ours or []):
             break
         sleep(POLL_INTERVAL)
 

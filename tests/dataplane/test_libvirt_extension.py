@@ -38,45 +38,12 @@ from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 from nova_multidest import vocabulary
+from tools.lab import libvirtd
 
 MiB = 1 << 20
 GUEST_MEMORY_MB = 64
 START_TIMEOUT = 20
 STREAM_TIMEOUT = 60
-
-QEMU_CONF = textwrap.dedent('''\
-    user = "root"
-    group = "root"
-    dynamic_ownership = 0
-    security_driver = "none"
-    namespaces = [ ]
-    cgroup_controllers = [ ]
-    stdio_handler = "file"
-    ''')
-
-# Mounted over the host's paths inside the daemon's namespace only.
-# libvirtd resolves its default QEMU user before reading qemu.conf, so the
-# passwd and group it sees must name one.
-NAMESPACE_SCRIPT = textwrap.dedent('''\
-    set -e
-    for dir in /run /var/lib /var/cache /var/log; do
-        mount -t tmpfs tmpfs "$dir"
-    done
-    mount --bind "$1/etc" /etc/libvirt
-    mount --bind "$1/passwd" /etc/passwd
-    mount --bind "$1/group" /etc/group
-    if [ -n "$2" ]; then hostname "$2"; fi
-    exec libvirtd -f "$1/libvirtd.conf"
-    ''')
-
-
-def _with_qemu_user(path, line):
-    with open(path) as f:
-        content = f.read()
-    if not any(entry.startswith('libvirt-qemu:')
-               for entry in content.splitlines()):
-        content = content.rstrip('\n') + '\n' + line + '\n'
-    return content
 
 
 class LibvirtDaemon(fixtures.Fixture):
@@ -94,30 +61,14 @@ class LibvirtDaemon(fixtures.Fixture):
     def _setUp(self):
         self.dir = tempfile.mkdtemp(prefix='multidest-libvirtd-')
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        os.mkdir(os.path.join(self.dir, 'etc'))
-        with open(os.path.join(self.dir, 'etc', 'qemu.conf'), 'w') as f:
-            f.write(QEMU_CONF)
-        with open(os.path.join(self.dir, 'libvirtd.conf'), 'w') as f:
-            f.write('unix_sock_dir = "%s"\n'
-                    'auth_unix_rw = "none"\n'
-                    'auth_unix_ro = "none"\n' % self.dir)
-            if self.hostname:
-                f.write('host_uuid = "%s"\n' % uuid.uuid4())
-        with open(os.path.join(self.dir, 'passwd'), 'w') as f:
-            f.write(_with_qemu_user(
-                '/etc/passwd',
-                'libvirt-qemu:x:64055:64055::/nonexistent:/usr/sbin/nologin'))
-        with open(os.path.join(self.dir, 'group'), 'w') as f:
-            f.write(_with_qemu_user('/etc/group', 'libvirt-qemu:x:64055:'))
-        socket_path = os.path.join(self.dir, 'libvirt-sock')
-        self.uri = 'qemu+unix:///system?socket=%s' % socket_path
+        libvirtd.prepare(self.dir)
+        self.uri = libvirtd.uri(self.dir)
         self.log_path = os.path.join(self.dir, 'libvirtd.log')
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
-                ['unshare', '--mount', '--propagation', 'private'] +
-                (['--uts'] if self.hostname else []) +
-                ['sh', '-c', NAMESPACE_SCRIPT, 'libvirtd-namespace',
-                 self.dir, self.hostname or ''],
+                libvirtd.namespace_command(
+                    self.dir, libvirtd.daemon_command(self.dir),
+                    hostname=self.hostname or ''),
                 stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         self.qemu_pids = set()
@@ -145,14 +96,8 @@ class LibvirtDaemon(fixtures.Fixture):
 
     def note_qemu_pids(self):
         """Remember the QEMU processes of the daemon's domains."""
-        run_dir = '/proc/%d/root/run/libvirt/qemu' % self.process.pid
-        for domain in self.connection.listAllDomains(0):
-            path = os.path.join(run_dir, '%s.pid' % domain.name())
-            try:
-                with open(path) as f:
-                    self.qemu_pids.add(int(f.read().strip()))
-            except (OSError, ValueError):
-                pass
+        self.qemu_pids |= libvirtd.qemu_pids(
+            self.dir, [d.name() for d in self.connection.listAllDomains(0)])
         return set(self.qemu_pids)
 
     def live_qemu_pids(self):

@@ -32,7 +32,7 @@ import testtools
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 SKIP_DIRS = {'.git', '.venv', '.tox', '.stestr', 'build', 'dist',
-             '__pycache__', '.bench'}
+             '__pycache__', '.bench', '.lab'}
 
 
 def _copy_tree(dest):

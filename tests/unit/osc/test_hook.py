@@ -221,6 +221,20 @@ class TestTakeAction(HookTestCase):
         self.assertNotIn('c9', out)
         self.assertIn('now runs on c3', out)
 
+    def test_wait_outlasts_the_cleared_task_state(self):
+        # The winner's compute clears task_state before the conductor
+        # records its migration completed (seen in the lab).
+        compute = FakeCompute(
+            [server(task_state='migrating'), server(host='c3')],
+            [[],
+             [migration(8, 'c2', 'running'), migration(9, 'c3', 'running')],
+             [migration(8, 'c2', 'cancelled'),
+              migration(9, 'c3', 'running', remaining=0)],
+             [migration(8, 'c2', 'cancelled'),
+              migration(9, 'c3', 'completed', remaining=0)]])
+        self.run_hook(compute, '--wait')
+        self.assertIn('now runs on c3', self.app.stdout.getvalue())
+
     def test_wait_when_every_destination_failed(self):
         action = {'message': 'Error', 'events': [
             {'event': 'multidest_destination_c2', 'result': 'Error',

@@ -1,0 +1,77 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""tools/run lab up|down|status|env."""
+
+import argparse
+import os
+import shlex
+import sys
+
+from tools.lab import cloud as cloud_mod
+from tools.lab import layout
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='tools/run lab',
+        description='A real Nova cloud on this machine: MariaDB, RabbitMQ, '
+                    'Keystone, Glance, Placement, Neutron, Nova and '
+                    'nova-multidest, with %d compute hosts.'
+                    % len(layout.HOSTS))
+    commands = parser.add_subparsers(dest='command', required=True)
+    commands.add_parser('up', help='start the lab (bootstraps it the '
+                                   'first time)')
+    down = commands.add_parser('down', help='stop every process of the lab '
+                                            'and remove its network')
+    down.add_argument('--purge', action='store_true',
+                      help='also remove its state (databases, images, logs)')
+    commands.add_parser('status', help='which of its processes run')
+    env = commands.add_parser('env', help='print the OS_* variables of the '
+                                          'lab for the openstack command')
+    env.add_argument('--user', choices=('admin', cloud_mod.DEMO_USER),
+                     default='admin')
+    args = parser.parse_args(argv)
+
+    top = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    try:
+        lab = layout.Lab(top)
+    except ValueError as exc:
+        parser.error(str(exc))
+    cloud = cloud_mod.Cloud(lab)
+    try:
+        if args.command == 'up':
+            cloud.up()
+        elif args.command == 'down':
+            cloud.down(purge=args.purge)
+        elif args.command == 'status':
+            status = cloud.status()
+            print('Lab %s (%s), controller %s, state in %s' % (
+                lab.id, 'up' if all(status.values()) else
+                'partly up' if any(status.values()) else 'down',
+                lab.controller.address, lab.dir))
+            for name, running in status.items():
+                print('  %-28s %s' % (name, 'running' if running
+                                      else 'stopped'))
+            return 0 if all(status.values()) else 3
+        elif args.command == 'env':
+            for key, value in cloud.env(args.user).items():
+                print('export %s=%s' % (key, shlex.quote(value)))
+    except cloud_mod.LabError as exc:
+        print('lab %s: %s' % (lab.id, exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
