@@ -92,17 +92,9 @@ class EventLoop(object):
     """
 
     def __init__(self):
-        libvirt.virEventRegisterDefaultImpl()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name='libvirt-event-loop')
-        self._thread.start()
+        daemons.run_event_loop()
         self._cond = threading.Condition()
         self._events = []
-
-    @staticmethod
-    def _run():
-        while True:
-            libvirt.virEventRunDefaultImpl()
 
     def watch(self, connection):
         """Record STOP and RESUME of every domain of ``connection``."""
