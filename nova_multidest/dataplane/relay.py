@@ -454,14 +454,9 @@ class StreamRelay(object):
         return [live] if live else []
 
     def _new_channel(self, index):
-        remote = any(not protocol.is_local_host(host)
-                     for _, (host, _) in self._destinations)
         chain = self.topology == vocabulary.Topology.CHAIN
         buffer = stream_buffer.StreamBuffer(
-            self.lag_limit,
-            window=(stream_buffer.REMOTE_WINDOW_BYTES if remote
-                    else stream_buffer.DEFAULT_WINDOW_BYTES),
-            retain=self.lag_limit if chain else 0)
+            self.lag_limit, retain=self.lag_limit if chain else 0)
         channel = _RelayChannel(index, buffer)
         with self._lock:
             paths = self._paths()
