@@ -17,8 +17,8 @@ import io
 
 import fixtures
 import subunit
-import testtools
 
+from tests import base
 from tools import test_report
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -43,7 +43,7 @@ def _stream(*tests, stray=b''):
     return out
 
 
-class TestReportTier(testtools.TestCase):
+class TestReportTier(base.TestCase):
 
     def _report(self, stream):
         out, stray = io.StringIO(), io.BytesIO()
@@ -89,7 +89,7 @@ class TestReportTier(testtools.TestCase):
         self.assertNotIn('pool shut down', text)
 
 
-class TestMain(testtools.TestCase):
+class TestMain(base.TestCase):
 
     def setUp(self):
         super().setUp()
