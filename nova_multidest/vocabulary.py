@@ -136,6 +136,14 @@ EVENT_DESTINATION = NAMESPACE + '_destination_%s'
 SERVER_ACTION = 'os-migrateLive-multi'
 # The key of the action's 202 response body.
 RESPONSE_KEY = NAMESPACE + '_migration'
+# The oldest compute API microversion the action accepts (nova-api), and
+# so the one the client sends.
+ACTION_MICROVERSION = '2.25'
+# What Nova accepts as a host name in its API (nova.api.validation.
+# parameter_types.fqdn, which nova-api applies); the client, which has no
+# Nova, checks names against the same rule.
+HOST_NAME_PATTERN = '^[a-zA-Z0-9-._]*$'
+HOST_NAME_MAX_LENGTH = 255
 
 # -- services ----------------------------------------------------------------
 
