@@ -34,9 +34,11 @@ from nova.compute import instance_actions
 from nova.compute import task_states
 from nova.compute import vm_states
 import nova.conf
+from nova import context as nova_context
 from nova import exception
 from nova import objects
 from nova import policy
+from nova import servicegroup
 
 from nova_multidest.api import policies
 from nova_multidest.api import schemas
@@ -59,6 +61,12 @@ _STATE_HINTS = {
     'task_state': 'wait until that task has finished.',
     'launched_at': 'the server has never run; boot it first.',
 }
+
+
+# The status of a refusal naming several bad destinations: the first of
+# these that one of them gets.
+_SEVERITY = (webob.exc.HTTPBadRequest, webob.exc.HTTPNotFound,
+             webob.exc.HTTPConflict)
 
 
 class GroupInProgress(exception.InstanceInvalidState):
@@ -99,6 +107,8 @@ class MigrateLiveMultiController(wsgi.Controller):
     def __init__(self):
         super().__init__()
         self.compute_api = compute.API()
+        self.host_api = compute.HostAPI()
+        self.servicegroup_api = servicegroup.API()
         self.conductor_api = conductor_rpcapi.ConductorAPI()
 
     @wsgi.response(202)
@@ -117,6 +127,7 @@ class MigrateLiveMultiController(wsgi.Controller):
             expected_attrs=['flavor', 'numa_topology'])
         self._authorize(context, instance, args['destinations'])
         self._check_instance(context, instance, id)
+        check_extra_specs(instance, args)
         if args['destinations']:
             self._check_destinations(context, instance, args['destinations'])
         else:
@@ -164,19 +175,76 @@ class MigrateLiveMultiController(wsgi.Controller):
             raise webob.exc.HTTPBadRequest(
                 explanation=error.format_message())
 
-    @staticmethod
-    def _check_destinations(context, instance, destinations):
-        for host in destinations:
-            if host == instance.host:
-                raise webob.exc.HTTPBadRequest(explanation=(
+    def _check_destinations(self, context, instance, destinations):
+        """Refuse, naming each, hosts that cannot be destinations.
+
+        Nova would accept most of them and fail later; here the answer
+        comes before anything changes. The status is that of the worst
+        problem: the request's own (400), then unknown hosts (404), then
+        hosts in a state that may change (409).
+        """
+        problems = [problem for problem in (
+            self._destination_problem(context, instance, host)
+            for host in destinations) if problem]
+        if not problems:
+            return
+        status = min(problems, key=lambda p: _SEVERITY.index(p[0]))[0]
+        raise status(explanation=' '.join(message for _, message in problems))
+
+    def _destination_problem(self, context, instance, host):
+        if host == instance.host:
+            return (webob.exc.HTTPBadRequest,
                     'Destination %s is the host the server runs on; name '
-                    'only other hosts.' % host))
-            try:
-                objects.ComputeNodeList.get_all_by_host(context, host)
-            except exception.ComputeHostNotFound:
-                raise webob.exc.HTTPNotFound(explanation=(
+                    'only other hosts.' % host)
+        services = self.host_api.service_get_all(
+            context, filters={'host': host}, all_cells=True)
+        computes = [s for s in services if s.binary == 'nova-compute']
+        if not computes:
+            if services:
+                return (webob.exc.HTTPBadRequest,
+                        'Destination %s is not a compute host: it runs %s.'
+                        % (host, ', '.join(sorted(s.binary
+                                                  for s in services))))
+            return (webob.exc.HTTPNotFound,
                     'Compute host %s could not be found; check the name '
-                    'with "openstack compute service list".' % host))
+                    'with "openstack compute service list".' % host)
+        service = computes[0]
+        state = self._unusable_state(service)
+        if state is None and not self._runs_our_driver(context, host):
+            state = ('it does not run the multi-destination driver '
+                     '(compute_driver = multidest.MultiDestLibvirtDriver)')
+        if state is None:
+            return None
+        return (webob.exc.HTTPConflict,
+                'Destination %s cannot be used: %s.' % (host, state))
+
+    def _unusable_state(self, service):
+        host = service.host
+        if service.forced_down:
+            return ('its compute service is forced down (openstack '
+                    'compute service set --up %s nova-compute)' % host)
+        if service.disabled:
+            return ('its compute service is disabled (%s; openstack '
+                    'compute service set --enable %s nova-compute)' % (
+                        service.disabled_reason or 'no reason given', host))
+        if not self.servicegroup_api.service_is_up(service):
+            return ('its compute service is down (last report %s)' %
+                    (service.updated_at or service.created_at))
+        return None
+
+    @staticmethod
+    def _runs_our_driver(context, host):
+        try:
+            mapping = objects.HostMapping.get_by_host(context, host)
+            with nova_context.target_cell(
+                    context, mapping.cell_mapping) as cell_context:
+                nodes = objects.ComputeNodeList.get_all_by_host(
+                    cell_context, host)
+        except (exception.HostMappingNotFound,
+                exception.ComputeHostNotFound):
+            return False
+        return all(vocabulary.COMPUTE_STATS_KEY in (node.stats or {})
+                   for node in nodes)
 
     def _start(self, context, instance, args):
         try:
@@ -200,6 +268,21 @@ class MigrateLiveMultiController(wsgi.Controller):
             with excutils.save_and_reraise_exception():
                 instance.task_state = None
                 instance.save(expected_task_state=[task_states.MIGRATING])
+
+
+def check_extra_specs(instance, args):
+    """Refuse a request that would use an invalid flavor extra spec."""
+    problems = vocabulary.invalid_extra_specs(
+        instance.flavor.extra_specs,
+        default_count_used=not (args['destinations'] or args['count']))
+    if problems:
+        key, value, allowed = problems[0]
+        raise webob.exc.HTTPBadRequest(explanation=str(
+            exceptions.InvalidFlavorExtraSpec(
+                flavor_name=instance.flavor.name,
+                flavor_id=instance.flavor.flavorid,
+                instance_uuid=instance.uuid, key=key,
+                value=schemas.shown(value), allowed=allowed)))
 
 
 def check_microversion(req):

@@ -10,6 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import contextlib
 import datetime
 from unittest import mock
 
@@ -65,6 +66,11 @@ def make_instance(**changes):
     return instance
 
 
+@contextlib.contextmanager
+def _target_cell(context, cell_mapping):
+    yield context
+
+
 class FilterTestCase(testtools.TestCase):
 
     def setUp(self):
@@ -72,9 +78,19 @@ class FilterTestCase(testtools.TestCase):
         multidest_conf.register_opts(cfg.CONF)
         self.downstream = Downstream()
         with mock.patch('nova.compute.api.API'), mock.patch(
+                'nova.compute.api.HostAPI'), mock.patch(
+                'nova.servicegroup.API'), mock.patch(
                 'nova_multidest.conductor.rpcapi.ConductorAPI'):
             self.app = multidest_filter.MultiDestinationFilter(
                 self.downstream)
+        self.services = {}
+        self.app.controller.host_api.service_get_all.side_effect = (
+            lambda ctxt, filters, all_cells: self.services.get(
+                filters['host'], []))
+        self.app.controller.servicegroup_api.service_is_up.side_effect = (
+            lambda service: service.updated_at is not None)
+        for host in ('c2', 'c3'):
+            self.add_compute(host)
         self.compute_api = self.app.compute_api
         self.conductor = self.app.conductor_api
         self.compute_api.network_api.instance_has_extended_resource_request \
@@ -97,9 +113,27 @@ class FilterTestCase(testtools.TestCase):
             'nova.objects.MigrationList.get_in_progress_by_instance',
             return_value=[])).mock
         self.compute_nodes = self.useFixture(fixtures.MockPatch(
-            'nova.objects.ComputeNodeList.get_all_by_host')).mock
+            'nova.objects.ComputeNodeList.get_all_by_host',
+            side_effect=lambda ctxt, host: self.nodes[host])).mock
+        self.useFixture(fixtures.MockPatch(
+            'nova.objects.HostMapping.get_by_host'))
+        self.useFixture(fixtures.MockPatch(
+            'nova.context.target_cell', side_effect=_target_cell))
         self.action_start = self.useFixture(fixtures.MockPatch(
             'nova.objects.InstanceAction.action_start')).mock
+
+    def add_compute(self, host, driver=True, binary='nova-compute',
+                    **state):
+        service = objects.Service(
+            host=host, binary=binary, forced_down=False, disabled=False,
+            disabled_reason=None, updated_at=datetime.datetime(2026, 1, 1),
+            created_at=datetime.datetime(2026, 1, 1))
+        for name, value in state.items():
+            setattr(service, name, value)
+        self.services[host] = [service]
+        stats = {vocabulary.COMPUTE_STATS_KEY: '1.0'} if driver else {}
+        self.nodes = getattr(self, 'nodes', {})
+        self.nodes[host] = [objects.ComputeNode(host=host, stats=stats)]
 
     def _authorize(self, context, action, target, do_raise=True, exc=None):
         return self.enforcer.authorize(
@@ -325,10 +359,45 @@ class TestMigrateLiveMulti(FilterTestCase):
         self.assertEqual(202, self.migrate().status_int)
 
     def test_unknown_destination(self):
-        self.compute_nodes.side_effect = exception.ComputeHostNotFound(
-            host='c9')
         self.assert_fault(self.migrate(destinations=['c9']), 404,
                           'Compute host c9 could not be found')
+
+    def test_unusable_destinations(self):
+        self.add_compute('down', updated_at=None)
+        self.add_compute('forced', forced_down=True)
+        self.add_compute('off', disabled=True, disabled_reason='repairs')
+        self.add_compute('plain', driver=False)
+        self.add_compute('ctl', binary='nova-conductor')
+        for host, status, fragment in (
+                ('down', 409, 'its compute service is down'),
+                ('forced', 409, 'its compute service is forced down'),
+                ('off', 409, 'its compute service is disabled (repairs;'),
+                ('plain', 409, 'does not run the multi-destination driver'),
+                ('ctl', 400, 'is not a compute host: it runs '
+                             'nova-conductor')):
+            self.assert_fault(self.migrate(destinations=['c2', host]),
+                              status, 'Destination %s' % host, fragment)
+
+    def test_every_bad_destination_is_named(self):
+        self.add_compute('forced', forced_down=True)
+        response = self.migrate(destinations=['forced', 'c9', 'c2', 'c1'])
+        self.assert_fault(response, 400, 'forced cannot be used',
+                          'c9 could not be',
+                          'c1 is the host the server runs on')
+        self.assertNotIn('c2', response.json['badRequest']['message'])
+        self.assert_fault(self.migrate(destinations=['forced', 'c9']), 404,
+                          'forced', 'c9')
+
+    def test_invalid_flavor_extra_specs(self):
+        self.instance.flavor = objects.Flavor(
+            name='m1.tiny', flavorid='42',
+            extra_specs={'multidest:destinations': 'two'})
+        self.assert_fault(self.migrate(), 400,
+                          'Flavor m1.tiny (id 42) of server %s' % SERVER,
+                          'multidest:destinations="two"',
+                          'a whole number from 1 to 16')
+        # Not used when the request gives the count.
+        self.assertEqual(202, self.migrate(count=2).status_int)
 
     def test_source_as_destination(self):
         self.assert_fault(self.migrate(destinations=['c2', 'c1']), 400,
