@@ -229,7 +229,7 @@ class MigrateLiveMultiController(wsgi.Controller):
                         service.disabled_reason or 'no reason given', host))
         if not self.servicegroup_api.service_is_up(service):
             return ('its compute service is down (last report %s)' %
-                    (service.updated_at or service.created_at))
+                    (service.last_seen_up or service.created_at))
         return None
 
     @staticmethod

@@ -88,7 +88,7 @@ class FilterTestCase(testtools.TestCase):
             lambda ctxt, filters, all_cells: self.services.get(
                 filters['host'], []))
         self.app.controller.servicegroup_api.service_is_up.side_effect = (
-            lambda service: service.updated_at is not None)
+            lambda service: service.last_seen_up is not None)
         for host in ('c2', 'c3'):
             self.add_compute(host)
         self.compute_api = self.app.compute_api
@@ -126,7 +126,8 @@ class FilterTestCase(testtools.TestCase):
                     **state):
         service = objects.Service(
             host=host, binary=binary, forced_down=False, disabled=False,
-            disabled_reason=None, updated_at=datetime.datetime(2026, 1, 1),
+            disabled_reason=None,
+            last_seen_up=datetime.datetime(2026, 1, 1),
             created_at=datetime.datetime(2026, 1, 1))
         for name, value in state.items():
             setattr(service, name, value)
@@ -363,7 +364,7 @@ class TestMigrateLiveMulti(FilterTestCase):
                           'Compute host c9 could not be found')
 
     def test_unusable_destinations(self):
-        self.add_compute('down', updated_at=None)
+        self.add_compute('down', last_seen_up=None)
         self.add_compute('forced', forced_down=True)
         self.add_compute('off', disabled=True, disabled_reason='repairs')
         self.add_compute('plain', driver=False)
