@@ -411,3 +411,47 @@ class TestCliRefusals(test_cli.CliMixin, RefusalTestBase):
         # argparse's refusal prints the command's whole usage.
         wrong = self.check_refusals(rows, send, longest=3000)
         self.assertEqual([], wrong)
+
+
+class TestConductorRefusals(base.MultiDestMigrationTestBase):
+    """What reaches nova-multidest-conductor unchecked ends at once.
+
+    Flavor extra specs recorded before their validator existed, and other
+    RPC callers' arguments: the server stays ACTIVE where it was, with no
+    Migration record or allocation, and the action says why.
+    """
+
+    COMPUTES = 3
+
+    def setUp(self):
+        super().setUp()
+        self.source = self.hostnames[0]
+        self.server = self.boot_server(host=self.source)
+
+    def refused_at_conductor(self, fragment, **args):
+        request_id = self.cast_to_conductor(self.server, **args)
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual('failed', result['result'])
+        self.assertEqual([], list(self.get_migrations(self.server['id'])))
+        self.assert_invariants(self.server, self.source)
+        self.admin_api.microversion = '2.84'
+        action = self.admin_api.get_instance_action_details(
+            self.server['id'], request_id)
+        [event] = action['events']
+        self.assertEqual('Error', event['result'])
+        self.assertIn(fragment, event['details'])
+        self.admin_api.microversion = '2.74'
+
+    def test_float_count(self):
+        self.refused_at_conductor('count must be a whole number',
+                                  count=2.0)
+
+    def test_invalid_extra_specs(self):
+        instance = self.get_instance(self.server['id'])
+        for specs, args in (({'multidest:destinations': 'two'}, {}),
+                            ({'multidest:topology': 'ring'},
+                             {'destinations': self.hostnames[1:]})):
+            instance.flavor.extra_specs = specs
+            instance.save()
+            self.refused_at_conductor(
+                'has an invalid extra spec %s=' % list(specs)[0], **args)
