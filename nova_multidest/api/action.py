@@ -69,10 +69,6 @@ _SEVERITY = (webob.exc.HTTPBadRequest, webob.exc.HTTPNotFound,
              webob.exc.HTTPConflict)
 
 
-class GroupInProgress(exception.InstanceInvalidState):
-    """A multi-destination group owns the server already."""
-
-
 # Nova's own live migration checks (nova.compute.api.API.live_migrate), on
 # Nova's compute API object, except that a paused server is refused: its
 # destinations could not tell a running guest from a paused one.
@@ -89,7 +85,7 @@ class GroupInProgress(exception.InstanceInvalidState):
 @compute.check_instance_state(vm_state=[vm_states.ACTIVE])
 def check_instance(compute_api, context, instance):
     if vocabulary.group_in_progress(instance.system_metadata):
-        raise GroupInProgress(
+        raise exception.InstanceInvalidState(
             attr='task_state', state='multi-destination migration',
             instance_uuid=instance.uuid, method='live_migrate_multi')
     in_progress = objects.MigrationList.get_in_progress_by_instance(
@@ -157,14 +153,10 @@ class MigrateLiveMultiController(wsgi.Controller):
             raise webob.exc.HTTPConflict(explanation=(
                 '%s: unlock it first (openstack server unlock).' %
                 error.format_message()))
-        except GroupInProgress:
-            raise webob.exc.HTTPConflict(explanation=(
-                'Server %s is already being live migrated to several '
-                'destinations. Follow it with "openstack server migration '
-                'list --server %s"; abort it with "openstack server '
-                'migration abort" once its migrations are running.' % (
-                    server_id, server_id)))
         except exception.InstanceInvalidState as error:
+            if vocabulary.group_in_progress(instance.system_metadata):
+                raise webob.exc.HTTPConflict(
+                    explanation=group_in_progress_message(context, instance))
             raise webob.exc.HTTPConflict(
                 explanation=invalid_state_message(error, server_id))
         except exception.NotSupported as error:
@@ -311,6 +303,18 @@ def default_count(instance):
     return vocabulary.flavor_destination_count(
         instance.flavor.extra_specs, CONF.multidest.default_destinations,
         CONF.multidest.max_destinations)
+
+
+def group_in_progress_message(context, instance):
+    """Which operation runs, and how to follow or stop it."""
+    actions = objects.InstanceActionList.get_by_instance_uuid(
+        context, instance.uuid, limit=1)
+    request = ' (request %s)' % actions[0].request_id if actions else ''
+    return ('Server %s is already being live migrated to several '
+            'destinations%s. Follow it with "openstack server migration '
+            'list --server %s"; abort it with "openstack server migration '
+            'abort" once its migrations are running.' % (
+                instance.uuid, request, instance.uuid))
 
 
 def invalid_state_message(error, server_id):

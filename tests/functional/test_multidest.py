@@ -267,8 +267,11 @@ class CrashTest(base.MultiDestMigrationTestBase):
         waits.wait_reached()
         response = self.request_migration(
             self.server, status=409, destinations=[self.hostnames[3]])
-        self.assertIn('several destinations',
-                      response.body['conflictingRequest']['message'])
+        message = response.body['conflictingRequest']['message']
+        self.assertIn('already being live migrated to several '
+                      'destinations (request req-', message)
+        self.assertIn('openstack server migration list --server %s' %
+                      self.server['id'], message)
         waits.release()
         result = self.wait_for_group_end(self.server)
         self.assertEqual(2, len(self.get_migrations(self.server['id'])))

@@ -121,6 +121,9 @@ class FilterTestCase(testtools.TestCase):
             'nova.context.target_cell', side_effect=_target_cell))
         self.action_start = self.useFixture(fixtures.MockPatch(
             'nova.objects.InstanceAction.action_start')).mock
+        self.useFixture(fixtures.MockPatch(
+            'nova.objects.InstanceActionList.get_by_instance_uuid',
+            return_value=[objects.InstanceAction(request_id='req-7')]))
 
     def add_compute(self, host, driver=True, binary='nova-compute',
                     **state):
@@ -344,7 +347,11 @@ class TestMigrateLiveMulti(FilterTestCase):
                 ({'task_state': task_states.MIGRATING},
                  'task_state is migrating'),
                 ({'system_metadata': GROUP_ACTIVE},
-                 'already being live migrated to several destinations')):
+                 'already being live migrated to several destinations '
+                 '(request req-7)'),
+                ({'system_metadata': GROUP_ACTIVE,
+                  'task_state': task_states.MIGRATING},
+                 'migration list --server %s' % SERVER)):
             self.instance = make_instance(**changes)
             self.assert_fault(self.migrate(), 409, fragment)
 
