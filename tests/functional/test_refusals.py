@@ -324,6 +324,26 @@ class TestApiRefusals(RefusalTestBase):
         member.microversion = '2.74'
         self.assertEqual([], self.check_refusals(rows, send))
 
+    def test_migration_ids(self):
+        """Ids no Migration record can have: 404, never a 500."""
+        def send(method, path, payload):
+            response = self.admin_api.api_request(
+                '/servers/%s/migrations/%s' % (self.server['id'], path),
+                method=method, body=payload and json.dumps(payload),
+                headers={'Content-Type': 'application/json'})
+            [fault] = response.json().values()
+            return response.status_code, fault['message']
+
+        huge = str(10 ** 30)
+        rows = [
+            ('DELETE', huge, None, 404, ['migration ids are at most']),
+            ('GET', huge, None, 404, ['could not be found']),
+            ('POST', huge + '/action', {'force_complete': None}, 404,
+             ['could not be found']),
+            ('DELETE', '2147483648', None, 404, ['could not be found']),
+        ]
+        self.assertEqual([], self.check_refusals(rows, send))
+
     def test_flavor_extra_specs_set_before_validation(self):
         """Specs Nova did not validate (microversion < 2.86) are refused."""
         rows = [
