@@ -238,6 +238,27 @@ class LabTestCase(testtools.TestCase):
     def domain_state(self, host, server_id):
         return self.virsh(host, 'domstate', server_id).strip()
 
+    # -- the lab's network -------------------------------------------------
+
+    def throttle(self, host, rate='4mbit'):
+        """Slow ``host``'s outgoing traffic; undone at cleanup at the latest.
+
+        A real network condition, set with tc on the host's own interface:
+        a stream from that host takes seconds instead of a fraction of one,
+        so a fault can land while it is in flight.
+        """
+        self.tc(host, 'qdisc', 'replace', 'dev', 'eth0', 'root', 'tbf',
+                'rate', rate, 'burst', '32kb', 'latency', '5s')
+        self.addCleanup(self.unthrottle, host)
+
+    def unthrottle(self, host):
+        self.tc(host, 'qdisc', 'del', 'dev', 'eth0', 'root', check=False)
+
+    def tc(self, host, *args, check=True):
+        subprocess.run(['ip', 'netns', 'exec', self.lab.host(host).netns,
+                        'tc'] + list(args), capture_output=True, check=check,
+                       timeout=60)
+
     # -- the lab's processes -----------------------------------------------
 
     def kill_service(self, name):

@@ -70,12 +70,23 @@ class FaultTest(base.LabTestCase):
     def others(self, host):
         return [node.name for node in self.lab.hosts if node.name != host]
 
-    def warm_up(self, server_id, destinations):
-        """Start a warm-up migration; until every destination streams."""
+    def warm_up(self, server_id, source, destinations):
+        """Start a warm-up migration; until every destination streams.
+
+        The source's link is throttled until the fault or the switch-over,
+        so that QEMU cannot finish pre-copy by itself, even if the guest
+        gets too little CPU to dirty its memory, as on a loaded machine.
+        """
+        self.throttle(source)
         self.start_migration(server_id, '--warm-up', *[
             option for host in destinations
             for option in ('--destination', host)])
         self.wait_streaming(server_id, len(destinations))
+
+    def switch_over(self, server_id, source, destination):
+        """Force complete, then give the source its full link again."""
+        self.force_complete(server_id, destination)
+        self.unthrottle(source)
 
     def new_migrations(self, server_id, before):
         return [m for m in self.migrations(server_id)
@@ -101,12 +112,12 @@ class FaultTest(base.LabTestCase):
         server_id, source = self.server()
         before = self.known(server_id)
         destinations = self.others(source)
-        self.warm_up(server_id, destinations)
+        self.warm_up(server_id, source, destinations)
         victim = destinations[0]
         self.kill_qemu(victim, server_id)
         self.assertNotEqual('completed',
                             self.wait_migration_final(server_id, victim))
-        self.force_complete(server_id, destinations[1])
+        self.switch_over(server_id, source, destinations[1])
         self.assert_won(server_id, destinations[1:], before)
 
     # -- scenario 5 ------------------------------------------------------
@@ -115,19 +126,20 @@ class FaultTest(base.LabTestCase):
         server_id, source = self.server()
         before = self.known(server_id)
         destinations = self.others(source)[:2]
-        self.warm_up(server_id, destinations)
+        self.warm_up(server_id, source, destinations)
         victim, survivor = destinations
         self.kill_service('%s-nova-compute' % victim)
         self.restart(self.cloud.start_compute, victim)
-        self.force_complete(server_id, survivor)
+        self.switch_over(server_id, source, survivor)
         self.assert_won(server_id, destinations, before)
 
     def test_source_compute_killed_and_restarted(self):
         server_id, source = self.server()
         before = self.known(server_id)
         destinations = self.others(source)[:2]
-        self.warm_up(server_id, destinations)
+        self.warm_up(server_id, source, destinations)
         self.kill_service('%s-nova-compute' % source)
+        self.unthrottle(source)
         self.restart(self.cloud.start_compute, source)
         server = self.wait_done(server_id)
         host = server['OS-EXT-SRV-ATTR:host']
@@ -140,8 +152,9 @@ class FaultTest(base.LabTestCase):
     def test_conductor_killed_and_restarted(self):
         server_id, source = self.server()
         destinations = self.others(source)
-        self.warm_up(server_id, destinations)
+        self.warm_up(server_id, source, destinations)
         self.kill_service(vocabulary.CONDUCTOR_BINARY)
+        self.unthrottle(source)
         self.restart(self.cloud.start_controller_service,
                      vocabulary.CONDUCTOR_BINARY)
         server = self.wait_done(server_id)
@@ -155,9 +168,10 @@ class FaultTest(base.LabTestCase):
         server_id, source = self.server()
         before = self.known(server_id)
         destinations = self.others(source)
-        self.warm_up(server_id, destinations)
+        self.warm_up(server_id, source, destinations)
         for host in destinations:
             self.kill_qemu(host, server_id)
+        self.unthrottle(source)
 
         def ended_running_on_source():
             self.assertEqual('running',
@@ -180,8 +194,9 @@ class FaultTest(base.LabTestCase):
         server_id, source = self.server()
         before = self.known(server_id)
         destinations = self.others(source)[:2]
-        self.warm_up(server_id, destinations)
+        self.warm_up(server_id, source, destinations)
         self.abort(server_id, destinations[0])
+        self.unthrottle(source)
         self.wait_done(server_id)
         self.assert_only_on(server_id, source)
         self.assertEqual(
@@ -192,8 +207,8 @@ class FaultTest(base.LabTestCase):
         server_id, source = self.server()
         before = self.known(server_id)
         destinations = self.others(source)
-        self.warm_up(server_id, destinations)
-        self.force_complete(server_id, destinations[-1])
+        self.warm_up(server_id, source, destinations)
+        self.switch_over(server_id, source, destinations[-1])
         self.assert_won(server_id, destinations, before)
 
     # -- scenario 10 -----------------------------------------------------
