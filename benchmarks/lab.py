@@ -37,14 +37,15 @@ stopped again at the end.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import libvirt
+import pymysql
 
 from benchmarks import libvirt_migration
 from benchmarks import results
+from nova_multidest import vocabulary
 from tools.lab import cloud as cloud_mod
 from tools.lab import layout
 from tools.lab import libvirtd
@@ -60,6 +61,10 @@ class Bench(object):
         self.cloud = cloud
         self.lab = cloud.lab
         self.session = cloud.session('admin')
+        self.db = pymysql.connect(
+            host=self.lab.controller.address,
+            port=layout.PORTS['mariadb'], user='lab',
+            password=cloud.secrets['db'], database='nova', autocommit=True)
         self.events = libvirt_migration.Events()
         self.uris = {}
         self.connections = []
@@ -78,12 +83,9 @@ class Bench(object):
         return response.json() if response.content else None
 
     def sql(self, query):
-        result = subprocess.run(
-            ['mariadb', '--no-defaults', '--socket=' +
-             self.lab.path('mysql.sock'), '-u', 'root', '--batch',
-             '--skip-column-names', 'nova', '-e', query],
-            capture_output=True, text=True, timeout=60, check=True)
-        return [line.split('\t') for line in result.stdout.splitlines()]
+        with self.db.cursor() as cursor:
+            cursor.execute(query)
+            return [list(row) for row in cursor.fetchall()]
 
     def location(self, server_id):
         """(host, vm_state, task_state) from Nova's database."""
@@ -114,9 +116,23 @@ class Bench(object):
                 raise RuntimeError('server %s went to ERROR' % server_id)
             if vm_state == 'active' and not task_state and host_ok(host):
                 return host
-            time.sleep(0.05)
+            time.sleep(0.1)
         raise RuntimeError('server %s: no end within %ss'
                            % (server_id, TIMEOUT))
+
+    def wait_settled(self, server_id):
+        """Until no migration of the server is in progress."""
+        deadline = time.monotonic() + TIMEOUT
+        while self.sql(
+                "SELECT id FROM migrations WHERE instance_uuid = '%s' AND "
+                "deleted = 0 AND status NOT IN (%s)" % (
+                    server_id, ', '.join("'%s'" % status for status in
+                                         vocabulary.MigrationStatus
+                                         .NOVA_FINAL))):
+            if time.monotonic() > deadline:
+                raise RuntimeError('migrations of %s never ended'
+                                   % server_id)
+            time.sleep(0.5)
 
     def measure(self, server_id, case, destinations):
         """(request to ACTIVE s, downtime ms) of one migration."""
@@ -137,6 +153,7 @@ class Bench(object):
         total = time.monotonic() - started
         _, resumed = self.events.wait(self.uris[host], 'RESUME', [name])
         _, stopped = self.events.wait(self.uris[source], 'STOP', [name])
+        self.wait_settled(server_id)
         return total, (resumed - stopped) * 1000
 
 
