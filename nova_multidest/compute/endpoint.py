@@ -56,7 +56,6 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
-WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
 # Holds an instance's place in the stream table while its stream starts.
 _STARTING = object()
@@ -88,7 +87,7 @@ class ComputeEndpoint(object):
     ``hypervisor`` the extension it built (``virt/hypervisors/``).
     """
 
-    target = messaging.Target(version='1.0')
+    target = messaging.Target(version=rpcapi.RPC_API_VERSION)
 
     def __init__(self, driver, host, hypervisor):
         self.driver = driver
@@ -281,7 +280,8 @@ class ComputeEndpoint(object):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return vocabulary.WaitOutcome.TIMEOUT
-                prepared.changed.wait(min(left, WAIT_POLL_INTERVAL))
+                # The guest's events notify; nothing polls.
+                prepared.changed.wait(left)
 
     def resume_destination(self, context, instance, migration):
         self._check_destination_side(instance, migration)
@@ -506,6 +506,10 @@ class ComputeEndpoint(object):
             return False
         stream.abort()
         return True
+
+    def ping(self, context):
+        """Which RPC version this host serves, for nova-multidest-status."""
+        return {'host': self.host, 'rpc_version': rpcapi.RPC_API_VERSION}
 
     def source_status(self, context, instance):
         """The stream's state; 'failed' with 'error' if it never started."""
