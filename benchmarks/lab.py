@@ -52,6 +52,14 @@ from tools.lab import libvirtd
 from tools.lab import resources
 
 TIMEOUT = 900
+NOTE = ('One server of the lab, migrated back and forth, the two kinds '
+        'interleaved: "nova" is Nova\'s own live migration to one named '
+        'host (os-migrateLive), "multidest" the multi-destination one to '
+        'N named hosts (os-migrateLive-multi). Request to ACTIVE: from '
+        'the API request until Nova\'s database shows the server ACTIVE, '
+        'with no task, on another host. Downtime: the source QEMU\'s STOP '
+        'event to the RESUME event of the QEMU it ends on, with QEMU\'s '
+        'own timestamps.')
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -65,7 +73,7 @@ class Bench(object):
             host=self.lab.controller.address,
             port=layout.PORTS['mariadb'], user='lab',
             password=cloud.secrets['db'], database='nova', autocommit=True)
-        self.events = libvirt_migration.Events()
+        self.events = libvirt_migration.EventLoop()
         self.uris = {}
         self.connections = []
         for node in self.lab.hosts:
@@ -89,9 +97,10 @@ class Bench(object):
 
     def location(self, server_id):
         """(host, vm_state, task_state) from Nova's database."""
-        [row] = self.sql("SELECT host, vm_state, IFNULL(task_state, '') "
-                         "FROM instances WHERE uuid = '%s'" % server_id)
-        return row
+        rows = self.sql("SELECT host, vm_state, IFNULL(task_state, '') "
+                        "FROM instances WHERE uuid = '%s'" % server_id)
+        # Not in the cell's database until scheduled.
+        return rows[0] if rows else (None, 'building', 'scheduling')
 
     def boot(self):
         image = self.compute('GET', '/images?name=%s' % resources.IMAGE)
@@ -202,7 +211,7 @@ def main(argv=None):
         down = statistics.median(d for _, d in samples[case])
         rows.append([case, '%.2f' % total, '%.2fx' % (total / base_total),
                      '%.0f' % down, '%.2fx' % (down / base_down)])
-    report.note(__doc__.split('\n\n')[1].replace('\n', ' '))
+    report.note(NOTE)
     report.table(
         '%d MiB guest (TCG), %d MiB/s migration bandwidth, medians of %d'
         % (resources.FLAVOR_RAM_MB, _bandwidth(), args.repetitions),
