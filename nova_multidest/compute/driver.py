@@ -54,6 +54,8 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         server = rpc.get_server(target, [endpoint],
                                 serializer=objects_base.NovaObjectSerializer())
         server.start()
+        endpoint.start_sweeping(nova_context.get_admin_context(),
+                                compute_endpoint.SWEEP_INTERVAL)
         self.multidest = endpoint
         self._multidest_server = server
         LOG.info('Serving multi-destination migration on topic %s',

@@ -40,6 +40,7 @@ from oslo_utils import excutils
 from nova import exception as nova_exception
 from nova.network import neutron
 from nova import objects
+from nova import servicegroup
 from nova import thread_pool_factory
 from nova.virt import driver as virt_driver
 from nova.volume import cinder
@@ -58,6 +59,8 @@ LOG = logging.getLogger(__name__)
 MiB = 1 << 20
 WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
+# Seconds between two looks for destinations whose lease expired.
+SWEEP_INTERVAL = 60
 # Holds an instance's place in the stream table while its stream starts.
 _STARTING = object()
 
@@ -104,6 +107,10 @@ class ComputeEndpoint(object):
         self._streams = {}
         self._start_errors = {}
         self._tls = None
+        # Migration uuids whose prepare_destination call is in progress.
+        self._preparing = set()
+        self._swept = threading.Event()
+        self.servicegroup_api = servicegroup.API()
 
     # -- checks ------------------------------------------------------------
 
@@ -149,6 +156,18 @@ class ComputeEndpoint(object):
                   'migrate_data': migrate_data.obj_to_primitive()}
         prepared = _PreparedDestination(migration.uuid, record)
         self.journal.write(migration.uuid, record)
+        with self._lock:
+            self._preparing.add(migration.uuid)
+        try:
+            return self._prepare(context, instance, migration, prepared,
+                                 secret, migrate_data)
+        finally:
+            with self._lock:
+                self._preparing.discard(migration.uuid)
+
+    def _prepare(self, context, instance, migration, prepared, secret,
+                 migrate_data):
+        record = prepared.record
         try:
             source = self.compute_rpcapi.get_source_guest(context, instance)
             bdms = self._attach_volumes(context, instance, prepared)
@@ -182,6 +201,15 @@ class ComputeEndpoint(object):
                                   'failed', self.host, instance=instance)
         with self._lock:
             self._destinations[migration.uuid] = prepared
+        if not self._still_wanted(context, instance, migration.uuid):
+            self._revert(context, instance, prepared,
+                         delete_attachments=True)
+            with self._lock:
+                self._destinations.pop(migration.uuid, None)
+            raise exceptions.DestinationFailed(
+                destination=self.host,
+                reason='the conductor gave migration %s up while this host '
+                       'prepared it; it was reverted here' % migration.uuid)
         LOG.info('Destination %s ready, stream agent on %s:%s', self.host,
                  address[0], address[1], instance=instance)
         return {'agent_address': [address[0], address[1]],
@@ -575,6 +603,7 @@ class ComputeEndpoint(object):
 
     def close(self):
         """Close every relay and agent; the guests stay as they are."""
+        self._swept.set()
         with self._lock:
             streams = [stream for stream in self._streams.values()
                        if stream is not _STARTING]
@@ -586,6 +615,58 @@ class ComputeEndpoint(object):
         for destination in prepared:
             if destination.guest is not None:
                 destination.guest.close_stream()
+
+    def _still_wanted(self, context, instance, migration_uuid):
+        """The conductor still holds this destination (its lease)."""
+        try:
+            migration = objects.Migration.get_by_uuid(context,
+                                                      migration_uuid)
+            stored = self._group_records(context, instance)
+        except (nova_exception.MigrationNotFound,
+                nova_exception.InstanceNotFound):
+            return False
+        return (migration.status in vocabulary.MigrationStatus.IN_PROGRESS
+                and vocabulary.group_in_progress(stored) and
+                self._owner_up(context, stored))
+
+    def _owner_up(self, context, system_metadata):
+        """False once the owning conductor's service is down."""
+        owner = system_metadata.get(vocabulary.SYSMETA_OWNER)
+        if owner is None:
+            return True
+        service = objects.Service.get_by_host_and_binary(
+            context, owner, vocabulary.CONDUCTOR_BINARY)
+        return service is not None and self.servicegroup_api.service_is_up(
+            service)
+
+    def start_sweeping(self, context, interval):
+        """Sweep expired destinations every ``interval`` s until close()."""
+        def loop():
+            while not self._swept.wait(interval):
+                self.sweep(context)
+        _spawn(loop)
+
+    def sweep(self, context):
+        """Revert the destinations whose lease expired.
+
+        A destination prepared here lives while its Migration is in
+        progress, its group runs and the group's conductor is up; a
+        prepare still in flight is left to finish (it checks the same at
+        its end). What a conductor gave up, or left when it died, goes.
+        """
+        for migration_uuid in self.journal.migration_uuids():
+            with self._lock:
+                if migration_uuid in self._preparing:
+                    continue
+            record = self.journal.read(migration_uuid)
+            if record is None:
+                continue
+            try:
+                self._cleanup_record(context, migration_uuid, record,
+                                     lease=True)
+            except Exception:
+                LOG.exception('Sweeping the destination of migration %s '
+                              'failed; it is retried', migration_uuid)
 
     def cleanup_after_restart(self, context):
         """Destroy what abandoned or finished migrations left here.
@@ -605,7 +686,7 @@ class ComputeEndpoint(object):
                 LOG.exception('Cleaning up after migration %s failed; it '
                               'is retried at the next start', migration_uuid)
 
-    def _cleanup_record(self, context, migration_uuid, record):
+    def _cleanup_record(self, context, migration_uuid, record, lease=False):
         try:
             migration = objects.Migration.get_by_uuid(context,
                                                       migration_uuid)
@@ -624,12 +705,21 @@ class ComputeEndpoint(object):
             return
         in_group = vocabulary.group_in_progress(instance.system_metadata)
         if (migration is not None and in_group and
-                migration.status not in vocabulary.MigrationStatus.NOVA_FINAL):
-            LOG.info('Migration %s is still in progress; leaving this '
-                     'destination to the conductor', migration_uuid,
-                     instance=instance)
+                migration.status not in vocabulary.MigrationStatus.NOVA_FINAL
+                and not (lease and not self._owner_up(
+                    context, instance.system_metadata))):
+            if not lease:
+                LOG.info('Migration %s is still in progress; leaving this '
+                         'destination to the conductor', migration_uuid,
+                         instance=instance)
             return
-        LOG.info('Removing the destination of finished or abandoned '
-                 'migration %s', migration_uuid, instance=instance)
-        prepared = _PreparedDestination(migration_uuid, record)
+        if vocabulary.elected_migration(
+                instance.system_metadata) == migration_uuid:
+            # The recorded winner: only the conductor may end it.
+            return
+        LOG.info('Removing the destination of finished, abandoned or '
+                 'expired migration %s', migration_uuid, instance=instance)
+        with self._lock:
+            prepared = self._destinations.pop(migration_uuid, None)
+        prepared = prepared or _PreparedDestination(migration_uuid, record)
         self._revert(context, instance, prepared, delete_attachments=False)

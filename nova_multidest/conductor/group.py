@@ -79,6 +79,11 @@ class Destination:
     def fail(self, phase, error):
         self.reason = '%s: %s' % (phase, error)
 
+    @property
+    def label(self):
+        """How reasons and logs name it: its host, if it ever had one."""
+        return self.host or 'migration %s' % self.migration.uuid
+
 
 class Group(object):
     """The group of ``instance``; see the module doc for its life.
@@ -104,6 +109,11 @@ class Group(object):
         self.reasons = {}
         # The destinations of the current round, by Migration uuid.
         self.destinations = {}
+        # Set once the group's first record is written.
+        self.started = False
+        # (owner, generation) this process holds the group with; None
+        # before it holds it.
+        self.ownership = None
 
     def check_not_stopping(self):
         """Leave everything to recovery if our service is stopping.
@@ -114,12 +124,27 @@ class Group(object):
         if self._stopping is not None and self._stopping():
             raise exceptions.ConductorStopping(
                 instance_uuid=self.instance.uuid)
+        if self.ownership is not None:
+            stored = objects.Instance.get_by_uuid(
+                self.context, self.instance.uuid,
+                expected_attrs=['system_metadata']).system_metadata
+            if (not vocabulary.group_in_progress(stored) or
+                    records.ownership(stored) != self.ownership):
+                raise exceptions.GroupFenced(
+                    instance_uuid=self.instance.uuid,
+                    owner='%s (generation %s)' % records.ownership(stored))
+
+    def hold(self):
+        """This process now holds the group as its records say."""
+        self.ownership = records.ownership(self.instance.system_metadata)
 
     # -- the way forward ----------------------------------------------------
 
     def start_round(self, round_number):
         self.destinations = {}
-        records.start_group(self.instance, round_number)
+        records.start_group(self.instance, round_number, CONF.host)
+        self.started = True
+        self.hold()
 
     def add(self, destination):
         self.destinations[destination.migration.uuid] = destination
@@ -282,7 +307,7 @@ class Group(object):
             reason = '%s; left behind: %s' % (reason, '; '.join(leftovers))
             LOG.error('Destination %s reverted, but %s', destination.host,
                       reason, instance=self.instance)
-        self.reasons[destination.host] = reason
+        self.reasons[destination.label] = reason
         self.destinations.pop(destination.migration.uuid, None)
         self._record_destination_event(
             destination,
@@ -321,8 +346,9 @@ class Group(object):
         resources.sweep_attachments(self.context, self.clients.volume_api,
                                     instance)
         error = exceptions.AllDestinationsFailed(
-            reasons='; '.join('%s: %s' % item
-                              for item in sorted(self.reasons.items())) or
+            reasons='; '.join('%s: %s' % (key, value) for key, value in
+                              sorted(self.reasons.items(),
+                                     key=lambda item: str(item[0]))) or
             'no destination found')
         compute_utils.add_instance_fault_from_exc(
             self.context, instance, error, fault_message=str(error))
@@ -353,7 +379,9 @@ class Group(object):
         instance.refresh()
         if not records.group_in_progress(instance):
             return None
-        migrations = records.group_migrations(self.context, instance)
+        self._drop_pending_claim()
+        migrations = self._without_hostless(
+            records.group_migrations(self.context, instance))
         elected = self._elected_migration(migrations)
         if self.source is None:
             first = elected or (migrations[0] if migrations else None)
@@ -380,6 +408,33 @@ class Group(object):
         self.resume_source()
         self.reasons.setdefault('conductor', reason)
         return self.end_failed()
+
+    def _drop_pending_claim(self):
+        """Release the claim of a scheduler call never seen to return."""
+        consumer_uuid = records.pending_claim(self.instance)
+        if consumer_uuid is None:
+            return
+        resources.release(self.context, self.clients, self.instance, None,
+                          consumer_uuid, None)
+        records.set_pending_claim(self.instance, None)
+
+    def _without_hostless(self, migrations):
+        """Drop Migrations that never got a destination host.
+
+        Earlier releases created one before the scheduler call: nothing
+        was prepared for it, only its claim may exist. It is no
+        destination, so it gets no revert call and no reason.
+        """
+        kept = []
+        for migration in migrations:
+            if migration.dest_compute:
+                kept.append(migration)
+                continue
+            resources.release(self.context, self.clients, self.instance,
+                              None, migration.uuid, None)
+            records.set_status(migration,
+                               vocabulary.MigrationStatus.CANCELLED)
+        return kept
 
     def _elected_migration(self, migrations):
         winner_uuid = records.winner(self.instance)

@@ -38,6 +38,7 @@ from nova.objects import fields as obj_fields
 from nova_multidest.conductor import destinations as dest_mod
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
+from nova_multidest.conductor import recovery
 from nova_multidest.conductor import resources
 from nova_multidest import conf
 from nova_multidest import exceptions
@@ -149,10 +150,11 @@ class LiveMigrateMultiTask(base.TaskBase):
         except exceptions.ConductorStopping:
             LOG.info('Stopping: the migration is left to recovery',
                      instance=self.instance)
-        except Exception:
+        except Exception as error:
             LOG.exception('Could not end the multi-destination migration; '
                           'it is recovered at the next conductor start',
                           instance=self.instance)
+            recovery.record_fault(self.context, self.instance, error)
 
     # -- choosing destinations ---------------------------------------------
 
@@ -199,12 +201,6 @@ class LiveMigrateMultiTask(base.TaskBase):
         return objects.ComputeNode.get_by_host_and_nodename(
             self.context, host, node).id
 
-    def _set_dest_node(self, migration, host, node):
-        migration.dest_compute = host
-        migration.dest_node = node
-        migration.dest_compute_id = self._compute_node_id(host, node)
-        migration.save()
-
     def _choose(self, round_number):
         """Destinations of this round, each with its Migration record.
 
@@ -235,31 +231,49 @@ class LiveMigrateMultiTask(base.TaskBase):
         self.tried_hosts.add(host)
 
     def _schedule(self, wanted, exclude):
-        # The record exists before the claim: a crash in between leaves a
-        # Migration that recovery finds, never an orphaned allocation.
+        # Each claim's consumer is recorded before the claim (a Migration
+        # once its host is known, the group's pending claim key before):
+        # a crash in between leaves records that recovery finds, never an
+        # orphaned allocation.
         pending = {}
 
         def create(host, node, migration_uuid):
+            self.group.check_not_stopping()
             migration = self._new_migration(host, node, migration_uuid)
             pending[migration_uuid] = migration
 
-        candidates = dest_mod.schedule(
-            self.context, self.clients.query_client,
-            self.clients.report_client, self._request_spec(), self.instance,
-            wanted, exclude=exclude, before_claim=create)
+        def pending_claim(consumer_uuid):
+            if consumer_uuid is not None:
+                self.group.check_not_stopping()
+            records.set_pending_claim(self.instance, consumer_uuid)
+
+        try:
+            candidates = dest_mod.schedule(
+                self.context, self.clients.query_client,
+                self.clients.report_client, self._request_spec(),
+                self.instance, wanted, exclude=exclude, before_claim=create,
+                pending_claim=pending_claim)
+        except exceptions.ConductorStopping:
+            raise
+        except Exception:
+            self._drop_pending(pending.values())
+            raise
         chosen = []
         for candidate in candidates:
             migration = pending.pop(candidate.migration_uuid)
-            if migration.dest_compute != candidate.host:
-                self._set_dest_node(migration, candidate.host,
-                                    candidate.node)
             destination = group_mod.Destination(candidate.host, migration,
                                                 node=candidate.node)
             self.group.add(destination)
             chosen.append(destination)
-        for migration in pending.values():
-            records.set_status(migration, vocabulary.MigrationStatus.FAILED)
+        self._drop_pending(pending.values())
         return chosen
+
+    def _drop_pending(self, migrations):
+        """Fail the Migrations whose claim did not happen or was lost."""
+        for migration in migrations:
+            resources.release(self.context, self.clients, self.instance,
+                              None, migration.uuid, None)
+            records.set_status(migration, vocabulary.MigrationStatus.FAILED)
 
     # -- preparing destinations ---------------------------------------------
 
@@ -279,8 +293,11 @@ class LiveMigrateMultiTask(base.TaskBase):
                       for host in named}
             try:
                 chosen = self._choose(round_number)
-            except (exceptions.MultiDestError,
-                    nova_exception.NovaException) as error:
+            except exceptions.ConductorStopping:
+                raise
+            except Exception as error:
+                # Nova's errors, and any other the scheduler call raises
+                # (oslo.messaging's MessagingTimeout): no destination.
                 LOG.warning('Could not choose destinations: %s', error,
                             instance=self.instance)
                 self.group.reasons['scheduler'] = str(error)
@@ -314,6 +331,7 @@ class LiveMigrateMultiTask(base.TaskBase):
             else:
                 migrate_data = checks.result()
             phase = timings.next(vocabulary.DestinationPhase.BINDING)
+            self.group.check_not_stopping()
             resources.bind_ports(self.context, self.clients.network_api,
                                  self.instance, destination.host,
                                  migrate_data)

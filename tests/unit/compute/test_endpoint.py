@@ -81,7 +81,16 @@ class EndpointTestBase(testtools.TestCase):
         self.instance = mock.Mock(uuid='inst-1', host='src')
         self.instance.name = 'instance-1'
         self.migration = mock.Mock(uuid='mig-1', source_compute='src',
-                                   dest_compute='dst')
+                                   dest_compute='dst', status='preparing')
+        # As stored: the group runs and holds its destinations.
+        self.stored = mock.Mock(system_metadata={
+            vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE})
+        for name, value in ((objects.Migration, self.migration),
+                            (objects.Instance, self.stored)):
+            patcher = mock.patch.object(name, 'get_by_uuid',
+                                        return_value=value)
+            patcher.start()
+            self.addCleanup(patcher.stop)
 
     def endpoint(self, host='dst'):
         endpoint = compute_endpoint.ComputeEndpoint(

@@ -19,6 +19,7 @@ import testtools
 
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
+from nova_multidest.conductor import recovery
 from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
 from nova_multidest import conf
 from nova_multidest import exceptions
@@ -61,6 +62,11 @@ class TaskTestBase(testtools.TestCase):
                                'action'))
         self.fault = self.useFixture(_patch(
             'nova.compute.utils.add_instance_fault_from_exc')).mock
+        # The records as stored: what fencing checks read.
+        self.useFixture(_patch(
+            'nova.objects.Instance.get_by_uuid',
+            side_effect=lambda *a, **k: mock.Mock(
+                system_metadata=dict(self.instance.system_metadata))))
 
     def choose(self, *hosts):
         chosen = [destination(host) for host in hosts]
@@ -200,7 +206,7 @@ class RollbackTest(TaskTestBase):
 
     def start_streaming(self, *hosts):
         """A group whose destinations ``hosts`` receive the stream."""
-        records.start_group(self.instance, 1)
+        records.start_group(self.instance, 1, 'conductor-1')
         chosen = [destination(host, prepared=True) for host in hosts]
         for dest in chosen:
             self.task.group.add(dest)
@@ -268,6 +274,75 @@ class RollbackTest(TaskTestBase):
         self.task.rollback(RuntimeError('lost'))
         self.compute.revert_destination.assert_not_called()
         self.assertEqual('mig-a', records.winner(self.instance))
+
+
+class RecoveryRecordsTest(RollbackTest):
+    """Recovery never trips on the records it finds."""
+
+    def test_hostless_migration_and_pending_claim_are_no_destinations(self):
+        (real,) = self.start_streaming('a')
+        hostless = mock.Mock(uuid='mig-none', dest_compute=None,
+                             dest_node=None,
+                             status=vocabulary.MigrationStatus.ACCEPTED)
+        self.migrations.insert(0, hostless)
+        records.set_pending_claim(self.instance, 'consumer')
+        error = self.task.group.settle('restarted')
+        self.assertIsInstance(error, exceptions.AllDestinationsFailed)
+        self.compute.revert_destination.assert_called_once_with(
+            mock.ANY, self.instance, real.migration)
+        self.assertEqual(vocabulary.MigrationStatus.CANCELLED,
+                         hostless.status)
+        released = [c.args[4] for c in self.release.call_args_list]
+        self.assertEqual({'consumer', 'mig-none', 'mig-a'}, set(released))
+        self.assertEqual({'a', 'conductor'}, set(self.task.group.reasons))
+        self.assertIsNone(records.pending_claim(self.instance))
+        self.assertIsNone(self.instance.task_state)
+
+    def test_a_destination_without_host_is_named_by_its_migration(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.task.group.reasons['b'] = 'stream: lost'
+        odd = destination(None, prepared=True)
+        odd.migration.uuid = 'mig-x'
+        self.task.group.revert(odd, vocabulary.MigrationStatus.FAILED)
+        error = self.task.group.end_failed()
+        self.assertIn('migration mig-x: failed', str(error))
+        self.assertIn('b: stream: lost', str(error))
+
+    def test_scheduler_messaging_timeout_ends_the_round_cleanly(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.useFixture(_patch_object(
+            self.task, '_choose',
+            side_effect=exceptions.SchedulingFailed(reason='timed out')))
+        self.assertEqual([], self.task._prepare_round(1))
+        self.assertIn('timed out', self.task.group.reasons['scheduler'])
+
+    def test_a_failing_group_never_stops_recovery_of_the_others(self):
+        instances = [
+            mock.Mock(uuid=uuid, system_metadata={
+                vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE})
+            for uuid in ('one', 'two')]
+        cell = mock.Mock(**{'is_cell0.return_value': False})
+        self.useFixture(_patch('nova.objects.CellMappingList.get_all',
+                               return_value=[cell]))
+        self.useFixture(_patch('nova.context.target_cell'))
+        self.useFixture(_patch(
+            'nova_multidest.conductor.recovery._interrupted',
+            return_value=instances))
+        settled = []
+
+        def settle(group, reason):
+            settled.append(group.instance.uuid)
+            if group.instance.uuid == 'one':
+                raise TypeError('broken record')
+
+        self.useFixture(_patch(
+            'nova_multidest.conductor.group.Group.settle',
+            side_effect=settle, autospec=True))
+        recovery.recover_all(mock.Mock(), self.clients)
+        self.assertEqual(['one', 'two'], settled)
+        (call,) = self.fault.call_args_list
+        self.assertIs(instances[0], call.args[1])
+        self.assertIn('broken record', call.kwargs['fault_message'])
 
 
 def _patch(target, **kwargs):
