@@ -283,6 +283,72 @@ class DestinationSideTest(EndpointTestBase):
                 status)
         self.assertEqual([], endpoint.journal.migration_uuids())
 
+    def test_a_prepare_the_conductor_gave_up_meanwhile_reverts_itself(self):
+        endpoint = self.endpoint()
+
+        def given_up(*args, **kwargs):
+            # Recovery failed this destination while the prepare ran.
+            self.migration.status = 'failed'
+            return SOURCE_XML
+
+        self.driver.multidest_destination_xml.side_effect = given_up
+        error = self.assertRaises(
+            exceptions.DestinationFailed, endpoint.prepare_destination,
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        self.assertIn('gave migration mig-1 up', str(error))
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+        self.assertEqual({}, endpoint._destinations)
+        self.assertEqual([], endpoint.journal.migration_uuids())
+
+    def prepared_endpoint(self):
+        endpoint = self.endpoint()
+        endpoint.prepare_destination('ctxt', self.instance, self.migration,
+                                     SECRET_HEX, False, self.migrate_data())
+        self.instance.system_metadata = dict(self.stored.system_metadata)
+        return endpoint
+
+    def test_sweep_keeps_what_its_live_conductor_holds(self):
+        endpoint = self.prepared_endpoint()
+        self.instance.system_metadata[vocabulary.SYSMETA_OWNER] = 'cond'
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=self.instance), \
+                mock.patch.object(objects.Service, 'get_by_host_and_binary'):
+            endpoint.servicegroup_api = mock.Mock(**{
+                'service_is_up.return_value': True})
+            endpoint.sweep('ctxt')
+        self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
+        self.driver.rollback_live_migration_at_destination.assert_not_called()
+
+    def test_sweep_reverts_a_destination_whose_lease_expired(self):
+        endpoint = self.prepared_endpoint()
+        self.instance.system_metadata[vocabulary.SYSMETA_OWNER] = 'cond'
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=self.instance), \
+                mock.patch.object(objects.Service, 'get_by_host_and_binary'):
+            endpoint.servicegroup_api = mock.Mock(**{
+                'service_is_up.return_value': False})
+            endpoint.sweep('ctxt')
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.assertEqual({}, endpoint._destinations)
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+
+    def test_sweep_reverts_what_the_conductor_gave_up(self):
+        endpoint = self.prepared_endpoint()
+        self.migration.status = 'failed'
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=self.instance):
+            endpoint.sweep('ctxt')
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+
+    def test_sweep_leaves_a_prepare_in_flight_alone(self):
+        endpoint = self.prepared_endpoint()
+        self.migration.status = 'failed'
+        endpoint._preparing.add('mig-1')
+        endpoint.sweep('ctxt')
+        self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
+
     def test_cleanup_after_restart_reverts_abandoned_groups(self):
         endpoint = self.endpoint()
         endpoint.journal.write('mig-1', {

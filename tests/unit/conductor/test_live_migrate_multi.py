@@ -345,6 +345,53 @@ class RecoveryRecordsTest(RollbackTest):
         self.assertIn('broken record', call.kwargs['fault_message'])
 
 
+class OwnershipTest(RollbackTest):
+    """A group has one owner; a stale one stops at its next step."""
+
+    def test_a_stale_owner_is_fenced_at_its_next_step(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.task.group.hold()
+        self.task.group.check_not_stopping()
+        stored = dict(self.instance.system_metadata)
+        stored[vocabulary.SYSMETA_OWNER] = 'conductor-2'
+        stored[vocabulary.SYSMETA_GENERATION] = '2'
+        self.useFixture(_patch('nova.objects.Instance.get_by_uuid',
+                               return_value=mock.Mock(
+                                   system_metadata=stored)))
+        error = self.assertRaises(exceptions.GroupFenced,
+                                  self.task.group.check_not_stopping)
+        self.assertIn('conductor-2 (generation 2)', str(error))
+        # Fenced is a kind of stopping: the rollback touches nothing.
+        self.task.rollback(error)
+        self.compute.revert_destination.assert_not_called()
+
+    def test_take_over_bumps_the_generation(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        records.take_over(self.instance, 'conductor-2')
+        self.assertEqual(('conductor-2', '2'),
+                         records.ownership(self.instance.system_metadata))
+
+    def ours(self, owner, at_start=False, running=(), owner_up=False):
+        self.conf.config(host='conductor-1')
+        meta = {}
+        if owner:
+            meta[vocabulary.SYSMETA_OWNER] = owner
+        instance = mock.Mock(uuid='inst', system_metadata=meta)
+        self.clients.servicegroup_api.service_is_up.return_value = owner_up
+        self.useFixture(_patch(
+            'nova.objects.Service.get_by_host_and_binary'))
+        return recovery._ours_to_take(mock.Mock(), self.clients, instance,
+                                      at_start, running)
+
+    def test_recovery_takes_only_groups_it_owns_or_whose_lease_expired(self):
+        self.assertTrue(self.ours(None, at_start=True))
+        self.assertFalse(self.ours(None))
+        self.assertTrue(self.ours('conductor-1'))
+        self.assertFalse(self.ours('conductor-1', running={'inst'}))
+        self.assertFalse(self.ours('conductor-2', owner_up=True))
+        self.assertTrue(self.ours('conductor-2', owner_up=False))
+
+
 def _patch(target, **kwargs):
     return fixtures.MockPatch(target, **kwargs)
 
