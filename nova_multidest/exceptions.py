@@ -124,6 +124,14 @@ class ConductorStopping(MultiDestError):
     code = 503
 
 
+class WinnerUnknown(MultiDestError):
+    msg_fmt = ('The elected destination %(host)s of %(instance_uuid)s did '
+               'not answer whether its guest runs (%(reason)s). No other '
+               'copy will ever be elected; nova-multidest-conductor asks '
+               'it again at its next recovery. Bring %(host)s back if it is '
+               'down.')
+
+
 class GroupFenced(ConductorStopping):
     msg_fmt = ('The migration of %(instance_uuid)s was taken over by '
                '%(owner)s (this conductor was thought dead); this conductor '

@@ -312,26 +312,48 @@ class ComputeEndpoint(object):
                 prepared.changed.wait(min(left, WAIT_POLL_INTERVAL))
 
     def resume_destination(self, context, instance, migration):
+        """Let the recorded winner's guest run; idempotent.
+
+        Asked again after a reply was lost, a winner whose guest already
+        runs here answers success: the conductor must never take a lost
+        reply for a failure and elect another copy. An error means the
+        guest does not run.
+        """
         self._check_destination_side(instance, migration)
-        with self._lock:
-            prepared = self._destinations.get(migration.uuid)
-        if prepared is None or prepared.guest is None:
-            raise exceptions.DestinationFailed(
-                destination=self.host,
-                reason='it holds no incoming guest for migration %s; elect '
-                       'another destination' % migration.uuid)
-        winner = self._group_records(context, instance).get(
-            vocabulary.SYSMETA_WINNER)
+        stored = self._group_records(context, instance)
+        winner = stored.get(vocabulary.SYSMETA_WINNER)
         if winner != migration.uuid:
             raise exceptions.CopyMayHaveRun(
                 instance_uuid=instance.uuid, host=self.host,
                 reason='the recorded winner is %s, not migration %s'
                        % (winner, migration.uuid))
-        prepared.guest.resume()
-        prepared.guest.close_stream()
         with self._lock:
-            self._destinations.pop(migration.uuid, None)
-        self.journal.delete(migration.uuid)
+            prepared = self._destinations.get(migration.uuid)
+        if prepared is None or prepared.guest is None:
+            if self.driver.multidest_guest_running(instance):
+                LOG.info('Guest already runs on %s for migration %s',
+                         self.host, migration.uuid, instance=instance)
+                return
+            raise exceptions.DestinationFailed(
+                destination=self.host,
+                reason='it holds no incoming guest for migration %s; elect '
+                       'another destination' % migration.uuid)
+        try:
+            prepared.guest.resume()
+        except Exception:
+            if not prepared.guest.is_running():
+                raise
+            LOG.exception('Resuming reported an error, but the guest runs',
+                          instance=instance)
+        try:
+            prepared.guest.close_stream()
+            with self._lock:
+                self._destinations.pop(migration.uuid, None)
+            self.journal.delete(migration.uuid)
+        except Exception:
+            # The guest runs: the answer must say so.
+            LOG.exception('Cleaning up after the resume failed',
+                          instance=instance)
         LOG.info('Guest resumed on %s for migration %s', self.host,
                  migration.uuid, instance=instance)
 

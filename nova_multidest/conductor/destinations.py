@@ -181,7 +181,11 @@ def schedule(context, query_client, report_client, spec, instance, count,
         wanted = _spread_order(context, selections, used_domains)
         wanted = wanted[:count - len(picked)]
         if first in wanted:
-            before_claim(first.service_host, first.nodename, first_uuid)
+            try:
+                before_claim(first.service_host, first.nodename, first_uuid)
+            except Exception:
+                _drop_claim(context, report_client, first_uuid)
+                raise
             picked.append(Candidate(first.service_host, first.nodename,
                                     first_uuid))
         else:

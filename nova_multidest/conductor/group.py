@@ -39,9 +39,11 @@ the same ends through ``settle``, from Nova's records alone.
 
 import concurrent.futures
 import dataclasses
+import time
 import typing
 
 from oslo_log import log as logging
+import oslo_messaging as messaging
 
 from nova import availability_zones
 from nova.compute import power_state
@@ -61,6 +63,14 @@ LOG = logging.getLogger(__name__)
 CONF = conf.CONF
 
 LOST_ELECTION = 'another destination won'
+# Seconds between two resume calls whose answers were lost.
+_RESUME_RETRY_INTERVAL = 1.0
+
+
+def _answer_lost(error):
+    """True if a call may have run although no answer came back."""
+    return (isinstance(error, messaging.MessagingException) and
+            not isinstance(error, messaging.RemoteError))
 
 
 @dataclasses.dataclass
@@ -174,19 +184,35 @@ class Group(object):
     def _resume_elected(self, destination):
         """Resume the recorded winner; False (winner cleared) if it can't.
 
-        A destination that fails to resume never ran (the compute's
-        contract), so the election may go on without it.
+        A destination that answers with an error never ran (the compute's
+        contract), so the election may go on without it. A call whose
+        answer never came may have resumed the guest: it is asked again
+        (resume is idempotent) and, without an answer, the winner stays
+        recorded and no other copy is ever elected (WinnerUnknown).
         """
-        try:
-            self.clients.multidest_compute.resume_destination(
-                self.context, self.instance, destination.migration)
-        except Exception as error:
-            self.check_not_stopping()
-            LOG.warning('Elected destination %s failed to resume: %s',
-                        destination.host, error, instance=self.instance)
-            destination.fail(vocabulary.DestinationPhase.RESUME, error)
-            records.clear_winner(self.instance)
-            return False
+        deadline = time.monotonic() + CONF.multidest.election_timeout
+        while True:
+            try:
+                self.clients.multidest_compute.resume_destination(
+                    self.context, self.instance, destination.migration)
+                break
+            except Exception as error:
+                self.check_not_stopping()
+                if _answer_lost(error):
+                    if time.monotonic() < deadline:
+                        LOG.warning('No answer from the elected %s; asking '
+                                    'again: %s', destination.host, error,
+                                    instance=self.instance)
+                        time.sleep(_RESUME_RETRY_INTERVAL)
+                        continue
+                    raise exceptions.WinnerUnknown(
+                        instance_uuid=self.instance.uuid,
+                        host=destination.host, reason=error)
+                LOG.warning('Elected destination %s failed to resume: %s',
+                            destination.host, error, instance=self.instance)
+                destination.fail(vocabulary.DestinationPhase.RESUME, error)
+                records.clear_winner(self.instance)
+                return False
         records.record_resumed(self.instance, destination.migration.uuid)
         return True
 

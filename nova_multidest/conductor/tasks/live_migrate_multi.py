@@ -243,8 +243,7 @@ class LiveMigrateMultiTask(base.TaskBase):
             pending[migration_uuid] = migration
 
         def pending_claim(consumer_uuid):
-            if consumer_uuid is not None:
-                self.group.check_not_stopping()
+            self.group.check_not_stopping()
             records.set_pending_claim(self.instance, consumer_uuid)
 
         try:

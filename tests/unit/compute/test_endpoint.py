@@ -283,6 +283,19 @@ class DestinationSideTest(EndpointTestBase):
                 status)
         self.assertEqual([], endpoint.journal.migration_uuids())
 
+    def test_resume_asked_again_after_a_lost_reply_succeeds(self):
+        endpoint, guest = self.completed_destination()
+        self.stored_instance(multidest_active='true',
+                             multidest_winner='mig-1')
+        endpoint.resume_destination('ctxt', self.instance, self.migration)
+        self.assertTrue(guest.resumed)
+        self.driver.multidest_guest_running.return_value = True
+        endpoint.resume_destination('ctxt', self.instance, self.migration)
+        self.driver.multidest_guest_running.return_value = False
+        self.assertRaises(exceptions.DestinationFailed,
+                          endpoint.resume_destination, 'ctxt',
+                          self.instance, self.migration)
+
     def test_a_prepare_the_conductor_gave_up_meanwhile_reverts_itself(self):
         endpoint = self.endpoint()
 

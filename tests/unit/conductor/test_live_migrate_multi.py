@@ -15,6 +15,7 @@ from unittest import mock
 
 import fixtures
 from oslo_config import fixture as config_fixture
+import oslo_messaging
 import testtools
 
 from nova_multidest.conductor import group as group_mod
@@ -192,6 +193,28 @@ class TaskTest(TaskTestBase):
                          self.task.group.reasons['a'])
         self.assertEqual(vocabulary.MigrationStatus.FAILED,
                          loser.migration.status)
+
+    def test_a_lost_resume_reply_never_elects_another_copy(self):
+        self.conf.config(election_timeout=1, group='multidest')
+        self.useFixture(_patch_object(group_mod, '_RESUME_RETRY_INTERVAL',
+                                      new=0))
+        winner = destination('a', prepared=True)
+        self.compute.resume_destination.side_effect = (
+            oslo_messaging.MessagingTimeout('no reply'))
+        self.assertRaises(exceptions.WinnerUnknown,
+                          self.task.group.elect, winner)
+        self.assertEqual('mig-a', records.winner(self.instance))
+        self.assertGreater(self.compute.resume_destination.call_count, 1)
+        self.compute.revert_destination.assert_not_called()
+
+    def test_a_lost_reply_then_an_answer_resumes_the_same_winner(self):
+        winner = destination('a', prepared=True)
+        self.useFixture(_patch_object(group_mod, '_RESUME_RETRY_INTERVAL',
+                                      new=0))
+        self.compute.resume_destination.side_effect = [
+            oslo_messaging.MessagingTimeout('no reply'), None]
+        self.assertTrue(self.task.group.elect(winner))
+        self.assertEqual('mig-a', records.resumed(self.instance))
 
 
 class RollbackTest(TaskTestBase):
