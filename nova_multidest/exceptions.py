@@ -92,6 +92,12 @@ class GroupNotStarted(MultiDestError):
                'source. Retry once the cause is fixed.')
 
 
+class SourceStreamFailed(MultiDestError):
+    msg_fmt = ('The source %(host)s could not start its migration stream: '
+               '%(reason)s. The guest keeps running there; every '
+               'destination is reverted.')
+
+
 class HypervisorError(MultiDestError):
     msg_fmt = 'Hypervisor operation %(operation)s failed: %(reason)s'
 

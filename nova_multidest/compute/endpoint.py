@@ -91,7 +91,7 @@ class ComputeEndpoint(object):
     ``hypervisor`` the extension it built (``virt/hypervisors/``).
     """
 
-    target = messaging.Target(version='1.0')
+    target = messaging.Target(version='1.1')
 
     def __init__(self, driver, host, hypervisor):
         self.driver = driver
@@ -437,7 +437,12 @@ class ComputeEndpoint(object):
         return {'xml': self.hypervisor.source_xml(instance.name)}
 
     def start_stream(self, context, instance, destinations, secret,
-                     topology, warm_up):
+                     topology, warm_up, report_errors=False):
+        """Start the one outgoing stream of the instance.
+
+        With ``report_errors`` (1.1, a call) a stream that cannot start
+        raises its error to the conductor; a 1.0 cast only logs it.
+        """
         self._check_source_side(instance)
         with self._lock:
             previous = self._streams.get(instance.uuid)
@@ -467,6 +472,9 @@ class ComputeEndpoint(object):
                 self._start_errors[instance.uuid] = str(exc)
             if stream is not None:
                 stream.close()
+            if report_errors:
+                raise exceptions.SourceStreamFailed(host=self.host,
+                                                    reason=exc)
             return
         LOG.info('Streaming to %s (%s)',
                  ', '.join(d['host'] for d in destinations), topology,

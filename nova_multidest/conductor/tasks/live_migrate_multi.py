@@ -29,6 +29,7 @@ import queue
 import time
 
 from oslo_log import log as logging
+import oslo_messaging as messaging
 
 from nova.conductor.tasks import base
 from nova import exception as nova_exception
@@ -71,6 +72,14 @@ class _PhaseTimer(object):
 
     def __str__(self):
         return ', '.join('%s %.2fs' % item for item in self.spent)
+
+
+def remote_reason(error):
+    """The message of an error a remote service raised, without its trace."""
+    if isinstance(error, messaging.RemoteError):
+        return error.value
+    text = error.args[0] if error.args else str(error)
+    return str(text).split('\n', 1)[0]
 
 
 def block_migration_flag(block_migration):
@@ -391,11 +400,23 @@ class LiveMigrateMultiTask(base.TaskBase):
         """
         self.group.stream(ready)
         self.group.check_not_stopping()
-        self.clients.multidest_compute.start_stream(
-            self.context, self.instance,
-            [{'migration_uuid': d.migration.uuid, 'host': d.host,
-              'agent_address': d.agent_address} for d in ready],
-            self.secret, self._topology(), self.warm_up)
+        try:
+            self.clients.multidest_compute.start_stream(
+                self.context, self.instance,
+                [{'migration_uuid': d.migration.uuid, 'host': d.host,
+                  'agent_address': d.agent_address} for d in ready],
+                self.secret, self._topology(), self.warm_up)
+        except Exception as error:
+            # The source answered (1.1): its stream never started.
+            self.group.check_not_stopping()
+            reason = remote_reason(error)
+            LOG.warning('The source could not start its stream: %s', reason,
+                        instance=self.instance)
+            self.group.reasons['source %s' % self.group.source] = reason
+            for destination in ready:
+                destination.fail(vocabulary.DestinationPhase.STREAM,
+                                 'the source could not start its stream')
+            return None, list(ready)
         timeout = (CONF.multidest.completion_timeout +
                    CONF.multidest.election_timeout)
         reports = queue.Queue()

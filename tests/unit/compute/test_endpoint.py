@@ -433,6 +433,16 @@ class SourceSideTest(EndpointTestBase):
         self.assertIn('dst: no', status['error'])
         self.assertFalse(self.source.has_stream(self.instance))
 
+    def test_a_1_1_caller_gets_the_start_error_at_once(self):
+        self.source.hypervisor.create_relay = mock.Mock(
+            side_effect=exceptions.AllDestinationsFailed(reasons='dst: no'))
+        error = self.assertRaises(
+            exceptions.SourceStreamFailed, self.source.start_stream, 'ctxt',
+            self.instance, [], SECRET_HEX, 'star', False, report_errors=True)
+        self.assertIn('src could not start', str(error))
+        self.assertIn('dst: no', str(error))
+        self.assertFalse(self.source.has_stream(self.instance))
+
     def test_a_finished_stream_makes_room_for_the_next_round(self):
         self.stream()
         first = self.source._stream(self.instance)

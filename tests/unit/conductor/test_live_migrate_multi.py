@@ -237,11 +237,32 @@ class RollbackTest(TaskTestBase):
         self.migrations = [d.migration for d in chosen]
         return chosen
 
-    def test_execute_rolls_back_a_stream_that_cannot_start(self):
+    def test_a_source_that_cannot_stream_says_why_at_once(self):
         chosen = self.start_streaming('a', 'b')
         self.useFixture(_patch_object(self.task, '_prepare_round',
                                       return_value=chosen))
-        self.compute.start_stream.side_effect = RuntimeError('bus down')
+        self.compute.start_stream.side_effect = oslo_messaging.RemoteError(
+            'SourceStreamFailed', 'QEMU refused: migrate busy', 'trace')
+        error = self.assertRaises(exceptions.AllDestinationsFailed,
+                                  self.task.execute)
+        self.assertIn('source src: QEMU refused: migrate busy', str(error))
+        self.compute.wait_destination.assert_not_called()
+        self.assertEqual(
+            [vocabulary.MigrationStatus.FAILED] * 2,
+            [d.migration.status for d in chosen])
+        self.assertEqual(2, self.compute.revert_destination.call_count)
+        self.compute.resume_source.assert_called_once_with(
+            mock.ANY, self.instance)
+        self.assertFalse(records.group_in_progress(self.instance))
+        self.assertIn('QEMU refused', self.fault.call_args.kwargs[
+            'fault_message'])
+
+    def test_execute_rolls_back_what_fails_unexpectedly(self):
+        chosen = self.start_streaming('a', 'b')
+        self.useFixture(_patch_object(self.task, '_prepare_round',
+                                      return_value=chosen))
+        self.useFixture(_patch_object(self.task, '_stream_and_elect',
+                                      side_effect=RuntimeError('bus down')))
         error = self.assertRaises(RuntimeError, self.task.execute)
         self.assertEqual('bus down', str(error))
         self.assertEqual(
