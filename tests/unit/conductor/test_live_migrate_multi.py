@@ -14,17 +14,15 @@ import threading
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
 import oslo_messaging
-import testtools
 
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
 from nova_multidest.conductor import recovery
 from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
-from nova_multidest import conf
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
+from tests import base
 
 
 def destination(host, prepared=False):
@@ -34,11 +32,10 @@ def destination(host, prepared=False):
         prepare_sent=prepared)
 
 
-class TaskTestBase(testtools.TestCase):
+class TaskTestBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
         self.instance = mock.Mock(uuid='inst', host='src', node='src',
                                   system_metadata={}, task_state='migrating')
         self.clients = mock.Mock()
@@ -151,7 +148,7 @@ class TaskTest(TaskTestBase):
             mock.ANY, self.instance, first.migration)
 
     def test_too_few_destinations_keep_the_source(self):
-        self.conf.config(min_destinations=2, group='multidest')
+        self.flags(min_destinations=2)
         good, bad = self.choose('good', 'bad')
 
         def prepare(ctxt, instance, migration, *args):
@@ -195,7 +192,7 @@ class TaskTest(TaskTestBase):
                          loser.migration.status)
 
     def test_a_lost_resume_reply_never_elects_another_copy(self):
-        self.conf.config(election_timeout=1, group='multidest')
+        self.flags(election_timeout=1)
         self.useFixture(_patch_object(group_mod, '_RESUME_RETRY_INTERVAL',
                                       new=0))
         winner = destination('a', prepared=True)
@@ -416,7 +413,7 @@ class OwnershipTest(RollbackTest):
                          records.ownership(self.instance.system_metadata))
 
     def ours(self, owner, at_start=False, running=(), owner_up=False):
-        self.conf.config(host='conductor-1')
+        self.flags(group=None, host='conductor-1')
         meta = {}
         if owner:
             meta[vocabulary.SYSMETA_OWNER] = owner

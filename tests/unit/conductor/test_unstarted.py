@@ -14,9 +14,7 @@ import datetime
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
 from oslo_utils import timeutils
-import testtools
 
 from nova.compute import instance_actions
 from nova.compute import task_states
@@ -25,17 +23,16 @@ from nova import exception as nova_exception
 from nova_multidest.conductor import manager as manager_mod
 from nova_multidest.conductor import records
 from nova_multidest.conductor import unstarted
-from nova_multidest import conf
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
+from tests import base
 
 
-class UnstartedTestBase(testtools.TestCase):
+class UnstartedTestBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
-        self.conf.config(accept_timeout=100, group='multidest')
+        self.flags(accept_timeout=100)
         self.instance = mock.Mock(uuid='inst', system_metadata={},
                                   task_state=task_states.MIGRATING)
         self.fault = self.patch(
