@@ -117,6 +117,7 @@ class Group(object):
         # Why each destination (or round) failed, for the fault and the
         # last_result summary.
         self.reasons = {}
+        self._destination_labels = set()
         # The destinations of the current round, by Migration uuid.
         self.destinations = {}
         # Set once the group's first record is written.
@@ -334,6 +335,7 @@ class Group(object):
             LOG.error('Destination %s reverted, but %s', destination.host,
                       reason, instance=self.instance)
         self.reasons[destination.label] = reason
+        self._destination_labels.add(destination.label)
         self.destinations.pop(destination.migration.uuid, None)
         self._record_destination_event(
             destination,
@@ -371,10 +373,13 @@ class Group(object):
         instance = self.instance
         resources.sweep_attachments(self.context, self.clients.volume_api,
                                     instance)
+        # The group's own reasons (source, scheduler, conductor) first: the
+        # fault message keeps 255 characters.
+        ordered = sorted(self.reasons.items(),
+                         key=lambda item: (item[0] in self._destination_labels,
+                                           str(item[0])))
         error = exceptions.AllDestinationsFailed(
-            reasons='; '.join('%s: %s' % (key, value) for key, value in
-                              sorted(self.reasons.items(),
-                                     key=lambda item: str(item[0]))) or
+            reasons='; '.join('%s: %s' % item for item in ordered) or
             'no destination found')
         compute_utils.add_instance_fault_from_exc(
             self.context, instance, error, fault_message=str(error))
