@@ -118,7 +118,13 @@ class MultiDestConductorManager(manager.Manager):
                         'back meanwhile', instance.task_state,
                         instance=instance)
             return
-        if unstarted.too_old(context, instance):
+        try:
+            late = unstarted.too_old(context, instance)
+        except Exception:
+            LOG.exception('Could not tell the age of the request; it runs',
+                          instance=instance)
+            late = False
+        if late:
             unstarted.abandon(context, instance, exceptions.RequestNotStarted(
                 seconds=CONF.multidest.accept_timeout // 2))
             return

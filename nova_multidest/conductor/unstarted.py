@@ -98,7 +98,13 @@ def request_age(context, instance):
         return None
     if action is None or action.start_time is None:
         return None
-    return timeutils.delta_seconds(action.start_time, timeutils.utcnow())
+    return _age(action)
+
+
+def _age(action):
+    """Seconds since the action started (the database's time is aware)."""
+    return timeutils.delta_seconds(
+        timeutils.normalize_time(action.start_time), timeutils.utcnow())
 
 
 def too_old(context, instance):
@@ -140,8 +146,7 @@ def _never_started(context, instance):
     if (action.action != instance_actions.LIVE_MIGRATION or
             action.finish_time is not None or action.start_time is None):
         return False
-    age = timeutils.delta_seconds(action.start_time, timeutils.utcnow())
-    if age < CONF.multidest.accept_timeout:
+    if _age(action) < CONF.multidest.accept_timeout:
         return False
     if objects.InstanceActionEventList.get_by_action(context, action.id):
         # A conductor (ours or Nova's) took it.

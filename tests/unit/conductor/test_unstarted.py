@@ -84,7 +84,9 @@ class NeverStartedTest(UnstartedTestBase):
         super().setUp()
         self.action = mock.Mock(
             id=7, action=instance_actions.LIVE_MIGRATION, finish_time=None,
-            start_time=timeutils.utcnow() - datetime.timedelta(seconds=101))
+            # As the database answers: an aware datetime.
+            start_time=timeutils.utcnow(with_timezone=True) -
+            datetime.timedelta(seconds=101))
         self.patch('nova.objects.InstanceActionList.get_by_instance_uuid',
                    side_effect=lambda *a, **k: [self.action])
         self.events = self.patch(
