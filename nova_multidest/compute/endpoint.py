@@ -674,7 +674,10 @@ class ComputeEndpoint(object):
         def loop():
             while not self._swept.wait(interval):
                 self.sweep(context)
-        _spawn(loop)
+        # A thread of its own: it would hold a worker of Nova's long-task
+        # pool (builds, snapshots, our streams) for the life of the service.
+        threading.Thread(target=loop, name='multidest-sweep',
+                         daemon=True).start()
 
     def sweep(self, context):
         """Revert the destinations whose lease expired.
