@@ -666,8 +666,10 @@ class ComputeEndpoint(object):
             return True
         service = objects.Service.get_by_host_and_binary(
             context, owner, vocabulary.CONDUCTOR_BINARY)
-        return service is not None and self.servicegroup_api.service_is_up(
-            service)
+        if service is None:
+            # No record to judge the lease by: the conductors decide.
+            return True
+        return self.servicegroup_api.service_is_up(service)
 
     def start_sweeping(self, context, interval):
         """Sweep expired destinations every ``interval`` s until close()."""

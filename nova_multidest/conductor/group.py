@@ -106,7 +106,8 @@ class Group(object):
     """
 
     def __init__(self, context, instance, clients, source=None,
-                 source_node=None, block_migration=None, stopping=None):
+                 source_node=None, block_migration=None, stopping=None,
+                 owner=None):
         self.context = context
         self.instance = instance
         self.clients = clients
@@ -114,6 +115,8 @@ class Group(object):
         self.source_node = source_node
         self.block_migration = block_migration
         self._stopping = stopping
+        # The conductor service host that drives this group.
+        self.owner = owner
         # Why each destination (or round) failed, for the fault and the
         # last_result summary.
         self.reasons = {}
@@ -153,7 +156,8 @@ class Group(object):
 
     def start_round(self, round_number):
         self.destinations = {}
-        records.start_group(self.instance, round_number, CONF.host)
+        records.start_group(self.instance, round_number,
+                            self.owner or CONF.host)
         self.started = True
         self.hold()
 

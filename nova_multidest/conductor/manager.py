@@ -69,7 +69,8 @@ class MultiDestConductorManager(manager.Manager):
         try:
             recovery.recover_all(context, self.clients, self.stopping,
                                  at_start=at_start,
-                                 running=frozenset(self._running))
+                                 running=frozenset(self._running),
+                                 host=self.host)
         except Exception:
             LOG.exception('Recovery of interrupted migrations failed; it '
                           'runs again at the next start')
@@ -165,4 +166,4 @@ class MultiDestConductorManager(manager.Manager):
         return live_migrate_multi.LiveMigrateMultiTask(
             context, instance, self.clients, destinations=destinations,
             count=count, block_migration=block_migration, warm_up=warm_up,
-            stopping=self.stopping)
+            stopping=self.stopping, owner=self.host)

@@ -40,7 +40,7 @@ REASON = 'interrupted: nova-multidest-conductor restarted'
 
 
 def recover_all(context, clients, stopping=None, at_start=True,
-                running=()):
+                running=(), host=None):
     """Recover every interrupted group of every cell that is ours to take.
 
     A group is ours to take when its owner is this conductor (a previous
@@ -60,25 +60,25 @@ def recover_all(context, clients, stopping=None, at_start=True,
                     if stopping is not None and stopping():
                         return
                     if not _ours_to_take(context, clients, instance,
-                                         at_start, running):
+                                         at_start, running, host):
                         continue
                     LOG.info('Recovering an interrupted multi-destination '
                              'live migration', instance=instance)
                     recover_instance(cell_context, clients, instance,
-                                     stopping)
+                                     stopping, host)
         except Exception:
             LOG.exception('Could not look for interrupted migrations in '
                           'cell %s; they are recovered at the next start',
                           cell.uuid)
 
 
-def _ours_to_take(context, clients, instance, at_start, running):
+def _ours_to_take(context, clients, instance, at_start, running, host):
     if instance.uuid in running:
         return False
     owner, _ = records.ownership(instance.system_metadata)
     if owner is None:
         return at_start
-    if owner == CONF.host:
+    if owner == host:
         return True
     service = objects.Service.get_by_host_and_binary(
         context, owner, vocabulary.CONDUCTOR_BINARY)
@@ -99,14 +99,16 @@ def _interrupted(context):
         expected_attrs=list(vocabulary.INSTANCE_ATTRS))
 
 
-def recover_instance(context, clients, instance, stopping=None):
+def recover_instance(context, clients, instance, stopping=None, host=None):
     """Bring one interrupted group to its end; never raises."""
-    group = group_mod.Group(context, instance, clients, stopping=stopping)
+    host = host or CONF.host
+    group = group_mod.Group(context, instance, clients, stopping=stopping,
+                            owner=host)
     try:
         instance.refresh()
         if not records.group_in_progress(instance):
             return
-        records.take_over(instance, CONF.host)
+        records.take_over(instance, host)
         group.hold()
         error = group.settle(REASON)
     except exceptions.ConductorStopping:

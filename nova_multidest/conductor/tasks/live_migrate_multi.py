@@ -99,7 +99,7 @@ class LiveMigrateMultiTask(base.TaskBase):
 
     def __init__(self, context, instance, clients, destinations=None,
                  count=None, block_migration='auto', warm_up=False,
-                 stopping=None):
+                 stopping=None, owner=None):
         super().__init__(context, instance)
         self.clients = clients
         self.requested_hosts = destinations
@@ -109,7 +109,8 @@ class LiveMigrateMultiTask(base.TaskBase):
         self.group = group_mod.Group(
             context, instance, clients, source=instance.host,
             source_node=instance.node,
-            block_migration=self.block_migration, stopping=stopping)
+            block_migration=self.block_migration, stopping=stopping,
+            owner=owner)
         self.tried_hosts = set()
         self.secret = None
         self._spec = None

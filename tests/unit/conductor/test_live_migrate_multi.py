@@ -416,7 +416,6 @@ class OwnershipTest(RollbackTest):
                          records.ownership(self.instance.system_metadata))
 
     def ours(self, owner, at_start=False, running=(), owner_up=False):
-        self.flags(group=None, host='conductor-1')
         meta = {}
         if owner:
             meta[vocabulary.SYSMETA_OWNER] = owner
@@ -425,7 +424,7 @@ class OwnershipTest(RollbackTest):
         self.useFixture(_patch(
             'nova.objects.Service.get_by_host_and_binary'))
         return recovery._ours_to_take(mock.Mock(), self.clients, instance,
-                                      at_start, running)
+                                      at_start, running, 'conductor-1')
 
     def test_recovery_takes_only_groups_it_owns_or_whose_lease_expired(self):
         self.assertTrue(self.ours(None, at_start=True))

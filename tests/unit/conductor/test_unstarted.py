@@ -126,6 +126,7 @@ class RunGroupTest(UnstartedTestBase):
             manager_mod.MultiDestConductorManager)
         self.manager.clients = mock.Mock()
         self.manager._running = set()
+        self.manager.host = 'conductor-1'
         self.manager.stopping = lambda: False
         self.patch('nova.objects.InstanceMapping.get_by_instance_uuid')
         self.patch('nova.context.set_target_cell')
