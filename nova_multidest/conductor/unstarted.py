@@ -121,10 +121,15 @@ def roll_back_unstarted(context):
         try:
             with nova_context.target_cell(context, cell) as cell_context:
                 for instance in _migrating(cell_context):
-                    if _never_started(cell_context, instance):
-                        abandon(cell_context, instance,
-                                exceptions.RequestNotStarted(
-                                    seconds=CONF.multidest.accept_timeout))
+                    action = _never_started(cell_context, instance)
+                    if action is None:
+                        continue
+                    # The request's own id finds its action and events.
+                    request_context = cell_context.elevated()
+                    request_context.request_id = action.request_id
+                    abandon(request_context, instance,
+                            exceptions.RequestNotStarted(
+                                seconds=CONF.multidest.accept_timeout))
         except Exception:
             LOG.exception('Could not look for unstarted requests in cell %s',
                           cell.uuid)
@@ -138,21 +143,22 @@ def _migrating(context):
 
 
 def _never_started(context, instance):
+    """The request's action if no conductor started it in time, else None."""
     actions = objects.InstanceActionList.get_by_instance_uuid(
         context, instance.uuid, limit=1)
     if not actions:
-        return False
+        return None
     action = actions[0]
     if (action.action != instance_actions.LIVE_MIGRATION or
             action.finish_time is not None or action.start_time is None):
-        return False
+        return None
     if _age(action) < CONF.multidest.accept_timeout:
-        return False
+        return None
     if objects.InstanceActionEventList.get_by_action(context, action.id):
         # A conductor (ours or Nova's) took it.
-        return False
+        return None
     migrations = objects.MigrationList.get_by_filters(
         context, {'instance_uuid': instance.uuid,
                   'status': list(vocabulary.MigrationStatus.IN_PROGRESS) +
                   [vocabulary.MigrationStatus.QUEUED]})
-    return not migrations
+    return None if migrations else action

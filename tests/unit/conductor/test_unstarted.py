@@ -99,22 +99,22 @@ class NeverStartedTest(UnstartedTestBase):
         return unstarted._never_started(mock.Mock(), self.instance)
 
     def test_an_old_request_with_nothing_started_is_rolled_back(self):
-        self.assertTrue(self.never_started())
+        self.assertIs(self.action, self.never_started())
 
     def test_a_young_request_waits(self):
         self.action.start_time = timeutils.utcnow()
-        self.assertFalse(self.never_started())
+        self.assertIsNone(self.never_started())
 
     def test_a_request_a_conductor_took_is_not_touched(self):
         self.events.return_value = [mock.Mock()]
-        self.assertFalse(self.never_started())
+        self.assertIsNone(self.never_started())
         self.events.return_value = []
         self.migrations.return_value = [mock.Mock()]
-        self.assertFalse(self.never_started())
+        self.assertIsNone(self.never_started())
 
     def test_another_operation_is_not_touched(self):
         self.action.action = 'resize'
-        self.assertFalse(self.never_started())
+        self.assertIsNone(self.never_started())
 
 
 class RunGroupTest(UnstartedTestBase):
