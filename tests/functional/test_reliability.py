@@ -82,7 +82,7 @@ class ConductorRestartTest(ReliabilityTestBase):
         # The old thread, released after recovery, stops at its next step
         # and leaves nothing: no claim, no Migration without a host.
         self.assert_ended_on(self.source)
-        self.assertEqual([], self.get_migrations(self.server['id']))
+        self.assertEqual([], list(self.get_migrations(self.server['id'])))
 
     def test_restart_during_prepare_with_four_destinations(self):
         gate = self.hold_compute_calls('prepare_destination', limit=1)
