@@ -110,6 +110,19 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
             self.multidest.close()
         super().cleanup_host(host)
 
+    def get_available_resource(self, nodename):
+        """Nova's resources, plus the mark of this driver.
+
+        Nova's resource tracker copies ``stats`` into the host's
+        ComputeNode record, where nova-api looks before it accepts the
+        host as a named destination.
+        """
+        resources = super().get_available_resource(nodename)
+        stats = resources.setdefault('stats', {})
+        stats[vocabulary.COMPUTE_STATS_KEY] = (
+            compute_endpoint.ComputeEndpoint.target.version)
+        return resources
+
     def live_migration_force_complete(self, instance):
         if self.multidest is not None and self.multidest.has_stream(instance):
             self.multidest.switch_over(None, instance)

@@ -57,7 +57,6 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
-WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
 # Seconds between two looks for destinations whose lease expired.
 SWEEP_INTERVAL = 60
@@ -91,7 +90,7 @@ class ComputeEndpoint(object):
     ``hypervisor`` the extension it built (``virt/hypervisors/``).
     """
 
-    target = messaging.Target(version='1.1')
+    target = messaging.Target(version=rpcapi.RPC_API_VERSION)
 
     def __init__(self, driver, host, hypervisor):
         self.driver = driver
@@ -309,7 +308,8 @@ class ComputeEndpoint(object):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return vocabulary.WaitOutcome.TIMEOUT
-                prepared.changed.wait(min(left, WAIT_POLL_INTERVAL))
+                # The guest's events notify; nothing polls.
+                prepared.changed.wait(left)
 
     def resume_destination(self, context, instance, migration):
         """Let the recorded winner's guest run; idempotent.
@@ -440,7 +440,7 @@ class ComputeEndpoint(object):
                      topology, warm_up, report_errors=False):
         """Start the one outgoing stream of the instance.
 
-        With ``report_errors`` (1.1, a call) a stream that cannot start
+        With ``report_errors`` (1.2, a call) a stream that cannot start
         raises its error to the conductor; a 1.0 cast only logs it.
         """
         self._check_source_side(instance)
@@ -564,6 +564,10 @@ class ComputeEndpoint(object):
             return False
         stream.abort()
         return True
+
+    def ping(self, context):
+        """Which RPC version this host serves, for nova-multidest-status."""
+        return {'host': self.host, 'rpc_version': rpcapi.RPC_API_VERSION}
 
     def source_status(self, context, instance):
         """The stream's state; 'failed' with 'error' if it never started."""

@@ -21,7 +21,8 @@ to ``instance.host``.
 API version history:
 
 * 1.0 - Initial version.
-* 1.1 - start_stream is a call with ``report_errors=True``: a source that
+* 1.1 - Add ping(), for nova-multidest-status upgrade check.
+* 1.2 - start_stream is a call with ``report_errors=True``: a source that
   cannot start its stream answers with the error at once.
 """
 
@@ -34,11 +35,11 @@ from nova_multidest import conf
 
 CONF = conf.CONF
 
-RPC_API_VERSION = '1.1'
+RPC_API_VERSION = '1.2'
 # Raise this only once every compute of a deployment runs a release that
 # serves the new version; methods check can_send_version() before using
 # anything newer than 1.0.
-VERSION_CAP = '1.1'
+VERSION_CAP = '1.2'
 
 
 def encode_secret(secret):
@@ -53,11 +54,11 @@ def decode_secret(secret):
 class ComputeAPI(object):
     """Calls into the compute hosts of one multi-destination migration."""
 
-    def __init__(self):
+    def __init__(self, version_cap=VERSION_CAP):
         target = messaging.Target(topic=CONF.multidest.compute_topic,
                                   version=RPC_API_VERSION)
         serializer = objects_base.NovaObjectSerializer()
-        self.client = rpc.get_client(target, version_cap=VERSION_CAP,
+        self.client = rpc.get_client(target, version_cap=version_cap,
                                      serializer=serializer)
 
     def _prepare(self, host, timeout=None, version='1.0'):
@@ -92,15 +93,15 @@ class ComputeAPI(object):
         """Start the source side of the migration.
 
         ``destinations`` is a list of dicts {'migration_uuid', 'host',
-        'agent_address'}. From 1.1 a call that raises the source's error
-        if the stream cannot start; a 1.0 source is sent a cast (it only
+        'agent_address'}. From 1.2 a call that raises the source's error
+        if the stream cannot start; an older source is sent a cast (it only
         logs such an error, and the destinations time out).
         """
         args = dict(instance=instance, destinations=destinations,
                     secret=encode_secret(secret), topology=topology,
                     warm_up=warm_up)
-        if self.client.can_send_version('1.1'):
-            cctxt = self._prepare(instance.host, version='1.1')
+        if self.client.can_send_version('1.2'):
+            cctxt = self._prepare(instance.host, version='1.2')
             return cctxt.call(ctxt, 'start_stream', report_errors=True,
                               **args)
         cctxt = self._prepare(instance.host)
@@ -147,6 +148,17 @@ class ComputeAPI(object):
         cctxt = self._prepare(migration.source_compute)
         return cctxt.call(ctxt, 'cleanup_source', instance=instance,
                           migration=migration, migrate_data=migrate_data)
+
+    def ping(self, ctxt, host, timeout):
+        """{'host', 'rpc_version'} of ``host``'s endpoint (1.1).
+
+        The upgrade check asks every compute, whatever the cap: a host
+        that serves only 1.0 answers UnsupportedVersion (or RemoteError),
+        one that does not serve the topic at all lets the call time out.
+        """
+        cctxt = self.client.prepare(server=host, version='1.1',
+                                    timeout=timeout)
+        return cctxt.call(ctxt, 'ping')
 
     def source_status(self, ctxt, instance):
         cctxt = self._prepare(instance.host)

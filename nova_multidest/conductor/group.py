@@ -53,6 +53,7 @@ from nova import exception as nova_exception
 from nova import objects
 from nova.objects import fields as obj_fields
 
+from nova_multidest.conductor import notifications
 from nova_multidest.conductor import records
 from nova_multidest.conductor import resources
 from nova_multidest import conf
@@ -123,6 +124,7 @@ class Group(object):
         self._destination_labels = set()
         # The destinations of the current round, by Migration uuid.
         self.destinations = {}
+        self.round_number = None
         # Set once the group's first record is written.
         self.started = False
         # (owner, generation) this process holds the group with; None
@@ -156,6 +158,7 @@ class Group(object):
 
     def start_round(self, round_number):
         self.destinations = {}
+        self.round_number = round_number
         records.start_group(self.instance, round_number,
                             self.owner or CONF.host)
         self.started = True
@@ -184,6 +187,7 @@ class Group(object):
             self.revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
         LOG.info('Elected %s', destination.host, instance=self.instance)
+        notifications.elected(self.context, self, destination)
         return True
 
     def _resume_elected(self, destination):
@@ -313,6 +317,7 @@ class Group(object):
         self.instance.save()
         LOG.info('Live migration to %s completed', winner.host,
                  instance=self.instance)
+        notifications.end(self.context, self, winner)
 
     # -- the way back -------------------------------------------------------
 
@@ -369,6 +374,22 @@ class Group(object):
             LOG.exception('Could not resume the source',
                           instance=self.instance)
 
+    def refuse(self, error):
+        """End a request refused before its group started.
+
+        Nothing was changed but the task_state nova-api set, which goes
+        back; the fault and the last result say why. Returns ``error``.
+        """
+        instance = self.instance
+        compute_utils.add_instance_fault_from_exc(
+            self.context, instance, error, fault_message=str(error))
+        records.end_group(instance, vocabulary.MigrationStatus.FAILED,
+                          instance.host, reasons={'request': str(error)})
+        instance.task_state = None
+        instance.save(expected_task_state=[task_states.MIGRATING, None])
+        LOG.warning('Request refused: %s', error, instance=instance)
+        return error
+
     def end_failed(self):
         """The server stays where it was, ACTIVE, and says why.
 
@@ -398,6 +419,7 @@ class Group(object):
             phase=obj_fields.NotificationPhase.END)
         LOG.warning('Every destination failed; the server stays on %s',
                     self.source, instance=instance)
+        notifications.error(self.context, self)
         return error
 
     # -- from the records ----------------------------------------------------
@@ -433,10 +455,14 @@ class Group(object):
             winner.attachment_ids = records.winner_attachments(instance)
         losers = list(destinations.values())
         if winner is not None and self._winner_runs(winner):
+            notifications.recovery(self.context, self,
+                                   vocabulary.RecoveryAction.FINISH, reason)
             self.finish(winner, losers)
             return None
         if winner is not None:
             losers.append(winner)
+        notifications.recovery(self.context, self,
+                               vocabulary.RecoveryAction.ROLLBACK, reason)
         records.set_phase(instance, vocabulary.GroupPhase.REVERTING)
         self.revert_all(losers, vocabulary.MigrationStatus.FAILED, reason)
         self.clients.multidest_compute.abort_stream(self.context, instance)
@@ -507,6 +533,9 @@ class Group(object):
         return self._resume_elected(winner)
 
     def _record_destination_event(self, destination, error=None):
+        notifications.destination(
+            self.context, self, destination, destination.migration.status,
+            None if error is None else self.reasons.get(destination.host))
         name = vocabulary.EVENT_DESTINATION % destination.host
         try:
             objects.InstanceActionEvent.event_start(

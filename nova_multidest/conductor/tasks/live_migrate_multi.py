@@ -38,6 +38,7 @@ from nova.objects import fields as obj_fields
 
 from nova_multidest.conductor import destinations as dest_mod
 from nova_multidest.conductor import group as group_mod
+from nova_multidest.conductor import notifications
 from nova_multidest.conductor import records
 from nova_multidest.conductor import recovery
 from nova_multidest.conductor import resources
@@ -116,8 +117,10 @@ class LiveMigrateMultiTask(base.TaskBase):
         self._spec = None
 
     def _execute(self):
+        self._check_request()
         for round_number in range(1, CONF.multidest.max_rounds + 1):
             self.group.start_round(round_number)
+            notifications.start(self.context, self.group, self.requested_hosts)
             timer = _PhaseTimer('prepare')
             ready = self._prepare_round(round_number)
             if len(ready) < CONF.multidest.min_destinations:
@@ -153,7 +156,8 @@ class LiveMigrateMultiTask(base.TaskBase):
         conductor start.
         """
         if isinstance(ex, (exceptions.ConductorStopping,
-                           exceptions.AllDestinationsFailed)):
+                           exceptions.AllDestinationsFailed,
+                           exceptions.InvalidMigrationRequest)):
             return
         try:
             self.group.settle('the conductor failed: %s' % ex)
@@ -165,6 +169,31 @@ class LiveMigrateMultiTask(base.TaskBase):
                           'it is recovered at the next conductor start',
                           instance=self.instance)
             recovery.record_fault(self.context, self.instance, error)
+
+    def _check_request(self):
+        """Refuse, before anything changes, what nova-api should have.
+
+        Flavor extra specs set before their validator existed, or with a
+        microversion older than 2.86, reach here unchecked, and so do the
+        arguments of other RPC callers. The group then ends at once and
+        says why.
+        """
+        count = self.count
+        if count is not None and (isinstance(count, bool) or
+                                  not isinstance(count, int) or count < 1):
+            raise self.group.refuse(exceptions.InvalidMigrationRequest(
+                reason='count must be a whole number of at least 1, not '
+                       '%r.' % (count,)))
+        flavor = self.instance.flavor
+        problems = vocabulary.invalid_extra_specs(
+            flavor.extra_specs,
+            default_count_used=not (self.requested_hosts or count))
+        if problems:
+            key, value, allowed = problems[0]
+            raise self.group.refuse(exceptions.InvalidFlavorExtraSpec(
+                flavor_name=flavor.name, flavor_id=flavor.flavorid,
+                instance_uuid=self.instance.uuid, key=key,
+                value=repr(value[:40]), allowed=allowed))
 
     # -- choosing destinations ---------------------------------------------
 
@@ -211,7 +240,7 @@ class LiveMigrateMultiTask(base.TaskBase):
         return objects.ComputeNode.get_by_host_and_nodename(
             self.context, host, node).id
 
-    def _choose(self, round_number):
+    def _choose(self, round_number, checks=None):
         """Destinations of this round, each with its Migration record.
 
         Named hosts go through the scheduler too, in one call that ignores
@@ -226,17 +255,27 @@ class LiveMigrateMultiTask(base.TaskBase):
             found = {d.host for d in chosen}
             for host in hosts:
                 if host not in found:
-                    self._refused_by_scheduler(host)
+                    self._refused_by_scheduler(host, (checks or {}).get(host))
         else:
             chosen = self._schedule(self._wanted_count(), self.tried_hosts)
         self.tried_hosts.update(d.host for d in chosen)
         return chosen
 
-    def _refused_by_scheduler(self, host):
+    def _refused_by_scheduler(self, host, checks=None):
+        """Fail a named host the scheduler refused, saying why if known.
+
+        The host's own checks, run meanwhile, usually tell (its service is
+        down, disabled...) where the scheduler only says "no valid host".
+        """
         destination = group_mod.Destination(host, self._new_migration(host))
-        destination.fail(vocabulary.DestinationPhase.CLAIM,
-                         'no valid host: the scheduler filters or placement '
-                         'refused it')
+        failed_check = checks.exception() if checks is not None else None
+        if failed_check is not None:
+            destination.fail(vocabulary.DestinationPhase.CHECKS,
+                             failed_check)
+        else:
+            destination.fail(vocabulary.DestinationPhase.CLAIM,
+                             'no valid host: the scheduler filters or '
+                             'placement refused it')
         self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
         self.tried_hosts.add(host)
 
@@ -301,7 +340,7 @@ class LiveMigrateMultiTask(base.TaskBase):
             checks = {host: pool.submit(self._run_checks, host)
                       for host in named}
             try:
-                chosen = self._choose(round_number)
+                chosen = self._choose(round_number, checks)
             except exceptions.ConductorStopping:
                 raise
             except Exception as error:
@@ -321,7 +360,7 @@ class LiveMigrateMultiTask(base.TaskBase):
     def _run_checks(self, host):
         """Nova's live-migration checks of one destination host."""
         self.group.check_not_stopping()
-        self._check_host_up(host)
+        self._check_host_usable(host)
         self._check_same_cell(host)
         self._check_hypervisor(host)
         return self.clients.compute_rpcapi.check_can_live_migrate_destination(
@@ -368,10 +407,18 @@ class LiveMigrateMultiTask(base.TaskBase):
             self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
 
-    def _check_host_up(self, host):
+    def _check_host_usable(self, host):
+        """Its compute service runs and may take servers, as of now."""
         service = objects.Service.get_by_compute_host(self.context, host)
-        if not self.clients.servicegroup_api.service_is_up(service):
-            raise nova_exception.ComputeServiceUnavailable(host=host)
+        if service.forced_down:
+            state = 'its compute service is forced down'
+        elif service.disabled:
+            state = 'its compute service is disabled'
+        elif not self.clients.servicegroup_api.service_is_up(service):
+            state = 'its compute service is down'
+        else:
+            return
+        raise exceptions.DestinationUnusable(host=host, state=state)
 
     def _check_same_cell(self, host):
         source_cell = dest_mod.instance_cell(self.context, self.instance)
@@ -408,7 +455,7 @@ class LiveMigrateMultiTask(base.TaskBase):
                   'agent_address': d.agent_address} for d in ready],
                 self.secret, self._topology(), self.warm_up)
         except Exception as error:
-            # The source answered (1.1): its stream never started.
+            # The source answered (1.2): its stream never started.
             self.group.check_not_stopping()
             reason = remote_reason(error)
             LOG.warning('The source could not start its stream: %s', reason,

@@ -36,9 +36,15 @@ class ComputeAPITest(testtools.TestCase):
     def test_client_is_capped_and_on_our_topic(self):
         target = self.get_client.call_args.args[0]
         self.assertEqual('nova-multidest-compute', target.topic)
-        self.assertEqual('1.1', target.version)
+        self.assertEqual('1.2', target.version)
         self.assertEqual(rpcapi.VERSION_CAP,
                          self.get_client.call_args.kwargs['version_cap'])
+
+    def test_ping_asks_for_1_1_of_one_host(self):
+        self.api.ping('ctxt', 'host2', 7)
+        self.client.prepare.assert_called_once_with(
+            server='host2', version='1.1', timeout=7)
+        self.cctxt.call.assert_called_once_with('ctxt', 'ping')
 
     def test_prepare_destination_calls_the_destination_with_hex_secret(self):
         self.api.prepare_destination('ctxt', self.instance, self.migration,
@@ -54,14 +60,14 @@ class ComputeAPITest(testtools.TestCase):
         self.api.start_stream('ctxt', self.instance, [], b'\xff', 'star',
                               True)
         kwargs = self.client.prepare.call_args.kwargs
-        self.assertEqual(('src', '1.1'), (kwargs['server'],
+        self.assertEqual(('src', '1.2'), (kwargs['server'],
                                           kwargs['version']))
         self.cctxt.call.assert_called_once_with(
             'ctxt', 'start_stream', instance=self.instance, destinations=[],
             secret='ff', topology='star', warm_up=True, report_errors=True)
-        self.client.can_send_version.assert_called_once_with('1.1')
+        self.client.can_send_version.assert_called_once_with('1.2')
 
-    def test_start_stream_is_a_cast_to_a_1_0_source(self):
+    def test_start_stream_is_a_cast_to_an_older_source(self):
         self.client.can_send_version.return_value = False
         self.api.start_stream('ctxt', self.instance, [], b'\xff', 'star',
                               True)

@@ -127,6 +127,7 @@ class RunGroupTest(UnstartedTestBase):
         self.manager.clients = mock.Mock()
         self.manager._running = set()
         self.manager.host = 'conductor-1'
+        self.instance.flavor.extra_specs = {}
         self.manager.stopping = lambda: False
         self.patch('nova.objects.InstanceMapping.get_by_instance_uuid')
         self.patch('nova.context.set_target_cell')
