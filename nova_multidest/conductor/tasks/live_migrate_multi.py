@@ -29,6 +29,7 @@ import queue
 import time
 
 from oslo_log import log as logging
+import oslo_messaging as messaging
 
 from nova.conductor.tasks import base
 from nova import exception as nova_exception
@@ -39,6 +40,7 @@ from nova_multidest.conductor import destinations as dest_mod
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import notifications
 from nova_multidest.conductor import records
+from nova_multidest.conductor import recovery
 from nova_multidest.conductor import resources
 from nova_multidest import conf
 from nova_multidest import exceptions
@@ -73,6 +75,14 @@ class _PhaseTimer(object):
         return ', '.join('%s %.2fs' % item for item in self.spent)
 
 
+def remote_reason(error):
+    """The message of an error a remote service raised, without its trace."""
+    if isinstance(error, messaging.RemoteError):
+        return error.value
+    text = error.args[0] if error.args else str(error)
+    return str(text).split('\n', 1)[0]
+
+
 def block_migration_flag(block_migration):
     """The API's 'auto' means: let the driver decide, as Nova does."""
     if block_migration in ('auto', None):
@@ -90,7 +100,7 @@ class LiveMigrateMultiTask(base.TaskBase):
 
     def __init__(self, context, instance, clients, destinations=None,
                  count=None, block_migration='auto', warm_up=False,
-                 stopping=None):
+                 stopping=None, owner=None):
         super().__init__(context, instance)
         self.clients = clients
         self.requested_hosts = destinations
@@ -100,12 +110,14 @@ class LiveMigrateMultiTask(base.TaskBase):
         self.group = group_mod.Group(
             context, instance, clients, source=instance.host,
             source_node=instance.node,
-            block_migration=self.block_migration, stopping=stopping)
+            block_migration=self.block_migration, stopping=stopping,
+            owner=owner)
         self.tried_hosts = set()
         self.secret = None
         self._spec = None
 
     def _execute(self):
+        self._check_request()
         for round_number in range(1, CONF.multidest.max_rounds + 1):
             self.group.start_round(round_number)
             notifications.start(self.context, self.group, self.requested_hosts)
@@ -144,17 +156,44 @@ class LiveMigrateMultiTask(base.TaskBase):
         conductor start.
         """
         if isinstance(ex, (exceptions.ConductorStopping,
-                           exceptions.AllDestinationsFailed)):
+                           exceptions.AllDestinationsFailed,
+                           exceptions.InvalidMigrationRequest)):
             return
         try:
             self.group.settle('the conductor failed: %s' % ex)
         except exceptions.ConductorStopping:
             LOG.info('Stopping: the migration is left to recovery',
                      instance=self.instance)
-        except Exception:
+        except Exception as error:
             LOG.exception('Could not end the multi-destination migration; '
                           'it is recovered at the next conductor start',
                           instance=self.instance)
+            recovery.record_fault(self.context, self.instance, error)
+
+    def _check_request(self):
+        """Refuse, before anything changes, what nova-api should have.
+
+        Flavor extra specs set before their validator existed, or with a
+        microversion older than 2.86, reach here unchecked, and so do the
+        arguments of other RPC callers. The group then ends at once and
+        says why.
+        """
+        count = self.count
+        if count is not None and (isinstance(count, bool) or
+                                  not isinstance(count, int) or count < 1):
+            raise self.group.refuse(exceptions.InvalidMigrationRequest(
+                reason='count must be a whole number of at least 1, not '
+                       '%r.' % (count,)))
+        flavor = self.instance.flavor
+        problems = vocabulary.invalid_extra_specs(
+            flavor.extra_specs,
+            default_count_used=not (self.requested_hosts or count))
+        if problems:
+            key, value, allowed = problems[0]
+            raise self.group.refuse(exceptions.InvalidFlavorExtraSpec(
+                flavor_name=flavor.name, flavor_id=flavor.flavorid,
+                instance_uuid=self.instance.uuid, key=key,
+                value=repr(value[:40]), allowed=allowed))
 
     # -- choosing destinations ---------------------------------------------
 
@@ -201,13 +240,7 @@ class LiveMigrateMultiTask(base.TaskBase):
         return objects.ComputeNode.get_by_host_and_nodename(
             self.context, host, node).id
 
-    def _set_dest_node(self, migration, host, node):
-        migration.dest_compute = host
-        migration.dest_node = node
-        migration.dest_compute_id = self._compute_node_id(host, node)
-        migration.save()
-
-    def _choose(self, round_number):
+    def _choose(self, round_number, checks=None):
         """Destinations of this round, each with its Migration record.
 
         Named hosts go through the scheduler too, in one call that ignores
@@ -222,46 +255,73 @@ class LiveMigrateMultiTask(base.TaskBase):
             found = {d.host for d in chosen}
             for host in hosts:
                 if host not in found:
-                    self._refused_by_scheduler(host)
+                    self._refused_by_scheduler(host, (checks or {}).get(host))
         else:
             chosen = self._schedule(self._wanted_count(), self.tried_hosts)
         self.tried_hosts.update(d.host for d in chosen)
         return chosen
 
-    def _refused_by_scheduler(self, host):
+    def _refused_by_scheduler(self, host, checks=None):
+        """Fail a named host the scheduler refused, saying why if known.
+
+        The host's own checks, run meanwhile, usually tell (its service is
+        down, disabled...) where the scheduler only says "no valid host".
+        """
         destination = group_mod.Destination(host, self._new_migration(host))
-        destination.fail(vocabulary.DestinationPhase.CLAIM,
-                         'no valid host: the scheduler filters or placement '
-                         'refused it')
+        failed_check = checks.exception() if checks is not None else None
+        if failed_check is not None:
+            destination.fail(vocabulary.DestinationPhase.CHECKS,
+                             failed_check)
+        else:
+            destination.fail(vocabulary.DestinationPhase.CLAIM,
+                             'no valid host: the scheduler filters or '
+                             'placement refused it')
         self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
         self.tried_hosts.add(host)
 
     def _schedule(self, wanted, exclude):
-        # The record exists before the claim: a crash in between leaves a
-        # Migration that recovery finds, never an orphaned allocation.
+        # Each claim's consumer is recorded before the claim (a Migration
+        # once its host is known, the group's pending claim key before):
+        # a crash in between leaves records that recovery finds, never an
+        # orphaned allocation.
         pending = {}
 
         def create(host, node, migration_uuid):
+            self.group.check_not_stopping()
             migration = self._new_migration(host, node, migration_uuid)
             pending[migration_uuid] = migration
 
-        candidates = dest_mod.schedule(
-            self.context, self.clients.query_client,
-            self.clients.report_client, self._request_spec(), self.instance,
-            wanted, exclude=exclude, before_claim=create)
+        def pending_claim(consumer_uuid):
+            self.group.check_not_stopping()
+            records.set_pending_claim(self.instance, consumer_uuid)
+
+        try:
+            candidates = dest_mod.schedule(
+                self.context, self.clients.query_client,
+                self.clients.report_client, self._request_spec(),
+                self.instance, wanted, exclude=exclude, before_claim=create,
+                pending_claim=pending_claim)
+        except exceptions.ConductorStopping:
+            raise
+        except Exception:
+            self._drop_pending(pending.values())
+            raise
         chosen = []
         for candidate in candidates:
             migration = pending.pop(candidate.migration_uuid)
-            if migration.dest_compute != candidate.host:
-                self._set_dest_node(migration, candidate.host,
-                                    candidate.node)
             destination = group_mod.Destination(candidate.host, migration,
                                                 node=candidate.node)
             self.group.add(destination)
             chosen.append(destination)
-        for migration in pending.values():
-            records.set_status(migration, vocabulary.MigrationStatus.FAILED)
+        self._drop_pending(pending.values())
         return chosen
+
+    def _drop_pending(self, migrations):
+        """Fail the Migrations whose claim did not happen or was lost."""
+        for migration in migrations:
+            resources.release(self.context, self.clients, self.instance,
+                              None, migration.uuid, None)
+            records.set_status(migration, vocabulary.MigrationStatus.FAILED)
 
     # -- preparing destinations ---------------------------------------------
 
@@ -280,9 +340,12 @@ class LiveMigrateMultiTask(base.TaskBase):
             checks = {host: pool.submit(self._run_checks, host)
                       for host in named}
             try:
-                chosen = self._choose(round_number)
-            except (exceptions.MultiDestError,
-                    nova_exception.NovaException) as error:
+                chosen = self._choose(round_number, checks)
+            except exceptions.ConductorStopping:
+                raise
+            except Exception as error:
+                # Nova's errors, and any other the scheduler call raises
+                # (oslo.messaging's MessagingTimeout): no destination.
                 LOG.warning('Could not choose destinations: %s', error,
                             instance=self.instance)
                 self.group.reasons['scheduler'] = str(error)
@@ -297,7 +360,7 @@ class LiveMigrateMultiTask(base.TaskBase):
     def _run_checks(self, host):
         """Nova's live-migration checks of one destination host."""
         self.group.check_not_stopping()
-        self._check_host_up(host)
+        self._check_host_usable(host)
         self._check_same_cell(host)
         self._check_hypervisor(host)
         return self.clients.compute_rpcapi.check_can_live_migrate_destination(
@@ -316,6 +379,7 @@ class LiveMigrateMultiTask(base.TaskBase):
             else:
                 migrate_data = checks.result()
             phase = timings.next(vocabulary.DestinationPhase.BINDING)
+            self.group.check_not_stopping()
             resources.bind_ports(self.context, self.clients.network_api,
                                  self.instance, destination.host,
                                  migrate_data)
@@ -343,10 +407,18 @@ class LiveMigrateMultiTask(base.TaskBase):
             self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
 
-    def _check_host_up(self, host):
+    def _check_host_usable(self, host):
+        """Its compute service runs and may take servers, as of now."""
         service = objects.Service.get_by_compute_host(self.context, host)
-        if not self.clients.servicegroup_api.service_is_up(service):
-            raise nova_exception.ComputeServiceUnavailable(host=host)
+        if service.forced_down:
+            state = 'its compute service is forced down'
+        elif service.disabled:
+            state = 'its compute service is disabled'
+        elif not self.clients.servicegroup_api.service_is_up(service):
+            state = 'its compute service is down'
+        else:
+            return
+        raise exceptions.DestinationUnusable(host=host, state=state)
 
     def _check_same_cell(self, host):
         source_cell = dest_mod.instance_cell(self.context, self.instance)
@@ -376,11 +448,23 @@ class LiveMigrateMultiTask(base.TaskBase):
         """
         self.group.stream(ready)
         self.group.check_not_stopping()
-        self.clients.multidest_compute.start_stream(
-            self.context, self.instance,
-            [{'migration_uuid': d.migration.uuid, 'host': d.host,
-              'agent_address': d.agent_address} for d in ready],
-            self.secret, self._topology(), self.warm_up)
+        try:
+            self.clients.multidest_compute.start_stream(
+                self.context, self.instance,
+                [{'migration_uuid': d.migration.uuid, 'host': d.host,
+                  'agent_address': d.agent_address} for d in ready],
+                self.secret, self._topology(), self.warm_up)
+        except Exception as error:
+            # The source answered (1.2): its stream never started.
+            self.group.check_not_stopping()
+            reason = remote_reason(error)
+            LOG.warning('The source could not start its stream: %s', reason,
+                        instance=self.instance)
+            self.group.reasons['source %s' % self.group.source] = reason
+            for destination in ready:
+                destination.fail(vocabulary.DestinationPhase.STREAM,
+                                 'the source could not start its stream')
+            return None, list(ready)
         timeout = (CONF.multidest.completion_timeout +
                    CONF.multidest.election_timeout)
         reports = queue.Queue()
