@@ -41,6 +41,7 @@ from nova_multidest.conductor import records
 from nova_multidest.conductor import resources
 from nova_multidest import conf
 from nova_multidest import exceptions
+from nova_multidest import migration_limits
 from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
@@ -379,8 +380,8 @@ class LiveMigrateMultiTask(base.TaskBase):
             [{'migration_uuid': d.migration.uuid, 'host': d.host,
               'agent_address': d.agent_address} for d in ready],
             self.secret, self._topology(), self.warm_up)
-        timeout = (CONF.multidest.completion_timeout +
-                   CONF.multidest.election_timeout)
+        timeout = migration_limits.conductor_wait(
+            self.instance.flavor.memory_mb)
         reports = queue.Queue()
         pool = concurrent.futures.ThreadPoolExecutor(len(ready))
         for destination in ready:

@@ -214,6 +214,7 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
         self.capabilities = {}
         self.max_bandwidth = None
         self.downtime_limit_ms = None
+        self.multifd_channels = None
         self.cancelled = False
         self.error = None
         self._paused = False
@@ -221,7 +222,10 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
     def set_capabilities(self, capabilities):
         self.capabilities.update(capabilities)
 
-    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None):
+    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None,
+                       multifd_channels=None):
+        if multifd_channels is not None:
+            self.multifd_channels = multifd_channels
         if max_bandwidth is not None:
             self.max_bandwidth = max_bandwidth
         if downtime_limit_ms is not None:
@@ -294,12 +298,16 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
         self.secret = None
         self.resumed = False
         self.destroyed = False
+        self.capabilities = {}
+        self.multifd_channels = 0
 
     @property
     def incoming_target(self):
         return 'fake:%s' % self.name
 
-    def start_incoming(self, capabilities=None):
+    def start_incoming(self, capabilities=None, multifd_channels=0):
+        self.capabilities = dict(capabilities or {})
+        self.multifd_channels = multifd_channels
         message = _fault(self.name, vocabulary.DestinationPhase.PREPARE)
         if message:
             raise exceptions.HypervisorError(
@@ -408,8 +416,9 @@ class FakeRelay(object):
     """Moves simulated bytes from a FakeSource to FakeDestinations."""
 
     def __init__(self, secret, destinations, topology='star', lag_limit=None,
-                 on_drop=None, **kwargs):
+                 on_drop=None, listen=None, **kwargs):
         self.secret = secret
+        self.listen = listen
         self.names = [name for name, _ in destinations]
         self.addresses = {name: tuple(address)
                           for name, address in destinations}

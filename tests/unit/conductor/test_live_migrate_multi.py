@@ -38,7 +38,8 @@ class TaskTestBase(testtools.TestCase):
         super().setUp()
         self.conf = self.useFixture(config_fixture.Config(conf.CONF))
         self.instance = mock.Mock(uuid='inst', host='src', node='src',
-                                  system_metadata={}, task_state='migrating')
+                                  system_metadata={}, task_state='migrating',
+                                  flavor=mock.Mock(memory_mb=512))
         self.clients = mock.Mock()
         self.compute = self.clients.multidest_compute
         self.compute.prepare_destination.return_value = {
