@@ -80,7 +80,8 @@ class MigrationStats:
     second one starts), ``remaining`` and ``dirty_rate`` (to estimate the
     downtime a switch-over would cause now). ``transferred`` is what the
     source wrote to the stream; what each destination received is the
-    relay's count.
+    relay's count. ``throttle_percent`` is how much auto-converge slows
+    the source's vCPUs down.
     """
 
     status: str
@@ -93,6 +94,7 @@ class MigrationStats:
     expected_downtime_ms: typing.Optional[int] = None
     downtime_ms: typing.Optional[int] = None
     error: typing.Optional[str] = None
+    throttle_percent: int = 0
 
     @property
     def first_pass_done(self):
@@ -114,7 +116,8 @@ class MigrationStats:
             iterations=ram.get('dirty-sync-count', 0),
             expected_downtime_ms=info.get('expected-downtime'),
             downtime_ms=info.get('downtime'),
-            error=info.get('error-desc'))
+            error=info.get('error-desc'),
+            throttle_percent=info.get('cpu-throttle-percentage', 0))
 
 
 # Disk mirror states (MirrorState.status), named in vocabulary.py.

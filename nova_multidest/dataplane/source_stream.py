@@ -304,6 +304,7 @@ class SourceStream(object):
                  if s.multifd_channels else {})
         if s.warm_up:
             self._probing = True
+            self._downtime = HOLD_DOWNTIME_MS
             self.source.set_parameters(max_bandwidth=PROBE_BANDWIDTH,
                                        downtime_limit_ms=HOLD_DOWNTIME_MS,
                                        **extra)
@@ -364,6 +365,11 @@ class SourceStream(object):
                 'memory_total': stats.total,
                 'memory_processed': stats.transferred,
                 'memory_remaining': stats.remaining,
+                'dirty_rate': stats.dirty_rate,
+                'transfer_rate': stats.bandwidth,
+                'iterations': stats.iterations,
+                'throttle_percent': stats.throttle_percent,
+                'downtime_limit_ms': self._downtime,
                 'error': stats.error or self._timed_out,
                 'timed_out': self._timed_out,
                 'destinations': destinations}
@@ -517,6 +523,7 @@ class SourceStream(object):
         self._probing = False
         LOG.info('Switch-over of %s: downtime limit %d ms', self.source.name,
                  self.settings.downtime_limit_ms)
+        self._downtime = self.settings.downtime_limit_ms
         self.source.set_parameters(
             max_bandwidth=self.settings.bandwidth,
             downtime_limit_ms=self.settings.downtime_limit_ms)
@@ -528,5 +535,6 @@ class SourceStream(object):
         self._probing = False
         LOG.warning('Forcing the switch-over of %s (%s): the guest pauses '
                     'until the rest is copied', self.source.name, why)
+        self._downtime = MAX_DOWNTIME_MS
         self.source.set_parameters(max_bandwidth=self.settings.bandwidth,
                                    downtime_limit_ms=MAX_DOWNTIME_MS)
