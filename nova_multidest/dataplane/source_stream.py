@@ -431,6 +431,12 @@ class SourceStream(object):
             state = self._monitor.update(self._clock(), stats,
                                          self.relay.bytes_from_source,
                                          samples)
+        if stats.throttle_percent != self._stats.throttle_percent:
+            LOG.info('Auto-converge throttles the vCPUs of %s to %d%%: '
+                     'dirty %.0f MB/s, transfer %.0f MB/s, pass %d',
+                     self.source.name, stats.throttle_percent,
+                     stats.dirty_rate / 1e6, stats.bandwidth / 1e6,
+                     stats.iterations)
         with self._lock:
             first_ready = (state is not None and state.ready and
                            (self._warm_up_state is None or

@@ -402,3 +402,18 @@ class SettingsTest(testtools.TestCase):
             source, mock.Mock(), source_stream.StreamSettings(
                 capabilities={'return-path': True}))
         self.assertEqual([], source.mock_calls)
+
+
+class ThrottleLogTest(StreamTestBase):
+
+    def test_each_throttle_change_is_logged_once(self):
+        stream = self.make()
+        with mock.patch.object(source_stream, 'LOG') as log:
+            for throttle in (0, 20, 20, 30):
+                self.stats = hypervisor.MigrationStats(
+                    status=vocabulary.QemuStatus.ACTIVE,
+                    throttle_percent=throttle, dirty_rate=5e7,
+                    bandwidth=1e7, iterations=4)
+                self.step(stream, 1)
+        self.assertEqual([20, 30], [c[0][2] for c in log.info.call_args_list])
+        self.assertEqual(30, stream.status()['throttle_percent'])
