@@ -346,7 +346,7 @@ class Session(object):
             try:
                 dest = self.hypervisor.create_destination(name, self.source)
                 dest.subscribe(self._on_destination_event)
-                dest.start_incoming(shared)
+                dest.start_incoming(shared, self.settings.multifd_channels)
                 address = dest.open_stream(
                     secret, listen=(self.settings.listen_host, 0))
             except Exception as exc:
