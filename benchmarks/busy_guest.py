@@ -190,16 +190,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--repetitions', type=int, default=2)
     parser.add_argument('--memory', type=int, default=64, metavar='MiB')
-    parser.add_argument('--rate', type=int, default=80, metavar='Mbit/s')
+    parser.add_argument('--rate', type=int, default=40, metavar='Mbit/s')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     image = guest.DirtyingGuest(dirty_size=8 * MiB, fill_size=16 * MiB,
-                                pages_per_tick=16)
+                                pages_per_tick=32)
     report = results.Report('busy_guest', 'A guest that dirties memory '
                             'faster than its link', argv)
     description = (
-        'Guest: %d MiB RAM, 16 MiB written once, then 16 pages of an 8 MiB '
-        'range dirtied per 1 kHz tick (64 MB/s: it does not converge on '
+        'Guest: %d MiB RAM, 16 MiB written once, then 32 pages of an 8 MiB '
+        'range dirtied per 1 kHz tick (128 MB/s: it does not converge on '
         'its own); QEMU TCG; host links shaped to %d Mbit/s; downtime '
         'limit %d ms; force complete after %d s.'
         % (args.memory, args.rate, DOWNTIME_LIMIT_MS, FORCE_AFTER_S))
