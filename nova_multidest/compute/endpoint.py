@@ -90,7 +90,7 @@ class ComputeEndpoint(object):
     ``hypervisor`` the extension it built (``virt/hypervisors/``).
     """
 
-    target = messaging.Target(version='1.0')
+    target = messaging.Target(version=rpcapi.RPC_API_VERSION)
 
     def __init__(self, driver, host, hypervisor):
         self.driver = driver
@@ -511,6 +511,10 @@ class ComputeEndpoint(object):
             return False
         stream.abort()
         return True
+
+    def ping(self, context):
+        """Which RPC version this host serves, for nova-multidest-status."""
+        return {'host': self.host, 'rpc_version': rpcapi.RPC_API_VERSION}
 
     def source_status(self, context, instance):
         """The stream's state; 'failed' with 'error' if it never started."""

@@ -21,6 +21,7 @@ to ``instance.host``.
 API version history:
 
 * 1.0 - Initial version.
+* 1.1 - Add ping(), for nova-multidest-status upgrade check.
 """
 
 import oslo_messaging as messaging
@@ -32,7 +33,7 @@ from nova_multidest import conf
 
 CONF = conf.CONF
 
-RPC_API_VERSION = '1.0'
+RPC_API_VERSION = '1.1'
 # Raise this only once every compute of a deployment runs a release that
 # serves the new version; methods check can_send_version() before using
 # anything newer than 1.0.
@@ -51,11 +52,11 @@ def decode_secret(secret):
 class ComputeAPI(object):
     """Calls into the compute hosts of one multi-destination migration."""
 
-    def __init__(self):
+    def __init__(self, version_cap=VERSION_CAP):
         target = messaging.Target(topic=CONF.multidest.compute_topic,
                                   version=RPC_API_VERSION)
         serializer = objects_base.NovaObjectSerializer()
-        self.client = rpc.get_client(target, version_cap=VERSION_CAP,
+        self.client = rpc.get_client(target, version_cap=version_cap,
                                      serializer=serializer)
 
     def _prepare(self, host, timeout=None):
@@ -138,6 +139,17 @@ class ComputeAPI(object):
         cctxt = self._prepare(migration.source_compute)
         return cctxt.call(ctxt, 'cleanup_source', instance=instance,
                           migration=migration, migrate_data=migrate_data)
+
+    def ping(self, ctxt, host, timeout):
+        """{'host', 'rpc_version'} of ``host``'s endpoint (1.1).
+
+        The upgrade check asks every compute, whatever the cap: a host
+        that serves only 1.0 answers UnsupportedVersion (or RemoteError),
+        one that does not serve the topic at all lets the call time out.
+        """
+        cctxt = self.client.prepare(server=host, version='1.1',
+                                    timeout=timeout)
+        return cctxt.call(ctxt, 'ping')
 
     def source_status(self, ctxt, instance):
         cctxt = self._prepare(instance.host)

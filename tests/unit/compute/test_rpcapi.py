@@ -36,9 +36,15 @@ class ComputeAPITest(testtools.TestCase):
     def test_client_is_capped_and_on_our_topic(self):
         target = self.get_client.call_args.args[0]
         self.assertEqual('nova-multidest-compute', target.topic)
-        self.assertEqual('1.0', target.version)
+        self.assertEqual('1.1', target.version)
         self.assertEqual(rpcapi.VERSION_CAP,
                          self.get_client.call_args.kwargs['version_cap'])
+
+    def test_ping_asks_for_1_1_of_one_host(self):
+        self.api.ping('ctxt', 'host2', 7)
+        self.client.prepare.assert_called_once_with(
+            server='host2', version='1.1', timeout=7)
+        self.cctxt.call.assert_called_once_with('ctxt', 'ping')
 
     def test_prepare_destination_calls_the_destination_with_hex_secret(self):
         self.api.prepare_destination('ctxt', self.instance, self.migration,
