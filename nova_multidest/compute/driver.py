@@ -31,6 +31,7 @@ from nova import rpc
 from nova_multidest.compute import endpoint as compute_endpoint
 from nova_multidest import conf
 from nova_multidest.virt import driver as virt_driver
+from nova_multidest import vocabulary
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -67,6 +68,19 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         if self.multidest is not None:
             self.multidest.close()
         super().cleanup_host(host)
+
+    def get_available_resource(self, nodename):
+        """Nova's resources, plus the mark of this driver.
+
+        Nova's resource tracker copies ``stats`` into the host's
+        ComputeNode record, where nova-api looks before it accepts the
+        host as a named destination.
+        """
+        resources = super().get_available_resource(nodename)
+        stats = resources.setdefault('stats', {})
+        stats[vocabulary.COMPUTE_STATS_KEY] = (
+            compute_endpoint.ComputeEndpoint.target.version)
+        return resources
 
     def live_migration_force_complete(self, instance):
         if self.multidest is not None and self.multidest.has_stream(instance):
