@@ -22,6 +22,8 @@ API version history:
 
 * 1.0 - Initial version.
 * 1.1 - Add ping(), for nova-multidest-status upgrade check.
+* 1.2 - start_stream is a call with ``report_errors=True``: a source that
+  cannot start its stream answers with the error at once.
 """
 
 import oslo_messaging as messaging
@@ -33,11 +35,11 @@ from nova_multidest import conf
 
 CONF = conf.CONF
 
-RPC_API_VERSION = '1.1'
+RPC_API_VERSION = '1.2'
 # Raise this only once every compute of a deployment runs a release that
 # serves the new version; methods check can_send_version() before using
 # anything newer than 1.0.
-VERSION_CAP = '1.0'
+VERSION_CAP = '1.2'
 
 
 def encode_secret(secret):
@@ -59,8 +61,8 @@ class ComputeAPI(object):
         self.client = rpc.get_client(target, version_cap=version_cap,
                                      serializer=serializer)
 
-    def _prepare(self, host, timeout=None):
-        kwargs = {'server': host, 'version': '1.0'}
+    def _prepare(self, host, timeout=None, version='1.0'):
+        kwargs = {'server': host, 'version': version}
         if timeout is not None:
             kwargs['timeout'] = timeout
         return self.client.prepare(**kwargs)
@@ -91,12 +93,19 @@ class ComputeAPI(object):
         """Start the source side of the migration.
 
         ``destinations`` is a list of dicts {'migration_uuid', 'host',
-        'agent_address'}.
+        'agent_address'}. From 1.2 a call that raises the source's error
+        if the stream cannot start; an older source is sent a cast (it only
+        logs such an error, and the destinations time out).
         """
+        args = dict(instance=instance, destinations=destinations,
+                    secret=encode_secret(secret), topology=topology,
+                    warm_up=warm_up)
+        if self.client.can_send_version('1.2'):
+            cctxt = self._prepare(instance.host, version='1.2')
+            return cctxt.call(ctxt, 'start_stream', report_errors=True,
+                              **args)
         cctxt = self._prepare(instance.host)
-        cctxt.cast(ctxt, 'start_stream', instance=instance,
-                   destinations=destinations, secret=encode_secret(secret),
-                   topology=topology, warm_up=warm_up)
+        cctxt.cast(ctxt, 'start_stream', **args)
 
     def wait_destination(self, ctxt, instance, migration, timeout):
         """'completed', 'failed' or 'timeout', within ``timeout`` s."""

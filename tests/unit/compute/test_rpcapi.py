@@ -36,7 +36,7 @@ class ComputeAPITest(testtools.TestCase):
     def test_client_is_capped_and_on_our_topic(self):
         target = self.get_client.call_args.args[0]
         self.assertEqual('nova-multidest-compute', target.topic)
-        self.assertEqual('1.1', target.version)
+        self.assertEqual('1.2', target.version)
         self.assertEqual(rpcapi.VERSION_CAP,
                          self.get_client.call_args.kwargs['version_cap'])
 
@@ -55,10 +55,24 @@ class ComputeAPITest(testtools.TestCase):
             migration=self.migration, secret='0102', block_migration=False,
             migrate_data='md')
 
-    def test_start_stream_is_a_cast_to_the_source(self):
+    def test_start_stream_is_a_call_to_the_source_that_reports_errors(self):
+        self.client.can_send_version.return_value = True
         self.api.start_stream('ctxt', self.instance, [], b'\xff', 'star',
                               True)
-        self.assertEqual('src', self.client.prepare.call_args.kwargs['server'])
+        kwargs = self.client.prepare.call_args.kwargs
+        self.assertEqual(('src', '1.2'), (kwargs['server'],
+                                          kwargs['version']))
+        self.cctxt.call.assert_called_once_with(
+            'ctxt', 'start_stream', instance=self.instance, destinations=[],
+            secret='ff', topology='star', warm_up=True, report_errors=True)
+        self.client.can_send_version.assert_called_once_with('1.2')
+
+    def test_start_stream_is_a_cast_to_an_older_source(self):
+        self.client.can_send_version.return_value = False
+        self.api.start_stream('ctxt', self.instance, [], b'\xff', 'star',
+                              True)
+        self.assertEqual('1.0', self.client.prepare.call_args.kwargs[
+            'version'])
         self.cctxt.cast.assert_called_once_with(
             'ctxt', 'start_stream', instance=self.instance, destinations=[],
             secret='ff', topology='star', warm_up=True)
