@@ -51,6 +51,7 @@ from nova_multidest import conf
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
+from nova_multidest.virt import migration_settings
 from nova_multidest import vocabulary
 
 CONF = conf.CONF
@@ -58,6 +59,7 @@ LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
 PROGRESS_SAVE_INTERVAL = 1.0
+MULTIFD_LISTEN = 'tcp:127.0.0.1:0'
 # Seconds between two looks for destinations whose lease expired.
 SWEEP_INTERVAL = 60
 # Holds an instance's place in the stream table while its stream starts.
@@ -184,7 +186,10 @@ class ComputeEndpoint(object):
             prepared.guest = self.hypervisor.destination_from_xml(
                 self.host, xml)
             prepared.guest.subscribe(prepared.on_event)
-            prepared.guest.start_incoming()
+            # A source of an older release names no stream settings.
+            prepared.guest.start_incoming(
+                source.get('capabilities'),
+                source.get('multifd_channels', 0))
             address = self._open_stream(prepared.guest, secret)
         except Exception:
             with excutils.save_and_reraise_exception():
@@ -280,12 +285,11 @@ class ComputeEndpoint(object):
 
     def _tls_contexts(self):
         """(server, client) TLS contexts of stream hops, or (None, None)."""
-        if not CONF.multidest.tls:
+        files = migration_settings.tls_files()
+        if files is None:
             return None, None
         if self._tls is None:
-            self._tls = protocol.make_tls_contexts(
-                CONF.multidest.tls_cert_file, CONF.multidest.tls_key_file,
-                CONF.multidest.tls_ca_file)
+            self._tls = protocol.make_tls_contexts(*files)
         return self._tls
 
     def wait_destination(self, context, instance, migration, timeout):
@@ -434,7 +438,10 @@ class ComputeEndpoint(object):
 
     def get_source_guest(self, context, instance):
         self._check_source_side(instance)
-        return {'xml': self.hypervisor.source_xml(instance.name)}
+        settings = migration_settings.stream_settings(instance)
+        return {'xml': self.hypervisor.source_xml(instance.name),
+                'capabilities': settings.shared_capabilities(),
+                'multifd_channels': settings.multifd_channels}
 
     def start_stream(self, context, instance, destinations, secret,
                      topology, warm_up, report_errors=False):
@@ -485,19 +492,17 @@ class ComputeEndpoint(object):
         migrations = {d['host']: objects.Migration.get_by_uuid(
             context, d['migration_uuid']) for d in destinations}
         source = self.hypervisor.source(instance.name)
+        settings = migration_settings.stream_settings(instance, warm_up)
+        settings.validate()
+        # QEMU opens each multifd channel itself, which it cannot do on a
+        # descriptor handed over by nova-compute: a loopback port it can.
+        listen = MULTIFD_LISTEN if settings.multifd_channels else None
         fanout = self.hypervisor.create_relay(
             secret, [(d['host'], tuple(d['agent_address']))
                      for d in destinations],
             topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
-            tls=self._tls_contexts()[1],
+            tls=self._tls_contexts()[1], listen=listen,
             on_drop=functools.partial(self._on_drop, instance))
-        settings = source_stream.StreamSettings(
-            max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB,
-            downtime_limit_ms=CONF.multidest.downtime_limit_ms,
-            warm_up=warm_up,
-            warm_up_exit=CONF.multidest.warm_up_exit,
-            warm_up_percent=CONF.multidest.warm_up_percent,
-            switch_over_timeout=CONF.multidest.switch_over_timeout)
         return source_stream.SourceStream(
             source, fanout, settings,
             on_progress=self._progress_recorder(migrations))
