@@ -35,6 +35,7 @@ import sys
 import time
 import unittest
 
+from nova_multidest import vocabulary
 from tests.functional import base
 
 POLL_SECONDS = 0.01
@@ -89,7 +90,7 @@ class ControlPlaneBenchmark(base.MultiDestMigrationTestBase):
         return elapsed
 
     def migrations_final(self):
-        return all(m.status in base.FINAL_MIGRATION_STATUSES
+        return all(m.status in vocabulary.MigrationStatus.NOVA_FINAL
                    for m in self.get_migrations(self.server['id']))
 
     def moved_and_active(self, before):
