@@ -84,10 +84,22 @@ class ControlPlaneBenchmark(base.MultiDestMigrationTestBase):
         # Nova, like us, finishes its bookkeeping after the server is
         # ACTIVE on its new host; the next case starts once it is done.
         base.wait_until(self.migrations_final, timeout=120)
-        if case != 'nova':
+        if case == 'nova':
+            # Nova marks its Migration completed before it deletes the
+            # allocation that Migration held.
+            base.wait_until(lambda: self.invariants_hold(instance.host),
+                            timeout=120)
+        else:
             self.wait_for_group_end(self.server)
         self.assert_invariants(self.server, instance.host)
         return elapsed
+
+    def invariants_hold(self, host):
+        try:
+            self.assert_invariants(self.server, host)
+        except AssertionError:
+            return False
+        return True
 
     def migrations_final(self):
         return all(m.status in vocabulary.MigrationStatus.NOVA_FINAL
