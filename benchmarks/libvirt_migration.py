@@ -55,7 +55,7 @@ from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 from nova_multidest import vocabulary
-from tests.dataplane import test_libvirt_extension as daemons
+from tests.dataplane import libvirt_fixture as daemons
 
 MiB = 1 << 20
 DOWNTIME_LIMIT_MS = 300

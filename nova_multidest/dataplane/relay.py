@@ -46,18 +46,6 @@ LOG = logging.getLogger(__name__)
 
 LOOPBACK = ('127.0.0.1', '::1', 'localhost')
 
-# A return path would need exactly one destination's upstream bytes to reach
-# the source; the relay does not carry any upstream bytes.
-RETURN_PATH_SUPPORTED = False
-MULTIFD_SUPPORTED = True
-_UNSUPPORTED_CAPABILITIES = {
-    'return-path': 'the relay carries the stream one way only, and with '
-                   'several destinations only one of them could answer the '
-                   'source',
-    'postcopy-ram': 'post-copy needs a return path and makes the guest run '
-                    'on one destination before the stream is complete',
-}
-
 DROP_NOTICE_TIMEOUT = 2.0
 STALL_TIMEOUT = 60.0
 STATUS_GRACE = agent.STATUS_GRACE
@@ -73,18 +61,6 @@ DestinationProgress.__doc__ = (
 
 # The destination end lives in agent.py; callers know it as relay's.
 DestinationAgent = agent.DestinationAgent
-
-
-def check_capabilities(capabilities):
-    """Refuse migration capabilities the relay cannot honour.
-
-    ``capabilities`` maps QMP capability names to booleans, as given to
-    ``migrate-set-capabilities``. Raises UnsupportedCapability.
-    """
-    for name, enabled in sorted(capabilities.items()):
-        if enabled and name in _UNSUPPORTED_CAPABILITIES:
-            raise exceptions.UnsupportedCapability(
-                capability=name, reason=_UNSUPPORTED_CAPABILITIES[name])
 
 
 class StreamRelay(object):

@@ -24,18 +24,16 @@ from unittest import mock
 import uuid
 
 import fixtures
-from oslo_config import fixture as config_fixture
-import testtools
 
 from nova import objects
 
 from nova_multidest.compute import endpoint as compute_endpoint
-from nova_multidest import conf
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import protocol
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 from nova_multidest import vocabulary
-from tests.dataplane import test_libvirt_extension as libvirt_fixtures
+from tests import base
+from tests.dataplane import libvirt_fixture
 
 STREAM_TIMEOUT = 60
 
@@ -44,7 +42,7 @@ def setUpModule():
     objects.register_all()
 
 
-class EndpointOverLibvirtBase(testtools.TestCase):
+class EndpointOverLibvirtBase(base.TestCase):
     """A source endpoint and two destination endpoints on one libvirtd."""
 
     def guest(self):
@@ -52,18 +50,17 @@ class EndpointOverLibvirtBase(testtools.TestCase):
 
     def setUp(self):
         super().setUp()
-        libvirt_fixtures.libvirt.registerErrorHandler(
+        libvirt_fixture.libvirt.registerErrorHandler(
             lambda context, error: None, None)
-        daemon = self.useFixture(libvirt_fixtures.LibvirtDaemon())
+        daemon = self.useFixture(libvirt_fixture.LibvirtDaemon())
         self.conn = daemon.connection
         self.daemon = daemon
         work_dir = self.useFixture(fixtures.TempDir()).path
         self.work_dir = work_dir
-        config = self.useFixture(config_fixture.Config(conf.CONF))
-        config.config(instances_path=work_dir)
-        config.config(listen_address='127.0.0.1', port_min=42100,
-                      port_max=42199, max_bandwidth_mb=1024,
-                      downtime_limit_ms=2000, group='multidest')
+        self.flags(group=None, instances_path=work_dir)
+        self.flags(listen_address='127.0.0.1', port_min=42100,
+                   port_max=42199, max_bandwidth_mb=1024,
+                   downtime_limit_ms=2000)
         for target in ('nova.network.neutron.API', 'nova.volume.cinder.API',
                        'nova.rpc.get_client'):
             patcher = mock.patch(target)
@@ -78,7 +75,7 @@ class EndpointOverLibvirtBase(testtools.TestCase):
         kernel = self.guest().write(work_dir)
         self.domain_name = 'instance-%s' % uuid.uuid4().hex[:8]
         self.conn.createXML(
-            libvirt_fixtures.source_xml(self.domain_name, kernel), 0)
+            libvirt_fixture.source_xml(self.domain_name, kernel), 0)
         self.instance = mock.Mock(uuid=str(uuid.uuid4()), host='src')
         self.instance.name = self.domain_name
         self.source = self.endpoint('src', rename=False)
@@ -166,7 +163,7 @@ class EndpointOverLibvirtTest(EndpointOverLibvirtBase):
         self.dests['dst2'].revert_destination(
             'ctxt', self.instance, self.migrations['dst2'])
         running = [d.name() for d in self.conn.listAllDomains(0)
-                   if d.state()[0] == libvirt_fixtures.libvirt.
+                   if d.state()[0] == libvirt_fixture.libvirt.
                    VIR_DOMAIN_RUNNING]
         self.assertEqual(['%s-dst1' % self.domain_name], running)
         self.assertEqual(

@@ -20,11 +20,6 @@ different names.
 """
 
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import textwrap
 import threading
 import time
 import uuid
@@ -38,114 +33,10 @@ from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 from nova_multidest import vocabulary
-from tools.lab import libvirtd
+from tests.dataplane import libvirt_fixture
 
 MiB = 1 << 20
-GUEST_MEMORY_MB = 64
-START_TIMEOUT = 20
 STREAM_TIMEOUT = 60
-
-
-class LibvirtDaemon(fixtures.Fixture):
-    """A private libvirtd; stopped, with every domain it ran, on cleanup.
-
-    With ``hostname`` it also gets its own UTS namespace, that name and a
-    host UUID of its own: libvirt migrates between two such daemons as
-    between two hosts.
-    """
-
-    def __init__(self, hostname=None):
-        super().__init__()
-        self.hostname = hostname
-
-    def _setUp(self):
-        self.dir = tempfile.mkdtemp(prefix='multidest-libvirtd-')
-        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        libvirtd.prepare(self.dir)
-        self.uri = libvirtd.uri(self.dir)
-        self.log_path = os.path.join(self.dir, 'libvirtd.log')
-        with open(self.log_path, 'wb') as log:
-            self.process = subprocess.Popen(
-                libvirtd.namespace_command(
-                    self.dir, libvirtd.daemon_command(self.dir),
-                    hostname=self.hostname or ''),
-                stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
-        self.qemu_pids = set()
-        self.addCleanup(self._stop)
-        self.connection = self._connect()
-
-    def _connect(self):
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError('libvirtd exited: %s' % self.log())
-            try:
-                return libvirt.open(self.uri)
-            except libvirt.libvirtError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError('libvirtd did not answer within '
-                                       '%ss: %s' % (START_TIMEOUT, self.log()))
-            # No event to wait for: the socket appears once the daemon
-            # has initialised its drivers.
-            time.sleep(0.1)
-
-    def log(self):
-        with open(self.log_path, errors='replace') as f:
-            return f.read()[-4000:]
-
-    def note_qemu_pids(self):
-        """Remember the QEMU processes of the daemon's domains."""
-        self.qemu_pids |= libvirtd.qemu_pids(
-            self.dir, [d.name() for d in self.connection.listAllDomains(0)])
-        return set(self.qemu_pids)
-
-    def live_qemu_pids(self):
-        return {pid for pid in self.qemu_pids if _alive(pid)}
-
-    def _stop(self):
-        try:
-            self.note_qemu_pids()
-            for domain in self.connection.listAllDomains(0):
-                libvirt_ext._destroy_domain(domain)
-            self.connection.close()
-        except libvirt.libvirtError:
-            pass
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        for pid in self.live_qemu_pids():
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().split(')')[-1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
-def source_xml(name, kernel):
-    return textwrap.dedent('''\
-        <domain type='qemu'>
-          <name>%s</name>
-          <uuid>%s</uuid>
-          <memory unit='MiB'>%d</memory>
-          <vcpu>1</vcpu>
-          <os>
-            <type arch='x86_64' machine='pc'>hvm</type>
-            <kernel>%s</kernel>
-          </os>
-          <devices>
-            <emulator>/usr/bin/qemu-system-x86_64</emulator>
-          </devices>
-        </domain>
-        ''') % (name, uuid.uuid4(), GUEST_MEMORY_MB, kernel)
 
 
 class StatusWaiter(object):
@@ -189,12 +80,12 @@ class LibvirtExtensionTest(testtools.TestCase):
         super().setUp()
         # libvirt prints every error it raises; the tests expect some.
         libvirt.registerErrorHandler(lambda context, error: None, None)
-        self.daemon = self.useFixture(LibvirtDaemon())
+        self.daemon = self.useFixture(libvirt_fixture.LibvirtDaemon())
         self.conn = self.daemon.connection
         self.work_dir = self.useFixture(fixtures.TempDir()).path
         kernel = guest_image.DirtyingGuest().write(self.work_dir)
         self.name = 'multidest-src-%s' % uuid.uuid4().hex[:8]
-        self.conn.createXML(source_xml(self.name, kernel), 0)
+        self.conn.createXML(libvirt_fixture.source_xml(self.name, kernel), 0)
         self.hv = libvirt_ext.LibvirtHypervisor(
             lambda: self.conn, rename_destinations=True,
             work_dir=self.work_dir)

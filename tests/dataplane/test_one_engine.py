@@ -23,12 +23,10 @@ release the real downtime limit at the switch-over.
 import io
 
 import fixtures
-from oslo_config import fixture as config_fixture
 
 from nova import objects
 
 from nova_multidest.cmd import demo
-from nova_multidest import conf
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
@@ -70,9 +68,7 @@ class OneEngineTest(test_libvirt_endpoint.EndpointOverLibvirtBase):
         super().setUp()
         # The switch-over waits for the exit condition, however loaded
         # the machine: a forced one would be another path.
-        self.useFixture(config_fixture.Config(conf.CONF)).config(
-            max_bandwidth_mb=BANDWIDTH_MB, switch_over_timeout=600,
-            group='multidest')
+        self.flags(max_bandwidth_mb=BANDWIDTH_MB, switch_over_timeout=600)
         self.streams = []
         real_start = source_stream.SourceStream.start
         streams = self.streams

@@ -16,17 +16,15 @@ import threading
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
-import testtools
 
 from nova import objects
 
 from nova_multidest.compute import endpoint as compute_endpoint
-from nova_multidest import conf
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import fake
 from nova_multidest import vocabulary
+from tests import base
 
 SECRET_HEX = 'ab' * 32
 SOURCE_ATTACHMENT = '2c0c5a3e-7f8e-4b55-9a43-6c1f0d3c6a01'
@@ -51,17 +49,16 @@ def volume_bdm(connection_info):
         encryption_options=None, connection_info=connection_info)
 
 
-class EndpointTestBase(testtools.TestCase):
+class EndpointTestBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
         self.addCleanup(fake.reset)
         fake.configure(steps=4, step_seconds=0.001)
-        self.config = self.useFixture(config_fixture.Config(conf.CONF))
-        self.config.config(
-            instances_path=self.useFixture(fixtures.TempDir()).path)
-        self.config.config(listen_address='127.0.0.1', port_min=41000,
-                           port_max=41009, group='multidest')
+        self.flags(group=None,
+                   instances_path=self.useFixture(fixtures.TempDir()).path)
+        self.flags(listen_address='127.0.0.1', port_min=41000,
+                   port_max=41009)
         for target in ('nova.network.neutron.API', 'nova.volume.cinder.API',
                        'nova.rpc.get_client'):
             patcher = mock.patch(target)
@@ -129,8 +126,8 @@ class DestinationSideTest(EndpointTestBase):
         self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
 
     def test_agent_on_all_addresses_is_advertised_on_my_ip(self):
-        self.config.config(listen_address='0.0.0.0', group='multidest')
-        self.config.config(my_ip='192.0.2.7')
+        self.flags(listen_address='0.0.0.0')
+        self.flags(group=None, my_ip='192.0.2.7')
         result = self.endpoint().prepare_destination(
             'ctxt', self.instance, self.migration, SECRET_HEX, False,
             self.migrate_data())

@@ -13,14 +13,12 @@
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
-import testtools
 
 from nova import exception as nova_exception
 
 from nova_multidest.conductor import destinations
-from nova_multidest import conf
 from nova_multidest import exceptions
+from tests import base
 
 
 def selection(host):
@@ -29,11 +27,10 @@ def selection(host):
                      allocation_request_version='1.36')
 
 
-class ScheduleTest(testtools.TestCase):
+class ScheduleTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
         self.query = mock.Mock()
         self.report = mock.Mock()
         self.report.claim_resources.return_value = True
@@ -82,7 +79,7 @@ class ScheduleTest(testtools.TestCase):
                           ['a', 'b', 'c', 'src', 'x']], self.ignored)
 
     def test_spread_prefers_new_zones_and_drops_unused_selection(self):
-        self.conf.config(spread='availability_zone', group='multidest')
+        self.flags(spread='availability_zone')
         zones = {'a': 'z1', 'b': 'z1', 'c': 'z2'}
         self.useFixture(fixtures.MockPatch(
             'nova.availability_zones.get_host_availability_zone',
@@ -93,7 +90,7 @@ class ScheduleTest(testtools.TestCase):
         self.assertEqual(['a', 'c'], sorted(c.host for c in picked))
 
     def test_unwanted_first_selection_releases_its_claim(self):
-        self.conf.config(spread='availability_zone', group='multidest')
+        self.flags(spread='availability_zone')
         zones = {'a': 'z1', 'b': 'z1', 'c': 'z2'}
         self.useFixture(fixtures.MockPatch(
             'nova.availability_zones.get_host_availability_zone',
@@ -107,7 +104,7 @@ class ScheduleTest(testtools.TestCase):
             force=True)
 
 
-class ExplicitTest(testtools.TestCase):
+class ExplicitTest(base.TestCase):
 
     def test_refuses_source_and_duplicates(self):
         instance = mock.Mock(host='src')

@@ -14,15 +14,13 @@ import threading
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
-import testtools
 
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
 from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
-from nova_multidest import conf
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
+from tests import base
 
 
 def destination(host, prepared=False):
@@ -32,11 +30,10 @@ def destination(host, prepared=False):
         prepare_sent=prepared)
 
 
-class TaskTestBase(testtools.TestCase):
+class TaskTestBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
         self.instance = mock.Mock(uuid='inst', host='src', node='src',
                                   system_metadata={}, task_state='migrating')
         self.clients = mock.Mock()
@@ -144,7 +141,7 @@ class TaskTest(TaskTestBase):
             mock.ANY, self.instance, first.migration)
 
     def test_too_few_destinations_keep_the_source(self):
-        self.conf.config(min_destinations=2, group='multidest')
+        self.flags(min_destinations=2)
         good, bad = self.choose('good', 'bad')
 
         def prepare(ctxt, instance, migration, *args):

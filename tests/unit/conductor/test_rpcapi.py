@@ -13,23 +13,20 @@
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
-import testtools
 
 from nova_multidest.conductor import rpcapi
-from nova_multidest import conf
+from tests import base
 
 
-class ConductorAPITest(testtools.TestCase):
+class ConductorAPITest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.conf = self.useFixture(config_fixture.Config(conf.CONF))
         self.get_client = self.useFixture(fixtures.MockPatch(
             'nova.rpc.get_client')).mock
 
     def test_client_is_capped_on_our_topic(self):
-        self.conf.config(conductor_topic='md-topic', group='multidest')
+        self.flags(conductor_topic='md-topic')
         rpcapi.ConductorAPI()
         target = self.get_client.call_args.args[0]
         self.assertEqual('md-topic', target.topic)
