@@ -39,7 +39,8 @@ from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 from nova_multidest import vocabulary
 from tests.dataplane import demo_session_base
-from tests.dataplane import test_libvirt_extension as base
+from tests.dataplane import libvirt_fixture
+from tests.dataplane import test_libvirt_extension as extension_test
 
 MiB = 1 << 20
 DISK_MB = 64
@@ -69,7 +70,7 @@ def disk_xml(name, kernel, path):
     </disk>
   </devices>
 </domain>
-''' % (name, uuid.uuid4(), base.GUEST_MEMORY_MB, kernel, path)
+''' % (name, uuid.uuid4(), libvirt_fixture.GUEST_MEMORY_MB, kernel, path)
 
 
 def qemu_io_offline(path, command):
@@ -92,7 +93,7 @@ class LibvirtDiskTest(testtools.TestCase):
     def setUp(self):
         super().setUp()
         libvirt.registerErrorHandler(lambda context, error: None, None)
-        self.daemon = self.useFixture(base.LibvirtDaemon())
+        self.daemon = self.useFixture(libvirt_fixture.LibvirtDaemon())
         self.conn = self.daemon.connection
         self.work_dir = self.useFixture(fixtures.TempDir()).path
         kernel = guest_image.DirtyingGuest(pages_per_tick=16).write(
@@ -173,7 +174,7 @@ class LibvirtDiskTest(testtools.TestCase):
         copy, stream = self.stream(names, warm_up=True)
         self.write(1, 512, 1)
         self.write(40, 512, 2)
-        waiter = base.StatusWaiter(self.destinations['d1'])
+        waiter = extension_test.StatusWaiter(self.destinations['d1'])
         waiter.wait_active(WAIT)
         # The memory stream runs: every mirror is in sync now.
         for index, offset in enumerate((2, 6, 30, 61)):
@@ -186,7 +187,7 @@ class LibvirtDiskTest(testtools.TestCase):
         for name in names:
             dest = self.destinations[name]
             self.assertEqual(vocabulary.QemuStatus.COMPLETED,
-                             base.StatusWaiter(dest).wait_final(WAIT))
+                             extension_test.StatusWaiter(dest).wait_final(WAIT))
             self.assertEqual('complete', dest._disk_writer.wait(WAIT),
                              dest.disk_copy_reason())
         status = stream.status()
