@@ -91,6 +91,13 @@ class DiskNotMirrorable(MultiDestError):
     code = 400
 
 
+class HostTooOld(MultiDestError):
+    msg_fmt = ('Host %(host)s serves nova-multidest compute RPC version '
+               '%(version)s; %(purpose)s needs version %(needed)s. Upgrade '
+               'nova-multidest on %(host)s, or choose other destinations.')
+    code = 409
+
+
 class InvalidMigrationRequest(MultiDestError):
     msg_fmt = ('Invalid multi-destination live migration request: '
                '%(reason)s')

@@ -29,6 +29,7 @@ from nova.objects import base as objects_base
 from nova import rpc
 
 from nova_multidest.compute import endpoint as compute_endpoint
+from nova_multidest.compute import rpcapi
 from nova_multidest import conf
 from nova_multidest.virt import driver as virt_driver
 
@@ -47,7 +48,8 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
     def init_host(self, host):
         super().init_host(host)
         endpoint = compute_endpoint.ComputeEndpoint(
-            self, host, self.multidest_hypervisor)
+            self, host, self.multidest_hypervisor,
+            version=self.multidest_rpc_version)
         endpoint.cleanup_after_restart(nova_context.get_admin_context())
         target = messaging.Target(topic=CONF.multidest.compute_topic,
                                   server=host)
@@ -58,6 +60,20 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         self._multidest_server = server
         LOG.info('Serving multi-destination migration on topic %s',
                  CONF.multidest.compute_topic)
+
+    def get_available_resource(self, nodename):
+        """Nova's resources, plus the multidest RPC version served here.
+
+        The resource tracker keeps it in the compute node's stats, where
+        the conductor reads it to cap its calls (``rpcapi.for_hosts``).
+        """
+        resources = super().get_available_resource(nodename)
+        stats = dict(resources.get('stats') or {})
+        stats[rpcapi.STATS_KEY] = self.multidest_rpc_version
+        resources['stats'] = stats
+        return resources
+
+    multidest_rpc_version = rpcapi.RPC_API_VERSION
 
     def cleanup_host(self, host):
         server, self._multidest_server = self._multidest_server, None

@@ -27,6 +27,7 @@ memory and in a local journal, and the conductor updates Nova's records
 once the winner is known.
 """
 
+import dataclasses
 import functools
 import os
 import threading
@@ -47,6 +48,7 @@ from nova.volume import cinder
 from nova_multidest.compute import journal as journal_mod
 from nova_multidest.compute import rpcapi
 from nova_multidest import conf
+from nova_multidest.dataplane import hypervisor as hypervisor_mod
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
@@ -88,9 +90,10 @@ class ComputeEndpoint(object):
     ``hypervisor`` the extension it built (``virt/hypervisors/``).
     """
 
-    target = messaging.Target(version='1.0')
-
-    def __init__(self, driver, host, hypervisor):
+    def __init__(self, driver, host, hypervisor,
+                 version=rpcapi.RPC_API_VERSION):
+        # The version the driver reports in its compute node's stats.
+        self.target = messaging.Target(version=version)
         self.driver = driver
         self.host = host
         self.hypervisor = hypervisor
@@ -135,13 +138,8 @@ class ComputeEndpoint(object):
             raise exceptions.InvalidSettings(
                 reason='prepare_destination needs the migrate data that '
                        'check_can_live_migrate_destination returned')
-        if migrate_data.obj_attr_is_set('block_migration') and \
-                migrate_data.block_migration:
-            raise exceptions.InvalidSettings(
-                reason='instance %s has local disks that are not on shared '
-                       'storage; multi-destination migration copies memory '
-                       'only. Use shared storage or a volume-backed server'
-                       % instance.uuid)
+        copy_disks = bool(migrate_data.obj_attr_is_set('block_migration') and
+                          migrate_data.block_migration)
         secret = rpcapi.decode_secret(secret)
         record = {'instance_uuid': instance.uuid,
                   'domain_name': instance.name,
@@ -149,15 +147,21 @@ class ComputeEndpoint(object):
                   'migrate_data': migrate_data.obj_to_primitive()}
         prepared = _PreparedDestination(migration.uuid, record)
         self.journal.write(migration.uuid, record)
+        disk_address = None
         try:
-            source = self.compute_rpcapi.get_source_guest(context, instance)
+            source = self.compute_rpcapi.get_source_guest(
+                context, instance, block_migration=copy_disks)
             bdms = self._attach_volumes(context, instance, prepared)
             block_device_info = virt_driver.get_block_device_info(
                 instance, bdms)
             network_info = self.network_api.get_instance_nw_info(
                 context, instance)
+            # With local disks, Nova's own pre-live-migration makes the
+            # instance directory and the disks over this host's image
+            # cache; the revert removes them (destroy_disks).
             migrate_data = self.driver.pre_live_migration(
-                context, instance, block_device_info, network_info, None,
+                context, instance, block_device_info, network_info,
+                source.get('disk_info') if copy_disks else None,
                 migrate_data)
             record['migrate_data'] = migrate_data.obj_to_primitive()
             self.journal.write(migration.uuid, record)
@@ -168,6 +172,9 @@ class ComputeEndpoint(object):
             prepared.guest.subscribe(prepared.on_event)
             prepared.guest.start_incoming()
             address = self._open_stream(prepared.guest, secret)
+            if copy_disks:
+                disk_address = self._open_disk_stream(
+                    prepared.guest, secret, source['disks'])
         except Exception:
             with excutils.save_and_reraise_exception():
                 LOG.exception('Preparing %s as a destination failed',
@@ -184,9 +191,12 @@ class ComputeEndpoint(object):
             self._destinations[migration.uuid] = prepared
         LOG.info('Destination %s ready, stream agent on %s:%s', self.host,
                  address[0], address[1], instance=instance)
-        return {'agent_address': [address[0], address[1]],
-                'migrate_data': migrate_data,
-                'attachment_ids': dict(record['attachment_ids'])}
+        result = {'agent_address': [address[0], address[1]],
+                  'migrate_data': migrate_data,
+                  'attachment_ids': dict(record['attachment_ids'])}
+        if disk_address is not None:
+            result['disk_agent_address'] = list(disk_address)
+        return result
 
     def _attach_volumes(self, context, instance, prepared):
         """A Cinder attachment for this host per volume, BDMs untouched.
@@ -222,8 +232,17 @@ class ComputeEndpoint(object):
             bdm.connection_info = jsonutils.dumps(connection_info)
         return bdms
 
-    def _open_stream(self, guest, secret):
+    def _open_disk_stream(self, guest, secret, disks):
+        """Export the paused guest's disks; start their agent and writer."""
+        exports = guest.export_disks(
+            [hypervisor_mod.LocalDisk(**disk) for disk in disks])
+        return self._open_stream(
+            guest, secret, functools.partial(guest.open_disk_stream,
+                                             exports=exports))
+
+    def _open_stream(self, guest, secret, opener=None):
         """Start the agent on the first free port of the configured range."""
+        opener = opener or guest.open_stream
         listen_host = (CONF.multidest.listen_address or
                        CONF.libvirt.live_migration_inbound_addr or
                        CONF.my_ip)
@@ -238,7 +257,7 @@ class ComputeEndpoint(object):
         for port in range(CONF.multidest.port_min,
                           CONF.multidest.port_max + 1):
             try:
-                address = guest.open_stream(
+                address = opener(
                     secret, listen=(listen_host, port), **tls_args)
             except OSError as exc:
                 last_error = exc
@@ -274,9 +293,15 @@ class ComputeEndpoint(object):
         with prepared.changed:
             while True:
                 status = prepared.guest.migration_status()
+                copied = prepared.guest.disks_copied()
+                if copied is False:
+                    return vocabulary.WaitOutcome.FAILED
                 if status == vocabulary.QemuStatus.COMPLETED:
-                    return vocabulary.WaitOutcome.COMPLETED
-                if status in vocabulary.QemuStatus.FINAL:
+                    # Only a copy holding the disks too may be elected;
+                    # their writer may report a moment after the memory.
+                    if copied or not prepared.guest.copies_disks:
+                        return vocabulary.WaitOutcome.COMPLETED
+                elif status in vocabulary.QemuStatus.FINAL:
                     return vocabulary.WaitOutcome.FAILED
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -382,12 +407,37 @@ class ComputeEndpoint(object):
 
     # -- source side -------------------------------------------------------
 
-    def get_source_guest(self, context, instance):
+    def get_source_guest(self, context, instance, block_migration=False):
         self._check_source_side(instance)
-        return {'xml': self.hypervisor.source_xml(instance.name)}
+        result = {'xml': self.hypervisor.source_xml(instance.name)}
+        if block_migration:
+            bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
+                context, instance.uuid)
+            result['disk_info'] = self.driver.get_instance_disk_info(
+                instance, virt_driver.get_block_device_info(instance, bdms))
+            result['disks'] = [dataclasses.asdict(disk) for disk in
+                               self._local_disks(context, instance)]
+        return result
+
+    def _local_disks(self, context, instance):
+        """The disks Nova's block migration would copy, as mirrored.
+
+        Raises DiskNotMirrorable naming a disk that cannot be mirrored.
+        """
+        devices = self.driver.multidest_copied_devices(context, instance)
+        return self.hypervisor.source(instance.name).local_disks(devices)
+
+    def check_source_disks(self, context, instance):
+        """None, or why a disk of the instance cannot be copied."""
+        self._check_source_side(instance)
+        try:
+            self._local_disks(context, instance)
+        except exceptions.DiskNotMirrorable as exc:
+            return str(exc)
+        return None
 
     def start_stream(self, context, instance, destinations, secret,
-                     topology, warm_up):
+                     topology, warm_up, block_migration=False):
         self._check_source_side(instance)
         with self._lock:
             previous = self._streams.get(instance.uuid)
@@ -405,7 +455,7 @@ class ComputeEndpoint(object):
         try:
             stream = self._create_stream(context, instance, destinations,
                                          rpcapi.decode_secret(secret),
-                                         topology, warm_up)
+                                         topology, warm_up, block_migration)
             with self._lock:
                 self._streams[instance.uuid] = stream
             stream.start(_spawn)
@@ -423,16 +473,29 @@ class ComputeEndpoint(object):
                  instance=instance)
 
     def _create_stream(self, context, instance, destinations, secret,
-                       topology, warm_up):
+                       topology, warm_up, block_migration=False):
         migrations = {d['host']: objects.Migration.get_by_uuid(
             context, d['migration_uuid']) for d in destinations}
         source = self.hypervisor.source(instance.name)
+        on_drop = functools.partial(self._on_drop, instance)
         fanout = self.hypervisor.create_relay(
             secret, [(d['host'], tuple(d['agent_address']))
                      for d in destinations],
             topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
-            tls=self._tls_contexts()[1],
-            on_drop=functools.partial(self._on_drop, instance))
+            tls=self._tls_contexts()[1], on_drop=on_drop)
+        disks = None
+        if block_migration:
+            try:
+                disks = self.hypervisor.create_disk_copy(
+                    source, self._local_disks(context, instance),
+                    [(d['host'], tuple(d['disk_agent_address']))
+                     for d in destinations], secret, topology=topology,
+                    lag_limit=CONF.multidest.lag_limit_mb * MiB,
+                    tls=self._tls_contexts()[1], on_drop=on_drop,
+                    max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB)
+            except Exception:
+                fanout.close()
+                raise
         settings = source_stream.StreamSettings(
             max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB,
             downtime_limit_ms=CONF.multidest.downtime_limit_ms,
@@ -440,23 +503,29 @@ class ComputeEndpoint(object):
             warm_up_exit=CONF.multidest.warm_up_exit,
             warm_up_percent=CONF.multidest.warm_up_percent,
             switch_over_timeout=CONF.multidest.switch_over_timeout)
-        return source_stream.SourceStream(
-            source, fanout, settings,
-            on_progress=self._progress_recorder(migrations))
+        stream = source_stream.SourceStream(
+            source, fanout, settings, disks=disks)
+        stream.on_progress = self._progress_recorder(
+            migrations, stream.disk_progress)
+        return stream
 
     def _on_drop(self, instance, name, reason):
         LOG.warning('Destination %s dropped from the stream: %s', name,
                     reason, instance=instance)
 
-    def _progress_recorder(self, migrations):
+    def _progress_recorder(self, migrations, disk_progress=dict):
         """Progress as ``openstack server migration show`` displays it.
 
         Each destination's Migration counts the stream bytes that reached
-        that destination, and what the source still has to send.
+        that destination, and what the source still has to send; with
+        local disks also the disk bytes that reached it, of those the
+        source's mirrors know they must copy (Nova's own libvirt driver
+        reports 0 for these).
         """
         last_saved = [0.0]
 
         def record(stats, progress):
+            disks = disk_progress()
             final = stats.status in vocabulary.QemuStatus.FINAL
             now = time.monotonic()
             if not final and now - last_saved[0] < PROGRESS_SAVE_INTERVAL:
@@ -474,6 +543,13 @@ class ComputeEndpoint(object):
                     else stats.transferred) or None
                 migration.memory_remaining = (
                     None if complete else stats.remaining or None)
+                disk = disks.get(host)
+                if disk is not None:
+                    migration.disk_total_bytes = disk.total_bytes or None
+                    migration.disk_processed_bytes = (
+                        disk.processed_bytes or None)
+                    migration.disk_remaining_bytes = (
+                        disk.remaining_bytes or None)
                 if migration.obj_what_changed():
                     migration.save()
         return record

@@ -21,22 +21,61 @@ to ``instance.host``.
 API version history:
 
 * 1.0 - Initial version.
+* 1.1 - Local disks: prepare_destination accepts block migration and
+  returns ``disk_agent_address``; get_source_guest takes
+  ``block_migration`` and then returns the disks to copy;
+  start_stream takes ``block_migration``; new check_source_disks.
+
+Which version a host serves is in its compute node's stats
+(``STATS_KEY``), which the driver reports with its resources: the
+conductor caps its calls at the oldest version among the hosts of one
+migration, as Nova caps its own RPCs at the oldest service version.
 """
 
 import oslo_messaging as messaging
 
+from nova import objects
 from nova.objects import base as objects_base
 from nova import rpc
 
 from nova_multidest import conf
+from nova_multidest import exceptions
 
 CONF = conf.CONF
 
-RPC_API_VERSION = '1.0'
-# Raise this only once every compute of a deployment runs a release that
-# serves the new version; methods check can_send_version() before using
+RPC_API_VERSION = '1.1'
+# What the hosts of one migration serve decides what is sent
+# (``for_hosts``); methods check can_send_version() before using
 # anything newer than 1.0.
-VERSION_CAP = '1.0'
+VERSION_CAP = RPC_API_VERSION
+# The first version that copies local disks.
+DISKS_VERSION = '1.1'
+# Key of the version in each compute node's stats.
+STATS_KEY = 'multidest_rpc_version'
+# A compute node without that key runs a release older than 1.1.
+OLDEST_VERSION = '1.0'
+
+
+def version_tuple(version):
+    return tuple(int(part) for part in str(version).split('.'))
+
+
+def host_version(context, host):
+    """The compute RPC version ``host`` serves, from its node record."""
+    try:
+        nodes = objects.ComputeNodeList.get_all_by_host(context, host)
+    except Exception:
+        return OLDEST_VERSION
+    versions = [(node.stats or {}).get(STATS_KEY, OLDEST_VERSION)
+                for node in nodes] or [OLDEST_VERSION]
+    return min(versions, key=version_tuple)
+
+
+def oldest_version(context, hosts):
+    """The oldest version among ``hosts``, at most this release's."""
+    versions = [host_version(context, host) for host in hosts]
+    versions.append(RPC_API_VERSION)
+    return min(versions, key=version_tuple)
 
 
 def encode_secret(secret):
@@ -51,18 +90,39 @@ def decode_secret(secret):
 class ComputeAPI(object):
     """Calls into the compute hosts of one multi-destination migration."""
 
-    def __init__(self):
+    def __init__(self, version_cap=VERSION_CAP):
         target = messaging.Target(topic=CONF.multidest.compute_topic,
                                   version=RPC_API_VERSION)
         serializer = objects_base.NovaObjectSerializer()
-        self.client = rpc.get_client(target, version_cap=VERSION_CAP,
+        self.version_cap = version_cap
+        self.client = rpc.get_client(target, version_cap=version_cap,
                                      serializer=serializer)
 
-    def _prepare(self, host, timeout=None):
-        kwargs = {'server': host, 'version': '1.0'}
+    @classmethod
+    def for_hosts(cls, context, hosts):
+        """A client capped at the oldest version ``hosts`` serve."""
+        return cls(version_cap=oldest_version(context, hosts))
+
+    def can_copy_disks(self):
+        return self.client.can_send_version(DISKS_VERSION)
+
+    def _prepare(self, host, timeout=None, version='1.0'):
+        kwargs = {'server': host, 'version': version}
         if timeout is not None:
             kwargs['timeout'] = timeout
         return self.client.prepare(**kwargs)
+
+    def _disk_version(self, block_migration, method):
+        """1.1 for a block migration, refused if the cap is lower."""
+        if not block_migration:
+            return '1.0'
+        if not self.can_copy_disks():
+            raise exceptions.InvalidSettings(
+                reason='%s with local disks needs compute RPC version %s '
+                       'of nova-multidest, but calls are capped at %s; '
+                       'upgrade every compute host of the migration'
+                       % (method, DISKS_VERSION, self.version_cap))
+        return DISKS_VERSION
 
     def prepare_destination(self, ctxt, instance, migration, secret,
                             block_migration, migrate_data=None):
@@ -77,8 +137,10 @@ class ComputeAPI(object):
         which the conductor deletes for a loser and makes the BDM's for
         the winner).
         """
-        cctxt = self._prepare(migration.dest_compute,
-                              timeout=CONF.multidest.prepare_timeout)
+        cctxt = self._prepare(
+            migration.dest_compute, timeout=CONF.multidest.prepare_timeout,
+            version=self._disk_version(block_migration,
+                                       'prepare_destination'))
         return cctxt.call(ctxt, 'prepare_destination', instance=instance,
                           migration=migration,
                           secret=encode_secret(secret),
@@ -86,16 +148,21 @@ class ComputeAPI(object):
                           migrate_data=migrate_data)
 
     def start_stream(self, ctxt, instance, destinations, secret, topology,
-                     warm_up):
+                     warm_up, block_migration=False):
         """Start the source side of the migration.
 
         ``destinations`` is a list of dicts {'migration_uuid', 'host',
-        'agent_address'}.
+        'agent_address'}, plus 'disk_agent_address' with
+        ``block_migration`` (1.1).
         """
-        cctxt = self._prepare(instance.host)
+        kwargs = {}
+        version = self._disk_version(block_migration, 'start_stream')
+        if block_migration:
+            kwargs['block_migration'] = True
+        cctxt = self._prepare(instance.host, version=version)
         cctxt.cast(ctxt, 'start_stream', instance=instance,
                    destinations=destinations, secret=encode_secret(secret),
-                   topology=topology, warm_up=warm_up)
+                   topology=topology, warm_up=warm_up, **kwargs)
 
     def wait_destination(self, ctxt, instance, migration, timeout):
         """'completed', 'failed' or 'timeout', within ``timeout`` s."""
@@ -143,11 +210,27 @@ class ComputeAPI(object):
         cctxt = self._prepare(instance.host)
         return cctxt.call(ctxt, 'source_status', instance=instance)
 
-    def get_source_guest(self, ctxt, instance):
+    def get_source_guest(self, ctxt, instance, block_migration=False):
         """Host-to-host: what a destination needs from the source.
 
-        Returns {'xml': migratable domain XML, 'disk_info': JSON of the
-        local disks or None}.
+        Returns {'xml': migratable domain XML}; with ``block_migration``
+        (1.1) also 'disk_info' (Nova's JSON of the local disks, for its
+        pre-live-migration) and 'disks' (those the source mirrors:
+        dicts of name, size, shallow).
         """
-        cctxt = self._prepare(instance.host)
-        return cctxt.call(ctxt, 'get_source_guest', instance=instance)
+        kwargs = {}
+        version = self._disk_version(block_migration, 'get_source_guest')
+        if block_migration:
+            kwargs['block_migration'] = True
+        cctxt = self._prepare(instance.host, version=version)
+        return cctxt.call(ctxt, 'get_source_guest', instance=instance,
+                          **kwargs)
+
+    def check_source_disks(self, ctxt, instance):
+        """None if the source can mirror every disk it would copy (1.1).
+
+        Otherwise the reason, naming the disk.
+        """
+        cctxt = self._prepare(instance.host, version=self._disk_version(
+            True, 'check_source_disks'))
+        return cctxt.call(ctxt, 'check_source_disks', instance=instance)
