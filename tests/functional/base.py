@@ -104,6 +104,13 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
         # every later test of the worker. Let stop() wait for it instead.
         self.flags(manager_shutdown_timeout=10)
         multidest_conf.register_opts(CONF)
+        # Nova's StandardLogging captures logs only while the test runs;
+        # the thread pools Nova's harness shuts down after it (at the
+        # test's clean-up) log through the process-wide handler of
+        # nova.test, straight to the output. Capture those too: a test's
+        # logs are shown with it when it fails, never otherwise.
+        self.useFixture(fixtures.FakeLogger(
+            format='%(asctime)s %(levelname)s [%(name)s] %(message)s'))
         super().setUp()
         self.useFixture(fixtures.MonkeyPatch(
             'nova.tests.fixtures.libvirt.Domain.migrateToURI3',

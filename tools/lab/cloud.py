@@ -36,6 +36,7 @@ from tools.lab import layout as layout_mod
 from tools.lab import libvirtd
 from tools.lab import network
 from tools.lab import processes
+from tools.lab import storage
 
 LabError = processes.LabError
 
@@ -44,7 +45,7 @@ DATABASES = ('keystone', 'glance', 'neutron', 'placement', 'nova_api',
 SCHEMA_OWNERS = ('keystone', 'glance', 'neutron', 'openstack-placement',
                  'nova')
 # Bump when the bootstrap changes in a way an existing lab lacks.
-BOOTSTRAP_VERSION = '1'
+BOOTSTRAP_VERSION = '2'
 SERVICE_USERS = ('nova', 'glance', 'neutron', 'placement')
 CATALOG = (('compute', 'nova', 'nova-api', '/v2.1'),
            ('image', 'glance', 'glance', ''),
@@ -154,8 +155,9 @@ class Cloud(object):
         }
         for host in lab.hosts:
             self.conf[host.name] = config.nova_compute(lab, host.name)
-        for name in ('locks', 'instances', 'tmp'):
+        for name in ('locks', 'tmp'):
             os.makedirs(lab.path(name), exist_ok=True)
+        storage.prepare(lab)
 
     def _in_controller(self, argv):
         return ['ip', 'netns', 'exec', self.lab.controller.netns] + argv
@@ -307,6 +309,22 @@ class Cloud(object):
         return ['nsenter', '--target', str(holder), '--mount', '--uts',
                 '--net'] + argv
 
+    def _start_shared_storage(self):
+        process = self.procs['shared-storage']
+        process.start(self._in_controller(
+            storage.server_command(self.lab, process.log_path)))
+        return process, lambda: _port_open(self.lab.controller.address,
+                                           storage.PORT)
+
+    def _mount_instances(self, host):
+        """The host's mount of the shared instances_path."""
+        process = self.procs['%s-instances' % host]
+        process.start(self._in_host(
+            host, storage.client_command(self.lab, process.log_path)))
+        holder = self.procs['%s-namespaces' % host].pid
+        return process, lambda: storage.mounted(
+            holder, storage.mount_point(self.lab))
+
     def start_libvirtd(self, host):
         directory = self.lab.libvirt_dir(host)
         process = self.procs['%s-libvirtd' % host]
@@ -358,7 +376,8 @@ class Cloud(object):
 
     def _wipe(self):
         for name in ('mysql', 'rabbitmq', 'keystone', 'glance', 'instances',
-                     'nova', 'neutron', 'hosts', 'bootstrapped'):
+                     'shared-storage', 'nova', 'neutron', 'hosts',
+                     'bootstrapped'):
             path = self.lab.path(name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -477,6 +496,8 @@ class Cloud(object):
             first.append(self._start_mariadb())
         if not procs['epmd'].alive():
             first.append(self._start_epmd())
+        if not procs['shared-storage'].alive():
+            first.append(self._start_shared_storage())
         if first:
             self._wait(first)
         pending = []
@@ -488,6 +509,9 @@ class Cloud(object):
         holders = [self._start_holder(host) for host in self.lab.hosts
                    if not procs['%s-namespaces' % host.name].alive()]
         self._wait(holders)
+        self._wait([self._mount_instances(host.name)
+                    for host in self.lab.hosts
+                    if not procs['%s-instances' % host.name].alive()])
         for host in self.lab.hosts:
             if not procs['%s-libvirtd' % host.name].alive():
                 pending.append(self.start_libvirtd(host.name))
@@ -508,11 +532,40 @@ class Cloud(object):
     def down(self, purge=False, log=print):
         """Stop every process the lab started; remove its network."""
         self._stop_processes()
+        self._kill_leftovers(log)
         network.remove(self.lab)
         if purge and os.path.isdir(self.lab.dir):
             shutil.rmtree(self.lab.dir)
         log('Lab %s is down%s' % (
             self.lab.id, ' and its state removed' if purge else ''))
+
+    def _kill_leftovers(self, log):
+        """SIGKILL what still runs in the lab's namespaces, by PID.
+
+        The recorded processes are stopped by then; what is left was
+        started by one of them and outlived it (a QEMU whose libvirtd died
+        or lost its PID file, a helper of a killed service).
+        """
+        leftovers = network.processes_in(self.lab)
+        if not leftovers:
+            return
+        log('Killing %d process(es) left in lab %s\'s namespaces: %s' % (
+            len(leftovers), self.lab.id, ', '.join(
+                '%d (%s in %s)' % (pid, _exe_name(pid), netns)
+                for pid, netns in sorted(leftovers.items()))))
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            processes.wait_until(lambda: not network.processes_in(self.lab),
+                                 processes.STOP_TIMEOUT,
+                                 'processes of lab %s ended' % self.lab.id)
+        except LabError:
+            raise LabError('processes %s of lab %s survived SIGKILL' % (
+                sorted(network.processes_in(self.lab)), self.lab.id))
+        self.procs.reap()
 
     def _stop_processes(self):
         procs = self.procs
@@ -525,6 +578,7 @@ class Cloud(object):
             procs[name].stop()
         for host in self.lab.hosts:
             self._stop_host_daemons(host.name)
+        procs['shared-storage'].stop()
         procs['mariadb'].stop()
         for name in procs.names():
             procs[name].stop()
@@ -550,15 +604,18 @@ class Cloud(object):
         for pid in qemus:
             if _exe_name(pid).startswith('qemu-system'):
                 os.kill(pid, signal.SIGKILL)
+        self.procs['%s-instances' % host].stop()
         self.procs['%s-namespaces' % host].stop()
 
     def status(self):
         """{process name: running?} of every process the lab knows."""
-        names = ['mariadb', 'epmd', 'rabbitmq'] + [n for n, _ in WSGI]
+        names = ['mariadb', 'epmd', 'rabbitmq', 'shared-storage']
+        names += [n for n, _ in WSGI]
         names += list(CONTROLLER_SERVICES)
         for host in self.lab.hosts:
             names += ['%s-%s' % (host.name, kind)
-                      for kind in ('namespaces', 'libvirtd', 'nova-compute')]
+                      for kind in ('namespaces', 'instances', 'libvirtd',
+                                   'nova-compute')]
         return {name: self.procs[name].alive() for name in names}
 
 
@@ -567,10 +624,14 @@ def _preflight():
         raise LabError('the lab needs root: it creates network namespaces, '
                        'a bridge and mounts')
     missing = [tool for tool in ('ip', 'nsenter', 'unshare', 'mariadbd',
-                                 'epmd', 'libvirtd', 'qemu-system-x86_64')
+                                 'epmd', 'libvirtd', 'qemu-system-x86_64',
+                                 'glusterfsd', 'glusterfs')
                if shutil.which(tool) is None]
     if not os.path.exists('/usr/lib/rabbitmq/bin/rabbitmq-server'):
         missing.append('rabbitmq-server')
+    if not os.path.exists('/dev/fuse'):
+        missing.append('/dev/fuse (the FUSE module, for the shared '
+                       'instances_path)')
     if missing:
         raise LabError('missing %s: run the lab through tools/run, which '
                        'installs the "lab" profile of bindep.txt'

@@ -23,6 +23,7 @@ import uuid
 
 from tools.lab import layout as layout_mod
 from tools.lab import libvirtd
+from tools.lab import storage
 
 MULTIDEST_FILTER = ('[filter:multidest]\n'
                     'paste.filter_factory = '
@@ -200,7 +201,7 @@ def nova(lab, secrets):
             'my_ip': lab.controller.address,
             'host': layout_mod.CONTROLLER,
             'state_path': lab.path('nova', 'controller'),
-            'instances_path': lab.path('instances'),
+            'instances_path': storage.mount_point(lab),
             'compute_driver': 'multidest.MultiDestLibvirtDriver',
             'debug': 'false',
         },

@@ -20,6 +20,7 @@ reaches the controller.
 """
 
 import ipaddress
+import os
 import subprocess
 
 from tools.lab import processes
@@ -102,3 +103,34 @@ def remove(lab):
 def exists(lab):
     return link_exists(lab.bridge) or bool(
         namespaces() & {node.netns for node in lab.nodes})
+
+
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def processes_in(lab):
+    """{pid: namespace} of every process in one of the lab's namespaces.
+
+    Whatever runs there was started by the lab, directly or by one of its
+    daemons (libvirtd's QEMUs), whether or not a PID file names it.
+    """
+    namespaces = {}
+    for node in lab.nodes:
+        identity = _identity(os.path.join('/run/netns', node.netns))
+        if identity:
+            namespaces[identity] = node.netns
+    found = {}
+    if not namespaces:
+        return found
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            netns = namespaces.get(
+                _identity('/proc/%s/ns/net' % entry))
+            if netns:
+                found[int(entry)] = netns
+    return found
