@@ -186,8 +186,9 @@ class LibvirtDiskTest(testtools.TestCase):
         self.assert_source_untouched()
         for name in names:
             dest = self.destinations[name]
+            waiter = extension_test.StatusWaiter(dest)
             self.assertEqual(vocabulary.QemuStatus.COMPLETED,
-                             extension_test.StatusWaiter(dest).wait_final(WAIT))
+                             waiter.wait_final(WAIT))
             self.assertEqual('complete', dest._disk_writer.wait(WAIT),
                              dest.disk_copy_reason())
         status = stream.status()
