@@ -201,6 +201,13 @@ service_opts = [
         default='nova-multidest-compute',
         help='oslo.messaging topic served by each compute host running '
              'MultiDestLibvirtDriver.'),
+    cfg.IntOpt(
+        'status_probe_timeout',
+        default=10, min=1,
+        help='Seconds nova-multidest-status upgrade check waits for each '
+             'compute host to answer on compute_topic; a host that does '
+             'not answer in time is reported as not running '
+             'MultiDestLibvirtDriver.'),
     cfg.StrOpt(
         'hypervisor',
         default='libvirt',

@@ -130,6 +130,34 @@ EVENT_LIVE_MIGRATION = NAMESPACE + '_live_migration'
 # One per destination, with the reason a loser failed.
 EVENT_DESTINATION = NAMESPACE + '_destination_%s'
 
+# -- versioned notifications -------------------------------------------------
+
+
+class NotificationEvent(object):
+    """``event_type`` of the versioned notifications a group emits.
+
+    Nova's convention: ``<object>.<action>[.<phase>]``; the object is ours
+    so that listeners never mistake them for Nova's own.
+    """
+
+    PREFIX = NAMESPACE + '.live_migration'
+    START = PREFIX + '.start'
+    DESTINATION = PREFIX + '.destination'
+    ELECTED = PREFIX + '.elected'
+    END = PREFIX + '.end'
+    ERROR = PREFIX + '.error'
+    RECOVERY = PREFIX + '.recovery'
+
+    ALL = (START, DESTINATION, ELECTED, END, ERROR, RECOVERY)
+
+
+class RecoveryAction(object):
+    """What the conductor did with a group it settled from the records."""
+
+    FINISH = 'finish'
+    ROLLBACK = 'rollback'
+
+
 # -- the API -----------------------------------------------------------------
 
 # The server action nova-api serves through the paste filter.

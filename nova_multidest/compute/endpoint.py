@@ -583,6 +583,10 @@ class ComputeEndpoint(object):
         stream.abort()
         return True
 
+    def ping(self, context):
+        """Which RPC version this host serves, for nova-multidest-status."""
+        return {'host': self.host, 'rpc_version': self.target.version}
+
     def source_status(self, context, instance):
         """The stream's state; 'failed' with 'error' if it never started."""
         self._check_source_side(instance)

@@ -21,7 +21,8 @@ to ``instance.host``.
 API version history:
 
 * 1.0 - Initial version.
-* 1.1 - Local disks: prepare_destination accepts block migration and
+* 1.1 - Add ping(), for nova-multidest-status upgrade check.
+* 1.2 - Local disks: prepare_destination accepts block migration and
   returns ``disk_agent_address``; get_source_guest takes
   ``block_migration`` and then returns the disks to copy;
   start_stream takes ``block_migration``; new check_source_disks.
@@ -43,16 +44,17 @@ from nova_multidest import exceptions
 
 CONF = conf.CONF
 
-RPC_API_VERSION = '1.1'
+RPC_API_VERSION = '1.2'
 # What the hosts of one migration serve decides what is sent
-# (``for_hosts``); methods check can_send_version() before using
+# (``for_hosts``, and per call the host's version); methods check
+# can_send_version() before using
 # anything newer than 1.0.
 VERSION_CAP = RPC_API_VERSION
 # The first version that copies local disks.
-DISKS_VERSION = '1.1'
+DISKS_VERSION = '1.2'
 # Key of the version in each compute node's stats.
 STATS_KEY = 'multidest_rpc_version'
-# A compute node without that key runs a release older than 1.1.
+# A compute node without that key runs a release older than 1.2.
 OLDEST_VERSION = '1.0'
 
 
@@ -113,7 +115,7 @@ class ComputeAPI(object):
         return self.client.prepare(**kwargs)
 
     def _disk_version(self, block_migration, method):
-        """1.1 for a block migration, refused if the cap is lower."""
+        """1.2 for a block migration, refused if the cap is lower."""
         if not block_migration:
             return '1.0'
         if not self.can_copy_disks():
@@ -153,7 +155,7 @@ class ComputeAPI(object):
 
         ``destinations`` is a list of dicts {'migration_uuid', 'host',
         'agent_address'}, plus 'disk_agent_address' with
-        ``block_migration`` (1.1).
+        ``block_migration`` (1.2).
         """
         kwargs = {}
         version = self._disk_version(block_migration, 'start_stream')
@@ -206,6 +208,17 @@ class ComputeAPI(object):
         return cctxt.call(ctxt, 'cleanup_source', instance=instance,
                           migration=migration, migrate_data=migrate_data)
 
+    def ping(self, ctxt, host, timeout):
+        """{'host', 'rpc_version'} of ``host``'s endpoint (1.1).
+
+        The upgrade check asks every compute, whatever the cap: a host
+        that serves only 1.0 answers UnsupportedVersion (or RemoteError),
+        one that does not serve the topic at all lets the call time out.
+        """
+        cctxt = self.client.prepare(server=host, version='1.1',
+                                    timeout=timeout)
+        return cctxt.call(ctxt, 'ping')
+
     def source_status(self, ctxt, instance):
         cctxt = self._prepare(instance.host)
         return cctxt.call(ctxt, 'source_status', instance=instance)
@@ -214,7 +227,7 @@ class ComputeAPI(object):
         """Host-to-host: what a destination needs from the source.
 
         Returns {'xml': migratable domain XML}; with ``block_migration``
-        (1.1) also 'disk_info' (Nova's JSON of the local disks, for its
+        (1.2) also 'disk_info' (Nova's JSON of the local disks, for its
         pre-live-migration) and 'disks' (those the source mirrors:
         dicts of name, size, shallow).
         """
@@ -227,7 +240,7 @@ class ComputeAPI(object):
                           **kwargs)
 
     def check_source_disks(self, ctxt, instance):
-        """None if the source can mirror every disk it would copy (1.1).
+        """None if the source can mirror every disk it would copy (1.2).
 
         Otherwise the reason, naming the disk.
         """

@@ -51,6 +51,7 @@ from nova import exception as nova_exception
 from nova import objects
 from nova.objects import fields as obj_fields
 
+from nova_multidest.conductor import notifications
 from nova_multidest.conductor import records
 from nova_multidest.conductor import resources
 from nova_multidest import conf
@@ -105,6 +106,7 @@ class Group(object):
         self.reasons = {}
         # The destinations of the current round, by Migration uuid.
         self.destinations = {}
+        self.round_number = None
 
     def check_not_stopping(self):
         """Leave everything to recovery if our service is stopping.
@@ -120,6 +122,7 @@ class Group(object):
 
     def start_round(self, round_number):
         self.destinations = {}
+        self.round_number = round_number
         records.start_group(self.instance, round_number)
 
     def add(self, destination):
@@ -145,6 +148,7 @@ class Group(object):
             self.revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
         LOG.info('Elected %s', destination.host, instance=self.instance)
+        notifications.elected(self.context, self, destination)
         return True
 
     def _resume_elected(self, destination):
@@ -258,6 +262,7 @@ class Group(object):
         self.instance.save()
         LOG.info('Live migration to %s completed', winner.host,
                  instance=self.instance)
+        notifications.end(self.context, self, winner)
 
     # -- the way back -------------------------------------------------------
 
@@ -338,6 +343,7 @@ class Group(object):
             phase=obj_fields.NotificationPhase.END)
         LOG.warning('Every destination failed; the server stays on %s',
                     self.source, instance=instance)
+        notifications.error(self.context, self)
         return error
 
     # -- from the records ----------------------------------------------------
@@ -371,10 +377,14 @@ class Group(object):
             winner.attachment_ids = records.winner_attachments(instance)
         losers = list(destinations.values())
         if winner is not None and self._winner_runs(winner):
+            notifications.recovery(self.context, self,
+                                   vocabulary.RecoveryAction.FINISH, reason)
             self.finish(winner, losers)
             return None
         if winner is not None:
             losers.append(winner)
+        notifications.recovery(self.context, self,
+                               vocabulary.RecoveryAction.ROLLBACK, reason)
         records.set_phase(instance, vocabulary.GroupPhase.REVERTING)
         self.revert_all(losers, vocabulary.MigrationStatus.FAILED, reason)
         self.clients.multidest_compute.abort_stream(self.context, instance)
@@ -418,6 +428,9 @@ class Group(object):
         return self._resume_elected(winner)
 
     def _record_destination_event(self, destination, error=None):
+        notifications.destination(
+            self.context, self, destination, destination.migration.status,
+            None if error is None else self.reasons.get(destination.host))
         name = vocabulary.EVENT_DESTINATION % destination.host
         try:
             objects.InstanceActionEvent.event_start(

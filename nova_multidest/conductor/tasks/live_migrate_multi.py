@@ -38,6 +38,7 @@ from nova.objects import fields as obj_fields
 from nova_multidest.compute import rpcapi
 from nova_multidest.conductor import destinations as dest_mod
 from nova_multidest.conductor import group as group_mod
+from nova_multidest.conductor import notifications
 from nova_multidest.conductor import records
 from nova_multidest.conductor import resources
 from nova_multidest import conf
@@ -109,6 +110,7 @@ class LiveMigrateMultiTask(base.TaskBase):
     def _execute(self):
         for round_number in range(1, CONF.multidest.max_rounds + 1):
             self.group.start_round(round_number)
+            notifications.start(self.context, self.group, self.requested_hosts)
             timer = _PhaseTimer('prepare')
             ready = self._prepare_round(round_number)
             if len(ready) < CONF.multidest.min_destinations:

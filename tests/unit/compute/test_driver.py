@@ -73,7 +73,7 @@ class DriverTest(testtools.TestCase):
                                return_value={'stats': {'uptime': 5},
                                              'vcpus': 2}):
             resources = self.driver.get_available_resource('node1')
-        self.assertEqual({'uptime': 5, 'multidest_rpc_version': '1.1'},
+        self.assertEqual({'uptime': 5, 'multidest_rpc_version': '1.2'},
                          resources['stats'])
         self.assertEqual(2, resources['vcpus'])
 
@@ -91,7 +91,7 @@ class DriverTest(testtools.TestCase):
         self.driver.init_host('host1')
         parent.assert_called_once_with('host1')
         endpoint_cls.assert_called_once_with(
-            self.driver, 'host1', mock.sentinel.extension, version='1.1')
+            self.driver, 'host1', mock.sentinel.extension, version='1.2')
         self.assertEqual([mock.call.cleanup(), mock.call.start()],
                          calls.mock_calls)
         target = get_server.call_args.args[0]

@@ -37,9 +37,15 @@ class ComputeAPITest(testtools.TestCase):
     def test_client_is_capped_and_on_our_topic(self):
         target = self.get_client.call_args.args[0]
         self.assertEqual('nova-multidest-compute', target.topic)
-        self.assertEqual('1.1', target.version)
+        self.assertEqual('1.2', target.version)
         self.assertEqual(rpcapi.VERSION_CAP,
                          self.get_client.call_args.kwargs['version_cap'])
+
+    def test_ping_asks_for_1_1_of_one_host(self):
+        self.api.ping('ctxt', 'host2', 7)
+        self.client.prepare.assert_called_once_with(
+            server='host2', version='1.1', timeout=7)
+        self.cctxt.call.assert_called_once_with('ctxt', 'ping')
 
     def test_prepare_destination_calls_the_destination_with_hex_secret(self):
         self.api.prepare_destination('ctxt', self.instance, self.migration,
@@ -76,18 +82,18 @@ class ComputeAPITest(testtools.TestCase):
 
 
 class DiskVersionTest(ComputeAPITest):
-    """Block migration needs 1.1 of every host it reaches."""
+    """Block migration needs 1.2 of every host it reaches."""
 
     def test_block_migration_calls_are_sent_as_1_1(self):
         self.client.can_send_version.return_value = True
         self.api.prepare_destination('ctxt', self.instance, self.migration,
                                      b'\x01', True, 'md')
-        self.assertEqual('1.1', self.client.prepare.call_args.kwargs[
+        self.assertEqual('1.2', self.client.prepare.call_args.kwargs[
             'version'])
         self.api.start_stream('ctxt', self.instance, [], b'\x01', 'star',
                               False, block_migration=True)
         self.assertTrue(self.cctxt.cast.call_args.kwargs['block_migration'])
-        self.assertEqual('1.1', self.client.prepare.call_args.kwargs[
+        self.assertEqual('1.2', self.client.prepare.call_args.kwargs[
             'version'])
 
     def test_memory_only_calls_stay_at_1_0(self):
@@ -101,23 +107,23 @@ class DiskVersionTest(ComputeAPITest):
 
     def test_block_migration_refused_when_capped_below_1_1(self):
         self.client.can_send_version.return_value = False
-        api = rpcapi.ComputeAPI(version_cap='1.0')
+        api = rpcapi.ComputeAPI(version_cap='1.1')
         api.client = self.client
         error = self.assertRaises(
             exceptions.InvalidSettings, api.prepare_destination, 'ctxt',
             self.instance, self.migration, b'\x01', True, 'md')
-        self.assertIn('1.1', str(error))
-        self.assertIn('capped at 1.0', str(error))
+        self.assertIn('1.2', str(error))
+        self.assertIn('capped at 1.1', str(error))
         self.cctxt.call.assert_not_called()
 
     def test_versions_come_from_compute_node_stats(self):
-        nodes = {'new': [mock.Mock(stats={'multidest_rpc_version': '1.1'})],
+        nodes = {'new': [mock.Mock(stats={'multidest_rpc_version': '1.2'})],
                  'old': [mock.Mock(stats={'uptime': 3})]}
         with mock.patch('nova.objects.ComputeNodeList.get_all_by_host',
                         side_effect=lambda ctxt, host: nodes[host]):
-            self.assertEqual('1.1', rpcapi.host_version('ctxt', 'new'))
+            self.assertEqual('1.2', rpcapi.host_version('ctxt', 'new'))
             self.assertEqual('1.0', rpcapi.host_version('ctxt', 'old'))
-            self.assertEqual('1.1', rpcapi.oldest_version('ctxt', ['new']))
+            self.assertEqual('1.2', rpcapi.oldest_version('ctxt', ['new']))
             self.assertEqual('1.0',
                              rpcapi.oldest_version('ctxt', ['new', 'old']))
             api = rpcapi.ComputeAPI.for_hosts('ctxt', ['new', 'old'])

@@ -116,7 +116,7 @@ class TaskTest(TaskTestBase):
 
     def test_destination_too_old_for_disks_is_left_out(self):
         new, old = self.choose('new', 'old')
-        self.block_migration_checks({'src': '1.1', 'new': '1.1',
+        self.block_migration_checks({'src': '1.2', 'new': '1.2',
                                      'old': '1.0'})
         self.assertEqual([new], self.task._prepare_round(1))
         self.assertEqual(['new'], [
@@ -124,21 +124,21 @@ class TaskTest(TaskTestBase):
             for c in self.compute.prepare_destination.call_args_list])
         self.assertIn('Host old serves nova-multidest compute RPC version '
                       '1.0', old.reason)
-        self.assertIn('needs version 1.1', old.reason)
+        self.assertIn('needs version 1.2', old.reason)
         self.assertEqual(['127.0.0.1', 2], new.disk_agent_address)
         self.compute.check_source_disks.assert_called_once_with(
             mock.ANY, self.instance)
 
     def test_source_too_old_for_disks_leaves_every_destination_out(self):
         a, b = self.choose('a', 'b')
-        self.block_migration_checks({'src': '1.0', 'a': '1.1', 'b': '1.1'})
+        self.block_migration_checks({'src': '1.0', 'a': '1.2', 'b': '1.2'})
         self.assertEqual([], self.task._prepare_round(1))
         self.compute.prepare_destination.assert_not_called()
         self.assertIn('Host src serves', a.reason)
 
     def test_a_disk_that_cannot_be_mirrored_refuses_before_binding(self):
         a, b = self.choose('a', 'b')
-        self.block_migration_checks({'src': '1.1', 'a': '1.1', 'b': '1.1'})
+        self.block_migration_checks({'src': '1.2', 'a': '1.2', 'b': '1.2'})
         self.compute.check_source_disks.return_value = (
             'Disk vdb cannot be copied to several destinations: its format '
             'is vmdk')
