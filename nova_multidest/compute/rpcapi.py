@@ -54,8 +54,6 @@ VERSION_CAP = RPC_API_VERSION
 DISKS_VERSION = '1.2'
 # Key of the version in each compute node's stats.
 STATS_KEY = 'multidest_rpc_version'
-# A compute node without that key runs a release older than 1.2.
-OLDEST_VERSION = '1.0'
 
 
 def version_tuple(version):
@@ -63,13 +61,18 @@ def version_tuple(version):
 
 
 def host_version(context, host):
-    """The compute RPC version ``host`` serves, from its node record."""
+    """The compute RPC version ``host`` serves, from its node record.
+
+    Releases before 1.2 report none: they serve 1.0 or 1.1, neither of
+    which copies disks, so they count as the oldest.
+    """
+    oldest = '1.0'
     try:
         nodes = objects.ComputeNodeList.get_all_by_host(context, host)
     except Exception:
-        return OLDEST_VERSION
-    versions = [(node.stats or {}).get(STATS_KEY, OLDEST_VERSION)
-                for node in nodes] or [OLDEST_VERSION]
+        return oldest
+    versions = [(node.stats or {}).get(STATS_KEY, oldest)
+                for node in nodes] or [oldest]
     return min(versions, key=version_tuple)
 
 
