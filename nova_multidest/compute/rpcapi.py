@@ -45,11 +45,11 @@ from nova_multidest import exceptions
 CONF = conf.CONF
 
 RPC_API_VERSION = '1.2'
-# What the hosts of one migration serve decides what is sent
-# (``for_hosts``, and per call the host's version); methods check
-# can_send_version() before using
-# anything newer than 1.0.
-VERSION_CAP = RPC_API_VERSION
+# Every call of this release works at this version; a newer one is sent
+# only to hosts whose compute node reports it (``host_version``), or
+# through a client capped at the oldest version of the hosts involved
+# (``for_hosts``).
+VERSION_CAP = '1.0'
 # The first version that copies local disks.
 DISKS_VERSION = '1.2'
 # Key of the version in each compute node's stats.
@@ -95,7 +95,7 @@ def decode_secret(secret):
 class ComputeAPI(object):
     """Calls into the compute hosts of one multi-destination migration."""
 
-    def __init__(self, version_cap=VERSION_CAP):
+    def __init__(self, version_cap=RPC_API_VERSION):
         target = messaging.Target(topic=CONF.multidest.compute_topic,
                                   version=RPC_API_VERSION)
         serializer = objects_base.NovaObjectSerializer()

@@ -38,7 +38,7 @@ class ComputeAPITest(testtools.TestCase):
         target = self.get_client.call_args.args[0]
         self.assertEqual('nova-multidest-compute', target.topic)
         self.assertEqual('1.2', target.version)
-        self.assertEqual(rpcapi.VERSION_CAP,
+        self.assertEqual(rpcapi.RPC_API_VERSION,
                          self.get_client.call_args.kwargs['version_cap'])
 
     def test_ping_asks_for_1_1_of_one_host(self):
