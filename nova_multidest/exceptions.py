@@ -104,6 +104,19 @@ class InvalidMigrationRequest(MultiDestError):
     code = 400
 
 
+class InvalidFlavorExtraSpec(InvalidMigrationRequest):
+    msg_fmt = ('Flavor %(flavor_name)s (id %(flavor_id)s) of server '
+               '%(instance_uuid)s has an invalid extra spec '
+               '%(key)s=%(value)s (allowed: %(allowed)s). A server keeps the '
+               'extra specs its flavor had at boot or at its last resize: '
+               'resize it to a flavor whose multidest extra specs are valid.')
+
+
+class DestinationUnusable(MultiDestError):
+    msg_fmt = ('Destination host %(host)s cannot be used: %(state)s.')
+    code = 409
+
+
 class ConductorStopping(MultiDestError):
     msg_fmt = ('nova-multidest-conductor is stopping; the migration of '
                '%(instance_uuid)s is left to the recovery of the next '

@@ -164,6 +164,14 @@ class RecoveryAction(object):
 SERVER_ACTION = 'os-migrateLive-multi'
 # The key of the action's 202 response body.
 RESPONSE_KEY = NAMESPACE + '_migration'
+# The oldest compute API microversion the action accepts (nova-api), and
+# so the one the client sends.
+ACTION_MICROVERSION = '2.25'
+# What Nova accepts as a host name in its API (nova.api.validation.
+# parameter_types.fqdn, which nova-api applies); the client, which has no
+# Nova, checks names against the same rule.
+HOST_NAME_PATTERN = '^[a-zA-Z0-9-._]*$'
+HOST_NAME_MAX_LENGTH = 255
 
 # -- services ----------------------------------------------------------------
 
@@ -202,6 +210,50 @@ class WarmUpExit(object):
 
 EXTRA_SPEC_DESTINATIONS = NAMESPACE + ':destinations'
 EXTRA_SPEC_TOPOLOGY = NAMESPACE + ':topology'
+
+
+EXTRA_SPECS = (EXTRA_SPEC_DESTINATIONS, EXTRA_SPEC_TOPOLOGY)
+# Whatever a compute running the multi-destination driver adds to its
+# ComputeNode.stats (the version of its endpoint): nova-api refuses a
+# named destination without it.
+COMPUTE_STATS_KEY = NAMESPACE + '_endpoint'
+
+
+def invalid_extra_specs(extra_specs, default_count_used=True):
+    """(key, value, what is allowed) of each bad ``multidest:`` spec.
+
+    Nova validates extra specs only when they are set, from microversion
+    2.86 on (with the rules of ``api/extra_specs.py``); specs set earlier
+    or before this package was installed reach nova-api and the conductor
+    unchecked. Checked here: the specs a request uses (the destination
+    count only when it names neither hosts nor a count), and names that
+    are none of ours, most likely a typo of one.
+    """
+    problems = []
+    for key, value in sorted(extra_specs.items()):
+        if not key.startswith(NAMESPACE + ':'):
+            continue
+        if key == EXTRA_SPEC_DESTINATIONS:
+            allowed = 'a whole number from 1 to %d' % MAX_DESTINATIONS
+            valid = (not default_count_used or
+                     _int_in_range(value, 1, MAX_DESTINATIONS))
+        elif key == EXTRA_SPEC_TOPOLOGY:
+            allowed = ' or '.join(Topology.ALL)
+            valid = value in Topology.ALL
+        else:
+            allowed = 'none: the extra specs of %s are %s' % (
+                NAMESPACE, ', '.join(EXTRA_SPECS))
+            valid = False
+        if not valid:
+            problems.append((key, value, allowed))
+    return problems
+
+
+def _int_in_range(value, low, high):
+    try:
+        return low <= int(value) <= high
+    except (TypeError, ValueError):
+        return False
 
 
 def flavor_destination_count(extra_specs, default, maximum):

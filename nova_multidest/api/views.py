@@ -15,15 +15,13 @@
 from nova_multidest import vocabulary
 
 
-def accepted(req, prefix, instance, args, request_id):
+def accepted(server_url, instance, args, request_id):
     """The 202 body: what was asked for and where to follow it.
 
     One Migration per destination appears under ``migrations`` as the
     conductor prepares it; the instance action named by ``request_id``
     records the outcome and any failure.
     """
-    server_url = '%s%s/servers/%s' % (req.application_url, prefix,
-                                      instance.uuid)
     return {vocabulary.RESPONSE_KEY: {
         'server_uuid': instance.uuid,
         'destinations': args['destinations'],

@@ -32,6 +32,7 @@ from nova_multidest.compute import endpoint as compute_endpoint
 from nova_multidest.compute import rpcapi
 from nova_multidest import conf
 from nova_multidest.virt import driver as virt_driver
+from nova_multidest import vocabulary
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -61,18 +62,6 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         LOG.info('Serving multi-destination migration on topic %s',
                  CONF.multidest.compute_topic)
 
-    def get_available_resource(self, nodename):
-        """Nova's resources, plus the multidest RPC version served here.
-
-        The resource tracker keeps it in the compute node's stats, where
-        the conductor reads it to cap its calls (``rpcapi.for_hosts``).
-        """
-        resources = super().get_available_resource(nodename)
-        stats = dict(resources.get('stats') or {})
-        stats[rpcapi.STATS_KEY] = self.multidest_rpc_version
-        resources['stats'] = stats
-        return resources
-
     multidest_rpc_version = rpcapi.RPC_API_VERSION
 
     def cleanup_host(self, host):
@@ -83,6 +72,20 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         if self.multidest is not None:
             self.multidest.close()
         super().cleanup_host(host)
+
+    def get_available_resource(self, nodename):
+        """Nova's resources, plus the mark of this driver.
+
+        Nova's resource tracker copies ``stats`` into the host's
+        ComputeNode record, where nova-api looks before it accepts the
+        host as a named destination.
+        """
+        resources = super().get_available_resource(nodename)
+        stats = resources.setdefault('stats', {})
+        # The version served: the conductor caps its calls at the oldest
+        # of the hosts of a migration (``rpcapi.host_version``).
+        stats[vocabulary.COMPUTE_STATS_KEY] = self.multidest_rpc_version
+        return resources
 
     def live_migration_force_complete(self, instance):
         if self.multidest is not None and self.multidest.has_stream(instance):

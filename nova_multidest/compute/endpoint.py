@@ -58,7 +58,6 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
-WAIT_POLL_INTERVAL = 1.0
 PROGRESS_SAVE_INTERVAL = 1.0
 # Holds an instance's place in the stream table while its stream starts.
 _STARTING = object()
@@ -309,7 +308,8 @@ class ComputeEndpoint(object):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return vocabulary.WaitOutcome.TIMEOUT
-                prepared.changed.wait(min(left, WAIT_POLL_INTERVAL))
+                # The guest's events notify; nothing polls.
+                prepared.changed.wait(left)
 
     def resume_destination(self, context, instance, migration):
         self._check_destination_side(instance, migration)

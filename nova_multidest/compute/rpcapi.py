@@ -41,6 +41,7 @@ from nova import rpc
 
 from nova_multidest import conf
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 CONF = conf.CONF
 
@@ -53,7 +54,7 @@ VERSION_CAP = '1.0'
 # The first version that copies local disks.
 DISKS_VERSION = '1.2'
 # Key of the version in each compute node's stats.
-STATS_KEY = 'multidest_rpc_version'
+STATS_KEY = vocabulary.COMPUTE_STATS_KEY
 
 
 def version_tuple(version):

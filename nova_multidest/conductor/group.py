@@ -318,6 +318,22 @@ class Group(object):
             LOG.exception('Could not resume the source',
                           instance=self.instance)
 
+    def refuse(self, error):
+        """End a request refused before its group started.
+
+        Nothing was changed but the task_state nova-api set, which goes
+        back; the fault and the last result say why. Returns ``error``.
+        """
+        instance = self.instance
+        compute_utils.add_instance_fault_from_exc(
+            self.context, instance, error, fault_message=str(error))
+        records.end_group(instance, vocabulary.MigrationStatus.FAILED,
+                          instance.host, reasons={'request': str(error)})
+        instance.task_state = None
+        instance.save(expected_task_state=[task_states.MIGRATING, None])
+        LOG.warning('Request refused: %s', error, instance=instance)
+        return error
+
     def end_failed(self):
         """The server stays where it was, ACTIVE, and says why.
 

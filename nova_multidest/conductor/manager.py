@@ -98,7 +98,8 @@ class MultiDestConductorManager(manager.Manager):
         except exceptions.ConductorStopping:
             LOG.info('Stopping: migration left to recovery',
                      instance=instance)
-        except exceptions.AllDestinationsFailed as error:
+        except (exceptions.AllDestinationsFailed,
+                exceptions.InvalidMigrationRequest) as error:
             LOG.warning('%s', error, instance=instance)
         except Exception:
             # The task's rollback has ended the group, or left it to

@@ -122,7 +122,9 @@ class SessionResult:
     ``downtime_ms`` is from the source's STOP event to the winner's
     RESUME event (hypervisor timestamps): the time the guest ran nowhere.
     It includes ``approval_ms``, the time ``approve_winner`` took.
-    ``total_time_s`` is from the migrate command to that RESUME.
+    ``total_time_s`` is from the migrate command to that RESUME, which
+    happened at ``resumed_at`` (wall clock, to line up migrations that ran
+    at once).
     ``completion_s`` says when each destination that completed before the
     election reported the complete state, in seconds after the migrate
     command.
@@ -131,6 +133,7 @@ class SessionResult:
     winner: typing.Optional[str] = None
     downtime_ms: typing.Optional[float] = None
     total_time_s: typing.Optional[float] = None
+    resumed_at: typing.Optional[float] = None
     bytes_by_destination: typing.Dict[str, int] = dataclasses.field(
         default_factory=dict)
     bytes_from_source: int = 0
@@ -576,6 +579,7 @@ class Session(object):
         result.winner = winner
         result.error = None
         result.total_time_s = resumed - started
+        result.resumed_at = resumed
         # The source's STOP event comes from another connection than the
         # destination's completion and may still be on its way.
         self._source_stopped.wait(SOURCE_EVENT_GRACE)

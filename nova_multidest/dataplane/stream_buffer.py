@@ -33,10 +33,10 @@ import threading
 LOG = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 2**20
-DEFAULT_WINDOW_BYTES = 8 * 2**20
-# For consumers that send over a network link: bytes run ahead of a link are
-# bytes QEMU counts as sent, which overrates the bandwidth it plans with.
-REMOTE_WINDOW_BYTES = 2**20
+# Bytes run ahead of the consumers are bytes QEMU counts as sent, which
+# overrates the bandwidth it plans with and queues ahead of the last pages
+# at switch-over (protocol.SOCKET_BUFFER_BYTES says the same of sockets).
+DEFAULT_WINDOW_BYTES = 2**20
 _FREE_CHUNKS = 16
 
 

@@ -19,6 +19,7 @@ the command is left exactly as it was. The admin's machine needs no Nova:
 this package only talks to the compute API through openstacksdk.
 """
 
+import re
 import time
 
 from cliff import hooks
@@ -33,8 +34,15 @@ from nova_multidest import vocabulary
 MIGRATIONS_MICROVERSION = '2.59'
 ACTIONS_MICROVERSION = '2.84'
 POLL_INTERVAL = 1.0
+# Longest part of a refused host name the client repeats, and of one
+# failure reason --wait prints.
+SHOWN_CHARACTERS = 40
+REASON_CHARACTERS = 160
 
-_OUR_OPTIONS = ('multidest_hosts', 'multidest_count', 'multidest_warm_up')
+_OUR_OPTIONS = {'multidest_hosts': '--destination',
+                'multidest_count': '--destinations',
+                'multidest_warm_up': '--warm-up'}
+_HOST_NAME = re.compile(vocabulary.HOST_NAME_PATTERN)
 
 
 class MultiDestinationMigrateHook(hooks.CommandHook):
@@ -74,12 +82,16 @@ class MultiDestinationMigrateHook(hooks.CommandHook):
 
     def before(self, parsed_args):
         if not getattr(parsed_args, 'multi_destination', False):
-            used = [name for name in _OUR_OPTIONS
-                    if getattr(parsed_args, name, None)]
+            # --destinations 0 counts: without the flag, Nova's cold
+            # migration would run instead of what was asked for.
+            used = [option for name, option in _OUR_OPTIONS.items()
+                    if getattr(parsed_args, name, None) is not None and
+                    getattr(parsed_args, name) is not False]
             if used:
                 raise exceptions.CommandError(
-                    '--destination, --destinations and --warm-up need '
-                    '--multi-destination.')
+                    '%s need%s --multi-destination; without it the command '
+                    'runs Nova\'s own (single-destination) migration.' % (
+                        ' and '.join(used), '' if len(used) > 1 else 's'))
             return parsed_args
         check_options(parsed_args)
         # cliff runs take_action right after the hooks; this command
@@ -99,7 +111,8 @@ class MultiDestinationMigrateHook(hooks.CommandHook):
 
         response = compute.post(
             '/servers/%s/action' % server.id,
-            json={vocabulary.SERVER_ACTION: request_body(parsed_args)})
+            json={vocabulary.SERVER_ACTION: request_body(parsed_args)},
+            microversion=vocabulary.ACTION_MICROVERSION)
         check_response(response, 'Multi-destination live migration of '
                                  'server %s refused' % server.id)
         accepted = response.json()[vocabulary.RESPONSE_KEY]
@@ -121,10 +134,39 @@ def check_options(parsed_args):
         raise exceptions.CommandError(
             '--disk-overcommit and --no-disk-overcommit do not apply to '
             '--multi-destination.')
-    if parsed_args.multidest_hosts and parsed_args.multidest_count:
+    if (parsed_args.multidest_hosts is not None and
+            parsed_args.multidest_count is not None):
         raise exceptions.CommandError(
             'Give either --destination hosts or --destinations <count>, '
             'not both.')
+    if parsed_args.multidest_count is not None and (
+            parsed_args.multidest_count < 1):
+        raise exceptions.CommandError(
+            '--destinations must be at least 1 (got %d); leave it out to '
+            'use the flavor\'s or the cloud\'s default.' %
+            parsed_args.multidest_count)
+    for host in parsed_args.multidest_hosts or []:
+        check_host_name(host)
+
+
+def check_host_name(host):
+    """Refuse what nova-api would, without echoing a long name whole."""
+    if len(host) > vocabulary.HOST_NAME_MAX_LENGTH:
+        raise exceptions.CommandError(
+            '--destination: a host name of %d characters is too long (at '
+            'most %d): %s' % (len(host), vocabulary.HOST_NAME_MAX_LENGTH,
+                              shown(host)))
+    if not host or not _HOST_NAME.match(host):
+        raise exceptions.CommandError(
+            '--destination: %s is not a host name; use letters, digits, '
+            '"-", "." and "_" only.' % shown(host))
+
+
+def shown(text):
+    text = repr(text)
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return '%s... (%d characters)' % (text[:SHOWN_CHARACTERS], len(text))
 
 
 def request_body(parsed_args):
@@ -133,9 +175,9 @@ def request_body(parsed_args):
                             else parsed_args.block_migration),
         'warm_up': parsed_args.multidest_warm_up,
     }
-    if parsed_args.multidest_hosts:
+    if parsed_args.multidest_hosts is not None:
         body['destinations'] = parsed_args.multidest_hosts
-    elif parsed_args.multidest_count:
+    elif parsed_args.multidest_count is not None:
         body['count'] = parsed_args.multidest_count
     return body
 
@@ -224,8 +266,8 @@ def wait_for_outcome(compute, server, known, request_id, bars, stdout,
             'Multi-destination live migration of server %s failed; it keeps '
             'running on %s: %s' % (
                 server.id, current.compute_host or 'its source host',
-                '; '.join(failures) or 'no reason recorded (request %s)' %
-                request_id))
+                '; '.join(summarize(failures)) or
+                'no reason recorded (request %s)' % request_id))
     stdout.write('Server %s now runs on %s.\n' % (
         server.id, current.compute_host or 'its new host'))
 
@@ -237,16 +279,34 @@ def fault_message(fault):
 
 
 def action_failures(compute, server_id, request_id):
-    """What the instance action of the request records as failed."""
+    """(event, reason) of each failure the request's action records."""
     response = compute.get(
         '/servers/%s/os-instance-actions/%s' % (server_id, request_id),
         microversion=ACTIONS_MICROVERSION)
     if response.status_code >= 400:
         return []
     action = response.json()['instanceAction']
-    return ['%s: %s' % (event['event'], event_reason(event))
+    return [(event['event'], event_reason(event))
             for event in action.get('events') or []
             if event.get('result') == 'Error']
+
+
+def summarize(failures):
+    """One short reason per destination, else the group's.
+
+    The group's event repeats every destination's reason; shown both
+    ways they made a message of several hundred characters.
+    """
+    prefix = vocabulary.EVENT_DESTINATION % ''
+    chosen = ([f for f in failures if f[0].startswith(prefix)] or
+              failures)
+    return [shorten(reason) for _, reason in chosen]
+
+
+def shorten(reason):
+    if len(reason) <= REASON_CHARACTERS:
+        return reason
+    return reason[:REASON_CHARACTERS - 3].rstrip() + '...'
 
 
 def event_reason(event):

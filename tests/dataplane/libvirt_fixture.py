@@ -24,6 +24,7 @@ import signal
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 
@@ -35,6 +36,30 @@ from tools.lab import libvirtd
 
 GUEST_MEMORY_MB = 64
 START_TIMEOUT = 20
+_event_loop_lock = threading.Lock()
+_event_loop = []
+
+
+def run_event_loop():
+    """libvirt's default event loop in a thread, once per process.
+
+    What nova-compute's Host does before it connects: the hypervisor
+    extension learns of QEMU's events only on a connection opened after
+    the loop was registered.
+    """
+    with _event_loop_lock:
+        if _event_loop:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        thread = threading.Thread(target=_run_event_loop, daemon=True,
+                                  name='libvirt-event-loop')
+        thread.start()
+        _event_loop.append(thread)
+
+
+def _run_event_loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
 
 
 class LibvirtDaemon(fixtures.Fixture):
@@ -64,6 +89,7 @@ class LibvirtDaemon(fixtures.Fixture):
                 stderr=subprocess.STDOUT, start_new_session=True)
         self.qemu_pids = set()
         self.addCleanup(self._stop)
+        run_event_loop()
         self.connection = self._connect()
 
     def _connect(self):

@@ -29,6 +29,7 @@ import libvirt
 import testtools
 
 from nova_multidest.dataplane import guest as guest_image
+from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
@@ -40,16 +41,31 @@ STREAM_TIMEOUT = 60
 
 
 class StatusWaiter(object):
-    """Wakes the test on the guest's migration events."""
+    """Wakes the test on the guest's migration events, and only on them.
+
+    No timed re-check: a missing event fails the test.
+    """
 
     def __init__(self, guest):
         self.guest = guest
         self.changed = threading.Condition()
+        self.events = []
         guest.subscribe(self._on_event)
 
     def _on_event(self, event):
         with self.changed:
+            self.events.append(event)
             self.changed.notify_all()
+
+    def kinds(self):
+        with self.changed:
+            return [(e.kind, e.status) for e in self.events]
+
+    def wait_event(self, kind, timeout):
+        with self.changed:
+            self.changed.wait_for(
+                lambda: any(e.kind == kind for e in self.events), timeout)
+            return [e for e in self.events if e.kind == kind]
 
     def wait_active(self, timeout):
         """Until the stream has started arriving."""
@@ -61,7 +77,7 @@ class StatusWaiter(object):
                 if left <= 0:
                     raise AssertionError('no stream reached %s'
                                          % self.guest.name)
-                self.changed.wait(min(left, 1.0))
+                self.changed.wait(left)
 
     def wait_final(self, timeout):
         deadline = time.monotonic() + timeout
@@ -71,7 +87,7 @@ class StatusWaiter(object):
                 left = deadline - time.monotonic()
                 if status in vocabulary.QemuStatus.FINAL or left <= 0:
                     return status
-                self.changed.wait(min(left, 1.0))
+                self.changed.wait(left)
 
 
 class LibvirtExtensionTest(testtools.TestCase):
@@ -114,6 +130,8 @@ class LibvirtExtensionTest(testtools.TestCase):
             self.assertFalse(dest.domain.isPersistent())
         waiters = {host: StatusWaiter(dest)
                    for host, dest in destinations.items()}
+        source_waiter = StatusWaiter(source)
+        started = time.time()
 
         relay = self.hv.create_relay(secret, addresses)
         stream = source_stream.SourceStream(
@@ -132,6 +150,19 @@ class LibvirtExtensionTest(testtools.TestCase):
                              waiter.wait_final(STREAM_TIMEOUT), host)
             self.assertEqual(relay.bytes_from_source,
                              destinations[host].stream_bytes_received())
+            # QEMU's own events, through libvirt, with QEMU's timestamps.
+            self.assertIn((hypervisor.EVENT_MIGRATION,
+                           vocabulary.QemuStatus.COMPLETED),
+                          waiter.kinds(), host)
+            for event in waiter.events:
+                self.assertGreaterEqual(event.timestamp, started - 1)
+                self.assertLessEqual(event.timestamp, time.time() + 1)
+        stopped = source_waiter.wait_event(hypervisor.EVENT_STOPPED,
+                                           STREAM_TIMEOUT)
+        self.assertEqual(1, len(stopped))
+        self.assertIn((hypervisor.EVENT_MIGRATION,
+                       vocabulary.QemuStatus.COMPLETED),
+                      source_waiter.kinds())
 
         # One-way stream, so every copy equals the paused source.
         source_ram = source.memory_digest(self.work_dir)
@@ -144,8 +175,7 @@ class LibvirtExtensionTest(testtools.TestCase):
         winner.resume()
         self.assertTrue(winner.is_running())
         # A resumed guest is Nova's again: nothing of ours watches it.
-        winner._watcher.join(5)
-        self.assertFalse(winner._watcher.is_alive())
+        self.assertIsNone(winner._registrations)
         self.assertTrue(winner.domain.isPersistent())
         persistent = winner.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         self.assertFalse(libvirt_ext.is_incoming_xml(persistent))
@@ -189,6 +219,10 @@ class LibvirtExtensionTest(testtools.TestCase):
 
         lost = destinations.pop('dest1')
         waiters['dest1'].wait_active(STREAM_TIMEOUT)
+        # Killed behind the extension's back: its lifecycle event says so.
+        lost.domain.destroy()
+        self.assertEqual(1, len(waiters['dest1'].wait_event(
+            hypervisor.EVENT_EXITED, STREAM_TIMEOUT)))
         lost.destroy()
         stream.switch_over()
         self.assertTrue(stream.wait(STREAM_TIMEOUT), stream.status())

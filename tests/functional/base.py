@@ -399,6 +399,27 @@ class MultiDestMigrationTestBase(MultiDestTestBase):
         self.request_migration(server, **args)
         return self.wait_for_group_end(server)
 
+    def cast_to_conductor(self, server, **args):
+        """What nova-api does once it accepted a request, without its checks.
+
+        For what the conductor must handle although nova-api refuses it
+        today: a host that went down after nova-api checked it, another
+        RPC caller's arguments, records written by older releases.
+        Returns the request id of the instance action.
+        """
+        from nova.compute import task_states
+        from nova_multidest.conductor import rpcapi as conductor_rpcapi
+        ctxt = self.cell_context()
+        instance = self.get_instance(server['id'])
+        instance.task_state = task_states.MIGRATING
+        instance.save(expected_task_state=[None])
+        objects.InstanceAction.action_start(
+            ctxt, instance.uuid, 'live-migration', want_result=False)
+        conductor_rpcapi.ConductorAPI().live_migrate_multi(
+            ctxt, instance, destinations=args.get('destinations'),
+            count=args.get('count'), block_migration='auto', warm_up=False)
+        return ctxt.request_id
+
     def get_instance_faults(self, server_id):
         return objects.InstanceFaultList.get_by_instance_uuids(
             self.cell_context(), [server_id])

@@ -67,7 +67,7 @@ class TestRefusals(MultiDestApiTestBase):
 
     def test_bad_bodies(self):
         for args, fragment in (
-                ({'host': 'compute2'}, "'host' was unexpected"),
+                ({'host': 'compute2'}, '"host" was unexpected'),
                 ({'destinations': ['compute2', 'compute2']},
                  'Name each destination host once'),
                 ({'destinations': ['compute2'], 'count': 2},
@@ -84,6 +84,7 @@ class TestRefusals(MultiDestApiTestBase):
 
     def test_non_admin(self):
         member = self.api_fixture.api
+        member.microversion = self.microversion
         self.assert_refused(self.server['id'], {}, 403,
                             policies.MIGRATE_LIVE_MULTI, api=member)
         self.assert_refused(self.server['id'], {'destinations': ['compute2']},
@@ -114,6 +115,7 @@ class TestRefusals(MultiDestApiTestBase):
         self.policy.set_rules({policies.MIGRATE_LIVE_MULTI: 'role:member'},
                               overwrite=False)
         member = self.api_fixture.api
+        member.microversion = self.microversion
         member.post_server_action(self.server['id'], {'lock': None})
         self.assert_refused(self.server['id'], {}, 409, 'is locked',
                             'unlock it first', api=member)

@@ -77,9 +77,14 @@ class DestinationFailureTest(base.MultiDestMigrationTestBase):
         self.server = self.boot_server(
             host=self.source, networks=[{'port': self.neutron.port_1['id']}])
 
-    def migrate_expecting(self, status_of_bad=('failed',)):
-        result = self.migrate_and_wait(
-            self.server, destinations=[self.bad, self.good])
+    def migrate_expecting(self, status_of_bad=('failed',), api=True):
+        if api:
+            self.request_migration(self.server,
+                                   destinations=[self.bad, self.good])
+        else:
+            self.cast_to_conductor(self.server,
+                                   destinations=[self.bad, self.good])
+        result = self.wait_for_group_end(self.server)
         self.assertEqual({'result': 'completed', 'host': self.good}, result)
         migrations = self.migrations_by_host(self.server['id'])
         self.assertIn(migrations[self.bad].status, status_of_bad)
@@ -92,12 +97,30 @@ class DestinationFailureTest(base.MultiDestMigrationTestBase):
         return migrations
 
     def test_checks_fail_host_down(self):
+        """A host forced down after nova-api checked it fails alone."""
         service = self.admin_api.get_services(
             binary='nova-compute', host=self.bad)[0]
         self.admin_api.api_put('/os-services/%s' % service['id'],
                                {'forced_down': True})
         self.admin_api.microversion = '2.74'
-        self.migrate_expecting()
+        migrations = self.migrate_expecting(api=False)
+        self.admin_api.microversion = '2.84'
+        event = self.admin_api.get_instance_action_details(
+            self.server['id'], self.last_request_id())
+        [bad_event] = [e for e in event['events']
+                       if e['event'] == 'multidest_destination_%s' %
+                       self.bad]
+        # The conductor's own check says why, not the scheduler's "no
+        # valid host".
+        self.assertIn('checks: Destination host %s cannot be used: its '
+                      'compute service is forced down' % self.bad,
+                      bad_event['details'])
+        self.assertEqual('failed', migrations[self.bad].status)
+
+    def last_request_id(self):
+        return self.admin_api.api_get(
+            '/servers/%s/os-instance-actions' % self.server['id']
+        ).body['instanceActions'][0]['request_id']
 
     def test_claim_fails_no_capacity(self):
         total = self._get_provider_inventory(
@@ -244,8 +267,11 @@ class CrashTest(base.MultiDestMigrationTestBase):
         waits.wait_reached()
         response = self.request_migration(
             self.server, status=409, destinations=[self.hostnames[3]])
-        self.assertIn('several destinations',
-                      response.body['conflictingRequest']['message'])
+        message = response.body['conflictingRequest']['message']
+        self.assertIn('already being live migrated to several '
+                      'destinations (request req-', message)
+        self.assertIn('openstack server migration list --server %s' %
+                      self.server['id'], message)
         waits.release()
         result = self.wait_for_group_end(self.server)
         self.assertEqual(2, len(self.get_migrations(self.server['id'])))

@@ -108,6 +108,7 @@ class LiveMigrateMultiTask(base.TaskBase):
         self._source_disks_error = None
 
     def _execute(self):
+        self._check_request()
         for round_number in range(1, CONF.multidest.max_rounds + 1):
             self.group.start_round(round_number)
             notifications.start(self.context, self.group, self.requested_hosts)
@@ -146,7 +147,8 @@ class LiveMigrateMultiTask(base.TaskBase):
         conductor start.
         """
         if isinstance(ex, (exceptions.ConductorStopping,
-                           exceptions.AllDestinationsFailed)):
+                           exceptions.AllDestinationsFailed,
+                           exceptions.InvalidMigrationRequest)):
             return
         try:
             self.group.settle('the conductor failed: %s' % ex)
@@ -157,6 +159,31 @@ class LiveMigrateMultiTask(base.TaskBase):
             LOG.exception('Could not end the multi-destination migration; '
                           'it is recovered at the next conductor start',
                           instance=self.instance)
+
+    def _check_request(self):
+        """Refuse, before anything changes, what nova-api should have.
+
+        Flavor extra specs set before their validator existed, or with a
+        microversion older than 2.86, reach here unchecked, and so do the
+        arguments of other RPC callers. The group then ends at once and
+        says why.
+        """
+        count = self.count
+        if count is not None and (isinstance(count, bool) or
+                                  not isinstance(count, int) or count < 1):
+            raise self.group.refuse(exceptions.InvalidMigrationRequest(
+                reason='count must be a whole number of at least 1, not '
+                       '%r.' % (count,)))
+        flavor = self.instance.flavor
+        problems = vocabulary.invalid_extra_specs(
+            flavor.extra_specs,
+            default_count_used=not (self.requested_hosts or count))
+        if problems:
+            key, value, allowed = problems[0]
+            raise self.group.refuse(exceptions.InvalidFlavorExtraSpec(
+                flavor_name=flavor.name, flavor_id=flavor.flavorid,
+                instance_uuid=self.instance.uuid, key=key,
+                value=repr(value[:40]), allowed=allowed))
 
     # -- choosing destinations ---------------------------------------------
 
@@ -209,7 +236,7 @@ class LiveMigrateMultiTask(base.TaskBase):
         migration.dest_compute_id = self._compute_node_id(host, node)
         migration.save()
 
-    def _choose(self, round_number):
+    def _choose(self, round_number, checks=None):
         """Destinations of this round, each with its Migration record.
 
         Named hosts go through the scheduler too, in one call that ignores
@@ -224,17 +251,27 @@ class LiveMigrateMultiTask(base.TaskBase):
             found = {d.host for d in chosen}
             for host in hosts:
                 if host not in found:
-                    self._refused_by_scheduler(host)
+                    self._refused_by_scheduler(host, (checks or {}).get(host))
         else:
             chosen = self._schedule(self._wanted_count(), self.tried_hosts)
         self.tried_hosts.update(d.host for d in chosen)
         return chosen
 
-    def _refused_by_scheduler(self, host):
+    def _refused_by_scheduler(self, host, checks=None):
+        """Fail a named host the scheduler refused, saying why if known.
+
+        The host's own checks, run meanwhile, usually tell (its service is
+        down, disabled...) where the scheduler only says "no valid host".
+        """
         destination = group_mod.Destination(host, self._new_migration(host))
-        destination.fail(vocabulary.DestinationPhase.CLAIM,
-                         'no valid host: the scheduler filters or placement '
-                         'refused it')
+        failed_check = checks.exception() if checks is not None else None
+        if failed_check is not None:
+            destination.fail(vocabulary.DestinationPhase.CHECKS,
+                             failed_check)
+        else:
+            destination.fail(vocabulary.DestinationPhase.CLAIM,
+                             'no valid host: the scheduler filters or '
+                             'placement refused it')
         self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
         self.tried_hosts.add(host)
 
@@ -282,7 +319,7 @@ class LiveMigrateMultiTask(base.TaskBase):
             checks = {host: pool.submit(self._run_checks, host)
                       for host in named}
             try:
-                chosen = self._choose(round_number)
+                chosen = self._choose(round_number, checks)
             except (exceptions.MultiDestError,
                     nova_exception.NovaException) as error:
                 LOG.warning('Could not choose destinations: %s', error,
@@ -299,7 +336,7 @@ class LiveMigrateMultiTask(base.TaskBase):
     def _run_checks(self, host):
         """Nova's live-migration checks of one destination host."""
         self.group.check_not_stopping()
-        self._check_host_up(host)
+        self._check_host_usable(host)
         self._check_same_cell(host)
         self._check_hypervisor(host)
         return self.clients.compute_rpcapi.check_can_live_migrate_destination(
@@ -375,10 +412,18 @@ class LiveMigrateMultiTask(base.TaskBase):
             raise exceptions.InvalidMigrationRequest(
                 reason=self._source_disks_error)
 
-    def _check_host_up(self, host):
+    def _check_host_usable(self, host):
+        """Its compute service runs and may take servers, as of now."""
         service = objects.Service.get_by_compute_host(self.context, host)
-        if not self.clients.servicegroup_api.service_is_up(service):
-            raise nova_exception.ComputeServiceUnavailable(host=host)
+        if service.forced_down:
+            state = 'its compute service is forced down'
+        elif service.disabled:
+            state = 'its compute service is disabled'
+        elif not self.clients.servicegroup_api.service_is_up(service):
+            state = 'its compute service is down'
+        else:
+            return
+        raise exceptions.DestinationUnusable(host=host, state=state)
 
     def _check_same_cell(self, host):
         source_cell = dest_mod.instance_cell(self.context, self.instance)

@@ -65,8 +65,10 @@ QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
 MULTIDEST_NS = 'http://openstack.org/xmlns/libvirt/nova-multidest/1.0'
 WORK_DIR_PREFIX = 'multidest-incoming-'
 MiB = 1 << 20
-# QEMU's own announce-self defaults (qemu-options: -announce).
-EVENT_POLL_INTERVAL = 0.1
+# QEMU's events the election needs, as the data plane names them.
+MONITOR_EVENTS = {'STOP': hypervisor.EVENT_STOPPED,
+                  'RESUME': hypervisor.EVENT_RESUMED,
+                  'MIGRATION': hypervisor.EVENT_MIGRATION}
 SOURCE_FD_NAME = 'multidest-stream'
 
 
@@ -257,10 +259,14 @@ def persistent_xml(xml):
 
 
 class _LibvirtGuest(hypervisor.Guest):
-    """Behaviour of both ends; events come from a poller.
+    """Behaviour of both ends; events come from libvirt's event loop.
 
-    libvirt delivers QEMU's events only to a connection running an event
-    loop, which a Nova host owns and a test does not.
+    QEMU's own STOP, RESUME and MIGRATION events reach us through
+    libvirt's QEMU monitor events, with QEMU's timestamps, and the domain
+    going away through its lifecycle events: the election wakes on the
+    event itself, never on a poll. libvirt delivers events only to a
+    connection opened after an event loop was registered in the process,
+    which nova-compute's Host does before it connects.
     """
 
     def __init__(self, domain):
@@ -268,55 +274,81 @@ class _LibvirtGuest(hypervisor.Guest):
         self.name = domain.name()
         self._subscribers = hypervisor.Subscribers(self.name)
         self._lock = threading.Lock()
-        self._watcher = None
-        self._stop_watch = threading.Event()
+        self._registrations = None
 
     def subscribe(self, callback):
         self._subscribers.add(callback)
         with self._lock:
-            if self._watcher is None:
-                self._watcher = threading.Thread(
-                    target=self._watch, daemon=True,
-                    name='libvirt-events-%s' % self.name)
-                self._watcher.start()
-
-    def _snapshot(self):
-        if not self.is_alive():
-            return None, None
-        try:
-            status = _qmp(self.domain, 'query-migrate').get(
-                'status', vocabulary.QemuStatus.NONE)
-            running = _qmp(self.domain, 'query-status')['running']
-        except exceptions.QMPError:
-            return None, None
-        return status, running
-
-    def _watch(self):
-        last_status, last_running = self._snapshot()
-        while not self._stop_watch.wait(EVENT_POLL_INTERVAL):
-            status, running = self._snapshot()
-            now = time.time()
-            if status is None:
-                self._emit(hypervisor.GuestEvent(
-                    guest=self.name, kind=hypervisor.EVENT_EXITED,
-                    timestamp=now))
+            if self._registrations is not None:
                 return
-            if status != last_status:
-                self._emit(hypervisor.GuestEvent(
-                    guest=self.name, kind=hypervisor.EVENT_MIGRATION,
-                    timestamp=now, status=status))
-            if running != last_running:
-                self._emit(hypervisor.GuestEvent(
-                    guest=self.name, timestamp=now,
-                    kind=(hypervisor.EVENT_RESUMED if running
-                          else hypervisor.EVENT_STOPPED)))
-            last_status, last_running = status, running
+            self._registrations = self._register()
+        if not self.is_alive():
+            self._emit(hypervisor.GuestEvent(
+                guest=self.name, kind=hypervisor.EVENT_EXITED,
+                timestamp=time.time()))
+
+    def _register(self):
+        connection = self.domain.connect()
+        registrations = []
+        try:
+            for name in MONITOR_EVENTS:
+                registrations.append((
+                    libvirt_qemu.qemuMonitorEventDeregister,
+                    libvirt_qemu.qemuMonitorEventRegister(
+                        connection, self.domain, name,
+                        self._on_monitor_event, None, 0)))
+            registrations.append((
+                lambda conn, callback_id: conn.domainEventDeregisterAny(
+                    callback_id),
+                connection.domainEventRegisterAny(
+                    self.domain, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                    self._on_lifecycle_event, None)))
+        except libvirt.libvirtError as exc:
+            self._deregister(connection, registrations)
+            raise exceptions.HypervisorError(
+                operation='watch the events of %s' % self.name,
+                reason='%s; the process must register a libvirt event loop '
+                       'before it connects, as nova-compute does' % exc)
+        return connection, registrations
+
+    @staticmethod
+    def _deregister(connection, registrations):
+        for deregister, callback_id in registrations:
+            try:
+                deregister(connection, callback_id)
+            except libvirt.libvirtError as exc:
+                LOG.debug('Event callback %s already gone: %s',
+                          callback_id, exc)
+
+    def _on_monitor_event(self, conn, dom, event, seconds, micros, details,
+                          opaque):
+        kind = MONITOR_EVENTS.get(event)
+        if kind is None:
+            return
+        status = None
+        if kind == hypervisor.EVENT_MIGRATION:
+            status = json.loads(details or '{}').get('status')
+        self._emit(hypervisor.GuestEvent(
+            guest=self.name, kind=kind, timestamp=seconds + micros / 1e6,
+            status=status))
+
+    def _on_lifecycle_event(self, conn, dom, event, detail, opaque):
+        if event in (libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                     libvirt.VIR_DOMAIN_EVENT_UNDEFINED):
+            self._emit(hypervisor.GuestEvent(
+                guest=self.name, kind=hypervisor.EVENT_EXITED,
+                timestamp=time.time(), detail='libvirt lifecycle event %s'
+                                              % event))
 
     def _emit(self, event):
         self._subscribers.emit(event)
 
     def stop_watching(self):
-        self._stop_watch.set()
+        """Drop the event callbacks; the guest is no longer ours to watch."""
+        with self._lock:
+            registrations, self._registrations = self._registrations, None
+        if registrations is not None:
+            self._deregister(*registrations)
 
     def is_alive(self):
         try:

@@ -58,13 +58,13 @@ class TestValidate(testtools.TestCase):
                              "either 'destinations' or 'count'")
 
     def test_unknown_field(self):
-        self.assert_rejected(body(host='c2'), "'host' was unexpected",
+        self.assert_rejected(body(host='c2'), '"host" was unexpected',
                              'Remove the unexpected field')
 
     def test_unknown_top_level_field(self):
         request = body(count=2)
         request['os-migrateLive'] = {'host': None}
-        self.assert_rejected(request, "'os-migrateLive' was unexpected")
+        self.assert_rejected(request, '"os-migrateLive" was unexpected')
 
     def test_duplicate_destination(self):
         self.assert_rejected(body(destinations=['c2', 'c2']),
@@ -81,14 +81,49 @@ class TestValidate(testtools.TestCase):
 
     def test_bad_host_name(self):
         self.assert_rejected(body(destinations=['c2', 'bad host']),
-                             "destinations/1", 'does not match')
+                             "destinations/1", '"bad host" is not a host name',
+                             'letters, digits')
 
     def test_count_out_of_range(self):
-        self.assert_rejected(body(count=0), "count", 'less than')
+        self.assert_rejected(body(count=0), "count", '0 is out of range',
+                             'at least 1')
         self.assert_rejected(body(count=MAX + 1), 'at most 4 destinations')
 
     def test_count_must_be_integer(self):
-        self.assert_rejected(body(count='2'), "count", "not of type")
+        self.assert_rejected(body(count='2'), "count", "not an integer")
+
+    def test_count_is_a_json_integer(self):
+        for value in (2.0, 1.0, True, None, [2]):
+            self.assert_rejected(body(count=value), "count",
+                                 'is not an integer')
+        self.assert_rejected(body(count=2.0), 'without quotes or decimal')
+
+    def test_booleans_are_booleans(self):
+        for value in ('true', 1, 0, None):
+            self.assert_rejected(body(warm_up=value), 'warm_up',
+                                 'is not true or false')
+        for value in (1, 'True', None, []):
+            self.assert_rejected(body(block_migration=value),
+                                 'block_migration', 'true, false or "auto"')
+
+    def test_long_values_are_not_echoed(self):
+        error = self.assert_rejected(body(destinations=['h' * 10000]),
+                                     '10000 characters is too long',
+                                     'at most 255')
+        self.assertLess(len(error.message), 300)
+        error = self.assert_rejected(body(**{'x' * 5000: 1}),
+                                     'was unexpected')
+        self.assertLess(len(error.message), 300)
+
+    def test_same_host_in_another_letter_case(self):
+        self.assert_rejected(body(destinations=['c2', 'C2']),
+                             '"c2" and "C2" are the same host')
+
+    def test_host_name_types(self):
+        self.assert_rejected(body(destinations=[2]), 'destinations/0',
+                             'is not a string')
+        self.assert_rejected(body(destinations='c2'), 'is not a list')
+        self.assert_rejected(body(destinations=['']), 'cannot be empty')
 
     def test_block_migration_values(self):
         self.assert_rejected(body(block_migration='yes'),
@@ -98,8 +133,20 @@ class TestValidate(testtools.TestCase):
         self.assert_rejected(body(warm_up='true'), 'warm_up')
 
     def test_arguments_must_be_an_object(self):
-        self.assert_rejected({vocabulary.SERVER_ACTION: ['c2']}, 'not of type')
+        self.assert_rejected({vocabulary.SERVER_ACTION: ['c2']},
+                             'is not an object')
 
     def test_limit_follows_configuration(self):
         self.assertEqual(
             8, schemas.validate(body(count=8), 8)['count'])
+
+
+class TestHostNameRule(testtools.TestCase):
+
+    def test_the_clients_rule_is_novas(self):
+        """osc, which has no Nova, checks host names as nova-api does."""
+        from nova.api.validation import parameter_types
+        self.assertEqual(parameter_types.fqdn['pattern'],
+                         vocabulary.HOST_NAME_PATTERN)
+        self.assertEqual(parameter_types.fqdn['maxLength'],
+                         vocabulary.HOST_NAME_MAX_LENGTH)

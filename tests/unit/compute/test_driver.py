@@ -21,6 +21,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_multidest.compute import driver
 from nova_multidest.virt import driver as virt_driver
+from nova_multidest import vocabulary
 
 
 class DriverTest(testtools.TestCase):
@@ -73,7 +74,7 @@ class DriverTest(testtools.TestCase):
                                return_value={'stats': {'uptime': 5},
                                              'vcpus': 2}):
             resources = self.driver.get_available_resource('node1')
-        self.assertEqual({'uptime': 5, 'multidest_rpc_version': '1.2'},
+        self.assertEqual({'uptime': 5, vocabulary.COMPUTE_STATS_KEY: '1.2'},
                          resources['stats'])
         self.assertEqual(2, resources['vcpus'])
 

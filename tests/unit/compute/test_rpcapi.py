@@ -18,6 +18,7 @@ import testtools
 
 from nova_multidest.compute import rpcapi
 from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 
 class ComputeAPITest(testtools.TestCase):
@@ -117,7 +118,8 @@ class DiskVersionTest(ComputeAPITest):
         self.cctxt.call.assert_not_called()
 
     def test_versions_come_from_compute_node_stats(self):
-        nodes = {'new': [mock.Mock(stats={'multidest_rpc_version': '1.2'})],
+        key = vocabulary.COMPUTE_STATS_KEY
+        nodes = {'new': [mock.Mock(stats={key: '1.2'})],
                  'old': [mock.Mock(stats={'uptime': 3})]}
         with mock.patch('nova.objects.ComputeNodeList.get_all_by_host',
                         side_effect=lambda ctxt, host: nodes[host]):

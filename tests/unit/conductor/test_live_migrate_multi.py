@@ -38,13 +38,14 @@ class TaskTestBase(base.TestCase):
         super().setUp()
         self.instance = mock.Mock(uuid='inst', host='src', node='src',
                                   system_metadata={}, task_state='migrating')
+        self.instance.flavor.extra_specs = {}
         self.clients = mock.Mock()
         self.compute = self.clients.multidest_compute
         self.compute.prepare_destination.return_value = {
             'agent_address': ['127.0.0.1', 1], 'attachment_ids': {}}
         self.task = task_mod.LiveMigrateMultiTask(
             mock.Mock(), self.instance, self.clients, destinations=None)
-        for name in ('_check_host_up', '_check_same_cell',
+        for name in ('_check_host_usable', '_check_same_cell',
                      '_check_hypervisor'):
             self.useFixture(_patch_object(self.task, name))
         self.useFixture(_patch_object(self.task.group,
@@ -326,6 +327,102 @@ class RollbackTest(TaskTestBase):
         self.task.rollback(RuntimeError('lost'))
         self.compute.revert_destination.assert_not_called()
         self.assertEqual('mig-a', records.winner(self.instance))
+
+
+class RequestCheckTest(TaskTestBase):
+    """What nova-api should have refused ends the request at once."""
+
+    def refused(self, **task_args):
+        self.task = task_mod.LiveMigrateMultiTask(
+            mock.Mock(), self.instance, self.clients, **task_args)
+        start_round = self.useFixture(_patch_object(
+            self.task.group, 'start_round')).mock
+        error = self.assertRaises(exceptions.InvalidMigrationRequest,
+                                  self.task.execute)
+        start_round.assert_not_called()
+        self.assertIsNone(self.instance.task_state)
+        self.instance.save.assert_called_once_with(
+            expected_task_state=['migrating', None])
+        self.fault.assert_called_once()
+        self.assertIn('"result": "failed"', self.instance.system_metadata[
+            vocabulary.SYSMETA_LAST_RESULT])
+        self.compute.assert_not_called()
+        return str(error)
+
+    def flavor(self, **specs):
+        self.instance.flavor.name = 'm1.tiny'
+        self.instance.flavor.flavorid = '42'
+        self.instance.flavor.extra_specs = specs
+
+    def test_invalid_extra_specs(self):
+        for specs, args, fragment in (
+                ({'multidest:destinations': 'two'}, {},
+                 "multidest:destinations='two' (allowed: a whole number "
+                 "from 1 to 16)"),
+                ({'multidest:destinations': '17'}, {},
+                 'multidest:destinations'),
+                ({'multidest:topology': 'ring'}, {'count': 2},
+                 "multidest:topology='ring' (allowed: star or chain)"),
+                ({'multidest:destination': '2'}, {'destinations': ['a']},
+                 'multidest:destination=')):
+            self.instance.reset_mock()
+            self.fault.reset_mock()
+            self.instance.task_state = 'migrating'
+            self.flavor(**specs)
+            message = self.refused(**args)
+            self.assertIn('Flavor m1.tiny (id 42) of server inst', message)
+            self.assertIn(fragment, message)
+
+    def test_a_flavor_count_unused_is_not_checked(self):
+        self.flavor(**{'multidest:destinations': 'two'})
+        self.task = task_mod.LiveMigrateMultiTask(
+            mock.Mock(), self.instance, self.clients, count=2)
+        self.task._check_request()
+
+    def test_count_must_be_a_whole_number(self):
+        for count in (2.0, True, 0, '2'):
+            self.instance.reset_mock()
+            self.fault.reset_mock()
+            self.instance.task_state = 'migrating'
+            self.assertIn('count must be a whole number',
+                          self.refused(count=count))
+
+
+class HostCheckTest(TaskTestBase):
+
+    def test_the_checks_say_why_the_scheduler_refused_a_host(self):
+        self.useFixture(_patch_object(self.task, '_new_migration'))
+        revert = self.useFixture(_patch_object(self.task.group,
+                                               'revert')).mock
+        failed = mock.Mock()
+        failed.exception.return_value = exceptions.DestinationUnusable(
+            host='b', state='its compute service is disabled')
+        self.task._refused_by_scheduler('b', failed)
+        destination = revert.call_args.args[0]
+        self.assertEqual('checks: Destination host b cannot be used: its '
+                         'compute service is disabled.', destination.reason)
+        self.task._refused_by_scheduler('c', None)
+        self.assertIn('claim: no valid host',
+                      revert.call_args.args[0].reason)
+
+    def test_host_states(self):
+        task = task_mod.LiveMigrateMultiTask(
+            mock.Mock(), self.instance, self.clients)
+        service = mock.Mock(forced_down=False, disabled=False)
+        self.useFixture(_patch('nova.objects.Service.get_by_compute_host',
+                               return_value=service))
+        self.clients.servicegroup_api.service_is_up.return_value = True
+        task._check_host_usable('b')
+        for changes, state in (({'forced_down': True}, 'forced down'),
+                               ({'disabled': True}, 'disabled'),
+                               ({}, 'down')):
+            service.configure_mock(**dict(
+                {'forced_down': False, 'disabled': False}, **changes))
+            self.clients.servicegroup_api.service_is_up.return_value = (
+                bool(changes))
+            error = self.assertRaises(exceptions.DestinationUnusable,
+                                      task._check_host_usable, 'b')
+            self.assertIn('its compute service is %s' % state, str(error))
 
 
 def _patch(target, **kwargs):

@@ -83,7 +83,8 @@ class FakeCompute:
     def get_server(self, server_id):
         return self._next(self.servers)
 
-    def post(self, url, json):
+    def post(self, url, json, microversion=None):
+        assert microversion == '2.25', microversion
         self.posted.append((url, json))
         return self.post_response
 
@@ -156,10 +157,38 @@ class TestBefore(HookTestCase):
         self.assertNotIn('take_action', vars(self.command))
 
     def test_our_options_need_the_flag(self):
-        for argv in (('--destination', 'c2'), ('--destinations', '2'),
-                     ('--warm-up',)):
-            self.assertRaises(exceptions.CommandError, self.hook.before,
-                              self.parse(*argv))
+        for argv, named in ((('--destination', 'c2'), '--destination '),
+                            (('--destinations', '2'), '--destinations '),
+                            (('--destinations', '0'), '--destinations '),
+                            (('--warm-up',), '--warm-up '),
+                            (('--warm-up', '--destinations', '0'),
+                             '--destinations and --warm-up need')):
+            error = self.assertRaises(exceptions.CommandError,
+                                      self.hook.before, self.parse(*argv))
+            self.assertIn(named, str(error))
+            self.assertIn('need --multi-destination', str(error).replace(
+                'needs', 'need'))
+
+    def test_count_at_least_one(self):
+        for count in ('0', '-2'):
+            error = self.assertRaises(
+                exceptions.CommandError, self.hook.before,
+                self.parse('--multi-destination', '--destinations', count))
+            self.assertIn('--destinations must be at least 1 (got %s)' %
+                          count, str(error))
+
+    def test_host_names(self):
+        for host, fragment in (
+                ('h' * 10000, 'a host name of 10000 characters is too long'),
+                ('bad host', "'bad host' is not a host name"),
+                ('', "'' is not a host name"),
+                ('h/' * 300, 'too long')):
+            error = self.assertRaises(
+                exceptions.CommandError, self.hook.before,
+                self.parse('--multi-destination', '--destination', 'c2',
+                           '--destination', host))
+            self.assertIn(fragment, str(error))
+            self.assertLess(len(str(error)), 200)
 
     def test_flag_replaces_the_action(self):
         args = self.parse('--multi-destination')
@@ -248,10 +277,38 @@ class TestTakeAction(HookTestCase):
             [[], [migration(8, 'c2', 'failed')]], action=action)
         error = self.assertRaises(exceptions.CommandError, self.run_hook,
                                   compute, '--wait')
-        self.assertIn('keeps running on c1', str(error))
-        self.assertIn('multidest_destination_c2: c2: no space; '
-                      'multidest_live_migration: Every destination failed '
-                      '(c2: no space)', str(error))
+        self.assertEqual(
+            'Multi-destination live migration of server %s failed; it '
+            'keeps running on c1: c2: no space' % SERVER, str(error))
+
+    def test_wait_failure_is_short(self):
+        long_reason = 'Destination c%d failed: claim: ' + 'x' * 400
+        action = {'message': 'Error', 'events': [
+            {'event': 'multidest_destination_c%d' % i, 'result': 'Error',
+             'details': long_reason % i} for i in (2, 3)] + [
+            {'event': 'multidest_live_migration', 'result': 'Error',
+             'details': 'Every destination failed (%s)' % long_reason}]}
+        compute = FakeCompute(
+            [server(task_state='migrating'), server()],
+            [[], [migration(8, 'c2', 'failed'),
+                  migration(9, 'c3', 'failed')]],
+            action=action)
+        error = self.assertRaises(exceptions.CommandError, self.run_hook,
+                                  compute, '--wait')
+        self.assertIn('Destination c2 failed: claim: xxx', str(error))
+        self.assertIn('...; Destination c3 failed', str(error))
+        self.assertNotIn('Every destination failed', str(error))
+        self.assertLess(len(str(error)), 450)
+
+    def test_wait_failure_of_the_group_alone(self):
+        action = {'message': 'Error', 'events': [
+            {'event': 'multidest_live_migration', 'result': 'Error',
+             'details': 'Flavor m1 has an invalid extra spec'}]}
+        compute = FakeCompute([server(task_state='migrating'), server()],
+                              [[], []], action=action)
+        error = self.assertRaises(exceptions.CommandError, self.run_hook,
+                                  compute, '--wait')
+        self.assertIn('c1: Flavor m1 has an invalid extra spec', str(error))
 
     def test_wait_without_access_to_migrations(self):
         """A non-admin allowed the action by policy sees the outcome."""
@@ -269,8 +326,8 @@ class TestTakeAction(HookTestCase):
             [None], action=action)
         error = self.assertRaises(exceptions.CommandError, self.run_hook,
                                   compute, '--wait')
-        self.assertIn('keeps running on its source host: '
-                      'multidest_live_migration: no host', str(error))
+        self.assertIn('keeps running on its source host: no host',
+                      str(error))
 
     def test_wait_when_the_server_went_to_error(self):
         compute = FakeCompute(
