@@ -189,6 +189,15 @@ timeout_opts = [
         default=60, min=1,
         help='Seconds after the source paused within which some destination '
              'must report the complete state; else the source resumes.'),
+    cfg.IntOpt(
+        'accept_timeout',
+        default=300, min=10,
+        help='Seconds a request accepted by nova-api may wait for '
+             'nova-multidest-conductor to start it (the cast was lost, or '
+             'no conductor runs). A running conductor then rolls it back: '
+             'task_state cleared, the instance action ended with an error '
+             'and the reason in the server fault. A conductor refuses a '
+             'request older than half of this.'),
 ]
 
 service_opts = [

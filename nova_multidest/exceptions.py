@@ -65,6 +65,39 @@ class AllDestinationsFailed(MultiDestError):
     code = 409
 
 
+class SchedulingFailed(MultiDestError):
+    msg_fmt = ('The scheduler call failed: %(reason)s. No destination was '
+               'chosen and the server stays on its source; check that '
+               'nova-scheduler runs, then retry.')
+
+
+class RecoveryFailed(MultiDestError):
+    msg_fmt = ('nova-multidest-conductor could not finish or roll back the '
+               'interrupted multi-destination migration: %(reason)s. It '
+               'retries at its next start or lease check; if this repeats, '
+               'fix the cause named here.')
+
+
+class RequestNotStarted(MultiDestError):
+    msg_fmt = ('No nova-multidest-conductor started this multi-destination '
+               'live migration within %(seconds)s seconds (the request was '
+               'lost or no conductor runs); it was rolled back and the '
+               'server stays on its source. Check that '
+               'nova-multidest-conductor is up, then retry.')
+
+
+class GroupNotStarted(MultiDestError):
+    msg_fmt = ('nova-multidest-conductor could not start the migration: '
+               '%(reason)s. Nothing was changed; the server stays on its '
+               'source. Retry once the cause is fixed.')
+
+
+class SourceStreamFailed(MultiDestError):
+    msg_fmt = ('The source %(host)s could not start its migration stream: '
+               '%(reason)s. The guest keeps running there; every '
+               'destination is reverted.')
+
+
 class HypervisorError(MultiDestError):
     msg_fmt = 'Hypervisor operation %(operation)s failed: %(reason)s'
 
@@ -122,6 +155,20 @@ class ConductorStopping(MultiDestError):
                '%(instance_uuid)s is left to the recovery of the next '
                'conductor start.')
     code = 503
+
+
+class WinnerUnknown(MultiDestError):
+    msg_fmt = ('The elected destination %(host)s of %(instance_uuid)s did '
+               'not answer whether its guest runs (%(reason)s). No other '
+               'copy will ever be elected; nova-multidest-conductor asks '
+               'it again at its next recovery. Bring %(host)s back if it is '
+               'down.')
+
+
+class GroupFenced(ConductorStopping):
+    msg_fmt = ('The migration of %(instance_uuid)s was taken over by '
+               '%(owner)s (this conductor was thought dead); this conductor '
+               'stops driving it and leaves everything to the new owner.')
 
 
 class CopyMayHaveRun(MultiDestError):

@@ -41,6 +41,15 @@ SYSMETA_WINNER = SYSMETA_PREFIX + 'winner'
 # Written once the elected destination's guest runs: from then on no
 # other copy may ever run.
 SYSMETA_RESUMED = SYSMETA_PREFIX + 'resumed'
+# The conductor host that owns the group, and its generation: a conductor
+# that takes a group over (its owner's service is down) bumps the
+# generation, and a stale owner stops at its next step. The lease is the
+# owner's Nova service heartbeat.
+SYSMETA_OWNER = SYSMETA_PREFIX + 'owner'
+SYSMETA_GENERATION = SYSMETA_PREFIX + 'generation'
+# Consumer uuid of the scheduler's claim while its host is unknown (the
+# scheduler call is in flight); recovery drops that claim.
+SYSMETA_PENDING_CLAIM = SYSMETA_PREFIX + 'pending_claim'
 # One key per volume: the winner's attachment of that volume.
 SYSMETA_ATTACHMENT_PREFIX = SYSMETA_PREFIX + 'attachment_'
 # The outcome of the last group; the only key that outlives a group.

@@ -24,7 +24,10 @@ migration to a multi-destination stream when one runs.
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
+from nova.compute import task_states
 from nova import context as nova_context
+from nova import exception as nova_exception
+from nova import objects
 from nova.objects import base as objects_base
 from nova import rpc
 
@@ -57,12 +60,50 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         server = rpc.get_server(target, [endpoint],
                                 serializer=objects_base.NovaObjectSerializer())
         server.start()
+        endpoint.start_sweeping(nova_context.get_admin_context(),
+                                compute_endpoint.SWEEP_INTERVAL)
         self.multidest = endpoint
         self._multidest_server = server
         LOG.info('Serving multi-destination migration on topic %s',
                  CONF.multidest.compute_topic)
 
     multidest_rpc_version = rpcapi.RPC_API_VERSION
+
+    def process_instances_at_startup(self, context, instances):
+        """Keep Nova's start-up away from servers a group owns.
+
+        Nova's _init_instance resets a MIGRATING server on its host: it
+        errs the group's running Migration and clears task_state, and it
+        fails the whole start when the group ended meanwhile (its
+        expected task_state is gone). A server whose group runs, or that a
+        group moved away while this compute was down, is the conductor's.
+        """
+        instances = super().process_instances_at_startup(context, instances)
+        kept = [instance for instance in instances
+                if not self._owned_by_a_group(context, instance)]
+        if len(kept) == len(instances):
+            return instances
+        if isinstance(instances, objects.InstanceList):
+            return objects.InstanceList(objects=kept)
+        return kept
+
+    def _owned_by_a_group(self, context, instance):
+        if (instance.task_state != task_states.MIGRATING and
+                not vocabulary.group_in_progress(instance.system_metadata)):
+            return False
+        try:
+            stored = objects.Instance.get_by_uuid(
+                context, instance.uuid, expected_attrs=['system_metadata'])
+        except nova_exception.InstanceNotFound:
+            return False
+        owned = (vocabulary.group_in_progress(instance.system_metadata) or
+                 vocabulary.group_in_progress(stored.system_metadata) or
+                 stored.host != instance.host)
+        if owned:
+            LOG.info('Left to nova-multidest-conductor at start-up: its '
+                     'multi-destination migration owns this server',
+                     instance=instance)
+        return owned
 
     def cleanup_host(self, host):
         server, self._multidest_server = self._multidest_server, None

@@ -41,6 +41,7 @@ from oslo_utils import excutils
 from nova import exception as nova_exception
 from nova.network import neutron
 from nova import objects
+from nova import servicegroup
 from nova import thread_pool_factory
 from nova.virt import driver as virt_driver
 from nova.volume import cinder
@@ -59,6 +60,8 @@ LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
 PROGRESS_SAVE_INTERVAL = 1.0
+# Seconds between two looks for destinations whose lease expired.
+SWEEP_INTERVAL = 60
 # Holds an instance's place in the stream table while its stream starts.
 _STARTING = object()
 
@@ -109,6 +112,10 @@ class ComputeEndpoint(object):
         self._streams = {}
         self._start_errors = {}
         self._tls = None
+        # Migration uuids whose prepare_destination call is in progress.
+        self._preparing = set()
+        self._swept = threading.Event()
+        self.servicegroup_api = servicegroup.API()
 
     # -- checks ------------------------------------------------------------
 
@@ -149,6 +156,18 @@ class ComputeEndpoint(object):
                   'migrate_data': migrate_data.obj_to_primitive()}
         prepared = _PreparedDestination(migration.uuid, record)
         self.journal.write(migration.uuid, record)
+        with self._lock:
+            self._preparing.add(migration.uuid)
+        try:
+            return self._prepare(context, instance, migration, prepared,
+                                 secret, migrate_data, copy_disks)
+        finally:
+            with self._lock:
+                self._preparing.discard(migration.uuid)
+
+    def _prepare(self, context, instance, migration, prepared, secret,
+                 migrate_data, copy_disks=False):
+        record = prepared.record
         disk_address = None
         try:
             source = self.compute_rpcapi.get_source_guest(
@@ -191,6 +210,15 @@ class ComputeEndpoint(object):
                                   'failed', self.host, instance=instance)
         with self._lock:
             self._destinations[migration.uuid] = prepared
+        if not self._still_wanted(context, instance, migration.uuid):
+            self._revert(context, instance, prepared,
+                         delete_attachments=True)
+            with self._lock:
+                self._destinations.pop(migration.uuid, None)
+            raise exceptions.DestinationFailed(
+                destination=self.host,
+                reason='the conductor gave migration %s up while this host '
+                       'prepared it; it was reverted here' % migration.uuid)
         LOG.info('Destination %s ready, stream agent on %s:%s', self.host,
                  address[0], address[1], instance=instance)
         result = {'agent_address': [address[0], address[1]],
@@ -312,26 +340,48 @@ class ComputeEndpoint(object):
                 prepared.changed.wait(left)
 
     def resume_destination(self, context, instance, migration):
+        """Let the recorded winner's guest run; idempotent.
+
+        Asked again after a reply was lost, a winner whose guest already
+        runs here answers success: the conductor must never take a lost
+        reply for a failure and elect another copy. An error means the
+        guest does not run.
+        """
         self._check_destination_side(instance, migration)
-        with self._lock:
-            prepared = self._destinations.get(migration.uuid)
-        if prepared is None or prepared.guest is None:
-            raise exceptions.DestinationFailed(
-                destination=self.host,
-                reason='it holds no incoming guest for migration %s; elect '
-                       'another destination' % migration.uuid)
-        winner = self._group_records(context, instance).get(
-            vocabulary.SYSMETA_WINNER)
+        stored = self._group_records(context, instance)
+        winner = stored.get(vocabulary.SYSMETA_WINNER)
         if winner != migration.uuid:
             raise exceptions.CopyMayHaveRun(
                 instance_uuid=instance.uuid, host=self.host,
                 reason='the recorded winner is %s, not migration %s'
                        % (winner, migration.uuid))
-        prepared.guest.resume()
-        prepared.guest.close_stream()
         with self._lock:
-            self._destinations.pop(migration.uuid, None)
-        self.journal.delete(migration.uuid)
+            prepared = self._destinations.get(migration.uuid)
+        if prepared is None or prepared.guest is None:
+            if self.driver.multidest_guest_running(instance):
+                LOG.info('Guest already runs on %s for migration %s',
+                         self.host, migration.uuid, instance=instance)
+                return
+            raise exceptions.DestinationFailed(
+                destination=self.host,
+                reason='it holds no incoming guest for migration %s; elect '
+                       'another destination' % migration.uuid)
+        try:
+            prepared.guest.resume()
+        except Exception:
+            if not prepared.guest.is_running():
+                raise
+            LOG.exception('Resuming reported an error, but the guest runs',
+                          instance=instance)
+        try:
+            prepared.guest.close_stream()
+            with self._lock:
+                self._destinations.pop(migration.uuid, None)
+            self.journal.delete(migration.uuid)
+        except Exception:
+            # The guest runs: the answer must say so.
+            LOG.exception('Cleaning up after the resume failed',
+                          instance=instance)
         LOG.info('Guest resumed on %s for migration %s', self.host,
                  migration.uuid, instance=instance)
 
@@ -440,7 +490,14 @@ class ComputeEndpoint(object):
         return None
 
     def start_stream(self, context, instance, destinations, secret,
-                     topology, warm_up, block_migration=False):
+                     topology, warm_up, report_errors=False,
+                     block_migration=False):
+        """Start the one outgoing stream of the instance.
+
+        With ``report_errors`` (1.2, a call) a stream that cannot start
+        raises its error to the conductor; a 1.0 cast only logs it. With
+        ``block_migration`` (1.3) the local disks are copied too.
+        """
         self._check_source_side(instance)
         with self._lock:
             previous = self._streams.get(instance.uuid)
@@ -470,6 +527,9 @@ class ComputeEndpoint(object):
                 self._start_errors[instance.uuid] = str(exc)
             if stream is not None:
                 stream.close()
+            if report_errors:
+                raise exceptions.SourceStreamFailed(host=self.host,
+                                                    reason=exc)
             return
         LOG.info('Streaming to %s (%s)',
                  ', '.join(d['host'] for d in destinations), topology,
@@ -658,6 +718,7 @@ class ComputeEndpoint(object):
 
     def close(self):
         """Close every relay and agent; the guests stay as they are."""
+        self._swept.set()
         with self._lock:
             streams = [stream for stream in self._streams.values()
                        if stream is not _STARTING]
@@ -669,6 +730,63 @@ class ComputeEndpoint(object):
         for destination in prepared:
             if destination.guest is not None:
                 destination.guest.close_stream()
+
+    def _still_wanted(self, context, instance, migration_uuid):
+        """The conductor still holds this destination (its lease)."""
+        try:
+            migration = objects.Migration.get_by_uuid(context,
+                                                      migration_uuid)
+            stored = self._group_records(context, instance)
+        except (nova_exception.MigrationNotFound,
+                nova_exception.InstanceNotFound):
+            return False
+        return (migration.status in vocabulary.MigrationStatus.IN_PROGRESS
+                and vocabulary.group_in_progress(stored) and
+                self._owner_up(context, stored))
+
+    def _owner_up(self, context, system_metadata):
+        """False once the owning conductor's service is down."""
+        owner = system_metadata.get(vocabulary.SYSMETA_OWNER)
+        if owner is None:
+            return True
+        service = objects.Service.get_by_host_and_binary(
+            context, owner, vocabulary.CONDUCTOR_BINARY)
+        if service is None:
+            # No record to judge the lease by: the conductors decide.
+            return True
+        return self.servicegroup_api.service_is_up(service)
+
+    def start_sweeping(self, context, interval):
+        """Sweep expired destinations every ``interval`` s until close()."""
+        def loop():
+            while not self._swept.wait(interval):
+                self.sweep(context)
+        # A thread of its own: it would hold a worker of Nova's long-task
+        # pool (builds, snapshots, our streams) for the life of the service.
+        threading.Thread(target=loop, name='multidest-sweep',
+                         daemon=True).start()
+
+    def sweep(self, context):
+        """Revert the destinations whose lease expired.
+
+        A destination prepared here lives while its Migration is in
+        progress, its group runs and the group's conductor is up; a
+        prepare still in flight is left to finish (it checks the same at
+        its end). What a conductor gave up, or left when it died, goes.
+        """
+        for migration_uuid in self.journal.migration_uuids():
+            with self._lock:
+                if migration_uuid in self._preparing:
+                    continue
+            record = self.journal.read(migration_uuid)
+            if record is None:
+                continue
+            try:
+                self._cleanup_record(context, migration_uuid, record,
+                                     lease=True)
+            except Exception:
+                LOG.exception('Sweeping the destination of migration %s '
+                              'failed; it is retried', migration_uuid)
 
     def cleanup_after_restart(self, context):
         """Destroy what abandoned or finished migrations left here.
@@ -688,7 +806,7 @@ class ComputeEndpoint(object):
                 LOG.exception('Cleaning up after migration %s failed; it '
                               'is retried at the next start', migration_uuid)
 
-    def _cleanup_record(self, context, migration_uuid, record):
+    def _cleanup_record(self, context, migration_uuid, record, lease=False):
         try:
             migration = objects.Migration.get_by_uuid(context,
                                                       migration_uuid)
@@ -707,12 +825,21 @@ class ComputeEndpoint(object):
             return
         in_group = vocabulary.group_in_progress(instance.system_metadata)
         if (migration is not None and in_group and
-                migration.status not in vocabulary.MigrationStatus.NOVA_FINAL):
-            LOG.info('Migration %s is still in progress; leaving this '
-                     'destination to the conductor', migration_uuid,
-                     instance=instance)
+                migration.status not in vocabulary.MigrationStatus.NOVA_FINAL
+                and not (lease and not self._owner_up(
+                    context, instance.system_metadata))):
+            if not lease:
+                LOG.info('Migration %s is still in progress; leaving this '
+                         'destination to the conductor', migration_uuid,
+                         instance=instance)
             return
-        LOG.info('Removing the destination of finished or abandoned '
-                 'migration %s', migration_uuid, instance=instance)
-        prepared = _PreparedDestination(migration_uuid, record)
+        if vocabulary.elected_migration(
+                instance.system_metadata) == migration_uuid:
+            # The recorded winner: only the conductor may end it.
+            return
+        LOG.info('Removing the destination of finished, abandoned or '
+                 'expired migration %s', migration_uuid, instance=instance)
+        with self._lock:
+            prepared = self._destinations.pop(migration_uuid, None)
+        prepared = prepared or _PreparedDestination(migration_uuid, record)
         self._revert(context, instance, prepared, delete_attachments=False)

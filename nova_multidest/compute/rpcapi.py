@@ -22,7 +22,9 @@ API version history:
 
 * 1.0 - Initial version.
 * 1.1 - Add ping(), for nova-multidest-status upgrade check.
-* 1.2 - Local disks: prepare_destination accepts block migration and
+* 1.2 - start_stream is a call with ``report_errors=True``: a source that
+  cannot start its stream answers with the error at once.
+* 1.3 - Local disks: prepare_destination accepts block migration and
   returns ``disk_agent_address``; get_source_guest takes
   ``block_migration`` and then returns the disks to copy;
   start_stream takes ``block_migration``; new check_source_disks.
@@ -45,14 +47,14 @@ from nova_multidest import vocabulary
 
 CONF = conf.CONF
 
-RPC_API_VERSION = '1.2'
+RPC_API_VERSION = '1.3'
 # Every call of this release works at this version; a newer one is sent
 # only to hosts whose compute node reports it (``host_version``), or
 # through a client capped at the oldest version of the hosts involved
 # (``for_hosts``).
-VERSION_CAP = '1.0'
+VERSION_CAP = '1.2'
 # The first version that copies local disks.
-DISKS_VERSION = '1.2'
+DISKS_VERSION = '1.3'
 # Key of the version in each compute node's stats.
 STATS_KEY = vocabulary.COMPUTE_STATS_KEY
 
@@ -159,16 +161,24 @@ class ComputeAPI(object):
 
         ``destinations`` is a list of dicts {'migration_uuid', 'host',
         'agent_address'}, plus 'disk_agent_address' with
-        ``block_migration`` (1.2).
+        ``block_migration`` (1.3). From 1.2 a call that raises the source's
+        error if the stream cannot start; an older source is sent a cast
+        (it only logs such an error, and the destinations time out).
         """
-        kwargs = {}
-        version = self._disk_version(block_migration, 'start_stream')
+        args = dict(instance=instance, destinations=destinations,
+                    secret=encode_secret(secret), topology=topology,
+                    warm_up=warm_up)
         if block_migration:
-            kwargs['block_migration'] = True
-        cctxt = self._prepare(instance.host, version=version)
-        cctxt.cast(ctxt, 'start_stream', instance=instance,
-                   destinations=destinations, secret=encode_secret(secret),
-                   topology=topology, warm_up=warm_up, **kwargs)
+            cctxt = self._prepare(instance.host, version=self._disk_version(
+                block_migration, 'start_stream'))
+            return cctxt.call(ctxt, 'start_stream', report_errors=True,
+                              block_migration=True, **args)
+        if self.client.can_send_version('1.2'):
+            cctxt = self._prepare(instance.host, version='1.2')
+            return cctxt.call(ctxt, 'start_stream', report_errors=True,
+                              **args)
+        cctxt = self._prepare(instance.host)
+        cctxt.cast(ctxt, 'start_stream', **args)
 
     def wait_destination(self, ctxt, instance, migration, timeout):
         """'completed', 'failed' or 'timeout', within ``timeout`` s."""

@@ -126,42 +126,71 @@ def _claim_for_new_migration(context, report_client, spec, selection,
     return None
 
 
+def _drop_claim(context, report_client, consumer_uuid):
+    report_client.delete_allocation_for_instance(
+        context, consumer_uuid, consumer_type='migration', force=True)
+
+
 def schedule(context, query_client, report_client, spec, instance, count,
-             exclude, before_claim):
+             exclude, before_claim, pending_claim=None):
     """Pick and claim up to ``count`` hosts from the scheduler.
 
     One scheduler call returns its selection (claimed for the migration
     uuid we pass) plus alternates, which we claim ourselves, concurrently;
     further calls are made only while hosts are missing.
-    ``before_claim(host, node, uuid)`` runs before each claim so that the
-    claim's consumer is recorded first. Returns fewer than ``count``
-    candidates when the cloud has no more room.
+    ``before_claim(host, node, uuid)`` records a claim's consumer with its
+    host: before each alternate's claim, and for the scheduler's own
+    selection once its host is known. Until then the consumer is recorded
+    by ``pending_claim(uuid)`` (``pending_claim(None)`` clears it), so that
+    no Migration record ever exists without a destination host, yet a
+    crash during the scheduler call leaves a claim recovery can find.
+    Returns fewer than ``count`` candidates when the cloud has no more
+    room; raises SchedulingFailed when the first scheduler call fails
+    otherwise (a MessagingTimeout, say).
     """
+    pending_claim = pending_claim or (lambda consumer_uuid: None)
     picked = []
     seen = set(exclude) | {instance.host}
     used_domains = set()
     while len(picked) < count:
         first_uuid = new_migration_uuid()
-        before_claim(None, None, first_uuid)
+        pending_claim(first_uuid)
         spec.ignore_hosts = sorted(seen)
         try:
             selections = query_client.select_destinations(
                 context, spec, [first_uuid], return_objects=True,
                 return_alternates=True)[0]
         except nova_exception.NoValidHost as error:
+            pending_claim(None)
             LOG.info('Scheduler found no more destinations: %s', error,
                      instance=instance)
+            break
+        except Exception as error:
+            # The scheduler may have claimed for first_uuid all the same
+            # (a reply lost or late).
+            _drop_claim(context, report_client, first_uuid)
+            pending_claim(None)
+            if not picked:
+                raise exceptions.SchedulingFailed(reason=error)
+            LOG.warning('Scheduler call failed, going on with %d '
+                        'destination(s): %s', len(picked), error,
+                        instance=instance)
             break
         first = selections[0]
         seen.update(s.service_host for s in selections)
         wanted = _spread_order(context, selections, used_domains)
         wanted = wanted[:count - len(picked)]
         if first in wanted:
+            try:
+                before_claim(first.service_host, first.nodename, first_uuid)
+            except Exception:
+                _drop_claim(context, report_client, first_uuid)
+                raise
             picked.append(Candidate(first.service_host, first.nodename,
                                     first_uuid))
         else:
-            report_client.delete_allocation_for_instance(
-                context, first_uuid, consumer_type='migration', force=True)
+            _drop_claim(context, report_client, first_uuid)
+        pending_claim(None)
         alternates = [s for s in wanted if s is not first]
         if alternates:
             with concurrent.futures.ThreadPoolExecutor(

@@ -39,9 +39,11 @@ the same ends through ``settle``, from Nova's records alone.
 
 import concurrent.futures
 import dataclasses
+import time
 import typing
 
 from oslo_log import log as logging
+import oslo_messaging as messaging
 
 from nova import availability_zones
 from nova.compute import power_state
@@ -62,6 +64,14 @@ LOG = logging.getLogger(__name__)
 CONF = conf.CONF
 
 LOST_ELECTION = 'another destination won'
+# Seconds between two resume calls whose answers were lost.
+_RESUME_RETRY_INTERVAL = 1.0
+
+
+def _answer_lost(error):
+    """True if a call may have run although no answer came back."""
+    return (isinstance(error, messaging.MessagingException) and
+            not isinstance(error, messaging.RemoteError))
 
 
 @dataclasses.dataclass
@@ -81,6 +91,11 @@ class Destination:
     def fail(self, phase, error):
         self.reason = '%s: %s' % (phase, error)
 
+    @property
+    def label(self):
+        """How reasons and logs name it: its host, if it ever had one."""
+        return self.host or 'migration %s' % self.migration.uuid
+
 
 class Group(object):
     """The group of ``instance``; see the module doc for its life.
@@ -93,7 +108,8 @@ class Group(object):
     """
 
     def __init__(self, context, instance, clients, source=None,
-                 source_node=None, block_migration=None, stopping=None):
+                 source_node=None, block_migration=None, stopping=None,
+                 owner=None):
         self.context = context
         self.instance = instance
         self.clients = clients
@@ -101,12 +117,20 @@ class Group(object):
         self.source_node = source_node
         self.block_migration = block_migration
         self._stopping = stopping
+        # The conductor service host that drives this group.
+        self.owner = owner
         # Why each destination (or round) failed, for the fault and the
         # last_result summary.
         self.reasons = {}
+        self._destination_labels = set()
         # The destinations of the current round, by Migration uuid.
         self.destinations = {}
         self.round_number = None
+        # Set once the group's first record is written.
+        self.started = False
+        # (owner, generation) this process holds the group with; None
+        # before it holds it.
+        self.ownership = None
 
     def check_not_stopping(self):
         """Leave everything to recovery if our service is stopping.
@@ -117,13 +141,29 @@ class Group(object):
         if self._stopping is not None and self._stopping():
             raise exceptions.ConductorStopping(
                 instance_uuid=self.instance.uuid)
+        if self.ownership is not None:
+            stored = objects.Instance.get_by_uuid(
+                self.context, self.instance.uuid,
+                expected_attrs=['system_metadata']).system_metadata
+            if (not vocabulary.group_in_progress(stored) or
+                    records.ownership(stored) != self.ownership):
+                raise exceptions.GroupFenced(
+                    instance_uuid=self.instance.uuid,
+                    owner='%s (generation %s)' % records.ownership(stored))
+
+    def hold(self):
+        """This process now holds the group as its records say."""
+        self.ownership = records.ownership(self.instance.system_metadata)
 
     # -- the way forward ----------------------------------------------------
 
     def start_round(self, round_number):
         self.destinations = {}
         self.round_number = round_number
-        records.start_group(self.instance, round_number)
+        records.start_group(self.instance, round_number,
+                            self.owner or CONF.host)
+        self.started = True
+        self.hold()
 
     def add(self, destination):
         self.destinations[destination.migration.uuid] = destination
@@ -154,19 +194,35 @@ class Group(object):
     def _resume_elected(self, destination):
         """Resume the recorded winner; False (winner cleared) if it can't.
 
-        A destination that fails to resume never ran (the compute's
-        contract), so the election may go on without it.
+        A destination that answers with an error never ran (the compute's
+        contract), so the election may go on without it. A call whose
+        answer never came may have resumed the guest: it is asked again
+        (resume is idempotent) and, without an answer, the winner stays
+        recorded and no other copy is ever elected (WinnerUnknown).
         """
-        try:
-            self.clients.multidest_compute.resume_destination(
-                self.context, self.instance, destination.migration)
-        except Exception as error:
-            self.check_not_stopping()
-            LOG.warning('Elected destination %s failed to resume: %s',
-                        destination.host, error, instance=self.instance)
-            destination.fail(vocabulary.DestinationPhase.RESUME, error)
-            records.clear_winner(self.instance)
-            return False
+        deadline = time.monotonic() + CONF.multidest.election_timeout
+        while True:
+            try:
+                self.clients.multidest_compute.resume_destination(
+                    self.context, self.instance, destination.migration)
+                break
+            except Exception as error:
+                self.check_not_stopping()
+                if _answer_lost(error):
+                    if time.monotonic() < deadline:
+                        LOG.warning('No answer from the elected %s; asking '
+                                    'again: %s', destination.host, error,
+                                    instance=self.instance)
+                        time.sleep(_RESUME_RETRY_INTERVAL)
+                        continue
+                    raise exceptions.WinnerUnknown(
+                        instance_uuid=self.instance.uuid,
+                        host=destination.host, reason=error)
+                LOG.warning('Elected destination %s failed to resume: %s',
+                            destination.host, error, instance=self.instance)
+                destination.fail(vocabulary.DestinationPhase.RESUME, error)
+                records.clear_winner(self.instance)
+                return False
         records.record_resumed(self.instance, destination.migration.uuid)
         return True
 
@@ -288,7 +344,8 @@ class Group(object):
             reason = '%s; left behind: %s' % (reason, '; '.join(leftovers))
             LOG.error('Destination %s reverted, but %s', destination.host,
                       reason, instance=self.instance)
-        self.reasons[destination.host] = reason
+        self.reasons[destination.label] = reason
+        self._destination_labels.add(destination.label)
         self.destinations.pop(destination.migration.uuid, None)
         self._record_destination_event(
             destination,
@@ -342,9 +399,13 @@ class Group(object):
         instance = self.instance
         resources.sweep_attachments(self.context, self.clients.volume_api,
                                     instance)
+        # The group's own reasons (source, scheduler, conductor) first: the
+        # fault message keeps 255 characters.
+        ordered = sorted(self.reasons.items(),
+                         key=lambda item: (item[0] in self._destination_labels,
+                                           str(item[0])))
         error = exceptions.AllDestinationsFailed(
-            reasons='; '.join('%s: %s' % item
-                              for item in sorted(self.reasons.items())) or
+            reasons='; '.join('%s: %s' % item for item in ordered) or
             'no destination found')
         compute_utils.add_instance_fault_from_exc(
             self.context, instance, error, fault_message=str(error))
@@ -376,7 +437,9 @@ class Group(object):
         instance.refresh()
         if not records.group_in_progress(instance):
             return None
-        migrations = records.group_migrations(self.context, instance)
+        self._drop_pending_claim()
+        migrations = self._without_hostless(
+            records.group_migrations(self.context, instance))
         elected = self._elected_migration(migrations)
         if self.source is None:
             first = elected or (migrations[0] if migrations else None)
@@ -407,6 +470,33 @@ class Group(object):
         self.resume_source()
         self.reasons.setdefault('conductor', reason)
         return self.end_failed()
+
+    def _drop_pending_claim(self):
+        """Release the claim of a scheduler call never seen to return."""
+        consumer_uuid = records.pending_claim(self.instance)
+        if consumer_uuid is None:
+            return
+        resources.release(self.context, self.clients, self.instance, None,
+                          consumer_uuid, None)
+        records.set_pending_claim(self.instance, None)
+
+    def _without_hostless(self, migrations):
+        """Drop Migrations that never got a destination host.
+
+        Earlier releases created one before the scheduler call: nothing
+        was prepared for it, only its claim may exist. It is no
+        destination, so it gets no revert call and no reason.
+        """
+        kept = []
+        for migration in migrations:
+            if migration.dest_compute:
+                kept.append(migration)
+                continue
+            resources.release(self.context, self.clients, self.instance,
+                              None, migration.uuid, None)
+            records.set_status(migration,
+                               vocabulary.MigrationStatus.CANCELLED)
+        return kept
 
     def _elected_migration(self, migrations):
         winner_uuid = records.winner(self.instance)

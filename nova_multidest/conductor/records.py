@@ -35,13 +35,30 @@ def group_in_progress(instance):
     return vocabulary.group_in_progress(instance.system_metadata)
 
 
-def start_group(instance, round_number):
+def start_group(instance, round_number, owner):
     meta = instance.system_metadata
     meta.pop(vocabulary.SYSMETA_LAST_RESULT, None)
+    meta[vocabulary.SYSMETA_OWNER] = owner
+    meta.setdefault(vocabulary.SYSMETA_GENERATION, '1')
     meta[vocabulary.SYSMETA_ACTIVE] = vocabulary.SYSMETA_ACTIVE_VALUE
     meta[vocabulary.SYSMETA_PHASE] = vocabulary.GroupPhase.PREPARING
     meta[vocabulary.SYSMETA_ROUND] = str(round_number)
     instance.save()
+
+
+def take_over(instance, owner):
+    """Make ``owner`` the group's owner, fencing the previous one."""
+    meta = instance.system_metadata
+    meta[vocabulary.SYSMETA_OWNER] = owner
+    meta[vocabulary.SYSMETA_GENERATION] = str(
+        int(meta.get(vocabulary.SYSMETA_GENERATION) or 0) + 1)
+    instance.save()
+
+
+def ownership(system_metadata):
+    """(owner, generation) of a group, from its system_metadata."""
+    return (system_metadata.get(vocabulary.SYSMETA_OWNER),
+            system_metadata.get(vocabulary.SYSMETA_GENERATION))
 
 
 def set_phase(instance, phase):
@@ -51,6 +68,21 @@ def set_phase(instance, phase):
 
 def phase(instance):
     return instance.system_metadata.get(vocabulary.SYSMETA_PHASE)
+
+
+def set_pending_claim(instance, consumer_uuid):
+    """Record (or with None, forget) the scheduler call's claim consumer."""
+    meta = instance.system_metadata
+    if consumer_uuid is None:
+        if meta.pop(vocabulary.SYSMETA_PENDING_CLAIM, None) is None:
+            return
+    else:
+        meta[vocabulary.SYSMETA_PENDING_CLAIM] = consumer_uuid
+    instance.save()
+
+
+def pending_claim(instance):
+    return instance.system_metadata.get(vocabulary.SYSMETA_PENDING_CLAIM)
 
 
 def _attachment_keys(meta):

@@ -121,52 +121,6 @@ class ChannelGate(object):
             self._cond.notify_all()
 
 
-class LeaderFirst(object):
-    """Holds every destination of a star but the leading one at the end.
-
-    A star's source link carries one copy per destination, so in the stop
-    phase the last pages reach each destination at 1/N of the link while
-    the guest runs nowhere. The destination that leads gets them first,
-    with the whole link; the others follow once its forwarders are done
-    (they lose the election if it runs). A leader that fails also ends
-    the hold.
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self.leader = None
-        self._pending = set()
-
-    def start(self, leader, forwarders):
-        """Hold every other destination until ``forwarders`` finish."""
-        with self._cond:
-            if self.leader is not None:
-                return False
-            self._pending = {f for f in forwarders if not f.finished}
-            if not self._pending:
-                return False
-            self.leader = leader
-            return True
-
-    def holds(self, forwarder):
-        return (bool(self._pending) and
-                forwarder.destination != self.leader and
-                not forwarder.cursor.dropped and not forwarder.closing)
-
-    def wait_turn(self, forwarder):
-        with self._cond:
-            self._cond.wait_for(lambda: not self.holds(forwarder))
-
-    def finished(self, forwarder):
-        with self._cond:
-            self._pending.discard(forwarder)
-            self._cond.notify_all()
-
-    def wake(self):
-        with self._cond:
-            self._cond.notify_all()
-
-
 class Forwarder(object):
     """Sends one channel of the stream along a path of agents.
 
@@ -180,10 +134,8 @@ class Forwarder(object):
     """
 
     def __init__(self, buffer, channel, hops, dial, gate, on_lost,
-                 repair, label, stall_timeout=None, priority=None):
+                 repair, label, stall_timeout=None):
         self.channel = channel
-        self.priority = priority
-        self.finished = False
         self.stall_timeout = stall_timeout
         self.hops = list(hops)
         self.sent = 0
@@ -209,8 +161,6 @@ class Forwarder(object):
             remaining = [name for name, _ in self.hops[self._index:]]
             self._index = len(self.hops)
         shutdown(sock)
-        if self.priority is not None:
-            self.priority.wake()
         if remaining and not self._closing:
             self._on_lost(remaining, reason)
 
@@ -233,21 +183,10 @@ class Forwarder(object):
         """Take the stream from a Fanout's pipe instead of from memory."""
         self.lane = fanout.add_lane(self.cursor, framed=True)
 
-    @property
-    def destination(self):
-        """The first hop: the destination a star forwarder feeds."""
-        return self.hops[0][0]
-
-    @property
-    def closing(self):
-        return self._closing
-
     def close(self):
         self._closing = True
         self._buffer.drop(self.cursor, 'relay closed')
         self._gate.close()
-        if self.priority is not None:
-            self.priority.wake()
 
     def _connect(self, resume):
         """Open the hop connection; False when no hop is left."""
@@ -337,9 +276,6 @@ class Forwarder(object):
             if self.lane is not None:
                 self.lane.close()
             self.connected.set()
-            self.finished = True
-            if self.priority is not None:
-                self.priority.finished(self)
 
     def _reconnect(self, error):
         LOG.warning("%s: channel %d lost hop %s (%s); repairing",
@@ -360,7 +296,6 @@ class Forwarder(object):
                 except stream_buffer.CursorDropped:
                     return
                 if count:
-                    self._wait_turn()
                     lane.send(sock, count, sock.gettimeout())
                     self.sent += count
                     continue
@@ -382,14 +317,9 @@ class Forwarder(object):
                 return
             if lane is not None:
                 view = lane.clip(view)
-            self._wait_turn()
             protocol.send_frame(sock, protocol.FRAME_DATA, view)
             buffer.advance(cursor, len(view))
             self.sent += len(view)
-
-    def _wait_turn(self):
-        if self.priority is not None:
-            self.priority.wait_turn(self)
 
     def _pump_spliced(self, sock):
         """Splice the source to the hop; False if these sockets cannot."""

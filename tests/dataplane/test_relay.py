@@ -342,60 +342,6 @@ class TestStreamDelivery(RelayTestCase):
         self.assert_delivered(sinks[0], agents[0], data,
                               stream_relay.progress()['dest0'])
 
-    def test_stop_phase_goes_to_the_leader_first(self):
-        data = make_data(48 * MiB, seed=11)
-        sinks, agents = self.make_destinations(3)
-        stream_relay = self.make_relay(agents)
-        snapshots = []
-        priority = stream_relay._priority
-        finished = priority.finished
-
-        def snapshot(forwarder):
-            # Taken before the others are let go.
-            if forwarder.destination == priority.leader:
-                snapshots.append(stream_relay.progress())
-            finished(forwarder)
-
-        priority.finished = snapshot
-        source = FakeSource(stream_relay.source_uri, [data],
-                            pause_after=8 * MiB)
-        self.assertTrue(source.paused.wait(WAIT))
-        leader = stream_relay.prioritize_leader()
-        self.assertIn(leader, [a.name for a in agents])
-        self.assertIsNone(stream_relay.prioritize_leader())
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(1, len(snapshots))
-        for name, progress in snapshots[0].items():
-            if name == leader:
-                self.assertEqual(len(data), progress.bytes_sent)
-            else:
-                # At most what was sent before the stop phase, plus the
-                # one send each had begun.
-                self.assertLess(progress.bytes_sent, 24 * MiB, name)
-        progress = stream_relay.progress()
-        for sink, agent in zip(sinks, agents):
-            self.assert_delivered(sink, agent, data, progress[agent.name])
-
-    @ddt.data(('chain', 3), ('star', 1))
-    @ddt.unpack
-    def test_nobody_goes_first_where_no_link_is_shared(self, topology,
-                                                       count):
-        data = make_data(8 * MiB, seed=12)
-        sinks, agents = self.make_destinations(count)
-        stream_relay = self.make_relay(agents, topology=topology)
-        source = FakeSource(stream_relay.source_uri, [data],
-                            pause_after=4 * MiB)
-        self.assertTrue(source.paused.wait(WAIT))
-        self.assertIsNone(stream_relay.prioritize_leader())
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        progress = stream_relay.progress()
-        for sink, agent in zip(sinks, agents):
-            self.assert_delivered(sink, agent, data, progress[agent.name])
-
 
 @ddt.ddt
 class TestFailureIsolation(RelayTestCase):

@@ -41,7 +41,7 @@ class UpgradeCheckTest(base.MultiDestTestBase):
         self.assertEqual(Code.SUCCESS, conductor.code, conductor.details)
         computes = self.checks._check_computes()
         self.assertEqual(Code.SUCCESS, computes.code, computes.details)
-        self.assertIn('(compute1, compute2) serves compute RPC 1.2',
+        self.assertIn('(compute1, compute2) serves compute RPC 1.3',
                       computes.details)
         groups = self.checks._check_groups()
         self.assertEqual(Code.SUCCESS, groups.code, groups.details)
@@ -79,7 +79,7 @@ class UpgradeCheckTest(base.MultiDestTestBase):
         computes = self.checks._check_computes()
         self.assertEqual(Code.WARNING, computes.code, computes.details)
         self.assertIn('nova-compute on compute1 serves compute RPC 1.0, '
-                      'this release 1.2', computes.details)
+                      'this release 1.3', computes.details)
 
         server = self.boot_server(host='compute1')
         instance = self.get_instance(server['id'])

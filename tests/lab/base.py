@@ -137,6 +137,31 @@ class LabTestCase(testtools.TestCase):
         return poll(done, MIGRATION_TIMEOUT,
                     'migration of %s over' % server_id)
 
+    def migration_statuses(self, server_id):
+        """{destination: status} of the server's migrations, from the DB."""
+        return {m['dest']: m['status'] for m in self.migrations(server_id)}
+
+    def wait_migration_final(self, server_id, host):
+        """Until the migration of ``server_id`` to ``host`` is final."""
+        return poll(
+            lambda: self.migration_statuses(server_id).get(host) in
+            vocabulary.MigrationStatus.NOVA_FINAL and
+            self.migration_statuses(server_id)[host],
+            MIGRATION_TIMEOUT, 'migration of %s to %s final'
+            % (server_id, host))
+
+    def force_complete(self, server_id, host):
+        """``server migration force complete`` of one destination's id."""
+        self.openstack('--os-compute-api-version', '2.22', 'server',
+                       'migration', 'force', 'complete', server_id,
+                       self.migration_id(server_id, host))
+
+    def abort(self, server_id, host):
+        """``server migration abort`` of one destination's id."""
+        self.openstack('--os-compute-api-version', '2.24', 'server',
+                       'migration', 'abort', server_id,
+                       self.migration_id(server_id, host))
+
     def migration_id(self, server_id, host):
         """Id of the running migration of ``server_id`` to ``host``."""
         rows = self.sql(
@@ -188,6 +213,64 @@ class LabTestCase(testtools.TestCase):
 
     def kill_qemu(self, host, server_id):
         os.kill(self.qemu_pid(host, server_id), signal.SIGKILL)
+
+    def qemu_processes(self, server_id):
+        """PIDs of every QEMU process on this machine running the server.
+
+        Found in /proc, not through libvirt: a QEMU that some libvirtd lost
+        track of counts too.
+        """
+        found = []
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                    argv = f.read().split(b'\0')
+            except OSError:
+                continue
+            if (argv and os.path.basename(argv[0]).startswith(
+                    b'qemu-system') and
+                    any(server_id.encode() in arg for arg in argv)):
+                found.append(int(entry))
+        return found
+
+    def domain_state(self, host, server_id):
+        return self.virsh(host, 'domstate', server_id).strip()
+
+    # -- the lab's network -------------------------------------------------
+
+    def throttle(self, host, rate='4mbit'):
+        """Slow ``host``'s outgoing traffic; undone at cleanup at the latest.
+
+        A real network condition, set with tc on the host's own interface:
+        a stream from that host takes seconds instead of a fraction of one,
+        so a fault can land while it is in flight.
+        """
+        self.tc(host, 'qdisc', 'replace', 'dev', 'eth0', 'root', 'tbf',
+                'rate', rate, 'burst', '32kb', 'latency', '5s')
+        self.addCleanup(self.unthrottle, host)
+
+    def unthrottle(self, host):
+        self.tc(host, 'qdisc', 'del', 'dev', 'eth0', 'root', check=False)
+
+    def tc(self, host, *args, check=True):
+        subprocess.run(['ip', 'netns', 'exec', self.lab.host(host).netns,
+                        'tc'] + list(args), capture_output=True, check=check,
+                       timeout=60)
+
+    # -- the lab's processes -----------------------------------------------
+
+    def kill_service(self, name):
+        """SIGKILL one of the lab's recorded processes; until it is gone."""
+        process = self.cloud.procs[name]
+        self.assertTrue(process.signal(signal.SIGKILL), name)
+        poll(lambda: not process.alive(), GUEST_TIMEOUT, '%s gone' % name)
+
+    def restart(self, starter, *args):
+        """Start a lab process again with the lab's own start function."""
+        process, ready = starter(*args)
+        process.wait_ready(ready, cloud_mod.START_TIMEOUT)
 
     def guest_counter(self, host, server_id):
         """The counter the guest writes into its own memory."""
@@ -247,6 +330,8 @@ class LabTestCase(testtools.TestCase):
             self.assertEqual(expected, self.domain_uuids(node.name) &
                              {server_id}, node.name)
         self.assertEqual([host], self.running_copies(server_id))
+        self.assertEqual(1, len(self.qemu_processes(server_id)),
+                         'QEMU processes of %s' % server_id)
         self.assertEqual([host], list(self.allocations(server_id)))
         for migration in self.migrations(server_id):
             self.assertIn(migration['status'],

@@ -568,16 +568,18 @@ class Cloud(object):
         self.procs.reap()
 
     def _stop_processes(self):
+        """Stop in stages, each stage's processes at once.
+
+        The services first, then what they use (messaging, each host's
+        daemons and mount), then the storage and database under it all.
+        """
         procs = self.procs
-        order = []
-        for host in self.lab.hosts:
-            order.append('%s-nova-compute' % host.name)
-        order += list(CONTROLLER_SERVICES) + [name for name, _ in WSGI]
-        order += ['rabbitmq', 'epmd']
-        for name in order:
-            procs[name].stop()
-        for host in self.lab.hosts:
-            self._stop_host_daemons(host.name)
+        services = ['%s-nova-compute' % host.name for host in self.lab.hosts]
+        services += list(CONTROLLER_SERVICES) + [name for name, _ in WSGI]
+        _each([procs[name].stop for name in services])
+        _each([procs['rabbitmq'].stop, procs['epmd'].stop] + [
+            (lambda host=host.name: self._stop_host_daemons(host))
+            for host in self.lab.hosts])
         procs['shared-storage'].stop()
         procs['mariadb'].stop()
         for name in procs.names():
@@ -617,6 +619,13 @@ class Cloud(object):
                       for kind in ('namespaces', 'instances', 'libvirtd',
                                    'nova-compute')]
         return {name: self.procs[name].alive() for name in names}
+
+
+def _each(calls):
+    """Run ``calls`` at once; raise the first error once all ended."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        for future in [pool.submit(call) for call in calls]:
+            future.result()
 
 
 def _preflight():

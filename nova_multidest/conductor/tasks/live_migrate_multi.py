@@ -29,6 +29,7 @@ import queue
 import time
 
 from oslo_log import log as logging
+import oslo_messaging as messaging
 
 from nova.conductor.tasks import base
 from nova import exception as nova_exception
@@ -40,6 +41,7 @@ from nova_multidest.conductor import destinations as dest_mod
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import notifications
 from nova_multidest.conductor import records
+from nova_multidest.conductor import recovery
 from nova_multidest.conductor import resources
 from nova_multidest import conf
 from nova_multidest import exceptions
@@ -74,6 +76,14 @@ class _PhaseTimer(object):
         return ', '.join('%s %.2fs' % item for item in self.spent)
 
 
+def remote_reason(error):
+    """The message of an error a remote service raised, without its trace."""
+    if isinstance(error, messaging.RemoteError):
+        return error.value
+    text = error.args[0] if error.args else str(error)
+    return str(text).split('\n', 1)[0]
+
+
 def block_migration_flag(block_migration):
     """The API's 'auto' means: let the driver decide, as Nova does."""
     if block_migration in ('auto', None):
@@ -91,7 +101,7 @@ class LiveMigrateMultiTask(base.TaskBase):
 
     def __init__(self, context, instance, clients, destinations=None,
                  count=None, block_migration='auto', warm_up=False,
-                 stopping=None):
+                 stopping=None, owner=None):
         super().__init__(context, instance)
         self.clients = clients
         self.requested_hosts = destinations
@@ -101,7 +111,8 @@ class LiveMigrateMultiTask(base.TaskBase):
         self.group = group_mod.Group(
             context, instance, clients, source=instance.host,
             source_node=instance.node,
-            block_migration=self.block_migration, stopping=stopping)
+            block_migration=self.block_migration, stopping=stopping,
+            owner=owner)
         self.tried_hosts = set()
         self.secret = None
         self._spec = None
@@ -155,10 +166,11 @@ class LiveMigrateMultiTask(base.TaskBase):
         except exceptions.ConductorStopping:
             LOG.info('Stopping: the migration is left to recovery',
                      instance=self.instance)
-        except Exception:
+        except Exception as error:
             LOG.exception('Could not end the multi-destination migration; '
                           'it is recovered at the next conductor start',
                           instance=self.instance)
+            recovery.record_fault(self.context, self.instance, error)
 
     def _check_request(self):
         """Refuse, before anything changes, what nova-api should have.
@@ -230,12 +242,6 @@ class LiveMigrateMultiTask(base.TaskBase):
         return objects.ComputeNode.get_by_host_and_nodename(
             self.context, host, node).id
 
-    def _set_dest_node(self, migration, host, node):
-        migration.dest_compute = host
-        migration.dest_node = node
-        migration.dest_compute_id = self._compute_node_id(host, node)
-        migration.save()
-
     def _choose(self, round_number, checks=None):
         """Destinations of this round, each with its Migration record.
 
@@ -276,31 +282,48 @@ class LiveMigrateMultiTask(base.TaskBase):
         self.tried_hosts.add(host)
 
     def _schedule(self, wanted, exclude):
-        # The record exists before the claim: a crash in between leaves a
-        # Migration that recovery finds, never an orphaned allocation.
+        # Each claim's consumer is recorded before the claim (a Migration
+        # once its host is known, the group's pending claim key before):
+        # a crash in between leaves records that recovery finds, never an
+        # orphaned allocation.
         pending = {}
 
         def create(host, node, migration_uuid):
+            self.group.check_not_stopping()
             migration = self._new_migration(host, node, migration_uuid)
             pending[migration_uuid] = migration
 
-        candidates = dest_mod.schedule(
-            self.context, self.clients.query_client,
-            self.clients.report_client, self._request_spec(), self.instance,
-            wanted, exclude=exclude, before_claim=create)
+        def pending_claim(consumer_uuid):
+            self.group.check_not_stopping()
+            records.set_pending_claim(self.instance, consumer_uuid)
+
+        try:
+            candidates = dest_mod.schedule(
+                self.context, self.clients.query_client,
+                self.clients.report_client, self._request_spec(),
+                self.instance, wanted, exclude=exclude, before_claim=create,
+                pending_claim=pending_claim)
+        except exceptions.ConductorStopping:
+            raise
+        except Exception:
+            self._drop_pending(pending.values())
+            raise
         chosen = []
         for candidate in candidates:
             migration = pending.pop(candidate.migration_uuid)
-            if migration.dest_compute != candidate.host:
-                self._set_dest_node(migration, candidate.host,
-                                    candidate.node)
             destination = group_mod.Destination(candidate.host, migration,
                                                 node=candidate.node)
             self.group.add(destination)
             chosen.append(destination)
-        for migration in pending.values():
-            records.set_status(migration, vocabulary.MigrationStatus.FAILED)
+        self._drop_pending(pending.values())
         return chosen
+
+    def _drop_pending(self, migrations):
+        """Fail the Migrations whose claim did not happen or was lost."""
+        for migration in migrations:
+            resources.release(self.context, self.clients, self.instance,
+                              None, migration.uuid, None)
+            records.set_status(migration, vocabulary.MigrationStatus.FAILED)
 
     # -- preparing destinations ---------------------------------------------
 
@@ -320,8 +343,11 @@ class LiveMigrateMultiTask(base.TaskBase):
                       for host in named}
             try:
                 chosen = self._choose(round_number, checks)
-            except (exceptions.MultiDestError,
-                    nova_exception.NovaException) as error:
+            except exceptions.ConductorStopping:
+                raise
+            except Exception as error:
+                # Nova's errors, and any other the scheduler call raises
+                # (oslo.messaging's MessagingTimeout): no destination.
                 LOG.warning('Could not choose destinations: %s', error,
                             instance=self.instance)
                 self.group.reasons['scheduler'] = str(error)
@@ -356,6 +382,7 @@ class LiveMigrateMultiTask(base.TaskBase):
                 migrate_data = checks.result()
             self._check_disk_copy(destination.host, migrate_data)
             phase = timings.next(vocabulary.DestinationPhase.BINDING)
+            self.group.check_not_stopping()
             resources.bind_ports(self.context, self.clients.network_api,
                                  self.instance, destination.host,
                                  migrate_data)
@@ -461,9 +488,21 @@ class LiveMigrateMultiTask(base.TaskBase):
             if copy_disks:
                 entry['disk_agent_address'] = d.disk_agent_address
             streamed.append(entry)
-        self.clients.multidest_compute.start_stream(
-            self.context, self.instance, streamed, self.secret,
-            self._topology(), self.warm_up, block_migration=copy_disks)
+        try:
+            self.clients.multidest_compute.start_stream(
+                self.context, self.instance, streamed, self.secret,
+                self._topology(), self.warm_up, block_migration=copy_disks)
+        except Exception as error:
+            # The source answered (1.2): its stream never started.
+            self.group.check_not_stopping()
+            reason = remote_reason(error)
+            LOG.warning('The source could not start its stream: %s', reason,
+                        instance=self.instance)
+            self.group.reasons['source %s' % self.group.source] = reason
+            for destination in ready:
+                destination.fail(vocabulary.DestinationPhase.STREAM,
+                                 'the source could not start its stream')
+            return None, list(ready)
         timeout = (CONF.multidest.completion_timeout +
                    CONF.multidest.election_timeout)
         reports = queue.Queue()

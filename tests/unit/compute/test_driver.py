@@ -74,7 +74,7 @@ class DriverTest(testtools.TestCase):
                                return_value={'stats': {'uptime': 5},
                                              'vcpus': 2}):
             resources = self.driver.get_available_resource('node1')
-        self.assertEqual({'uptime': 5, vocabulary.COMPUTE_STATS_KEY: '1.2'},
+        self.assertEqual({'uptime': 5, vocabulary.COMPUTE_STATS_KEY: '1.3'},
                          resources['stats'])
         self.assertEqual(2, resources['vcpus'])
 
@@ -92,7 +92,7 @@ class DriverTest(testtools.TestCase):
         self.driver.init_host('host1')
         parent.assert_called_once_with('host1')
         endpoint_cls.assert_called_once_with(
-            self.driver, 'host1', mock.sentinel.extension, version='1.2')
+            self.driver, 'host1', mock.sentinel.extension, version='1.3')
         self.assertEqual([mock.call.cleanup(), mock.call.start()],
                          calls.mock_calls)
         target = get_server.call_args.args[0]
@@ -106,3 +106,29 @@ class DriverTest(testtools.TestCase):
         get_server.return_value.stop.assert_called_once_with()
         endpoint.close.assert_called_once_with()
         parent_cleanup.assert_called_once_with('host1')
+
+    @mock.patch('nova.objects.Instance.get_by_uuid')
+    @mock.patch.object(libvirt_driver.LibvirtDriver,
+                       'process_instances_at_startup',
+                       side_effect=lambda ctxt, instances: instances)
+    def test_start_up_leaves_servers_a_group_owns_alone(self, parent,
+                                                        get_by_uuid):
+        """Nova's _init_instance would reset them and may fail the start."""
+        running = {'multidest_active': 'true'}
+        plain = mock.Mock(uuid='plain', task_state=None, system_metadata={},
+                          host='host1')
+        nova_own = mock.Mock(uuid='nova', task_state='migrating',
+                             system_metadata={}, host='host1')
+        grouped = mock.Mock(uuid='grouped', task_state='migrating',
+                            system_metadata=running, host='host1')
+        # Listed while its group ran; the group ended and moved it since.
+        moved = mock.Mock(uuid='moved', task_state='migrating',
+                          system_metadata={}, host='host1')
+        stored = {'nova': mock.Mock(system_metadata={}, host='host1'),
+                  'grouped': mock.Mock(system_metadata=running,
+                                       host='host1'),
+                  'moved': mock.Mock(system_metadata={}, host='host2')}
+        get_by_uuid.side_effect = lambda ctxt, uuid, **kw: stored[uuid]
+        kept = self.driver.process_instances_at_startup(
+            'ctxt', [plain, nova_own, grouped, moved])
+        self.assertEqual(['plain', 'nova'], [i.uuid for i in kept])

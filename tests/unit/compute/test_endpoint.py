@@ -79,7 +79,16 @@ class EndpointTestBase(base.TestCase):
         self.instance = mock.Mock(uuid='inst-1', host='src')
         self.instance.name = 'instance-1'
         self.migration = mock.Mock(uuid='mig-1', source_compute='src',
-                                   dest_compute='dst')
+                                   dest_compute='dst', status='preparing')
+        # As stored: the group runs and holds its destinations.
+        self.stored = mock.Mock(system_metadata={
+            vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE})
+        for name, value in ((objects.Migration, self.migration),
+                            (objects.Instance, self.stored)):
+            patcher = mock.patch.object(name, 'get_by_uuid',
+                                        return_value=value)
+            patcher.start()
+            self.addCleanup(patcher.stop)
 
     def endpoint(self, host='dst'):
         endpoint = compute_endpoint.ComputeEndpoint(
@@ -332,6 +341,85 @@ class DestinationSideTest(EndpointTestBase):
                 status)
         self.assertEqual([], endpoint.journal.migration_uuids())
 
+    def test_resume_asked_again_after_a_lost_reply_succeeds(self):
+        endpoint, guest = self.completed_destination()
+        self.stored_instance(multidest_active='true',
+                             multidest_winner='mig-1')
+        endpoint.resume_destination('ctxt', self.instance, self.migration)
+        self.assertTrue(guest.resumed)
+        self.driver.multidest_guest_running.return_value = True
+        endpoint.resume_destination('ctxt', self.instance, self.migration)
+        self.driver.multidest_guest_running.return_value = False
+        self.assertRaises(exceptions.DestinationFailed,
+                          endpoint.resume_destination, 'ctxt',
+                          self.instance, self.migration)
+
+    def test_a_prepare_the_conductor_gave_up_meanwhile_reverts_itself(self):
+        endpoint = self.endpoint()
+
+        def given_up(*args, **kwargs):
+            # Recovery failed this destination while the prepare ran.
+            self.migration.status = 'failed'
+            return SOURCE_XML
+
+        self.driver.multidest_destination_xml.side_effect = given_up
+        error = self.assertRaises(
+            exceptions.DestinationFailed, endpoint.prepare_destination,
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        self.assertIn('gave migration mig-1 up', str(error))
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+        self.assertEqual({}, endpoint._destinations)
+        self.assertEqual([], endpoint.journal.migration_uuids())
+
+    def prepared_endpoint(self):
+        endpoint = self.endpoint()
+        endpoint.prepare_destination('ctxt', self.instance, self.migration,
+                                     SECRET_HEX, False, self.migrate_data())
+        self.instance.system_metadata = dict(self.stored.system_metadata)
+        return endpoint
+
+    def test_sweep_keeps_what_its_live_conductor_holds(self):
+        endpoint = self.prepared_endpoint()
+        self.instance.system_metadata[vocabulary.SYSMETA_OWNER] = 'cond'
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=self.instance), \
+                mock.patch.object(objects.Service, 'get_by_host_and_binary'):
+            endpoint.servicegroup_api = mock.Mock(**{
+                'service_is_up.return_value': True})
+            endpoint.sweep('ctxt')
+        self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
+        self.driver.rollback_live_migration_at_destination.assert_not_called()
+
+    def test_sweep_reverts_a_destination_whose_lease_expired(self):
+        endpoint = self.prepared_endpoint()
+        self.instance.system_metadata[vocabulary.SYSMETA_OWNER] = 'cond'
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=self.instance), \
+                mock.patch.object(objects.Service, 'get_by_host_and_binary'):
+            endpoint.servicegroup_api = mock.Mock(**{
+                'service_is_up.return_value': False})
+            endpoint.sweep('ctxt')
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.assertEqual({}, endpoint._destinations)
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+
+    def test_sweep_reverts_what_the_conductor_gave_up(self):
+        endpoint = self.prepared_endpoint()
+        self.migration.status = 'failed'
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=self.instance):
+            endpoint.sweep('ctxt')
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+
+    def test_sweep_leaves_a_prepare_in_flight_alone(self):
+        endpoint = self.prepared_endpoint()
+        self.migration.status = 'failed'
+        endpoint._preparing.add('mig-1')
+        endpoint.sweep('ctxt')
+        self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
+
     def test_cleanup_after_restart_reverts_abandoned_groups(self):
         endpoint = self.endpoint()
         endpoint.journal.write('mig-1', {
@@ -401,6 +489,16 @@ class SourceSideTest(EndpointTestBase):
         status = self.source.source_status('ctxt', self.instance)
         self.assertEqual('failed', status['state'])
         self.assertIn('dst: no', status['error'])
+        self.assertFalse(self.source.has_stream(self.instance))
+
+    def test_a_1_1_caller_gets_the_start_error_at_once(self):
+        self.source.hypervisor.create_relay = mock.Mock(
+            side_effect=exceptions.AllDestinationsFailed(reasons='dst: no'))
+        error = self.assertRaises(
+            exceptions.SourceStreamFailed, self.source.start_stream, 'ctxt',
+            self.instance, [], SECRET_HEX, 'star', False, report_errors=True)
+        self.assertIn('src could not start', str(error))
+        self.assertIn('dst: no', str(error))
         self.assertFalse(self.source.has_stream(self.instance))
 
     def test_a_finished_stream_makes_room_for_the_next_round(self):

@@ -38,7 +38,7 @@ class ComputeAPITest(testtools.TestCase):
     def test_client_is_capped_and_on_our_topic(self):
         target = self.get_client.call_args.args[0]
         self.assertEqual('nova-multidest-compute', target.topic)
-        self.assertEqual('1.2', target.version)
+        self.assertEqual('1.3', target.version)
         self.assertEqual(rpcapi.RPC_API_VERSION,
                          self.get_client.call_args.kwargs['version_cap'])
 
@@ -57,10 +57,24 @@ class ComputeAPITest(testtools.TestCase):
             migration=self.migration, secret='0102', block_migration=False,
             migrate_data='md')
 
-    def test_start_stream_is_a_cast_to_the_source(self):
+    def test_start_stream_is_a_call_to_the_source_that_reports_errors(self):
+        self.client.can_send_version.return_value = True
         self.api.start_stream('ctxt', self.instance, [], b'\xff', 'star',
                               True)
-        self.assertEqual('src', self.client.prepare.call_args.kwargs['server'])
+        kwargs = self.client.prepare.call_args.kwargs
+        self.assertEqual(('src', '1.2'), (kwargs['server'],
+                                          kwargs['version']))
+        self.cctxt.call.assert_called_once_with(
+            'ctxt', 'start_stream', instance=self.instance, destinations=[],
+            secret='ff', topology='star', warm_up=True, report_errors=True)
+        self.client.can_send_version.assert_called_once_with('1.2')
+
+    def test_start_stream_is_a_cast_to_an_older_source(self):
+        self.client.can_send_version.return_value = False
+        self.api.start_stream('ctxt', self.instance, [], b'\xff', 'star',
+                              True)
+        self.assertEqual('1.0', self.client.prepare.call_args.kwargs[
+            'version'])
         self.cctxt.cast.assert_called_once_with(
             'ctxt', 'start_stream', instance=self.instance, destinations=[],
             secret='ff', topology='star', warm_up=True)
@@ -83,18 +97,18 @@ class ComputeAPITest(testtools.TestCase):
 
 
 class DiskVersionTest(ComputeAPITest):
-    """Block migration needs 1.2 of every host it reaches."""
+    """Block migration needs 1.3 of every host it reaches."""
 
     def test_block_migration_calls_are_sent_as_1_1(self):
         self.client.can_send_version.return_value = True
         self.api.prepare_destination('ctxt', self.instance, self.migration,
                                      b'\x01', True, 'md')
-        self.assertEqual('1.2', self.client.prepare.call_args.kwargs[
+        self.assertEqual('1.3', self.client.prepare.call_args.kwargs[
             'version'])
         self.api.start_stream('ctxt', self.instance, [], b'\x01', 'star',
                               False, block_migration=True)
-        self.assertTrue(self.cctxt.cast.call_args.kwargs['block_migration'])
-        self.assertEqual('1.2', self.client.prepare.call_args.kwargs[
+        self.assertTrue(self.cctxt.call.call_args.kwargs['block_migration'])
+        self.assertEqual('1.3', self.client.prepare.call_args.kwargs[
             'version'])
 
     def test_memory_only_calls_stay_at_1_0(self):
@@ -108,24 +122,24 @@ class DiskVersionTest(ComputeAPITest):
 
     def test_block_migration_refused_when_capped_below_1_1(self):
         self.client.can_send_version.return_value = False
-        api = rpcapi.ComputeAPI(version_cap='1.1')
+        api = rpcapi.ComputeAPI(version_cap='1.2')
         api.client = self.client
         error = self.assertRaises(
             exceptions.InvalidSettings, api.prepare_destination, 'ctxt',
             self.instance, self.migration, b'\x01', True, 'md')
-        self.assertIn('1.2', str(error))
-        self.assertIn('capped at 1.1', str(error))
+        self.assertIn('1.3', str(error))
+        self.assertIn('capped at 1.2', str(error))
         self.cctxt.call.assert_not_called()
 
     def test_versions_come_from_compute_node_stats(self):
         key = vocabulary.COMPUTE_STATS_KEY
-        nodes = {'new': [mock.Mock(stats={key: '1.2'})],
+        nodes = {'new': [mock.Mock(stats={key: '1.3'})],
                  'old': [mock.Mock(stats={'uptime': 3})]}
         with mock.patch('nova.objects.ComputeNodeList.get_all_by_host',
                         side_effect=lambda ctxt, host: nodes[host]):
-            self.assertEqual('1.2', rpcapi.host_version('ctxt', 'new'))
+            self.assertEqual('1.3', rpcapi.host_version('ctxt', 'new'))
             self.assertEqual('1.0', rpcapi.host_version('ctxt', 'old'))
-            self.assertEqual('1.2', rpcapi.oldest_version('ctxt', ['new']))
+            self.assertEqual('1.3', rpcapi.oldest_version('ctxt', ['new']))
             self.assertEqual('1.0',
                              rpcapi.oldest_version('ctxt', ['new', 'old']))
             api = rpcapi.ComputeAPI.for_hosts('ctxt', ['new', 'old'])

@@ -13,6 +13,7 @@
 from unittest import mock
 
 import fixtures
+import oslo_messaging
 
 from nova import exception as nova_exception
 
@@ -36,12 +37,38 @@ class ScheduleTest(base.TestCase):
         self.report.claim_resources.return_value = True
         self.instance = mock.Mock(host='src')
         self.recorded = []
+        self.pending = []
 
     def schedule(self, count, exclude=()):
         return destinations.schedule(
             mock.Mock(), self.query, self.report, mock.Mock(),
             self.instance, count, set(exclude),
-            lambda host, node, uuid: self.recorded.append((host, uuid)))
+            lambda host, node, uuid: self.recorded.append((host, uuid)),
+            pending_claim=self.pending.append)
+
+    def test_no_consumer_is_recorded_without_its_host(self):
+        self.query.select_destinations.return_value = [
+            [selection('a'), selection('b')]]
+        picked = self.schedule(2)
+        self.assertNotIn(None, [host for host, _ in self.recorded])
+        # The scheduler's own consumer was pending during the call only.
+        self.assertEqual([picked[0].migration_uuid, None], self.pending)
+
+    def test_scheduler_call_that_fails_otherwise_drops_its_claim(self):
+        self.answer(oslo_messaging.MessagingTimeout('no reply'))
+        error = self.assertRaises(exceptions.SchedulingFailed,
+                                  self.schedule, 2)
+        self.assertIn('no reply', str(error))
+        consumer, cleared = self.pending
+        self.assertIsNone(cleared)
+        self.report.delete_allocation_for_instance.assert_called_once_with(
+            mock.ANY, consumer, consumer_type='migration', force=True)
+        self.assertEqual([], self.recorded)
+
+    def test_a_later_failed_scheduler_call_keeps_what_was_picked(self):
+        self.answer([selection('a')],
+                    oslo_messaging.MessagingTimeout('no reply'))
+        self.assertEqual(['a'], [c.host for c in self.schedule(2)])
 
     def test_selection_and_alternates_claimed_for_their_migrations(self):
         self.query.select_destinations.return_value = [
@@ -98,7 +125,9 @@ class ScheduleTest(base.TestCase):
         self.answer([selection('a')], [selection('b'), selection('c')])
         picked = self.schedule(2)
         self.assertEqual(['a', 'c'], [c.host for c in picked])
-        [(host, first_of_second_call), _] = self.recorded[1:]
+        first_of_second_call = self.pending[2]
+        self.assertNotIn(first_of_second_call,
+                         [uuid for _, uuid in self.recorded])
         self.report.delete_allocation_for_instance.assert_called_once_with(
             mock.ANY, first_of_second_call, consumer_type='migration',
             force=True)

@@ -14,11 +14,13 @@ import threading
 from unittest import mock
 
 import fixtures
+import oslo_messaging
 
 from nova import objects
 
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
+from nova_multidest.conductor import recovery
 from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
@@ -61,6 +63,11 @@ class TaskTestBase(base.TestCase):
                                'action'))
         self.fault = self.useFixture(_patch(
             'nova.compute.utils.add_instance_fault_from_exc')).mock
+        # The records as stored: what fencing checks read.
+        self.useFixture(_patch(
+            'nova.objects.Instance.get_by_uuid',
+            side_effect=lambda *a, **k: mock.Mock(
+                system_metadata=dict(self.instance.system_metadata))))
 
     def choose(self, *hosts):
         chosen = [destination(host) for host in hosts]
@@ -117,7 +124,7 @@ class TaskTest(TaskTestBase):
 
     def test_destination_too_old_for_disks_is_left_out(self):
         new, old = self.choose('new', 'old')
-        self.block_migration_checks({'src': '1.2', 'new': '1.2',
+        self.block_migration_checks({'src': '1.3', 'new': '1.3',
                                      'old': '1.0'})
         self.assertEqual([new], self.task._prepare_round(1))
         self.assertEqual(['new'], [
@@ -125,21 +132,21 @@ class TaskTest(TaskTestBase):
             for c in self.compute.prepare_destination.call_args_list])
         self.assertIn('Host old serves nova-multidest compute RPC version '
                       '1.0', old.reason)
-        self.assertIn('needs version 1.2', old.reason)
+        self.assertIn('needs version 1.3', old.reason)
         self.assertEqual(['127.0.0.1', 2], new.disk_agent_address)
         self.compute.check_source_disks.assert_called_once_with(
             mock.ANY, self.instance)
 
     def test_source_too_old_for_disks_leaves_every_destination_out(self):
         a, b = self.choose('a', 'b')
-        self.block_migration_checks({'src': '1.0', 'a': '1.2', 'b': '1.2'})
+        self.block_migration_checks({'src': '1.0', 'a': '1.3', 'b': '1.3'})
         self.assertEqual([], self.task._prepare_round(1))
         self.compute.prepare_destination.assert_not_called()
         self.assertIn('Host src serves', a.reason)
 
     def test_a_disk_that_cannot_be_mirrored_refuses_before_binding(self):
         a, b = self.choose('a', 'b')
-        self.block_migration_checks({'src': '1.2', 'a': '1.2', 'b': '1.2'})
+        self.block_migration_checks({'src': '1.3', 'a': '1.3', 'b': '1.3'})
         self.compute.check_source_disks.return_value = (
             'Disk vdb cannot be copied to several destinations: its format '
             'is vmdk')
@@ -246,6 +253,28 @@ class TaskTest(TaskTestBase):
         self.assertEqual(vocabulary.MigrationStatus.FAILED,
                          loser.migration.status)
 
+    def test_a_lost_resume_reply_never_elects_another_copy(self):
+        self.flags(election_timeout=1)
+        self.useFixture(_patch_object(group_mod, '_RESUME_RETRY_INTERVAL',
+                                      new=0))
+        winner = destination('a', prepared=True)
+        self.compute.resume_destination.side_effect = (
+            oslo_messaging.MessagingTimeout('no reply'))
+        self.assertRaises(exceptions.WinnerUnknown,
+                          self.task.group.elect, winner)
+        self.assertEqual('mig-a', records.winner(self.instance))
+        self.assertGreater(self.compute.resume_destination.call_count, 1)
+        self.compute.revert_destination.assert_not_called()
+
+    def test_a_lost_reply_then_an_answer_resumes_the_same_winner(self):
+        winner = destination('a', prepared=True)
+        self.useFixture(_patch_object(group_mod, '_RESUME_RETRY_INTERVAL',
+                                      new=0))
+        self.compute.resume_destination.side_effect = [
+            oslo_messaging.MessagingTimeout('no reply'), None]
+        self.assertTrue(self.task.group.elect(winner))
+        self.assertEqual('mig-a', records.resumed(self.instance))
+
 
 class RollbackTest(TaskTestBase):
     """An unexpected failure ends the group as recovery would."""
@@ -259,7 +288,7 @@ class RollbackTest(TaskTestBase):
 
     def start_streaming(self, *hosts):
         """A group whose destinations ``hosts`` receive the stream."""
-        records.start_group(self.instance, 1)
+        records.start_group(self.instance, 1, 'conductor-1')
         chosen = [destination(host, prepared=True) for host in hosts]
         for dest in chosen:
             self.task.group.add(dest)
@@ -267,11 +296,35 @@ class RollbackTest(TaskTestBase):
         self.migrations = [d.migration for d in chosen]
         return chosen
 
-    def test_execute_rolls_back_a_stream_that_cannot_start(self):
+    def test_a_source_that_cannot_stream_says_why_at_once(self):
         chosen = self.start_streaming('a', 'b')
         self.useFixture(_patch_object(self.task, '_prepare_round',
                                       return_value=chosen))
-        self.compute.start_stream.side_effect = RuntimeError('bus down')
+        self.compute.start_stream.side_effect = oslo_messaging.RemoteError(
+            'SourceStreamFailed', 'QEMU refused: migrate busy', 'trace')
+        error = self.assertRaises(exceptions.AllDestinationsFailed,
+                                  self.task.execute)
+        # First: the fault message keeps 255 characters.
+        self.assertTrue(str(error).startswith(
+            'Every destination failed (source src: QEMU refused: migrate '
+            'busy; a: stream: the source could not start'), str(error))
+        self.compute.wait_destination.assert_not_called()
+        self.assertEqual(
+            [vocabulary.MigrationStatus.FAILED] * 2,
+            [d.migration.status for d in chosen])
+        self.assertEqual(2, self.compute.revert_destination.call_count)
+        self.compute.resume_source.assert_called_once_with(
+            mock.ANY, self.instance)
+        self.assertFalse(records.group_in_progress(self.instance))
+        self.assertIn('QEMU refused', self.fault.call_args.kwargs[
+            'fault_message'])
+
+    def test_execute_rolls_back_what_fails_unexpectedly(self):
+        chosen = self.start_streaming('a', 'b')
+        self.useFixture(_patch_object(self.task, '_prepare_round',
+                                      return_value=chosen))
+        self.useFixture(_patch_object(self.task, '_stream_and_elect',
+                                      side_effect=RuntimeError('bus down')))
         error = self.assertRaises(RuntimeError, self.task.execute)
         self.assertEqual('bus down', str(error))
         self.assertEqual(
@@ -327,6 +380,121 @@ class RollbackTest(TaskTestBase):
         self.task.rollback(RuntimeError('lost'))
         self.compute.revert_destination.assert_not_called()
         self.assertEqual('mig-a', records.winner(self.instance))
+
+
+class RecoveryRecordsTest(RollbackTest):
+    """Recovery never trips on the records it finds."""
+
+    def test_hostless_migration_and_pending_claim_are_no_destinations(self):
+        (real,) = self.start_streaming('a')
+        hostless = mock.Mock(uuid='mig-none', dest_compute=None,
+                             dest_node=None,
+                             status=vocabulary.MigrationStatus.ACCEPTED)
+        self.migrations.insert(0, hostless)
+        records.set_pending_claim(self.instance, 'consumer')
+        error = self.task.group.settle('restarted')
+        self.assertIsInstance(error, exceptions.AllDestinationsFailed)
+        self.compute.revert_destination.assert_called_once_with(
+            mock.ANY, self.instance, real.migration)
+        self.assertEqual(vocabulary.MigrationStatus.CANCELLED,
+                         hostless.status)
+        released = [c.args[4] for c in self.release.call_args_list]
+        self.assertEqual({'consumer', 'mig-none', 'mig-a'}, set(released))
+        self.assertEqual({'a', 'conductor'}, set(self.task.group.reasons))
+        self.assertIsNone(records.pending_claim(self.instance))
+        self.assertIsNone(self.instance.task_state)
+
+    def test_a_destination_without_host_is_named_by_its_migration(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.task.group.reasons['b'] = 'stream: lost'
+        odd = destination(None, prepared=True)
+        odd.migration.uuid = 'mig-x'
+        self.task.group.revert(odd, vocabulary.MigrationStatus.FAILED)
+        error = self.task.group.end_failed()
+        self.assertIn('migration mig-x: failed', str(error))
+        self.assertIn('b: stream: lost', str(error))
+
+    def test_scheduler_messaging_timeout_ends_the_round_cleanly(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.useFixture(_patch_object(
+            self.task, '_choose',
+            side_effect=exceptions.SchedulingFailed(reason='timed out')))
+        self.assertEqual([], self.task._prepare_round(1))
+        self.assertIn('timed out', self.task.group.reasons['scheduler'])
+
+    def test_a_failing_group_never_stops_recovery_of_the_others(self):
+        instances = [
+            mock.Mock(uuid=uuid, system_metadata={
+                vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE})
+            for uuid in ('one', 'two')]
+        cell = mock.Mock(**{'is_cell0.return_value': False})
+        self.useFixture(_patch('nova.objects.CellMappingList.get_all',
+                               return_value=[cell]))
+        self.useFixture(_patch('nova.context.target_cell'))
+        self.useFixture(_patch(
+            'nova_multidest.conductor.recovery._interrupted',
+            return_value=instances))
+        settled = []
+
+        def settle(group, reason):
+            settled.append(group.instance.uuid)
+            if group.instance.uuid == 'one':
+                raise TypeError('broken record')
+
+        self.useFixture(_patch(
+            'nova_multidest.conductor.group.Group.settle',
+            side_effect=settle, autospec=True))
+        recovery.recover_all(mock.Mock(), self.clients)
+        self.assertEqual(['one', 'two'], settled)
+        (call,) = self.fault.call_args_list
+        self.assertIs(instances[0], call.args[1])
+        self.assertIn('broken record', call.kwargs['fault_message'])
+
+
+class OwnershipTest(RollbackTest):
+    """A group has one owner; a stale one stops at its next step."""
+
+    def test_a_stale_owner_is_fenced_at_its_next_step(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.task.group.hold()
+        self.task.group.check_not_stopping()
+        stored = dict(self.instance.system_metadata)
+        stored[vocabulary.SYSMETA_OWNER] = 'conductor-2'
+        stored[vocabulary.SYSMETA_GENERATION] = '2'
+        self.useFixture(_patch('nova.objects.Instance.get_by_uuid',
+                               return_value=mock.Mock(
+                                   system_metadata=stored)))
+        error = self.assertRaises(exceptions.GroupFenced,
+                                  self.task.group.check_not_stopping)
+        self.assertIn('conductor-2 (generation 2)', str(error))
+        # Fenced is a kind of stopping: the rollback touches nothing.
+        self.task.rollback(error)
+        self.compute.revert_destination.assert_not_called()
+
+    def test_take_over_bumps_the_generation(self):
+        records.start_group(self.instance, 1, 'conductor-1')
+        records.take_over(self.instance, 'conductor-2')
+        self.assertEqual(('conductor-2', '2'),
+                         records.ownership(self.instance.system_metadata))
+
+    def ours(self, owner, at_start=False, running=(), owner_up=False):
+        meta = {}
+        if owner:
+            meta[vocabulary.SYSMETA_OWNER] = owner
+        instance = mock.Mock(uuid='inst', system_metadata=meta)
+        self.clients.servicegroup_api.service_is_up.return_value = owner_up
+        self.useFixture(_patch(
+            'nova.objects.Service.get_by_host_and_binary'))
+        return recovery._ours_to_take(mock.Mock(), self.clients, instance,
+                                      at_start, running, 'conductor-1')
+
+    def test_recovery_takes_only_groups_it_owns_or_whose_lease_expired(self):
+        self.assertTrue(self.ours(None, at_start=True))
+        self.assertFalse(self.ours(None))
+        self.assertTrue(self.ours('conductor-1'))
+        self.assertFalse(self.ours('conductor-1', running={'inst'}))
+        self.assertFalse(self.ours('conductor-2', owner_up=True))
+        self.assertTrue(self.ours('conductor-2', owner_up=False))
 
 
 class RequestCheckTest(TaskTestBase):

@@ -27,7 +27,7 @@ class RecordsTest(testtools.TestCase):
 
     def test_group_lifecycle(self):
         instance = fake_instance()
-        records.start_group(instance, 1)
+        records.start_group(instance, 1, 'conductor-1')
         self.assertTrue(records.group_in_progress(instance))
         records.record_winner(instance, 'm-1', {'v-1': 'a-1', 'v-2': 'a-2'})
         self.assertEqual('m-1', records.winner(instance))
@@ -45,7 +45,7 @@ class RecordsTest(testtools.TestCase):
 
     def test_long_reasons_fit_the_column(self):
         instance = fake_instance()
-        records.start_group(instance, 1)
+        records.start_group(instance, 1, 'conductor-1')
         reasons = {'host%d' % i: 'x' * 200 for i in range(4)}
         records.end_group(instance, vocabulary.MigrationStatus.FAILED, 'h1',
                           reasons=reasons)
@@ -56,7 +56,7 @@ class RecordsTest(testtools.TestCase):
     def test_start_drops_previous_result(self):
         instance = fake_instance()
         instance.system_metadata[vocabulary.SYSMETA_LAST_RESULT] = '{}'
-        records.start_group(instance, 2)
+        records.start_group(instance, 2, 'conductor-1')
         self.assertNotIn(vocabulary.SYSMETA_LAST_RESULT,
                          instance.system_metadata)
         self.assertEqual('2',

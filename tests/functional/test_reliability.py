@@ -1,0 +1,165 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Regressions of issue 9: restarts, lost replies and two conductors."""
+
+import datetime
+
+import fixtures
+import oslo_messaging
+from oslo_utils import timeutils
+
+from nova.compute import task_states
+from nova import context as nova_context
+from nova import objects
+from nova.scheduler.client import query
+
+from nova_multidest.conductor import rpcapi as conductor_rpcapi
+from nova_multidest.conductor import unstarted
+from nova_multidest import vocabulary
+from tests.functional import base
+
+
+class ReliabilityTestBase(base.MultiDestMigrationTestBase):
+
+    COMPUTES = 5
+
+    def setUp(self):
+        super().setUp()
+        self.source = self.hostnames[0]
+        self.server = self.boot_server(
+            host=self.source, networks=[{'port': self.neutron.port_1['id']}])
+
+    def assert_no_hostless_migration(self):
+        for migration in self.get_migrations(self.server['id']):
+            self.assertIsNotNone(migration.dest_compute, migration.status)
+
+    def assert_ended_on(self, host):
+        """The invariants hold once late replies of a dead thread landed."""
+        self.assert_no_hostless_migration()
+        failure = []
+
+        def holds():
+            try:
+                self.assert_invariants(self.server, host)
+            except AssertionError as error:
+                failure[:] = [error]
+                return False
+            return True
+
+        base.wait_until(holds, timeout=30,
+                        message='invariants never held: %s' % failure)
+
+
+class ConductorRestartTest(ReliabilityTestBase):
+
+    def restart_at(self, gate, lose):
+        self.request_migration(self.server, count=4)
+        gate.wait_reached()
+        self.restart_multidest_conductor()
+        result = self.wait_for_group_end(self.server)
+        if lose:
+            gate.lose()
+        else:
+            gate.release()
+        return result
+
+    def test_restart_during_scheduling_with_four_destinations(self):
+        gate = self.useFixture(base.CallGate(
+            query.SchedulerQueryClient, 'select_destinations', limit=1,
+            host_of=None))
+        result = self.restart_at(gate, lose=False)
+        self.assertEqual('failed', result['result'])
+        # The old thread, released after recovery, stops at its next step
+        # and leaves nothing: no claim, no Migration without a host.
+        self.assert_ended_on(self.source)
+        self.assertEqual([], list(self.get_migrations(self.server['id'])))
+
+    def test_restart_during_prepare_with_four_destinations(self):
+        gate = self.hold_compute_calls('prepare_destination', limit=1)
+        result = self.restart_at(gate, lose=True)
+        self.assertEqual('failed', result['result'])
+        self.assert_ended_on(self.source)
+
+
+class SchedulerErrorTest(ReliabilityTestBase):
+
+    def test_scheduler_messaging_timeout_ends_the_group(self):
+        self.useFixture(fixtures.MockPatchObject(
+            query.SchedulerQueryClient, 'select_destinations',
+            side_effect=oslo_messaging.MessagingTimeout('no reply')))
+        result = self.migrate_and_wait(self.server, count=2)
+        self.assertEqual('failed', result['result'])
+        self.assertIn('no reply', str(result['reasons']))
+        self.assert_ended_on(self.source)
+        faults = self.get_instance_faults(self.server['id'])
+        self.assertIn('The scheduler call failed', faults[0].message)
+
+
+class TwoConductorsTest(ReliabilityTestBase):
+
+    def test_a_second_conductor_leaves_a_live_group_alone(self):
+        waits = self.hold_compute_calls('wait_destination')
+        self.request_migration(self.server, destinations=self.hostnames[1:3])
+        waits.wait_reached(2)
+        first_host = base.CONF.host
+        self.flags(host='conductor-2')
+        second = self.start_service(
+            'multidest-conductor', host='conductor-2',
+            binary=vocabulary.CONDUCTOR_BINARY,
+            manager=base.CONDUCTOR_MANAGER,
+            topic=base.CONF.multidest.conductor_topic)
+        second.manager.recover()
+        second.manager.recover(at_start=False)
+        self.flags(host=first_host)
+        instance = self.get_instance(self.server['id'])
+        self.assertEqual('1', instance.system_metadata[
+            vocabulary.SYSMETA_GENERATION])
+        waits.release()
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual('completed', result['result'])
+        self.assert_ended_on(result['host'])
+
+
+class UnstartedRequestTest(ReliabilityTestBase):
+
+    def test_a_lost_cast_is_rolled_back_within_the_bound(self):
+        self.flags(accept_timeout=10, group='multidest')
+        with fixtures.MockPatchObject(conductor_rpcapi.ConductorAPI,
+                                      'live_migrate_multi'):
+            self.request_migration(self.server, count=2)
+        instance = self.get_instance(self.server['id'])
+        self.assertEqual(task_states.MIGRATING, instance.task_state)
+        # The action is older than the bound once time moves on.
+        future = timeutils.utcnow() + datetime.timedelta(seconds=11)
+        with fixtures.MockPatch('oslo_utils.timeutils.utcnow',
+                                return_value=future):
+            self.multidest_conductor.manager._roll_back_unstarted(
+                nova_context.get_admin_context())
+        instance = self.get_instance(self.server['id'])
+        self.assertIsNone(instance.task_state)
+        faults = self.get_instance_faults(self.server['id'])
+        self.assertIn('within 10 seconds', faults[0].message)
+        actions = objects.InstanceActionList.get_by_instance_uuid(
+            self.cell_context(), self.server['id'])
+        self.assertEqual('Error', actions[0].message)
+        self.assertIsNotNone(actions[0].finish_time)
+        self.assert_invariants(self.server, self.source)
+
+    def test_a_young_request_is_not_touched(self):
+        self.flags(accept_timeout=600, group='multidest')
+        with fixtures.MockPatchObject(conductor_rpcapi.ConductorAPI,
+                                      'live_migrate_multi'):
+            self.request_migration(self.server, count=2)
+        unstarted.roll_back_unstarted(nova_context.get_admin_context())
+        self.assertEqual(task_states.MIGRATING,
+                         self.get_instance(self.server['id']).task_state)
