@@ -77,9 +77,12 @@ class UpgradeCheckTest(base.MultiDestTestBase):
             'nova_multidest.compute.endpoint.ComputeEndpoint.target',
             messaging.Target(version='1.0')))
         computes = self.checks._check_computes()
-        self.assertEqual(Code.WARNING, computes.code, computes.details)
+        # This release sends start_stream at 1.2 (VERSION_CAP): a 1.0
+        # compute is too old for it.
+        self.assertEqual(Code.FAILURE, computes.code, computes.details)
         self.assertIn('nova-compute on compute1 serves compute RPC 1.0, '
-                      'this release 1.3', computes.details)
+                      'older than the 1.2 this release sends',
+                      computes.details)
 
         server = self.boot_server(host='compute1')
         instance = self.get_instance(server['id'])
