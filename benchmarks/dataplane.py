@@ -141,12 +141,9 @@ class HostedDestination(qemu.QemuDestination):
     direct = False
     multifd_channels = 0
 
-    def start_incoming(self, capabilities=None):
-        if self.multifd_channels:
-            self.process.qmp.execute('migrate-set-parameters',
-                                     **{'multifd-channels':
-                                        self.multifd_channels})
-        super().start_incoming(capabilities)
+    def start_incoming(self, capabilities=None, multifd_channels=0):
+        super().start_incoming(capabilities,
+                               multifd_channels or self.multifd_channels)
 
     @property
     def listen_uri(self):

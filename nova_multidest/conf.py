@@ -97,17 +97,25 @@ stream_opts = [
              'memory.'),
     cfg.IntOpt(
         'max_bandwidth_mb',
-        default=0, min=0,
+        min=0,
         help='Migration bandwidth limit in MiB/s given to the hypervisor '
-             'for the whole stream; 0 means unlimited. QEMU defaults to '
-             '128 MiB/s, which would dominate migration time on fast '
-             'links.'),
+             'for the whole stream of a multi-destination migration; 0 '
+             'means unlimited. Unset (the default), [libvirt] '
+             'live_migration_bandwidth applies, as for Nova\'s own live '
+             'migrations; set, this option wins. With the star topology '
+             'the source host sends N copies of a stream capped at this '
+             'rate, which is why it may differ from Nova\'s.'),
     cfg.IntOpt(
         'downtime_limit_ms',
-        default=500, min=1, max=60000,
+        min=1, max=60000,
         help='Longest pause of the guest, in milliseconds, that the '
-             'switch-over may cause. Given to QEMU as downtime-limit and '
-             'used by the "downtime" warm-up exit condition.'),
+             'switch-over may cause: a fixed downtime-limit given to QEMU '
+             'and used by the "downtime" warm-up exit condition. Unset '
+             '(the default), Nova\'s [libvirt] live_migration_downtime '
+             'applies, raised in live_migration_downtime_steps steps every '
+             'live_migration_downtime_delay seconds per GiB as Nova does '
+             '(a warm-up migration uses live_migration_downtime itself); '
+             'set, this fixed limit wins.'),
     cfg.HostAddressOpt(
         'listen_address',
         help='Address on which each compute host accepts migration streams '
@@ -125,21 +133,26 @@ stream_opts = [
         help='Highest TCP port a destination host listens on for streams.'),
     cfg.BoolOpt(
         'tls',
-        default=False,
         help='Encrypt streams between hosts with TLS. The per-migration '
              'secret authenticates every hop either way; TLS also keeps '
-             'guest memory confidential on the wire.'),
+             'guest memory confidential on the wire. Unset (the default), '
+             'Nova\'s [libvirt] live_migration_with_native_tls decides; '
+             'set, this option wins.'),
     cfg.StrOpt(
         'tls_cert_file',
         help='PEM certificate this host presents on stream connections. '
-             'Required when tls is true.'),
+             'Unset, the certificate of QEMU\'s native TLS, '
+             'server-cert.pem in QEMU\'s x509 directory (/etc/pki/qemu, '
+             'which Nova\'s live_migration_with_native_tls uses too).'),
     cfg.StrOpt(
         'tls_key_file',
-        help='PEM private key of tls_cert_file.'),
+        help='PEM private key of tls_cert_file. Unset, server-key.pem in '
+             'QEMU\'s x509 directory.'),
     cfg.StrOpt(
         'tls_ca_file',
         help='PEM bundle of the certificate authorities that signed the '
-             'other compute hosts\' certificates.'),
+             'other compute hosts\' certificates. Unset, ca-cert.pem in '
+             'QEMU\'s x509 directory.'),
 ]
 
 warm_up_opts = [
@@ -179,11 +192,17 @@ timeout_opts = [
              'it is reverted.'),
     cfg.IntOpt(
         'completion_timeout',
-        default=1800, min=1,
-        help='Seconds from the start of streaming until the switch-over; a '
-             'migration not finished by then is aborted and the server '
-             'stays on its source. Warm-up migrations wait for force '
-             'complete instead, up to this limit.'),
+        min=0,
+        help='Seconds from the start of streaming within which a '
+             'multi-destination migration must complete; 0 for no limit. '
+             'When it is exceeded, [libvirt] live_migration_timeout_action '
+             'applies: abort (every destination is reverted, the server '
+             'runs on its source) or force_complete (the switch-over is '
+             'forced). A warm-up migration waits for force complete within '
+             'this time too. Unset (the default), Nova\'s [libvirt] '
+             'live_migration_completion_timeout applies, in seconds per '
+             'GiB of guest memory (and of copied local disks) as Nova '
+             'computes it; set, this option wins.'),
     cfg.IntOpt(
         'election_timeout',
         default=60, min=1,

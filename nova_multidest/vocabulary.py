@@ -217,6 +217,20 @@ class WarmUpExit(object):
     ALL = (COPIED, DOWNTIME)
 
 
+class TimeoutAction(object):
+    """What a migration not complete within its completion timeout does.
+
+    Nova's ``[libvirt] live_migration_timeout_action`` values.
+    """
+
+    # Cancel the stream: every destination is reverted, the source runs on.
+    ABORT = 'abort'
+    # Switch over now: the guest pauses until the rest is copied.
+    FORCE_COMPLETE = 'force_complete'
+
+    ALL = (ABORT, FORCE_COMPLETE)
+
+
 EXTRA_SPEC_DESTINATIONS = NAMESPACE + ':destinations'
 EXTRA_SPEC_TOPOLOGY = NAMESPACE + ':topology'
 

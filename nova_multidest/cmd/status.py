@@ -42,7 +42,10 @@ from nova_multidest.compute import rpcapi as compute_rpcapi
 from nova_multidest import conf
 from nova_multidest.dataplane import protocol
 from nova_multidest import exceptions
+from nova_multidest.virt import migration_settings
 from nova_multidest import vocabulary
+
+TLS_OPTIONS = ('tls_cert_file', 'tls_key_file', 'tls_ca_file')
 
 CONF = conf.CONF
 Code = upgradecheck.Code
@@ -184,30 +187,26 @@ class UpgradeChecks(upgradecheck.UpgradeCommands):
         return Result(Code.SUCCESS, 'Streams use ports %d..%d.' % (low, high))
 
     def _check_tls(self):
-        if not CONF.multidest.tls:
-            return Result(Code.SUCCESS, 'TLS is off ([multidest] tls).')
+        files = migration_settings.tls_files()
+        if files is None:
+            return Result(Code.SUCCESS, 'TLS is off ([multidest] tls, else '
+                                        '[libvirt] live_migration_with_'
+                                        'native_tls).')
         problems = []
-        for option in ('tls_cert_file', 'tls_key_file', 'tls_ca_file'):
-            path = getattr(CONF.multidest, option)
-            if not path:
-                problems.append('[multidest] tls is true but %s is not '
-                                'set: set it on every compute.' % option)
-            elif not os.access(path, os.R_OK):
-                problems.append('[multidest] %s = %s cannot be read: '
-                                'install it there, readable by nova.'
-                                % (option, path))
+        for option, path in zip(TLS_OPTIONS, files):
+            if not os.access(path, os.R_OK):
+                problems.append('%s = %s cannot be read: install it there, '
+                                'readable by nova, or set [multidest] %s.'
+                                % (option, path, option))
         if problems:
             return Result(Code.FAILURE, '\n'.join(problems))
         try:
-            protocol.make_tls_contexts(CONF.multidest.tls_cert_file,
-                                       CONF.multidest.tls_key_file,
-                                       CONF.multidest.tls_ca_file)
+            protocol.make_tls_contexts(*files)
         except exceptions.InvalidSettings as e:
             return Result(
                 Code.FAILURE,
-                '[multidest] TLS files do not load (%s): tls_cert_file and '
-                'tls_key_file must be a matching PEM pair and tls_ca_file a '
-                'PEM bundle.' % e)
+                'Stream TLS files do not load (%s): %s and %s must be a '
+                'matching PEM pair and %s a PEM bundle.' % ((e,) + files))
         return Result(Code.SUCCESS, 'TLS files load.')
 
     def _check_api_filter(self):

@@ -53,6 +53,7 @@ from nova_multidest.dataplane import hypervisor as hypervisor_mod
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
+from nova_multidest.virt import migration_settings
 from nova_multidest import vocabulary
 
 CONF = conf.CONF
@@ -60,6 +61,7 @@ LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
 PROGRESS_SAVE_INTERVAL = 1.0
+MULTIFD_LISTEN = 'tcp:127.0.0.1:0'
 # Seconds between two looks for destinations whose lease expired.
 SWEEP_INTERVAL = 60
 # Holds an instance's place in the stream table while its stream starts.
@@ -191,7 +193,10 @@ class ComputeEndpoint(object):
             prepared.guest = self.hypervisor.destination_from_xml(
                 self.host, xml)
             prepared.guest.subscribe(prepared.on_event)
-            prepared.guest.start_incoming()
+            # A source of an older release names no stream settings.
+            prepared.guest.start_incoming(
+                source.get('capabilities'),
+                source.get('multifd_channels', 0))
             address = self._open_stream(prepared.guest, secret)
             if copy_disks:
                 disk_address = self._open_disk_stream(
@@ -302,12 +307,11 @@ class ComputeEndpoint(object):
 
     def _tls_contexts(self):
         """(server, client) TLS contexts of stream hops, or (None, None)."""
-        if not CONF.multidest.tls:
+        files = migration_settings.tls_files()
+        if files is None:
             return None, None
         if self._tls is None:
-            self._tls = protocol.make_tls_contexts(
-                CONF.multidest.tls_cert_file, CONF.multidest.tls_key_file,
-                CONF.multidest.tls_ca_file)
+            self._tls = protocol.make_tls_contexts(*files)
         return self._tls
 
     def wait_destination(self, context, instance, migration, timeout):
@@ -462,7 +466,10 @@ class ComputeEndpoint(object):
 
     def get_source_guest(self, context, instance, block_migration=False):
         self._check_source_side(instance)
-        result = {'xml': self.hypervisor.source_xml(instance.name)}
+        settings = migration_settings.stream_settings(instance)
+        result = {'xml': self.hypervisor.source_xml(instance.name),
+                  'capabilities': settings.shared_capabilities(),
+                  'multifd_channels': settings.multifd_channels}
         if block_migration:
             bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
                 context, instance.uuid)
@@ -541,11 +548,16 @@ class ComputeEndpoint(object):
             context, d['migration_uuid']) for d in destinations}
         source = self.hypervisor.source(instance.name)
         on_drop = functools.partial(self._on_drop, instance)
+        settings = migration_settings.stream_settings(instance, warm_up)
+        settings.validate()
+        # QEMU opens each multifd channel itself, which it cannot do on a
+        # descriptor handed over by nova-compute: a loopback port it can.
+        listen = MULTIFD_LISTEN if settings.multifd_channels else None
         fanout = self.hypervisor.create_relay(
             secret, [(d['host'], tuple(d['agent_address']))
                      for d in destinations],
             topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
-            tls=self._tls_contexts()[1], on_drop=on_drop)
+            tls=self._tls_contexts()[1], listen=listen, on_drop=on_drop)
         disks = None
         if block_migration:
             try:
@@ -559,13 +571,6 @@ class ComputeEndpoint(object):
             except Exception:
                 fanout.close()
                 raise
-        settings = source_stream.StreamSettings(
-            max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB,
-            downtime_limit_ms=CONF.multidest.downtime_limit_ms,
-            warm_up=warm_up,
-            warm_up_exit=CONF.multidest.warm_up_exit,
-            warm_up_percent=CONF.multidest.warm_up_percent,
-            switch_over_timeout=CONF.multidest.switch_over_timeout)
         stream = source_stream.SourceStream(
             source, fanout, settings, disks=disks)
         stream.on_progress = self._progress_recorder(

@@ -80,7 +80,8 @@ class MigrationStats:
     second one starts), ``remaining`` and ``dirty_rate`` (to estimate the
     downtime a switch-over would cause now). ``transferred`` is what the
     source wrote to the stream; what each destination received is the
-    relay's count.
+    relay's count. ``throttle_percent`` is how much auto-converge slows
+    the source's vCPUs down.
     """
 
     status: str
@@ -93,6 +94,7 @@ class MigrationStats:
     expected_downtime_ms: typing.Optional[int] = None
     downtime_ms: typing.Optional[int] = None
     error: typing.Optional[str] = None
+    throttle_percent: int = 0
 
     @property
     def first_pass_done(self):
@@ -114,7 +116,8 @@ class MigrationStats:
             iterations=ram.get('dirty-sync-count', 0),
             expected_downtime_ms=info.get('expected-downtime'),
             downtime_ms=info.get('downtime'),
-            error=info.get('error-desc'))
+            error=info.get('error-desc'),
+            throttle_percent=info.get('cpu-throttle-percentage', 0))
 
 
 # Disk mirror states (MirrorState.status), named in vocabulary.py.
@@ -153,6 +156,19 @@ class MirrorState:
     offset: int = 0
     length: int = 0
     error: typing.Optional[str] = None
+
+
+def qmp_parameters(max_bandwidth=None, downtime_limit_ms=None,
+                   multifd_channels=None):
+    """``migrate-set-parameters`` arguments; None leaves one unchanged."""
+    parameters = {}
+    if max_bandwidth is not None:
+        parameters['max-bandwidth'] = int(max_bandwidth)
+    if downtime_limit_ms is not None:
+        parameters['downtime-limit'] = int(downtime_limit_ms)
+    if multifd_channels:
+        parameters['multifd-channels'] = int(multifd_channels)
+    return parameters
 
 
 def _no_disks(guest, operation):
@@ -235,12 +251,14 @@ class SourceGuest(Guest):
 
     @abc.abstractmethod
     def set_parameters(self, max_bandwidth: typing.Optional[int] = None,
-                       downtime_limit_ms: typing.Optional[int] = None):
+                       downtime_limit_ms: typing.Optional[int] = None,
+                       multifd_channels: typing.Optional[int] = None):
         """Set the stream bandwidth cap (bytes/s) and the downtime limit.
 
         Called again during the migration: the session holds pre-copy
         during warm-up with a tiny downtime limit and sets the real one at
         switch-over, so implementations must apply it to a running job.
+        ``multifd_channels`` is only given before ``migrate``.
         """
 
     @abc.abstractmethod
@@ -330,11 +348,13 @@ class DestinationGuest(Guest):
         """
 
     @abc.abstractmethod
-    def start_incoming(self, capabilities=None) -> None:
+    def start_incoming(self, capabilities=None,
+                       multifd_channels=0) -> None:
         """Make the destination ready to receive, paused.
 
         ``capabilities`` are those the source uses that the destination
-        must share (e.g. ``multifd``). Implementations also enable
+        must share (e.g. ``multifd``), and ``multifd_channels`` the number
+        of multifd channels the source opens. Implementations also enable
         ``events`` and ``late-block-activate``
         (shared disks must stay inactive until this copy is elected) and
         start listening on ``incoming_target``. The guest must stay paused

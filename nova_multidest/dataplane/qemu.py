@@ -323,12 +323,10 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
             {'capability': name, 'state': bool(state)}
             for name, state in capabilities.items()])
 
-    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None):
-        params = {}
-        if max_bandwidth is not None:
-            params['max-bandwidth'] = int(max_bandwidth)
-        if downtime_limit_ms is not None:
-            params['downtime-limit'] = int(downtime_limit_ms)
+    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None,
+                       multifd_channels=None):
+        params = hypervisor.qmp_parameters(max_bandwidth, downtime_limit_ms,
+                                           multifd_channels)
         if params:
             self.process.qmp.execute('migrate-set-parameters', **params)
 
@@ -406,12 +404,16 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
     def incoming_target(self):
         return self.listen_uri
 
-    def start_incoming(self, capabilities=None):
+    def start_incoming(self, capabilities=None, multifd_channels=0):
         caps = {'events': True, 'late-block-activate': True}
         caps.update(capabilities or {})
         self.process.qmp.execute('migrate-set-capabilities', capabilities=[
             {'capability': name, 'state': bool(state)}
             for name, state in caps.items()])
+        if multifd_channels:
+            self.process.qmp.execute(
+                'migrate-set-parameters',
+                **hypervisor.qmp_parameters(multifd_channels=multifd_channels))
         self.process.qmp.execute('migrate-incoming', uri=self.listen_uri)
 
     def migration_status(self):

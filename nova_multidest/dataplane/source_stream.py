@@ -34,6 +34,12 @@ whole life, wherever the source runs: in Nova's compute endpoint
   applies; a migration not done ``switch_over_timeout`` seconds after the
   request (not ready, or not converging) is forced whatever the
   downtime, and so is a second request.
+* Outside warm-up the downtime limit follows ``downtime_steps``, a
+  schedule of (seconds after the start, limit) raised over time as Nova's
+  libvirt driver raises it. A migration not complete
+  ``completion_timeout`` seconds after its start is cancelled (the source
+  runs on and every destination fails) or forced, as ``timeout_action``
+  says.
 * Events, not polling, move it: the source's migration and stop events
   wake it at once. Only progress, which QEMU reports by no event, is
   sampled, every ``sample_interval``.
@@ -101,13 +107,24 @@ MAX_DOWNTIME_MS = 2000 * 1000
 UNLIMITED_BANDWIDTH = 1 << 40
 # Bandwidth until QEMU's first bandwidth sample during warm-up.
 PROBE_BANDWIDTH = 4 << 20
+# QEMU's multifd-channels bounds.
+MAX_MULTIFD_CHANNELS = 255
 
 
 @dataclasses.dataclass
 class StreamSettings:
     """How the source streams; nova_multidest/conf.py names the options.
 
-    ``max_bandwidth`` is bytes/s, 0 for unlimited.
+    ``max_bandwidth`` is bytes/s, 0 for unlimited. ``downtime_steps`` is
+    a schedule of ``(seconds after the start, downtime limit in ms)``,
+    ascending; empty means ``downtime_limit_ms`` throughout. A warm-up
+    migration holds pre-copy instead and switches over at
+    ``downtime_limit_ms``, the limit its exit condition uses, so the
+    schedule applies only without warm-up. ``completion_timeout`` is in
+    seconds from the start, 0 for none; ``timeout_action`` is a
+    ``vocabulary.TimeoutAction``. ``multifd_channels`` > 0 turns on
+    QEMU's multifd with that many channels, each relayed on its own hop
+    connection.
     """
 
     capabilities: typing.Mapping[str, bool] = dataclasses.field(
@@ -119,16 +136,51 @@ class StreamSettings:
     warm_up_percent: int = 100
     switch_over_timeout: float = 10.0
     sample_interval: float = 0.5
+    downtime_steps: typing.Sequence[typing.Tuple[float, int]] = ()
+    completion_timeout: float = 0.0
+    timeout_action: str = vocabulary.TimeoutAction.ABORT
+    multifd_channels: int = 0
 
     @property
     def bandwidth(self):
         """The max-bandwidth QEMU gets once the stream runs freely."""
         return self.max_bandwidth or UNLIMITED_BANDWIDTH
 
+    def all_capabilities(self):
+        """The capabilities the source enables, multifd included."""
+        capabilities = dict(self.capabilities)
+        if self.multifd_channels:
+            capabilities['multifd'] = True
+        return capabilities
+
     def shared_capabilities(self):
         """What each destination must enable too."""
-        return {name: state for name, state in self.capabilities.items()
+        return {name: state
+                for name, state in self.all_capabilities().items()
                 if name in SHARED_CAPABILITIES}
+
+    def downtime_at(self, elapsed):
+        """The downtime limit ``elapsed`` seconds after the start.
+
+        Nova's rule (``nova.virt.libvirt.migration.update_downtime``): the
+        last step whose time has passed, the first one until then.
+        """
+        if self.warm_up or not self.downtime_steps:
+            return self.downtime_limit_ms
+        limit = self.downtime_steps[0][1]
+        for at, downtime in self.downtime_steps:
+            if elapsed > at:
+                limit = downtime
+        return limit
+
+    def next_step(self, elapsed):
+        """Seconds after the start of the next downtime step, or None."""
+        if self.warm_up:
+            return None
+        for at, _downtime in self.downtime_steps:
+            if at >= elapsed:
+                return at
+        return None
 
     def validate(self):
         """Raise InvalidSettings or UnsupportedCapability, naming the fix."""
@@ -151,6 +203,27 @@ class StreamSettings:
                 % MAX_DOWNTIME_MS)
         if self.max_bandwidth < 0:
             bad('max_bandwidth must be >= 0')
+        previous = -1
+        for at, downtime in self.downtime_steps:
+            if at < 0 or at < previous:
+                bad('downtime_steps must be ascending times >= 0, not %r'
+                    % (list(self.downtime_steps),))
+            if not 1 <= downtime <= MAX_DOWNTIME_MS:
+                bad('each downtime step must be between 1 and %d ms, not %r'
+                    % (MAX_DOWNTIME_MS, downtime))
+            previous = at
+        if self.completion_timeout < 0:
+            bad('completion_timeout must be >= 0 (0 for none)')
+        if self.timeout_action not in vocabulary.TimeoutAction.ALL:
+            bad('unknown timeout action %r; use one of: %s'
+                % (self.timeout_action,
+                   ', '.join(vocabulary.TimeoutAction.ALL)))
+        if not 0 <= self.multifd_channels <= MAX_MULTIFD_CHANNELS:
+            bad('multifd_channels must be between 0 and %d'
+                % MAX_MULTIFD_CHANNELS)
+        if self.multifd_channels and self.capabilities.get('multifd') is False:
+            bad('multifd is turned off but multifd_channels is %d; set '
+                'one or the other' % self.multifd_channels)
         for name in ('switch_over_timeout', 'sample_interval'):
             if getattr(self, name) <= 0:
                 bad('%s must be positive' % name)
@@ -163,13 +236,15 @@ class SourceStream(object):
     every sample and once at the end, with the relay's
     DestinationProgress per destination name. ``on_ready(state)`` is
     called once, the first time the warm-up exit condition holds, with
-    its WarmUpState. Neither may raise.
+    its WarmUpState. Neither may raise. ``clock`` gives monotonic
+    seconds; tests inject theirs.
     """
 
     def __init__(self, source, relay, settings=None, on_progress=None,
-                 on_ready=None, disks=None):
+                 on_ready=None, clock=None, disks=None):
         self.settings = settings or StreamSettings()
         self.settings.validate()
+        self._clock = clock or time.monotonic
         self.source = source
         self.relay = relay
         self.disks = disks
@@ -195,6 +270,9 @@ class SourceStream(object):
         self._switch_requests = 0
         self._switch_deadline = None
         self._closed = False
+        self._started = None
+        self._downtime = None
+        self._timed_out = None
         source.subscribe(self._on_source_event)
 
     # -- state, for callers ------------------------------------------------
@@ -229,18 +307,25 @@ class SourceStream(object):
         refuses the migration; the guest is then untouched.
         """
         s = self.settings
-        capabilities = dict(s.capabilities)
+        capabilities = s.all_capabilities()
         capabilities['events'] = True
         if self.disks is not None:
             capabilities['pause-before-switchover'] = True
         self.source.set_capabilities(capabilities)
+        extra = ({'multifd_channels': s.multifd_channels}
+                 if s.multifd_channels else {})
         if s.warm_up:
             self._probing = True
+            self._downtime = HOLD_DOWNTIME_MS
             self.source.set_parameters(max_bandwidth=PROBE_BANDWIDTH,
-                                       downtime_limit_ms=HOLD_DOWNTIME_MS)
+                                       downtime_limit_ms=HOLD_DOWNTIME_MS,
+                                       **extra)
         else:
+            self._downtime = s.downtime_at(0)
             self.source.set_parameters(max_bandwidth=s.bandwidth,
-                                       downtime_limit_ms=s.downtime_limit_ms)
+                                       downtime_limit_ms=self._downtime,
+                                       **extra)
+        self._started = self._clock()
         if self.disks is not None:
             self.disks.start()
         try:
@@ -259,7 +344,7 @@ class SourceStream(object):
         with self._lock:
             self._switch_requests += 1
             if self._switch_deadline is None:
-                self._switch_deadline = (time.monotonic() +
+                self._switch_deadline = (self._clock() +
                                          self.settings.switch_over_timeout)
         self._wake.set()
 
@@ -314,7 +399,13 @@ class SourceStream(object):
                 'memory_total': stats.total,
                 'memory_processed': stats.transferred,
                 'memory_remaining': stats.remaining,
-                'error': stats.error or self._disk_error,
+                'dirty_rate': stats.dirty_rate,
+                'transfer_rate': stats.bandwidth,
+                'iterations': stats.iterations,
+                'throttle_percent': stats.throttle_percent,
+                'downtime_limit_ms': self._downtime,
+                'error': stats.error or self._timed_out or self._disk_error,
+                'timed_out': self._timed_out,
                 'destinations': destinations,
                 'disks': {name: progress._asdict() for name, progress
                           in self.disk_progress().items()}}
@@ -422,12 +513,22 @@ class SourceStream(object):
                           self.source.name)
 
     def _next_wake(self):
-        """Seconds until the next sample or the switch-over deadline."""
-        delay = self.settings.sample_interval
+        """Seconds until the next sample, step or deadline."""
+        s = self.settings
+        now = self._clock()
+        deadlines = []
         with self._lock:
-            deadline = None if self._forced else self._switch_deadline
-        if deadline is not None:
-            delay = min(delay, max(0.0, deadline - time.monotonic()))
+            if not self._forced:
+                deadlines.append(self._switch_deadline)
+                if s.completion_timeout and self._timed_out is None:
+                    deadlines.append(self._started + s.completion_timeout)
+                step = s.next_step(now - self._started)
+                if step is not None:
+                    deadlines.append(self._started + step)
+        delay = s.sample_interval
+        for deadline in deadlines:
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - now))
         return delay
 
     def _sample(self):
@@ -440,9 +541,15 @@ class SourceStream(object):
                     received=p.bytes_sent,
                     live=p.state != vocabulary.StreamState.FAILED)
                 for name, p in progress.items()}
-            state = self._monitor.update(time.monotonic(), stats,
+            state = self._monitor.update(self._clock(), stats,
                                          self.relay.bytes_from_source,
                                          samples)
+        if stats.throttle_percent != self._stats.throttle_percent:
+            LOG.info('Auto-converge throttles the vCPUs of %s to %d%%: '
+                     'dirty %.0f MB/s, transfer %.0f MB/s, pass %d',
+                     self.source.name, stats.throttle_percent,
+                     stats.dirty_rate / 1e6, stats.bandwidth / 1e6,
+                     stats.iterations)
         with self._lock:
             first_ready = (state is not None and state.ready and
                            (self._warm_up_state is None or
@@ -480,12 +587,22 @@ class SourceStream(object):
         return all(gate() for gate in self._gates)
 
     def _advance(self):
-        """Release or force the switch-over when its time has come."""
+        """Time out, step the downtime, release or force the switch-over."""
+        now = self._clock()
+        with self._lock:
+            forced = self._forced
+        if not forced and self._timed_out is None:
+            elapsed = now - self._started
+            timeout = self.settings.completion_timeout
+            if timeout and elapsed > timeout:
+                self._time_out(elapsed)
+                return
+            self._step_downtime(elapsed)
         with self._lock:
             if self._forced or not self._switch_requests:
                 return
             requests = self._switch_requests
-            late = time.monotonic() >= self._switch_deadline
+            late = now >= self._switch_deadline
         if requests > 1 or late or not self.settings.warm_up:
             self._force('a second request' if requests > 1 else
                         'not done %ss after the request'
@@ -494,11 +611,38 @@ class SourceStream(object):
         elif self._holding and self._ready():
             self._release()
 
+    def _step_downtime(self, elapsed):
+        if self._holding or self.settings.warm_up:
+            return
+        limit = self.settings.downtime_at(elapsed)
+        if limit == self._downtime:
+            return
+        LOG.info('Raising the downtime limit of %s to %d ms after %d s',
+                 self.source.name, limit, elapsed)
+        self._downtime = limit
+        self.source.set_parameters(downtime_limit_ms=limit)
+
+    def _time_out(self, elapsed):
+        s = self.settings
+        why = ('not complete %d s after it started (completion timeout %d '
+               's)' % (elapsed, s.completion_timeout))
+        with self._lock:
+            self._timed_out = why
+        if s.timeout_action == vocabulary.TimeoutAction.FORCE_COMPLETE:
+            self._force('%s; timeout action %s' % (why, s.timeout_action))
+            return
+        LOG.warning('Aborting the migration of %s: %s; timeout action %s. '
+                    'The guest runs on here', self.source.name, why,
+                    s.timeout_action)
+        self.source.cancel()
+        self._wake.set()
+
     def _release(self):
         self._holding = False
         self._probing = False
         LOG.info('Switch-over of %s: downtime limit %d ms', self.source.name,
                  self.settings.downtime_limit_ms)
+        self._downtime = self.settings.downtime_limit_ms
         self.source.set_parameters(
             max_bandwidth=self.settings.bandwidth,
             downtime_limit_ms=self.settings.downtime_limit_ms)
@@ -510,5 +654,6 @@ class SourceStream(object):
         self._probing = False
         LOG.warning('Forcing the switch-over of %s (%s): the guest pauses '
                     'until the rest is copied', self.source.name, why)
+        self._downtime = MAX_DOWNTIME_MS
         self.source.set_parameters(max_bandwidth=self.settings.bandwidth,
                                    downtime_limit_ms=MAX_DOWNTIME_MS)

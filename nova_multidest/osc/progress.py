@@ -13,13 +13,27 @@
 """Per-destination progress display for ``openstack server migrate``.
 
 Works from the Migration records the compute API lists, so it needs
-nothing but their dictionaries.
+nothing but their dictionaries. A guest that dirties memory as fast as
+the link copies it shows by its counters alone: the bytes sent grow while
+the bytes remaining do not shrink, and what was sent but is not off the
+remaining count was dirtied again.
 """
+
+import collections
+import time
 
 from nova_multidest import vocabulary
 
 BAR_WIDTH = 30
 MiB = 1 << 20
+# Seconds of counters over which the dirty and transfer rates are taken:
+# long enough to span several pre-copy passes, whose starts make the
+# remaining count jump.
+CONVERGENCE_WINDOW = 10.0
+# Not converging when at least this share of what was sent was dirtied
+# again.
+NOT_CONVERGING_RATIO = 0.9
+MB = 1000 * 1000
 
 
 def _done_and_total(migration, kind):
@@ -47,13 +61,13 @@ def percent(migration):
     return max(0, min(100, int(100 * (memory_done + disk_done) / total)))
 
 
-def render_row(migration, host_width):
+def render_row(migration, host_width, note=None):
     share = percent(migration)
     filled = BAR_WIDTH * share // 100
-    row = '%-*s [%s%s] %3d%%  %s' % (
+    row = '%-*s [%s%s] %3d%%  %s%s' % (
         host_width, migration.get('dest_compute') or '?',
         '#' * filled, '.' * (BAR_WIDTH - filled), share,
-        migration.get('status'))
+        migration.get('status'), '; %s' % note if note else '')
     disk_done, disk_total = _done_and_total(migration, 'disk')
     if disk_total:
         if migration.get('status') == vocabulary.MigrationStatus.COMPLETED:
@@ -62,12 +76,52 @@ def render_row(migration, host_width):
     return row
 
 
-def render(migrations):
+def render(migrations, notes=None):
     if not migrations:
         return ['waiting for destinations...']
+    notes = notes or {}
     width = max(len(m.get('dest_compute') or '?') for m in migrations)
-    return [render_row(m, width)
+    return [render_row(m, width, notes.get(m['id']))
             for m in sorted(migrations, key=lambda m: m['id'])]
+
+
+class ConvergenceWatch:
+    """Dirty rate against transfer rate of each running destination.
+
+    Over the last CONVERGENCE_WINDOW seconds, the transfer rate is the
+    growth of ``memory_processed_bytes`` and the dirty rate that growth
+    plus the growth of ``memory_remaining_bytes`` (the source sent it,
+    yet it still has as much to send).
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._samples = collections.defaultdict(collections.deque)
+
+    def note(self, migration):
+        """'not converging: ...' for a destination that does not, or None."""
+        processed = migration.get('memory_processed_bytes')
+        remaining = migration.get('memory_remaining_bytes')
+        if (migration.get('status') != vocabulary.MigrationStatus.RUNNING or
+                processed is None or remaining is None):
+            self._samples.pop(migration['id'], None)
+            return None
+        now = self.clock()
+        samples = self._samples[migration['id']]
+        samples.append((now, processed, remaining))
+        while len(samples) > 2 and now - samples[1][0] >= CONVERGENCE_WINDOW:
+            samples.popleft()
+        first_time, first_processed, first_remaining = samples[0]
+        elapsed = now - first_time
+        sent = processed - first_processed
+        if elapsed < CONVERGENCE_WINDOW or sent <= 0:
+            return None
+        transfer = sent / elapsed
+        dirty = max(0.0, (sent + remaining - first_remaining) / elapsed)
+        if dirty < NOT_CONVERGING_RATIO * transfer:
+            return None
+        return 'not converging: dirty %.0f MB/s >= link %.0f MB/s' % (
+            dirty / MB, transfer / MB)
 
 
 class ProgressBars:
@@ -77,14 +131,17 @@ class ProgressBars:
     it is written again only when it changed, so a log stays readable.
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream, clock=time.monotonic):
         self.stream = stream
         self.interactive = getattr(stream, 'isatty', lambda: False)()
         self._shown = []
         self._counters = {}
+        self._convergence = ConvergenceWatch(clock)
 
     def update(self, migrations):
-        rows = render([self._with_last_counters(m) for m in migrations])
+        notes = {m['id']: self._convergence.note(m) for m in migrations}
+        rows = render([self._with_last_counters(m) for m in migrations],
+                      notes)
         if rows == self._shown:
             return
         if self.interactive and self._shown:

@@ -91,8 +91,8 @@ class SlowDestination(qemu.QemuDestination):
     def incoming_target(self):
         return 'unix:%s' % os.path.join(self.process.dir, 'slow.sock')
 
-    def start_incoming(self, capabilities=None):
-        super().start_incoming(capabilities)
+    def start_incoming(self, capabilities=None, multifd_channels=0):
+        super().start_incoming(capabilities, multifd_channels)
         self.proxy = ThrottledProxy(self.incoming_target[len('unix:'):],
                                     self.listen_uri[len('unix:'):],
                                     self.rate)

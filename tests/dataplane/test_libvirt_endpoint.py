@@ -76,7 +76,8 @@ class EndpointOverLibvirtBase(base.TestCase):
         self.domain_name = 'instance-%s' % uuid.uuid4().hex[:8]
         self.conn.createXML(
             libvirt_fixture.source_xml(self.domain_name, kernel), 0)
-        self.instance = mock.Mock(uuid=str(uuid.uuid4()), host='src')
+        self.instance = mock.Mock(uuid=str(uuid.uuid4()), host='src',
+                                  flavor=mock.Mock(memory_mb=64))
         self.instance.name = self.domain_name
         self.source = self.endpoint('src', rename=False)
         self.dests = {host: self.endpoint(host, rename=True)

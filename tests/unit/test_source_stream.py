@@ -232,6 +232,124 @@ class StreamTest(StreamTestBase):
         self.relay.close.assert_called_once_with()
 
 
+STEPS = ((0, 50), (150, 95), (300, 140), (450, 185))
+
+
+class DowntimeStepTest(StreamTestBase):
+    """Nova's stepped downtime, raised by the engine's own clock."""
+
+    def test_the_first_step_applies_at_the_start(self):
+        self.make(downtime_steps=STEPS, downtime_limit_ms=185)
+        self.assertEqual(50, self.parameters()[0]['downtime_limit_ms'])
+
+    def test_each_step_applies_once_its_time_has_passed(self):
+        stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
+        self.step(stream, 150)
+        self.assertEqual(1, len(self.parameters()))
+        self.step(stream, 0.5)
+        self.assertEqual({'downtime_limit_ms': 95}, self.parameters()[-1])
+        self.step(stream, 1)
+        self.assertEqual(2, len(self.parameters()))
+        self.step(stream, 1000)
+        self.assertEqual({'downtime_limit_ms': 185}, self.parameters()[-1])
+        self.assertEqual(3, len(self.parameters()))
+
+    def test_the_engine_wakes_for_the_next_step(self):
+        stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185,
+                           sample_interval=60)
+        self.clock.now += 149.75
+        self.assertAlmostEqual(0.25, stream._next_wake())
+
+    def test_warm_up_holds_then_uses_the_final_limit(self):
+        stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185,
+                           warm_up=True, switch_over_timeout=1000)
+        self.step(stream, 200)
+        self.assertEqual(source_stream.HOLD_DOWNTIME_MS,
+                         self.parameters()[-1]['downtime_limit_ms'])
+        self.set_stats(iterations=2)
+        stream.switch_over()
+        self.step(stream, 1)
+        self.assertEqual(185, self.parameters()[-1]['downtime_limit_ms'])
+        self.step(stream, 300)
+        self.assertEqual(185, self.parameters()[-1]['downtime_limit_ms'])
+
+    def test_a_forced_switch_over_is_not_stepped_down(self):
+        stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
+        stream.switch_over()
+        self.step(stream, 1)
+        self.step(stream, 200)
+        self.assertEqual(source_stream.MAX_DOWNTIME_MS,
+                         self.parameters()[-1]['downtime_limit_ms'])
+
+
+class CompletionTimeoutTest(StreamTestBase):
+
+    def test_abort_cancels_the_source_migration_once(self):
+        stream = self.make(completion_timeout=100)
+        self.step(stream, 100)
+        self.source.cancel.assert_not_called()
+        self.step(stream, 0.5)
+        self.source.cancel.assert_called_once_with()
+        self.step(stream, 100)
+        self.source.cancel.assert_called_once_with()
+        status = stream.status()
+        self.assertIn('completion timeout 100 s', status['timed_out'])
+        self.assertEqual(status['timed_out'], status['error'])
+
+    def test_force_complete_forces_the_switch_over(self):
+        stream = self.make(completion_timeout=100,
+                           timeout_action='force_complete')
+        self.step(stream, 101)
+        self.source.cancel.assert_not_called()
+        self.assertEqual(source_stream.MAX_DOWNTIME_MS,
+                         self.parameters()[-1]['downtime_limit_ms'])
+
+    def test_it_counts_during_warm_up_too(self):
+        stream = self.make(completion_timeout=100, warm_up=True)
+        self.step(stream, 101)
+        self.source.cancel.assert_called_once_with()
+
+    def test_no_timeout_by_default(self):
+        stream = self.make()
+        self.step(stream, 10 ** 6)
+        self.source.cancel.assert_not_called()
+
+    def test_a_forced_switch_over_is_never_aborted(self):
+        stream = self.make(completion_timeout=100)
+        stream.switch_over()
+        self.step(stream, 1)
+        self.step(stream, 200)
+        self.source.cancel.assert_not_called()
+
+    def test_the_engine_wakes_at_the_timeout(self):
+        stream = self.make(completion_timeout=100, sample_interval=60)
+        self.clock.now += 99.5
+        self.assertAlmostEqual(0.5, stream._next_wake())
+
+    def test_an_injected_clock_drives_it(self):
+        now = [0.0]
+        stream = source_stream.SourceStream(
+            self.source, self.relay,
+            source_stream.StreamSettings(completion_timeout=10),
+            clock=lambda: now[0])
+        stream.start(lambda func: None)
+        self.addCleanup(stream.close)
+        now[0] = 11.0
+        stream._advance()
+        self.source.cancel.assert_called_once_with()
+
+
+class MultifdTest(StreamTestBase):
+
+    def test_channels_turn_multifd_on_at_both_ends(self):
+        stream = self.make(multifd_channels=4)
+        self.source.set_capabilities.assert_called_once_with(
+            {'multifd': True, 'events': True})
+        self.assertEqual(4, self.parameters()[0]['multifd_channels'])
+        self.assertEqual({'multifd': True},
+                         stream.settings.shared_capabilities())
+
+
 class SettingsTest(testtools.TestCase):
 
     def test_defaults_are_valid(self):
@@ -245,6 +363,13 @@ class SettingsTest(testtools.TestCase):
             ({'downtime_limit_ms': 0}, 'downtime_limit_ms'),
             ({'max_bandwidth': -1}, 'max_bandwidth'),
             ({'switch_over_timeout': 0}, 'switch_over_timeout'),
+            ({'downtime_steps': ((10, 50), (5, 60))}, 'ascending'),
+            ({'downtime_steps': ((0, 0),)}, 'downtime step'),
+            ({'completion_timeout': -1}, 'completion_timeout'),
+            ({'timeout_action': 'pause'}, "'pause'"),
+            ({'multifd_channels': 256}, 'multifd_channels'),
+            ({'multifd_channels': 2, 'capabilities': {'multifd': False}},
+             'multifd'),
         ]
         for kwargs, text in cases:
             with self.subTest(kwargs=kwargs):
@@ -277,3 +402,18 @@ class SettingsTest(testtools.TestCase):
             source, mock.Mock(), source_stream.StreamSettings(
                 capabilities={'return-path': True}))
         self.assertEqual([], source.mock_calls)
+
+
+class ThrottleLogTest(StreamTestBase):
+
+    def test_each_throttle_change_is_logged_once(self):
+        stream = self.make()
+        with mock.patch.object(source_stream, 'LOG') as log:
+            for throttle in (0, 20, 20, 30):
+                self.stats = hypervisor.MigrationStats(
+                    status=vocabulary.QemuStatus.ACTIVE,
+                    throttle_percent=throttle, dirty_rate=5e7,
+                    bandwidth=1e7, iterations=4)
+                self.step(stream, 1)
+        self.assertEqual([20, 30], [c[0][2] for c in log.info.call_args_list])
+        self.assertEqual(30, stream.status()['throttle_percent'])

@@ -45,6 +45,7 @@ from nova_multidest.conductor import recovery
 from nova_multidest.conductor import resources
 from nova_multidest import conf
 from nova_multidest import exceptions
+from nova_multidest import migration_limits
 from nova_multidest import vocabulary
 
 LOG = logging.getLogger(__name__)
@@ -503,8 +504,8 @@ class LiveMigrateMultiTask(base.TaskBase):
                 destination.fail(vocabulary.DestinationPhase.STREAM,
                                  'the source could not start its stream')
             return None, list(ready)
-        timeout = (CONF.multidest.completion_timeout +
-                   CONF.multidest.election_timeout)
+        timeout = migration_limits.conductor_wait(
+            self.instance.flavor.memory_mb)
         reports = queue.Queue()
         pool = concurrent.futures.ThreadPoolExecutor(len(ready))
         for destination in ready:

@@ -26,6 +26,7 @@ because every compute of a functional test runs in this process:
     self.addCleanup(fake.reset)
 """
 
+import collections
 import itertools
 import threading
 import time
@@ -85,6 +86,7 @@ class _Registry(object):
         self.step_seconds = DEFAULT_STEP_SECONDS
         self.ports = itertools.count(40000)
         self.relay_ids = itertools.count(1)
+        self.applied = collections.defaultdict(list)
 
 
 _REGISTRY = _Registry()
@@ -102,6 +104,22 @@ def inject_fault(host, phase, message=None):
     with _REGISTRY.lock:
         _REGISTRY.faults[(host, phase)] = (
             message or 'injected %s fault on %s' % (phase, host))
+
+
+def _apply(host, what, value):
+    with _REGISTRY.lock:
+        _REGISTRY.applied[host].append((what, value))
+
+
+def applied(host):
+    """What the hypervisor of ``host`` was told, in order.
+
+    ``(what, value)`` pairs: ``capabilities`` and ``parameters`` of a
+    source, ``cancel``, ``incoming`` (capabilities, multifd channels) and
+    ``tls`` of a destination, ``relay_tls`` of a source's relay.
+    """
+    with _REGISTRY.lock:
+        return list(_REGISTRY.applied[host])
 
 
 def clear_faults():
@@ -214,14 +232,25 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
         self.capabilities = {}
         self.max_bandwidth = None
         self.downtime_limit_ms = None
+        self.multifd_channels = None
         self.cancelled = False
         self.error = None
         self._paused = False
 
     def set_capabilities(self, capabilities):
+        _apply(self.host, 'capabilities', dict(capabilities))
         self.capabilities.update(capabilities)
 
-    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None):
+    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None,
+                       multifd_channels=None):
+        _apply(self.host, 'parameters', {
+            key: value for key, value in (
+                ('max_bandwidth', max_bandwidth),
+                ('downtime_limit_ms', downtime_limit_ms),
+                ('multifd_channels', multifd_channels))
+            if value is not None})
+        if multifd_channels is not None:
+            self.multifd_channels = multifd_channels
         if max_bandwidth is not None:
             self.max_bandwidth = max_bandwidth
         if downtime_limit_ms is not None:
@@ -254,6 +283,7 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
             iterations=self.iterations, error=self.error)
 
     def cancel(self):
+        _apply(self.host, 'cancel', True)
         self.cancelled = True
 
     def pause(self):
@@ -294,12 +324,17 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
         self.secret = None
         self.resumed = False
         self.destroyed = False
+        self.capabilities = {}
+        self.multifd_channels = 0
 
     @property
     def incoming_target(self):
         return 'fake:%s' % self.name
 
-    def start_incoming(self, capabilities=None):
+    def start_incoming(self, capabilities=None, multifd_channels=0):
+        self.capabilities = dict(capabilities or {})
+        self.multifd_channels = multifd_channels
+        _apply(self.name, 'incoming', (self.capabilities, multifd_channels))
         message = _fault(self.name, vocabulary.DestinationPhase.PREPARE)
         if message:
             raise exceptions.HypervisorError(
@@ -314,6 +349,7 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
             if address in _REGISTRY.agents:
                 raise OSError('address %s:%s in use' % address)
             _REGISTRY.agents[address] = self
+        _apply(self.name, 'tls', tls is not None)
         self.address = address
         self.secret = secret
         return address
@@ -408,8 +444,9 @@ class FakeRelay(object):
     """Moves simulated bytes from a FakeSource to FakeDestinations."""
 
     def __init__(self, secret, destinations, topology='star', lag_limit=None,
-                 on_drop=None, **kwargs):
+                 on_drop=None, listen=None, **kwargs):
         self.secret = secret
+        self.listen = listen
         self.names = [name for name, _ in destinations]
         self.addresses = {name: tuple(address)
                           for name, address in destinations}
@@ -622,4 +659,7 @@ class FakeHypervisor(hypervisors.NovaHypervisor):
         return True
 
     def create_relay(self, secret, destinations, **kwargs):
+        conn = self.connection
+        _apply(conn.getHostname() if conn is not None else None,
+               'relay_tls', kwargs.get('tls') is not None)
         return FakeRelay(secret, destinations, **kwargs)

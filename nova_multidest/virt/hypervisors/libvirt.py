@@ -393,12 +393,10 @@ class LibvirtSource(_LibvirtGuest, hypervisor.SourceGuest):
         _qmp(self.domain, 'migrate-set-capabilities',
              capabilities=_capabilities(capabilities))
 
-    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None):
-        parameters = {}
-        if max_bandwidth is not None:
-            parameters['max-bandwidth'] = int(max_bandwidth)
-        if downtime_limit_ms is not None:
-            parameters['downtime-limit'] = int(downtime_limit_ms)
+    def set_parameters(self, max_bandwidth=None, downtime_limit_ms=None,
+                       multifd_channels=None):
+        parameters = hypervisor.qmp_parameters(
+            max_bandwidth, downtime_limit_ms, multifd_channels)
         if parameters:
             _qmp(self.domain, 'migrate-set-parameters', **parameters)
 
@@ -553,11 +551,15 @@ class LibvirtDestination(_LibvirtGuest, hypervisor.DestinationGuest):
     def incoming_target(self):
         return 'unix:%s' % os.path.join(self.work_dir, 'incoming.sock')
 
-    def start_incoming(self, capabilities=None):
+    def start_incoming(self, capabilities=None, multifd_channels=0):
         caps = {'events': True, 'late-block-activate': True}
         caps.update(capabilities or {})
         _qmp(self.domain, 'migrate-set-capabilities',
              capabilities=_capabilities(caps))
+        if multifd_channels:
+            _qmp(self.domain, 'migrate-set-parameters',
+                 **hypervisor.qmp_parameters(
+                     multifd_channels=multifd_channels))
         _qmp(self.domain, 'migrate-incoming', uri=self.incoming_target)
 
     def migration_status(self):

@@ -23,6 +23,7 @@ import fixtures
 from oslo_upgradecheck import upgradecheck
 
 from nova_multidest.cmd import status
+from nova_multidest.virt import migration_settings
 from tests import base
 
 Code = upgradecheck.Code
@@ -84,7 +85,16 @@ class TestTls(base.TestCase):
         self.assertEqual(Code.FAILURE, result.code)
         self.assertIn('tls_key_file = %s cannot be read' % missing,
                       result.details)
-        self.assertIn('tls_ca_file is not set', result.details)
+        self.assertIn('tls_ca_file = %s cannot be read' % os.path.join(
+            migration_settings.QEMU_X509_DIR, 'ca-cert.pem'), result.details)
+
+    def test_nova_native_tls_turns_it_on(self):
+        self.flags(live_migration_with_native_tls=True, group='libvirt')
+        self.flags(tls_cert_file=self.cert, tls_key_file=self.key,
+                   tls_ca_file=self.cert)
+        result = status.UpgradeChecks()._check_tls()
+        self.assertEqual((Code.SUCCESS, 'TLS files load.'),
+                         (result.code, result.details))
 
     def test_files_that_do_not_load_fail(self):
         self.flags(tls=True, tls_cert_file=self.key, tls_key_file=self.key,

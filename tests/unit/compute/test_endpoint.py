@@ -76,7 +76,8 @@ class EndpointTestBase(base.TestCase):
             return_value=self.bdms)
         patcher.start()
         self.addCleanup(patcher.stop)
-        self.instance = mock.Mock(uuid='inst-1', host='src')
+        self.instance = mock.Mock(uuid='inst-1', host='src',
+                                  flavor=mock.Mock(memory_mb=512))
         self.instance.name = 'instance-1'
         self.migration = mock.Mock(uuid='mig-1', source_compute='src',
                                    dest_compute='dst', status='preparing')
@@ -474,6 +475,30 @@ class SourceSideTest(EndpointTestBase):
         status = self.source.source_status('ctxt', self.instance)
         self.assertEqual('completed', status['state'])
         self.assertEqual('complete', status['destinations']['dst']['state'])
+
+    def test_nova_settings_reach_the_source_and_every_destination(self):
+        self.config.config(group='libvirt',
+                           live_migration_parallel_connections=3,
+                           live_migration_permit_auto_converge=True,
+                           live_migration_bandwidth=200)
+        with mock.patch.object(self.source.hypervisor, 'source_xml',
+                               return_value=SOURCE_XML):
+            source_guest = self.source.get_source_guest('ctxt',
+                                                        self.instance)
+        self.assertEqual({'multifd': True}, source_guest['capabilities'])
+        self.assertEqual(3, source_guest['multifd_channels'])
+        self.dest.compute_rpcapi.get_source_guest.return_value = source_guest
+        self.stream()
+        prepared = self.dest._destinations['mig-1']
+        self.assertEqual({'multifd': True}, prepared.guest.capabilities)
+        self.assertEqual(3, prepared.guest.multifd_channels)
+        stream = self.source._stream(self.instance)
+        self.assertTrue(stream.wait(10))
+        self.assertEqual({'auto-converge': True, 'multifd': True,
+                          'events': True}, stream.source.capabilities)
+        self.assertEqual(3, stream.source.multifd_channels)
+        self.assertEqual(200 * (1 << 20), stream.source.max_bandwidth)
+        self.assertEqual(compute_endpoint.MULTIFD_LISTEN, stream.relay.listen)
 
     def test_second_stream_of_an_instance_is_ignored(self):
         self.stream(warm_up=True)

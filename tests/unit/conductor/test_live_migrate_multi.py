@@ -39,7 +39,8 @@ class TaskTestBase(base.TestCase):
     def setUp(self):
         super().setUp()
         self.instance = mock.Mock(uuid='inst', host='src', node='src',
-                                  system_metadata={}, task_state='migrating')
+                                  system_metadata={}, task_state='migrating',
+                                  flavor=mock.Mock(memory_mb=512))
         self.instance.flavor.extra_specs = {}
         self.clients = mock.Mock()
         self.compute = self.clients.multidest_compute

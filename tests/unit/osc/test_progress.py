@@ -111,3 +111,62 @@ class TestProgressBars(testtools.TestCase):
         bars.update([migration(8, 'c2', 'running', remaining=300)])
         bars.update([{'id': 8, 'dest_compute': 'c2', 'status': 'cancelled'}])
         self.assertIn(' 70%  cancelled', out.getvalue())
+
+
+class TestConvergence(testtools.TestCase):
+    """The dirty and transfer rates --wait derives from the counters."""
+
+    MB = 1000 * 1000
+
+    def setUp(self):
+        super().setUp()
+        self.now = 0.0
+        self.watch = progress.ConvergenceWatch(clock=lambda: self.now)
+
+    def sample(self, processed_mb, remaining_mb, status='running'):
+        return self.watch.note(migration(
+            1, 'c2', status, total=64 * self.MB,
+            processed=processed_mb * self.MB,
+            remaining=remaining_mb * self.MB))
+
+    def test_a_guest_that_dirties_what_is_sent_does_not_converge(self):
+        notes = []
+        for second in range(12):
+            self.now = float(second)
+            # 110 MB/s sent; the remaining count hovers, as passes restart.
+            notes.append(self.sample(110 * second, 30 + second % 3))
+        self.assertEqual([None] * 10, notes[:10])
+        self.assertEqual('not converging: dirty 110 MB/s >= link 110 MB/s',
+                         notes[11])
+
+    def test_dirty_rate_above_the_link(self):
+        for second in range(11):
+            self.now = float(second)
+            note = self.sample(100 * second, 10 + 8 * second)
+        self.assertEqual('not converging: dirty 108 MB/s >= link 100 MB/s',
+                         note)
+
+    def test_a_shrinking_remainder_converges(self):
+        for second in range(15):
+            self.now = float(second)
+            note = self.sample(4 * second, 60 - 4 * second)
+        self.assertIsNone(note)
+
+    def test_a_finished_destination_forgets_its_samples(self):
+        for second in range(11):
+            self.now = float(second)
+            self.sample(100 * second, 30)
+        self.assertIsNone(self.sample(1100, 0, status='completed'))
+        self.now = 11.0
+        self.assertIsNone(self.sample(1100, 30))
+
+    def test_the_bars_show_the_note(self):
+        out = io.StringIO()
+        bars = progress.ProgressBars(out, clock=lambda: self.now)
+        for second in range(11):
+            self.now = float(second)
+            bars.update([migration(1, 'c2', 'running', total=64 * self.MB,
+                                   processed=50 * self.MB * second,
+                                   remaining=30 * self.MB)])
+        self.assertTrue(out.getvalue().rstrip('\n').endswith(
+            'running; not converging: dirty 50 MB/s >= link 50 MB/s'))
