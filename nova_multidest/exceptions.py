@@ -117,6 +117,20 @@ class DiskCopyFailed(MultiDestError):
                'keeps running on its source, whose disks were only read.')
 
 
+class DiskNotMirrorable(MultiDestError):
+    msg_fmt = ('Disk %(disk)s cannot be copied to several destinations: '
+               '%(reason)s. Move its data to a volume or to shared storage, '
+               'or migrate the server without multi-destination.')
+    code = 400
+
+
+class HostTooOld(MultiDestError):
+    msg_fmt = ('Host %(host)s serves nova-multidest compute RPC version '
+               '%(version)s; %(purpose)s needs version %(needed)s. Upgrade '
+               'nova-multidest on %(host)s, or choose other destinations.')
+    code = 409
+
+
 class InvalidMigrationRequest(MultiDestError):
     msg_fmt = ('Invalid multi-destination live migration request: '
                '%(reason)s')

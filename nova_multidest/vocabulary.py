@@ -354,6 +354,17 @@ class MirrorState(object):
     FAILED = 'failed'
 
 
+class MirroredDisk(object):
+    """Disks a block migration copies, in libvirt's domain XML words.
+
+    Others (network disks, other formats) cannot be mirrored into the
+    disk relay and are refused up front, naming the disk.
+    """
+
+    SOURCE_TYPES = ('file', 'block')
+    FORMATS = ('qcow2', 'raw')
+
+
 class DiskWriterState(object):
     """One destination's disk writer (``dataplane/disk_writer.py``)."""
 

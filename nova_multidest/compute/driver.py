@@ -32,6 +32,7 @@ from nova.objects import base as objects_base
 from nova import rpc
 
 from nova_multidest.compute import endpoint as compute_endpoint
+from nova_multidest.compute import rpcapi
 from nova_multidest import conf
 from nova_multidest.virt import driver as virt_driver
 from nova_multidest import vocabulary
@@ -51,7 +52,8 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
     def init_host(self, host):
         super().init_host(host)
         endpoint = compute_endpoint.ComputeEndpoint(
-            self, host, self.multidest_hypervisor)
+            self, host, self.multidest_hypervisor,
+            version=self.multidest_rpc_version)
         endpoint.cleanup_after_restart(nova_context.get_admin_context())
         target = messaging.Target(topic=CONF.multidest.compute_topic,
                                   server=host)
@@ -64,6 +66,8 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         self._multidest_server = server
         LOG.info('Serving multi-destination migration on topic %s',
                  CONF.multidest.compute_topic)
+
+    multidest_rpc_version = rpcapi.RPC_API_VERSION
 
     def process_instances_at_startup(self, context, instances):
         """Keep Nova's start-up away from servers a group owns.
@@ -119,8 +123,9 @@ class MultiDestLibvirtDriver(virt_driver.LibvirtDriver):
         """
         resources = super().get_available_resource(nodename)
         stats = resources.setdefault('stats', {})
-        stats[vocabulary.COMPUTE_STATS_KEY] = (
-            compute_endpoint.ComputeEndpoint.target.version)
+        # The version served: the conductor caps its calls at the oldest
+        # of the hosts of a migration (``rpcapi.host_version``).
+        stats[vocabulary.COMPUTE_STATS_KEY] = self.multidest_rpc_version
         return resources
 
     def live_migration_force_complete(self, instance):

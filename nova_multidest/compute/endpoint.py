@@ -27,6 +27,7 @@ memory and in a local journal, and the conductor updates Nova's records
 once the winner is known.
 """
 
+import dataclasses
 import functools
 import os
 import threading
@@ -48,6 +49,7 @@ from nova.volume import cinder
 from nova_multidest.compute import journal as journal_mod
 from nova_multidest.compute import rpcapi
 from nova_multidest import conf
+from nova_multidest.dataplane import hypervisor as hypervisor_mod
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
@@ -94,7 +96,11 @@ class ComputeEndpoint(object):
 
     target = messaging.Target(version=rpcapi.RPC_API_VERSION)
 
-    def __init__(self, driver, host, hypervisor):
+    def __init__(self, driver, host, hypervisor,
+                 version=rpcapi.RPC_API_VERSION):
+        if version != rpcapi.RPC_API_VERSION:
+            # A driver pinned to an older version (tests of upgrades).
+            self.target = messaging.Target(version=version)
         self.driver = driver
         self.host = host
         self.hypervisor = hypervisor
@@ -143,13 +149,8 @@ class ComputeEndpoint(object):
             raise exceptions.InvalidSettings(
                 reason='prepare_destination needs the migrate data that '
                        'check_can_live_migrate_destination returned')
-        if migrate_data.obj_attr_is_set('block_migration') and \
-                migrate_data.block_migration:
-            raise exceptions.InvalidSettings(
-                reason='instance %s has local disks that are not on shared '
-                       'storage; multi-destination migration copies memory '
-                       'only. Use shared storage or a volume-backed server'
-                       % instance.uuid)
+        copy_disks = bool(migrate_data.obj_attr_is_set('block_migration') and
+                          migrate_data.block_migration)
         secret = rpcapi.decode_secret(secret)
         record = {'instance_uuid': instance.uuid,
                   'domain_name': instance.name,
@@ -161,23 +162,29 @@ class ComputeEndpoint(object):
             self._preparing.add(migration.uuid)
         try:
             return self._prepare(context, instance, migration, prepared,
-                                 secret, migrate_data)
+                                 secret, migrate_data, copy_disks)
         finally:
             with self._lock:
                 self._preparing.discard(migration.uuid)
 
     def _prepare(self, context, instance, migration, prepared, secret,
-                 migrate_data):
+                 migrate_data, copy_disks=False):
         record = prepared.record
+        disk_address = None
         try:
-            source = self.compute_rpcapi.get_source_guest(context, instance)
+            source = self.compute_rpcapi.get_source_guest(
+                context, instance, block_migration=copy_disks)
             bdms = self._attach_volumes(context, instance, prepared)
             block_device_info = virt_driver.get_block_device_info(
                 instance, bdms)
             network_info = self.network_api.get_instance_nw_info(
                 context, instance)
+            # With local disks, Nova's own pre-live-migration makes the
+            # instance directory and the disks over this host's image
+            # cache; the revert removes them (destroy_disks).
             migrate_data = self.driver.pre_live_migration(
-                context, instance, block_device_info, network_info, None,
+                context, instance, block_device_info, network_info,
+                source.get('disk_info') if copy_disks else None,
                 migrate_data)
             record['migrate_data'] = migrate_data.obj_to_primitive()
             self.journal.write(migration.uuid, record)
@@ -191,6 +198,9 @@ class ComputeEndpoint(object):
                 source.get('capabilities'),
                 source.get('multifd_channels', 0))
             address = self._open_stream(prepared.guest, secret)
+            if copy_disks:
+                disk_address = self._open_disk_stream(
+                    prepared.guest, secret, source['disks'])
         except Exception:
             with excutils.save_and_reraise_exception():
                 LOG.exception('Preparing %s as a destination failed',
@@ -216,9 +226,12 @@ class ComputeEndpoint(object):
                        'prepared it; it was reverted here' % migration.uuid)
         LOG.info('Destination %s ready, stream agent on %s:%s', self.host,
                  address[0], address[1], instance=instance)
-        return {'agent_address': [address[0], address[1]],
-                'migrate_data': migrate_data,
-                'attachment_ids': dict(record['attachment_ids'])}
+        result = {'agent_address': [address[0], address[1]],
+                  'migrate_data': migrate_data,
+                  'attachment_ids': dict(record['attachment_ids'])}
+        if disk_address is not None:
+            result['disk_agent_address'] = list(disk_address)
+        return result
 
     def _attach_volumes(self, context, instance, prepared):
         """A Cinder attachment for this host per volume, BDMs untouched.
@@ -254,8 +267,17 @@ class ComputeEndpoint(object):
             bdm.connection_info = jsonutils.dumps(connection_info)
         return bdms
 
-    def _open_stream(self, guest, secret):
+    def _open_disk_stream(self, guest, secret, disks):
+        """Export the paused guest's disks; start their agent and writer."""
+        exports = guest.export_disks(
+            [hypervisor_mod.LocalDisk(**disk) for disk in disks])
+        return self._open_stream(
+            guest, secret, functools.partial(guest.open_disk_stream,
+                                             exports=exports))
+
+    def _open_stream(self, guest, secret, opener=None):
         """Start the agent on the first free port of the configured range."""
+        opener = opener or guest.open_stream
         listen_host = (CONF.multidest.listen_address or
                        CONF.libvirt.live_migration_inbound_addr or
                        CONF.my_ip)
@@ -270,7 +292,7 @@ class ComputeEndpoint(object):
         for port in range(CONF.multidest.port_min,
                           CONF.multidest.port_max + 1):
             try:
-                address = guest.open_stream(
+                address = opener(
                     secret, listen=(listen_host, port), **tls_args)
             except OSError as exc:
                 last_error = exc
@@ -305,9 +327,15 @@ class ComputeEndpoint(object):
         with prepared.changed:
             while True:
                 status = prepared.guest.migration_status()
+                copied = prepared.guest.disks_copied()
+                if copied is False:
+                    return vocabulary.WaitOutcome.FAILED
                 if status == vocabulary.QemuStatus.COMPLETED:
-                    return vocabulary.WaitOutcome.COMPLETED
-                if status in vocabulary.QemuStatus.FINAL:
+                    # Only a copy holding the disks too may be elected;
+                    # their writer may report a moment after the memory.
+                    if copied or not prepared.guest.copies_disks:
+                        return vocabulary.WaitOutcome.COMPLETED
+                elif status in vocabulary.QemuStatus.FINAL:
                     return vocabulary.WaitOutcome.FAILED
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -436,19 +464,46 @@ class ComputeEndpoint(object):
 
     # -- source side -------------------------------------------------------
 
-    def get_source_guest(self, context, instance):
+    def get_source_guest(self, context, instance, block_migration=False):
         self._check_source_side(instance)
         settings = migration_settings.stream_settings(instance)
-        return {'xml': self.hypervisor.source_xml(instance.name),
-                'capabilities': settings.shared_capabilities(),
-                'multifd_channels': settings.multifd_channels}
+        result = {'xml': self.hypervisor.source_xml(instance.name),
+                  'capabilities': settings.shared_capabilities(),
+                  'multifd_channels': settings.multifd_channels}
+        if block_migration:
+            bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
+                context, instance.uuid)
+            result['disk_info'] = self.driver.get_instance_disk_info(
+                instance, virt_driver.get_block_device_info(instance, bdms))
+            result['disks'] = [dataclasses.asdict(disk) for disk in
+                               self._local_disks(context, instance)]
+        return result
+
+    def _local_disks(self, context, instance):
+        """The disks Nova's block migration would copy, as mirrored.
+
+        Raises DiskNotMirrorable naming a disk that cannot be mirrored.
+        """
+        devices = self.driver.multidest_copied_devices(context, instance)
+        return self.hypervisor.source(instance.name).local_disks(devices)
+
+    def check_source_disks(self, context, instance):
+        """None, or why a disk of the instance cannot be copied."""
+        self._check_source_side(instance)
+        try:
+            self._local_disks(context, instance)
+        except exceptions.DiskNotMirrorable as exc:
+            return str(exc)
+        return None
 
     def start_stream(self, context, instance, destinations, secret,
-                     topology, warm_up, report_errors=False):
+                     topology, warm_up, report_errors=False,
+                     block_migration=False):
         """Start the one outgoing stream of the instance.
 
         With ``report_errors`` (1.2, a call) a stream that cannot start
-        raises its error to the conductor; a 1.0 cast only logs it.
+        raises its error to the conductor; a 1.0 cast only logs it. With
+        ``block_migration`` (1.3) the local disks are copied too.
         """
         self._check_source_side(instance)
         with self._lock:
@@ -467,7 +522,7 @@ class ComputeEndpoint(object):
         try:
             stream = self._create_stream(context, instance, destinations,
                                          rpcapi.decode_secret(secret),
-                                         topology, warm_up)
+                                         topology, warm_up, block_migration)
             with self._lock:
                 self._streams[instance.uuid] = stream
             stream.start(_spawn)
@@ -488,10 +543,11 @@ class ComputeEndpoint(object):
                  instance=instance)
 
     def _create_stream(self, context, instance, destinations, secret,
-                       topology, warm_up):
+                       topology, warm_up, block_migration=False):
         migrations = {d['host']: objects.Migration.get_by_uuid(
             context, d['migration_uuid']) for d in destinations}
         source = self.hypervisor.source(instance.name)
+        on_drop = functools.partial(self._on_drop, instance)
         settings = migration_settings.stream_settings(instance, warm_up)
         settings.validate()
         # QEMU opens each multifd channel itself, which it cannot do on a
@@ -501,25 +557,43 @@ class ComputeEndpoint(object):
             secret, [(d['host'], tuple(d['agent_address']))
                      for d in destinations],
             topology=topology, lag_limit=CONF.multidest.lag_limit_mb * MiB,
-            tls=self._tls_contexts()[1], listen=listen,
-            on_drop=functools.partial(self._on_drop, instance))
-        return source_stream.SourceStream(
-            source, fanout, settings,
-            on_progress=self._progress_recorder(migrations))
+            tls=self._tls_contexts()[1], listen=listen, on_drop=on_drop)
+        disks = None
+        if block_migration:
+            try:
+                disks = self.hypervisor.create_disk_copy(
+                    source, self._local_disks(context, instance),
+                    [(d['host'], tuple(d['disk_agent_address']))
+                     for d in destinations], secret, topology=topology,
+                    lag_limit=CONF.multidest.lag_limit_mb * MiB,
+                    tls=self._tls_contexts()[1], on_drop=on_drop,
+                    max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB)
+            except Exception:
+                fanout.close()
+                raise
+        stream = source_stream.SourceStream(
+            source, fanout, settings, disks=disks)
+        stream.on_progress = self._progress_recorder(
+            migrations, stream.disk_progress)
+        return stream
 
     def _on_drop(self, instance, name, reason):
         LOG.warning('Destination %s dropped from the stream: %s', name,
                     reason, instance=instance)
 
-    def _progress_recorder(self, migrations):
+    def _progress_recorder(self, migrations, disk_progress=dict):
         """Progress as ``openstack server migration show`` displays it.
 
         Each destination's Migration counts the stream bytes that reached
-        that destination, and what the source still has to send.
+        that destination, and what the source still has to send; with
+        local disks also the disk bytes that reached it, of those the
+        source's mirrors know they must copy (Nova's own libvirt driver
+        reports 0 for these).
         """
         last_saved = [0.0]
 
         def record(stats, progress):
+            disks = disk_progress()
             final = stats.status in vocabulary.QemuStatus.FINAL
             now = time.monotonic()
             if not final and now - last_saved[0] < PROGRESS_SAVE_INTERVAL:
@@ -537,6 +611,13 @@ class ComputeEndpoint(object):
                     else stats.transferred) or None
                 migration.memory_remaining = (
                     None if complete else stats.remaining or None)
+                disk = disks.get(host)
+                if disk is not None:
+                    migration.disk_total_bytes = disk.total_bytes or None
+                    migration.disk_processed_bytes = (
+                        disk.processed_bytes or None)
+                    migration.disk_remaining_bytes = (
+                        disk.remaining_bytes or None)
                 if migration.obj_what_changed():
                     migration.save()
         return record
@@ -572,7 +653,7 @@ class ComputeEndpoint(object):
 
     def ping(self, context):
         """Which RPC version this host serves, for nova-multidest-status."""
-        return {'host': self.host, 'rpc_version': rpcapi.RPC_API_VERSION}
+        return {'host': self.host, 'rpc_version': self.target.version}
 
     def source_status(self, context, instance):
         """The stream's state; 'failed' with 'error' if it never started."""

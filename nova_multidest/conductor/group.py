@@ -84,6 +84,7 @@ class Destination:
     prepare_sent: bool = False
     migrate_data: typing.Any = None
     agent_address: typing.Any = None
+    disk_agent_address: typing.Any = None
     attachment_ids: dict = dataclasses.field(default_factory=dict)
     reason: typing.Optional[str] = None
 

@@ -287,6 +287,14 @@ class SourceGuest(Guest):
         'completed' migration) but no destination took over.
         """
 
+    def continue_migration(self) -> None:
+        """Go on from QEMU's ``pre-switchover`` pause.
+
+        The engine enables ``pause-before-switchover`` only when it copies
+        disks, so only hypervisors that copy disks need this.
+        """
+        raise _no_disks(self, 'continue the migration')
+
     def local_disks(self) -> typing.List[LocalDisk]:
         """The disks the migration must copy (none by default)."""
         return []

@@ -349,6 +349,10 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
 
     # -- disks -------------------------------------------------------------
 
+    def continue_migration(self):
+        self.process.qmp.execute(
+            'migrate-continue', state=vocabulary.QemuStatus.PRE_SWITCHOVER)
+
     def local_disks(self):
         nodes = {}
         for device in self.process.qmp.execute('query-block'):

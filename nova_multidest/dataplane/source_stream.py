@@ -43,6 +43,13 @@ whole life, wherever the source runs: in Nova's compute endpoint
 * Events, not polling, move it: the source's migration and stop events
   wake it at once. Only progress, which QEMU reports by no event, is
   sampled, every ``sample_interval``.
+* Local disks (``disks``, a ``disk_copy.DiskCopy``) are copied as
+  libvirt's block migration copies them: the memory stream starts only
+  once every disk mirror is in sync, and QEMU pauses before the
+  switch-over (``pause-before-switchover``, enabled here and nowhere
+  else) so that the mirrors end complete while the guest cannot write;
+  only then does the stream go on. A disk copy that fails cancels the
+  migration: the source's disks were only ever read.
 
 Election and the fate of each destination are the caller's; the source
 guest only ever resumes when the caller says so, or when QEMU gives up on
@@ -234,12 +241,15 @@ class SourceStream(object):
     """
 
     def __init__(self, source, relay, settings=None, on_progress=None,
-                 on_ready=None, clock=None):
+                 on_ready=None, clock=None, disks=None):
         self.settings = settings or StreamSettings()
         self.settings.validate()
         self._clock = clock or time.monotonic
         self.source = source
         self.relay = relay
+        self.disks = disks
+        self._disk_error = None
+        self._disks_settled = False
         self.on_progress = on_progress
         self.on_ready = on_ready
         self._gates = []
@@ -299,6 +309,8 @@ class SourceStream(object):
         s = self.settings
         capabilities = s.all_capabilities()
         capabilities['events'] = True
+        if self.disks is not None:
+            capabilities['pause-before-switchover'] = True
         self.source.set_capabilities(capabilities)
         extra = ({'multifd_channels': s.multifd_channels}
                  if s.multifd_channels else {})
@@ -314,11 +326,16 @@ class SourceStream(object):
                                        downtime_limit_ms=self._downtime,
                                        **extra)
         self._started = self._clock()
-        self.relay.start()
+        if self.disks is not None:
+            self.disks.start()
         try:
-            self.source.migrate(self.relay.source_uri)
+            self.relay.start()
+            if self.disks is None:
+                self.source.migrate(self.relay.source_uri)
         except Exception:
             self.relay.close()
+            if self.disks is not None:
+                self.disks.abort('the memory stream did not start')
             raise
         spawn(self._run)
 
@@ -334,6 +351,8 @@ class SourceStream(object):
     def abort(self):
         """Cancel the outgoing migration; the source guest runs on."""
         if not self._done.is_set():
+            if self.disks is not None and not self._disks_settled:
+                self._disk_error = self._disk_error or 'aborted'
             self.source.cancel()
         self._wake.set()
 
@@ -348,10 +367,25 @@ class SourceStream(object):
         self._closed = True
         self.abort()
         self.relay.close()
+        if self.disks is not None:
+            self._done.wait(self.settings.switch_over_timeout)
+            self.disks.close()
+
+    def disk_progress(self):
+        """``{destination: disk_copy.DiskProgress}``; empty without disks."""
+        if self.disks is None:
+            return {}
+        try:
+            return self.disks.progress()
+        except Exception as exc:
+            LOG.debug('Disk progress of %s: %s', self.source.name, exc)
+            return {}
 
     def status(self):
         """The stream as the compute endpoint reports it."""
-        stats = self.stats if self._done.is_set() else self.source.stats()
+        stats = self.stats if (self._done.is_set() or
+                               not self._memory_started) else \
+            self.source.stats()
         warm_up_state = self.warm_up_state
         destinations = {
             name: {'state': progress.state, 'bytes': progress.bytes_sent,
@@ -370,9 +404,11 @@ class SourceStream(object):
                 'iterations': stats.iterations,
                 'throttle_percent': stats.throttle_percent,
                 'downtime_limit_ms': self._downtime,
-                'error': stats.error or self._timed_out,
+                'error': stats.error or self._timed_out or self._disk_error,
                 'timed_out': self._timed_out,
-                'destinations': destinations}
+                'destinations': destinations,
+                'disks': {name: progress._asdict() for name, progress
+                          in self.disk_progress().items()}}
 
     # -- the engine's thread -----------------------------------------------
 
@@ -382,10 +418,22 @@ class SourceStream(object):
                           hypervisor.EVENT_EXITED):
             self._wake.set()
 
+    @property
+    def _memory_started(self):
+        return self.disks is None or self._memory_migrating
+
+    _memory_migrating = False
+
     def _run(self):
         try:
+            if self.disks is not None and not self._start_memory():
+                return
             while True:
                 stats = self._sample()
+                if (stats.status == vocabulary.QemuStatus.PRE_SWITCHOVER and
+                        not self._disks_settled):
+                    self._complete_disks()
+                    continue
                 if stats.status in vocabulary.QemuStatus.FINAL:
                     LOG.info('Outgoing stream of %s ended: %s',
                              self.source.name, stats.status)
@@ -393,11 +441,76 @@ class SourceStream(object):
                 self._advance()
                 self._wake.wait(self._next_wake())
                 self._wake.clear()
-        except Exception:
+        except Exception as exc:
             LOG.exception('The outgoing stream of %s failed',
                           self.source.name)
+            self._fail(str(exc))
         finally:
+            if self.disks is not None and not self._disks_settled:
+                self._settle_disks(self._disk_error or
+                                   'the memory stream did not complete')
             self._done.set()
+
+    def _fail(self, error, status=vocabulary.QemuStatus.FAILED):
+        with self._lock:
+            self._stats = hypervisor.MigrationStats(status=status,
+                                                    error=error)
+        if self.on_progress is not None:
+            self._call(self.on_progress, self._stats,
+                       self.relay.progress())
+
+    def _start_memory(self):
+        """Wait until every disk mirror is in sync, then migrate memory.
+
+        Returns False, the source untouched, if the disk copy failed or
+        the stream was aborted first.
+        """
+        while True:
+            if self._disk_error is not None:
+                self._fail('aborted while the disks were copied',
+                           vocabulary.QemuStatus.CANCELLED)
+                return False
+            try:
+                ready = self.disks.ready()
+            except exceptions.MultiDestError as exc:
+                self._disk_error = str(exc)
+                self._fail(str(exc))
+                return False
+            if ready:
+                break
+            if self.on_progress is not None:
+                self._call(self.on_progress, self.stats,
+                           self.relay.progress())
+            self._wake.wait(min(self.settings.sample_interval, 0.1))
+            self._wake.clear()
+        LOG.info('Every disk mirror of %s is in sync; streaming memory',
+                 self.source.name)
+        self.source.migrate(self.relay.source_uri)
+        self._memory_migrating = True
+        return True
+
+    def _complete_disks(self):
+        """The guest is paused before the switch-over: end the mirrors."""
+        try:
+            self.disks.complete()
+        except exceptions.MultiDestError as exc:
+            LOG.error('The disk copy of %s failed at the switch-over: %s; '
+                      'the guest runs on here', self.source.name, exc)
+            self._disk_error = str(exc)
+            self._settle_disks(str(exc))
+            # Cancelling releases QEMU's pause and resumes the guest.
+            self.source.cancel()
+            return
+        self._disks_settled = True
+        self.source.continue_migration()
+
+    def _settle_disks(self, reason):
+        self._disks_settled = True
+        try:
+            self.disks.abort(reason)
+        except Exception:
+            LOG.exception('Aborting the disk copy of %s failed',
+                          self.source.name)
 
     def _next_wake(self):
         """Seconds until the next sample, step or deadline."""

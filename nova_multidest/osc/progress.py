@@ -25,6 +25,7 @@ import time
 from nova_multidest import vocabulary
 
 BAR_WIDTH = 30
+MiB = 1 << 20
 # Seconds of counters over which the dirty and transfer rates are taken:
 # long enough to span several pre-copy passes, whose starts make the
 # remaining count jump.
@@ -35,28 +36,44 @@ NOT_CONVERGING_RATIO = 0.9
 MB = 1000 * 1000
 
 
-def percent(migration):
-    """Share of guest memory a destination has received, 0..100."""
-    if migration.get('status') == vocabulary.MigrationStatus.COMPLETED:
-        return 100
-    total = migration.get('memory_total_bytes') or 0
+def _done_and_total(migration, kind):
+    """(copied, total) bytes of ``kind`` (memory or disk), 0s if unknown."""
+    total = migration.get('%s_total_bytes' % kind) or 0
     if total <= 0:
-        return 0
-    remaining = migration.get('memory_remaining_bytes')
+        return 0, 0
+    remaining = migration.get('%s_remaining_bytes' % kind)
     if remaining is not None:
         done = total - remaining
     else:
-        done = migration.get('memory_processed_bytes') or 0
-    return max(0, min(100, int(100 * done / total)))
+        done = migration.get('%s_processed_bytes' % kind) or 0
+    return max(0, min(total, done)), total
+
+
+def percent(migration):
+    """Share of guest memory and local disks a destination received."""
+    if migration.get('status') == vocabulary.MigrationStatus.COMPLETED:
+        return 100
+    memory_done, memory_total = _done_and_total(migration, 'memory')
+    disk_done, disk_total = _done_and_total(migration, 'disk')
+    total = memory_total + disk_total
+    if total <= 0:
+        return 0
+    return max(0, min(100, int(100 * (memory_done + disk_done) / total)))
 
 
 def render_row(migration, host_width, note=None):
     share = percent(migration)
     filled = BAR_WIDTH * share // 100
-    return '%-*s [%s%s] %3d%%  %s%s' % (
+    row = '%-*s [%s%s] %3d%%  %s%s' % (
         host_width, migration.get('dest_compute') or '?',
         '#' * filled, '.' * (BAR_WIDTH - filled), share,
         migration.get('status'), '; %s' % note if note else '')
+    disk_done, disk_total = _done_and_total(migration, 'disk')
+    if disk_total:
+        if migration.get('status') == vocabulary.MigrationStatus.COMPLETED:
+            disk_done = disk_total
+        row += '  disks %d/%d MiB' % (disk_done // MiB, disk_total // MiB)
+    return row
 
 
 def render(migrations, notes=None):
@@ -142,7 +159,8 @@ class ProgressBars:
         Byte counters are only listed while a migration is in progress.
         """
         counters = {key: value for key, value in migration.items()
-                    if key.startswith('memory_') and value is not None}
+                    if key.startswith(('memory_', 'disk_')) and
+                    value is not None}
         if counters:
             self._counters[migration['id']] = counters
             return migration

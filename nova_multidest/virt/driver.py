@@ -84,6 +84,12 @@ class LibvirtDriver(libvirt_driver.LibvirtDriver):
             instance, _SourceXML(source_xml), migrate_data,
             self._get_volume_config, get_vif_config=get_vif_config)
 
+    def multidest_copied_devices(self, context, instance):
+        """Target devices Nova's block migration copies (not volumes)."""
+        guest = self._host.get_guest(instance)
+        return self._live_migration_copy_disk_paths(context, instance,
+                                                    guest)[1]
+
     def multidest_guest_running(self, instance):
         try:
             guest = self._host.get_guest(instance)

@@ -101,7 +101,8 @@ class EndpointOverLibvirtBase(base.TestCase):
             driver, host, hypervisor=extension)
         endpoint.compute_rpcapi = mock.Mock()
         endpoint.compute_rpcapi.get_source_guest.side_effect = (
-            lambda ctxt, inst: self.source.get_source_guest(ctxt, inst))
+            lambda ctxt, inst, **kwargs: self.source.get_source_guest(
+                ctxt, inst, **kwargs))
         self.addCleanup(endpoint.close)
         return endpoint
 

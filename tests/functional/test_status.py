@@ -41,7 +41,7 @@ class UpgradeCheckTest(base.MultiDestTestBase):
         self.assertEqual(Code.SUCCESS, conductor.code, conductor.details)
         computes = self.checks._check_computes()
         self.assertEqual(Code.SUCCESS, computes.code, computes.details)
-        self.assertIn('(compute1, compute2) serves compute RPC 1.1',
+        self.assertIn('(compute1, compute2) serves compute RPC 1.3',
                       computes.details)
         groups = self.checks._check_groups()
         self.assertEqual(Code.SUCCESS, groups.code, groups.details)
@@ -77,9 +77,12 @@ class UpgradeCheckTest(base.MultiDestTestBase):
             'nova_multidest.compute.endpoint.ComputeEndpoint.target',
             messaging.Target(version='1.0')))
         computes = self.checks._check_computes()
-        self.assertEqual(Code.WARNING, computes.code, computes.details)
+        # This release sends start_stream at 1.2 (VERSION_CAP): a 1.0
+        # compute is too old for it.
+        self.assertEqual(Code.FAILURE, computes.code, computes.details)
         self.assertIn('nova-compute on compute1 serves compute RPC 1.0, '
-                      'this release 1.1', computes.details)
+                      'older than the 1.2 this release sends',
+                      computes.details)
 
         server = self.boot_server(host='compute1')
         instance = self.get_instance(server['id'])

@@ -36,6 +36,7 @@ from nova import exception as nova_exception
 from nova import objects
 from nova.objects import fields as obj_fields
 
+from nova_multidest.compute import rpcapi
 from nova_multidest.conductor import destinations as dest_mod
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import notifications
@@ -116,6 +117,7 @@ class LiveMigrateMultiTask(base.TaskBase):
         self.tried_hosts = set()
         self.secret = None
         self._spec = None
+        self._source_disks_error = None
 
     def _execute(self):
         self._check_request()
@@ -379,6 +381,7 @@ class LiveMigrateMultiTask(base.TaskBase):
                 migrate_data = self._run_checks(destination.host)
             else:
                 migrate_data = checks.result()
+            self._check_disk_copy(destination.host, migrate_data)
             phase = timings.next(vocabulary.DestinationPhase.BINDING)
             self.group.check_not_stopping()
             resources.bind_ports(self.context, self.clients.network_api,
@@ -391,6 +394,7 @@ class LiveMigrateMultiTask(base.TaskBase):
                 self.context, self.instance, destination.migration,
                 self.secret, self.block_migration, migrate_data)
             destination.agent_address = result['agent_address']
+            destination.disk_agent_address = result.get('disk_agent_address')
             destination.migrate_data = (result.get('migrate_data') or
                                         migrate_data)
             destination.attachment_ids = result.get('attachment_ids') or {}
@@ -407,6 +411,34 @@ class LiveMigrateMultiTask(base.TaskBase):
             destination.fail(phase, error)
             self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
+
+    def _check_disk_copy(self, host, migrate_data):
+        """Refuse a block migration the hosts cannot do, before binding.
+
+        Every host of a block migration must serve the compute RPC version
+        that copies disks (its compute node's stats say which), and the
+        source must be able to mirror every disk it would copy; the
+        source's answer is asked once per task.
+        """
+        if not (migrate_data.obj_attr_is_set('block_migration') and
+                migrate_data.block_migration is True):
+            return
+        for role, name in (('the source', self.group.source),
+                           ('destination', host)):
+            version = rpcapi.host_version(self.context, name)
+            if (rpcapi.version_tuple(version) <
+                    rpcapi.version_tuple(rpcapi.DISKS_VERSION)):
+                raise exceptions.HostTooOld(
+                    host=name, version=version, needed=rpcapi.DISKS_VERSION,
+                    purpose='copying local disks (%s of this migration)'
+                            % role)
+        if self._source_disks_error is None:
+            self._source_disks_error = (
+                self.clients.multidest_compute.check_source_disks(
+                    self.context, self.instance) or '')
+        if self._source_disks_error:
+            raise exceptions.InvalidMigrationRequest(
+                reason=self._source_disks_error)
 
     def _check_host_usable(self, host):
         """Its compute service runs and may take servers, as of now."""
@@ -449,12 +481,18 @@ class LiveMigrateMultiTask(base.TaskBase):
         """
         self.group.stream(ready)
         self.group.check_not_stopping()
+        copy_disks = any(d.disk_agent_address for d in ready)
+        streamed = []
+        for d in ready:
+            entry = {'migration_uuid': d.migration.uuid, 'host': d.host,
+                     'agent_address': d.agent_address}
+            if copy_disks:
+                entry['disk_agent_address'] = d.disk_agent_address
+            streamed.append(entry)
         try:
             self.clients.multidest_compute.start_stream(
-                self.context, self.instance,
-                [{'migration_uuid': d.migration.uuid, 'host': d.host,
-                  'agent_address': d.agent_address} for d in ready],
-                self.secret, self._topology(), self.warm_up)
+                self.context, self.instance, streamed, self.secret,
+                self._topology(), self.warm_up, block_migration=copy_disks)
         except Exception as error:
             # The source answered (1.2): its stream never started.
             self.group.check_not_stopping()

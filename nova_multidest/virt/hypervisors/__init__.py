@@ -22,6 +22,7 @@ import abc
 
 from stevedore import driver as stevedore_driver
 
+from nova_multidest.dataplane import disk_copy
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import relay
 from nova_multidest import exceptions
@@ -62,6 +63,12 @@ class NovaHypervisor(hypervisor.Hypervisor):
     def create_relay(self, secret, destinations, **kwargs):
         """The source-side fan-out; a fake extension replaces it."""
         return relay.StreamRelay(secret, destinations, **kwargs)
+
+    def create_disk_copy(self, source, disks, destinations, secret,
+                         **kwargs):
+        """The source-side disk copy; a fake extension replaces it."""
+        return disk_copy.DiskCopy(source, disks, destinations, secret,
+                                  **kwargs)
 
     def create_destination(self, name, source):
         return self.destination_from_xml(name, self.source_xml(source.name))

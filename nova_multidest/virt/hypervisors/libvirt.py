@@ -26,11 +26,17 @@ API and drives QEMU's own through QMP passthrough
   QEMU's user;
 * the elected destination resumes, announces itself and is defined
   persistently; every other one is destroyed, which removes a transient
-  domain entirely.
+  domain entirely;
+* local disks are copied as libvirt's block migration copies them, with
+  the disk relay in place of the one destination: each paused
+  destination serves its disks with QEMU's NBD server on a socket this
+  process binds and hands over (``qmp_disks.Exports``), and the source
+  mirrors each disk once into the relay (``qmp_disks.Mirrors``).
 
 libvirt marks such domains tainted ("custom-monitor"); that is expected.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +53,7 @@ import libvirt_qemu
 from oslo_log import log as logging
 
 from nova_multidest.dataplane import hypervisor
+from nova_multidest.dataplane import qmp_disks
 from nova_multidest.dataplane import relay
 from nova_multidest import exceptions
 from nova_multidest.virt import hypervisors
@@ -80,6 +87,81 @@ def _qmp(domain, command, **arguments):
         raise exceptions.QMPError(command=command,
                                   reason=reply['error'].get('desc'))
     return reply.get('return')
+
+
+def _getfd(domain, name, fd):
+    """Hand QEMU a file descriptor of this process under ``name``."""
+    request = json.dumps({'execute': 'getfd',
+                          'arguments': {'fdname': name}})
+    try:
+        reply = json.loads(libvirt_qemu.qemuMonitorCommandWithFiles(
+            domain, request, [fd], 0)[0])
+    except libvirt.libvirtError as exc:
+        raise exceptions.QMPError(command='getfd', reason=str(exc))
+    if 'error' in reply:
+        raise exceptions.QMPError(command='getfd',
+                                  reason=reply['error'].get('desc'))
+
+
+def guest_disks(xml):
+    """``[(target dev, disk element)]`` of the guest's disks, in order."""
+    root = ElementTree.fromstring(xml)
+    return [(disk.find('target').get('dev'), disk)
+            for disk in root.findall('devices/disk')
+            if disk.find('target') is not None]
+
+
+def copied_disk(disk):
+    """True if a block migration copies this disk element, as in Nova.
+
+    Nova's libvirt driver copies every disk that is neither read-only nor
+    shareable, of a local file or block device, unless it is a volume.
+    """
+    return (disk.find('readonly') is None and
+            disk.find('shareable') is None and
+            disk.get('device', 'disk') == 'disk')
+
+
+def unmirrorable_reason(disk):
+    """Why the disk element cannot be mirrored, or None if it can."""
+    kinds = vocabulary.MirroredDisk
+    if disk.get('type') not in kinds.SOURCE_TYPES:
+        return ('its source is of type %s; only %s disks are copied'
+                % (disk.get('type'), ' and '.join(kinds.SOURCE_TYPES)))
+    driver = disk.find('driver')
+    fmt = driver.get('type') if driver is not None else None
+    if fmt not in kinds.FORMATS:
+        return ('its format is %s; only %s disks are copied'
+                % (fmt, ' and '.join(kinds.FORMATS)))
+    if disk.find('encryption') is not None or (
+            disk.find('source/encryption') is not None):
+        return 'it is encrypted, and its key is not copied'
+    return None
+
+
+def _block_nodes(domain, xml):
+    """``{target dev: (format node name, image info)}`` of the guest.
+
+    libvirt names the devices (``alias``); QEMU's ``query-block`` names
+    each device's node by the device's qdev path, which holds the alias.
+    """
+    aliases = {}
+    for dev, disk in guest_disks(xml):
+        alias = disk.find('alias')
+        if alias is not None:
+            aliases[alias.get('name')] = dev
+    nodes = {}
+    for device in _qmp(domain, 'query-block'):
+        inserted = device.get('inserted')
+        if not inserted:
+            continue
+        qdev = device.get('qdev') or device.get('device') or ''
+        for alias, dev in aliases.items():
+            parts = qdev.strip('/').split('/')
+            if alias in parts or device.get('device') == 'drive-' + alias:
+                nodes[dev] = (inserted.get('node-name'),
+                              inserted.get('image') or {})
+    return nodes
 
 
 def _capabilities(capabilities):
@@ -345,6 +427,69 @@ class LibvirtSource(_LibvirtGuest, hypervisor.SourceGuest):
         return hypervisor.MigrationStats.from_query_migrate(
             _qmp(self.domain, 'query-migrate'))
 
+    def continue_migration(self):
+        _qmp(self.domain, 'migrate-continue',
+             state=vocabulary.QemuStatus.PRE_SWITCHOVER)
+
+    def local_disks(self, devices=None):
+        """The disks a block migration copies, by target device.
+
+        ``devices`` (Nova's choice, which leaves volumes out) narrows the
+        list; a disk that must be copied but cannot be mirrored raises
+        DiskNotMirrorable naming it, before anything is started.
+        """
+        xml = self.domain.XMLDesc(0)
+        disks = dict(guest_disks(xml))
+        if devices is None:
+            devices = [dev for dev, disk in disks.items()
+                       if copied_disk(disk)]
+        nodes = _block_nodes(self.domain, xml)
+        result = []
+        for dev in devices:
+            disk = disks.get(dev)
+            if disk is None:
+                raise exceptions.DiskNotMirrorable(
+                    disk=dev, reason='the guest %s has no such disk'
+                                     % self.name)
+            reason = unmirrorable_reason(disk)
+            if reason is None and dev not in nodes:
+                reason = 'QEMU reports no block node for it'
+            if reason is not None:
+                raise exceptions.DiskNotMirrorable(disk=dev, reason=reason)
+            image = nodes[dev][1]
+            result.append(hypervisor.LocalDisk(
+                name=dev, size=int(image.get('virtual-size', 0)),
+                shallow=bool(image.get('backing-filename'))))
+        return result
+
+    @property
+    def _mirrors(self):
+        if getattr(self, '_mirror_jobs', None) is None:
+            self._mirror_jobs = qmp_disks.Mirrors(
+                functools.partial(_qmp, self.domain),
+                functools.partial(_getfd, self.domain), self.name)
+        return self._mirror_jobs
+
+    def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
+        nodes = _block_nodes(self.domain, self.domain.XMLDesc(0))
+        try:
+            for disk in disks:
+                self._mirrors.start(disk, nodes[disk.name][0],
+                                    sockets[disk.name], max_bandwidth)
+        except Exception:
+            self.cancel_disk_mirrors()
+            raise
+
+    def disk_mirrors(self):
+        return self._mirrors.states()
+
+    def complete_disk_mirrors(self, timeout):
+        self._mirrors.complete(timeout)
+
+    def cancel_disk_mirrors(self):
+        if self.is_alive():
+            self._mirrors.cancel()
+
     def cancel(self):
         try:
             _qmp(self.domain, 'migrate_cancel')
@@ -382,6 +527,25 @@ class LibvirtDestination(_LibvirtGuest, hypervisor.DestinationGuest):
     def close_stream(self):
         if self._agent is not None:
             self._agent.close()
+        self.close_disk_stream()
+
+    @property
+    def _exports(self):
+        if getattr(self, '_disk_exports', None) is None:
+            self._disk_exports = qmp_disks.Exports(
+                functools.partial(_qmp, self.domain),
+                functools.partial(_getfd, self.domain), self.work_dir)
+        return self._disk_exports
+
+    def export_disks(self, disks):
+        nodes = _block_nodes(self.domain, self.domain.XMLDesc(0))
+        missing = [disk.name for disk in disks if disk.name not in nodes]
+        if missing:
+            raise exceptions.HypervisorError(
+                operation='export disks of %s' % self.name,
+                reason='the domain has no disk %s' % ', '.join(missing))
+        return self._exports.start(
+            {disk.name: nodes[disk.name][0] for disk in disks})
 
     @property
     def incoming_target(self):
@@ -414,7 +578,16 @@ class LibvirtDestination(_LibvirtGuest, hypervisor.DestinationGuest):
                 operation='resume %s' % self.name,
                 reason='its incoming migration is %s, not completed'
                        % status)
+        if self.copies_disks and not self.disks_copied():
+            raise exceptions.HypervisorError(
+                operation='resume %s' % self.name,
+                reason='its disks are not copied: %s'
+                       % (self.disk_copy_reason() or 'the copy is not '
+                          'finished'))
         try:
+            if self.copies_disks:
+                # The guest may write its disks only once nobody else can.
+                self._exports.stop()
             self.domain.resume()
             _qmp(self.domain, 'announce-self', **hypervisor.ANNOUNCE_SELF)
             self.domain.connect().defineXML(persistent_xml(

@@ -21,6 +21,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_multidest.compute import driver
 from nova_multidest.virt import driver as virt_driver
+from nova_multidest import vocabulary
 
 
 class DriverTest(testtools.TestCase):
@@ -67,6 +68,16 @@ class DriverTest(testtools.TestCase):
             self.driver.live_migration_abort(self.instance)
         parent.assert_called_once_with(self.instance)
 
+    def test_resources_carry_the_rpc_version_served(self):
+        with mock.patch.object(libvirt_driver.LibvirtDriver,
+                               'get_available_resource',
+                               return_value={'stats': {'uptime': 5},
+                                             'vcpus': 2}):
+            resources = self.driver.get_available_resource('node1')
+        self.assertEqual({'uptime': 5, vocabulary.COMPUTE_STATS_KEY: '1.3'},
+                         resources['stats'])
+        self.assertEqual(2, resources['vcpus'])
+
     @mock.patch('nova.rpc.get_server')
     @mock.patch('nova_multidest.compute.endpoint.ComputeEndpoint')
     @mock.patch.object(virt_driver.LibvirtDriver, 'init_host')
@@ -81,7 +92,7 @@ class DriverTest(testtools.TestCase):
         self.driver.init_host('host1')
         parent.assert_called_once_with('host1')
         endpoint_cls.assert_called_once_with(
-            self.driver, 'host1', mock.sentinel.extension)
+            self.driver, 'host1', mock.sentinel.extension, version='1.3')
         self.assertEqual([mock.call.cleanup(), mock.call.start()],
                          calls.mock_calls)
         target = get_server.call_args.args[0]

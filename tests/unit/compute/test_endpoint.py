@@ -20,6 +20,7 @@ import fixtures
 from nova import objects
 
 from nova_multidest.compute import endpoint as compute_endpoint
+from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import fake
@@ -114,13 +115,73 @@ class DestinationSideTest(EndpointTestBase):
                           self.instance, self.migration, SECRET_HEX, False,
                           self.migrate_data())
 
-    def test_prepare_refuses_local_disks_without_shared_storage(self):
+    def prepare_block_migration(self, endpoint):
         md = self.migrate_data(shared=False)
         md.block_migration = True
-        self.assertRaises(exceptions.InvalidSettings,
-                          self.endpoint().prepare_destination, 'ctxt',
-                          self.instance, self.migration, SECRET_HEX, True,
-                          md)
+        endpoint.compute_rpcapi.get_source_guest.return_value = {
+            'xml': SOURCE_XML, 'disk_info': '[{"path": "disk"}]',
+            'disks': [{'name': 'vda', 'size': 1 << 30, 'shallow': True}]}
+        exports = {'vda': ('nbd.sock', 'vda')}
+        with mock.patch.object(fake.FakeDestination, 'export_disks',
+                               return_value=exports) as export, \
+                mock.patch.object(fake.FakeDestination, 'open_disk_stream',
+                                  return_value=('127.0.0.1', 41005)) as disk:
+            result = endpoint.prepare_destination(
+                'ctxt', self.instance, self.migration, SECRET_HEX, True, md)
+        return result, export, disk
+
+    def test_block_migration_exports_disks_made_by_nova(self):
+        endpoint = self.endpoint()
+        result, export, disk = self.prepare_block_migration(endpoint)
+        endpoint.compute_rpcapi.get_source_guest.assert_called_once_with(
+            'ctxt', self.instance, block_migration=True)
+        # Nova's own pre-live-migration makes the directory and disks.
+        self.assertEqual('[{"path": "disk"}]',
+                         self.driver.pre_live_migration.call_args.args[4])
+        export.assert_called_once_with(
+            [hypervisor.LocalDisk('vda', 1 << 30, True)])
+        self.assertEqual({'vda': ('nbd.sock', 'vda')},
+                         disk.call_args.kwargs['exports'])
+        self.assertEqual(['127.0.0.1', 41005], result['disk_agent_address'])
+        self.assertIn('agent_address', result)
+
+    def test_block_migration_revert_removes_the_disks(self):
+        endpoint = self.endpoint()
+        self.prepare_block_migration(endpoint)
+        endpoint.revert_destination('ctxt', self.instance, self.migration)
+        kwargs = self.driver.rollback_live_migration_at_destination.\
+            call_args.kwargs
+        self.assertTrue(kwargs['destroy_disks'])
+        self.assertFalse(kwargs['migrate_data'].is_shared_instance_path)
+
+    def test_memory_only_prepare_asks_no_disks(self):
+        endpoint = self.endpoint()
+        result = endpoint.prepare_destination(
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        endpoint.compute_rpcapi.get_source_guest.assert_called_once_with(
+            'ctxt', self.instance, block_migration=False)
+        self.assertIsNone(self.driver.pre_live_migration.call_args.args[4])
+        self.assertNotIn('disk_agent_address', result)
+
+    def test_wait_destination_needs_the_disks_too(self):
+        endpoint = self.endpoint()
+        endpoint.prepare_destination('ctxt', self.instance, self.migration,
+                                     SECRET_HEX, False, self.migrate_data())
+        guest = endpoint._destinations['mig-1'].guest
+        with mock.patch.object(type(guest), 'migration_status',
+                               return_value='completed'), \
+                mock.patch.object(type(guest), 'copies_disks', True), \
+                mock.patch.object(type(guest), 'disks_copied') as copied:
+            copied.return_value = None
+            self.assertEqual('timeout', endpoint.wait_destination(
+                'ctxt', self.instance, self.migration, 0.01))
+            copied.return_value = False
+            self.assertEqual('failed', endpoint.wait_destination(
+                'ctxt', self.instance, self.migration, 1))
+            copied.return_value = True
+            self.assertEqual('completed', endpoint.wait_destination(
+                'ctxt', self.instance, self.migration, 1))
 
     def test_prepare_returns_an_agent_in_the_port_range(self):
         endpoint = self.endpoint()

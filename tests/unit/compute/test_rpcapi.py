@@ -17,6 +17,8 @@ from unittest import mock
 import testtools
 
 from nova_multidest.compute import rpcapi
+from nova_multidest import exceptions
+from nova_multidest import vocabulary
 
 
 class ComputeAPITest(testtools.TestCase):
@@ -36,8 +38,8 @@ class ComputeAPITest(testtools.TestCase):
     def test_client_is_capped_and_on_our_topic(self):
         target = self.get_client.call_args.args[0]
         self.assertEqual('nova-multidest-compute', target.topic)
-        self.assertEqual('1.2', target.version)
-        self.assertEqual(rpcapi.VERSION_CAP,
+        self.assertEqual('1.3', target.version)
+        self.assertEqual(rpcapi.RPC_API_VERSION,
                          self.get_client.call_args.kwargs['version_cap'])
 
     def test_ping_asks_for_1_1_of_one_host(self):
@@ -92,3 +94,53 @@ class ComputeAPITest(testtools.TestCase):
         secret = bytes(range(32))
         self.assertEqual(secret, rpcapi.decode_secret(
             rpcapi.encode_secret(secret)))
+
+
+class DiskVersionTest(ComputeAPITest):
+    """Block migration needs 1.3 of every host it reaches."""
+
+    def test_block_migration_calls_are_sent_as_1_1(self):
+        self.client.can_send_version.return_value = True
+        self.api.prepare_destination('ctxt', self.instance, self.migration,
+                                     b'\x01', True, 'md')
+        self.assertEqual('1.3', self.client.prepare.call_args.kwargs[
+            'version'])
+        self.api.start_stream('ctxt', self.instance, [], b'\x01', 'star',
+                              False, block_migration=True)
+        self.assertTrue(self.cctxt.call.call_args.kwargs['block_migration'])
+        self.assertEqual('1.3', self.client.prepare.call_args.kwargs[
+            'version'])
+
+    def test_memory_only_calls_stay_at_1_0(self):
+        self.client.can_send_version.return_value = False
+        self.api.start_stream('ctxt', self.instance, [], b'\x01', 'star',
+                              False)
+        self.assertEqual('1.0', self.client.prepare.call_args.kwargs[
+            'version'])
+        self.assertNotIn('block_migration',
+                         self.cctxt.cast.call_args.kwargs)
+
+    def test_block_migration_refused_when_capped_below_1_1(self):
+        self.client.can_send_version.return_value = False
+        api = rpcapi.ComputeAPI(version_cap='1.2')
+        api.client = self.client
+        error = self.assertRaises(
+            exceptions.InvalidSettings, api.prepare_destination, 'ctxt',
+            self.instance, self.migration, b'\x01', True, 'md')
+        self.assertIn('1.3', str(error))
+        self.assertIn('capped at 1.2', str(error))
+        self.cctxt.call.assert_not_called()
+
+    def test_versions_come_from_compute_node_stats(self):
+        key = vocabulary.COMPUTE_STATS_KEY
+        nodes = {'new': [mock.Mock(stats={key: '1.3'})],
+                 'old': [mock.Mock(stats={'uptime': 3})]}
+        with mock.patch('nova.objects.ComputeNodeList.get_all_by_host',
+                        side_effect=lambda ctxt, host: nodes[host]):
+            self.assertEqual('1.3', rpcapi.host_version('ctxt', 'new'))
+            self.assertEqual('1.0', rpcapi.host_version('ctxt', 'old'))
+            self.assertEqual('1.3', rpcapi.oldest_version('ctxt', ['new']))
+            self.assertEqual('1.0',
+                             rpcapi.oldest_version('ctxt', ['new', 'old']))
+            api = rpcapi.ComputeAPI.for_hosts('ctxt', ['new', 'old'])
+        self.assertEqual('1.0', api.version_cap)

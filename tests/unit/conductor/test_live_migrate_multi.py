@@ -16,6 +16,8 @@ from unittest import mock
 import fixtures
 import oslo_messaging
 
+from nova import objects
+
 from nova_multidest.conductor import group as group_mod
 from nova_multidest.conductor import records
 from nova_multidest.conductor import recovery
@@ -108,6 +110,65 @@ class TaskTest(TaskTestBase):
         self.assertEqual(vocabulary.MigrationStatus.PREPARING,
                          good.migration.status)
         self.assertIn('prepare', bad.reason)
+
+    def block_migration_checks(self, versions):
+        md = objects.LibvirtLiveMigrateData(block_migration=True)
+        self.clients.compute_rpcapi.check_can_live_migrate_destination.\
+            return_value = md
+        self.useFixture(_patch(
+            'nova_multidest.compute.rpcapi.host_version',
+            side_effect=lambda ctxt, host: versions[host]))
+        self.compute.check_source_disks.return_value = None
+        self.compute.prepare_destination.return_value = {
+            'agent_address': ['127.0.0.1', 1],
+            'disk_agent_address': ['127.0.0.1', 2]}
+
+    def test_destination_too_old_for_disks_is_left_out(self):
+        new, old = self.choose('new', 'old')
+        self.block_migration_checks({'src': '1.3', 'new': '1.3',
+                                     'old': '1.0'})
+        self.assertEqual([new], self.task._prepare_round(1))
+        self.assertEqual(['new'], [
+            c.args[2].dest_compute
+            for c in self.compute.prepare_destination.call_args_list])
+        self.assertIn('Host old serves nova-multidest compute RPC version '
+                      '1.0', old.reason)
+        self.assertIn('needs version 1.3', old.reason)
+        self.assertEqual(['127.0.0.1', 2], new.disk_agent_address)
+        self.compute.check_source_disks.assert_called_once_with(
+            mock.ANY, self.instance)
+
+    def test_source_too_old_for_disks_leaves_every_destination_out(self):
+        a, b = self.choose('a', 'b')
+        self.block_migration_checks({'src': '1.0', 'a': '1.3', 'b': '1.3'})
+        self.assertEqual([], self.task._prepare_round(1))
+        self.compute.prepare_destination.assert_not_called()
+        self.assertIn('Host src serves', a.reason)
+
+    def test_a_disk_that_cannot_be_mirrored_refuses_before_binding(self):
+        a, b = self.choose('a', 'b')
+        self.block_migration_checks({'src': '1.3', 'a': '1.3', 'b': '1.3'})
+        self.compute.check_source_disks.return_value = (
+            'Disk vdb cannot be copied to several destinations: its format '
+            'is vmdk')
+        self.assertEqual([], self.task._prepare_round(1))
+        self.compute.prepare_destination.assert_not_called()
+        self.assertIn('vdb', a.reason)
+        self.assertEqual(1, self.compute.check_source_disks.call_count)
+
+    def test_block_migration_streams_disks_to_every_destination(self):
+        ready = [destination('a'), destination('b')]
+        for index, d in enumerate(ready):
+            d.agent_address = ['127.0.0.1', index]
+            d.disk_agent_address = ['127.0.0.1', 10 + index]
+        self.useFixture(_patch_object(self.task.group, 'stream'))
+        self.compute.wait_destination.return_value = 'failed'
+        self.useFixture(_patch_object(self.task.group, 'revert'))
+        self.task._stream_and_elect(ready)
+        args = self.compute.start_stream.call_args
+        self.assertTrue(args.kwargs['block_migration'])
+        self.assertEqual([['127.0.0.1', 10], ['127.0.0.1', 11]],
+                         [d['disk_agent_address'] for d in args.args[2]])
 
     def test_winner_is_recorded_before_it_resumes(self):
         winner = destination('a')

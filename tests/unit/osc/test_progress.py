@@ -50,6 +50,31 @@ class TestPercent(testtools.TestCase):
             migration(1, 'c2', 'running', processed=5000)))
 
 
+class TestDiskProgress(testtools.TestCase):
+
+    def test_disks_count_with_memory(self):
+        m = migration(1, 'c2', 'running', total=1000, remaining=0)
+        m.update(disk_total_bytes=3000, disk_processed_bytes=1000,
+                 disk_remaining_bytes=2000)
+        self.assertEqual(50, progress.percent(m))
+
+    def test_row_shows_disk_bytes(self):
+        m = migration(1, 'c2', 'running', total=1000, remaining=1000)
+        m.update(disk_total_bytes=64 << 20, disk_processed_bytes=16 << 20,
+                 disk_remaining_bytes=48 << 20)
+        self.assertTrue(progress.render([m])[0].endswith(
+            'running  disks 16/64 MiB'))
+
+    def test_ended_destination_keeps_its_disk_counters(self):
+        out = io.StringIO()
+        bars = progress.ProgressBars(out)
+        m = migration(8, 'c2', 'running', total=1000, remaining=0)
+        m.update(disk_total_bytes=2 << 20, disk_processed_bytes=1 << 20)
+        bars.update([m])
+        bars.update([{'id': 8, 'dest_compute': 'c2', 'status': 'cancelled'}])
+        self.assertIn('cancelled  disks 1/2 MiB', out.getvalue())
+
+
 class TestProgressBars(testtools.TestCase):
 
     def test_rows_aligned_and_ordered(self):
