@@ -41,7 +41,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import uuid
@@ -64,24 +63,6 @@ CASES = [('libvirt', 'libvirt', 1),
          ('multidest star N=1', vocabulary.Topology.STAR, 1),
          ('multidest chain N=3', vocabulary.Topology.CHAIN, 3),
          ('multidest star N=3', vocabulary.Topology.STAR, 3)]
-
-
-def domain_xml(name, kernel, memory_mb):
-    return textwrap.dedent('''\
-        <domain type='qemu'>
-          <name>%s</name>
-          <uuid>%s</uuid>
-          <memory unit='MiB'>%d</memory>
-          <vcpu>1</vcpu>
-          <os>
-            <type arch='x86_64' machine='pc'>hvm</type>
-            <kernel>%s</kernel>
-          </os>
-          <devices>
-            <emulator>/usr/bin/qemu-system-x86_64</emulator>
-          </devices>
-        </domain>
-        ''') % (name, uuid.uuid4(), memory_mb, kernel)
 
 
 class EventLoop(object):
@@ -163,7 +144,7 @@ class Bench(object):
     def _boot(self):
         name = 'mdbench-%s' % uuid.uuid4().hex[:8]
         self.source_host.connection.createXML(
-            domain_xml(name, self.kernel, self.memory_mb), 0)
+            daemons.source_xml(name, self.kernel, self.memory_mb), 0)
         # Let the guest write its memory once, as the dataplane benchmark.
         time.sleep(1.0)
         self.events.forget()

@@ -316,7 +316,8 @@ class _QemuGuest(hypervisor.Guest):
         return self.process.registers()
 
 
-class QemuSource(_QemuGuest, hypervisor.SourceGuest):
+class QemuSource(qmp_disks.MirroringSource, _QemuGuest,
+                 hypervisor.SourceGuest):
 
     def set_capabilities(self, capabilities):
         self.process.qmp.execute('migrate-set-capabilities', capabilities=[
@@ -366,31 +367,12 @@ class QemuSource(_QemuGuest, hypervisor.SourceGuest):
                 shallow=bool(image.get('backing-filename'))))
         return disks
 
-    @property
-    def _mirrors(self):
-        if getattr(self, '_mirror_jobs', None) is None:
-            self._mirror_jobs = qmp_disks.Mirrors(
-                self.process.qmp.execute, self.process.qmp.getfd, self.name)
-        return self._mirror_jobs
+    def _mirror_commands(self):
+        return self.process.qmp.execute, self.process.qmp.getfd
 
-    def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
-        try:
-            for disk in disks:
-                self._mirrors.start(disk, self.process.disk(disk.name).node,
-                                    sockets[disk.name], max_bandwidth)
-        except Exception:
-            self.cancel_disk_mirrors()
-            raise
-
-    def disk_mirrors(self):
-        return self._mirrors.states()
-
-    def complete_disk_mirrors(self, timeout):
-        self._mirrors.complete(timeout)
-
-    def cancel_disk_mirrors(self):
-        if self.is_alive():
-            self._mirrors.cancel()
+    def _disk_nodes(self, disks):
+        return {disk.name: self.process.disk(disk.name).node
+                for disk in disks}
 
 
 class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):

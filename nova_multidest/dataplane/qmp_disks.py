@@ -186,6 +186,45 @@ def _state(job):
     return hv.MirrorState(hv.MIRROR_RUNNING, offset, length)
 
 
+class MirroringSource(object):
+    """A source guest's disk mirrors, for every hypervisor that speaks QMP.
+
+    Mixed in before ``hypervisor.SourceGuest``; the guest provides
+    ``_mirror_commands()`` (``execute`` and ``getfd`` as ``Mirrors`` takes
+    them), ``_disk_nodes(disks)`` (disk name to QEMU format node) and
+    ``is_alive()``.
+    """
+
+    _mirror_jobs = None
+
+    @property
+    def _mirrors(self):
+        if self._mirror_jobs is None:
+            execute, getfd = self._mirror_commands()
+            self._mirror_jobs = Mirrors(execute, getfd, self.name)
+        return self._mirror_jobs
+
+    def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
+        nodes = self._disk_nodes(disks)
+        try:
+            for disk in disks:
+                self._mirrors.start(disk, nodes[disk.name],
+                                    sockets[disk.name], max_bandwidth)
+        except Exception:
+            self.cancel_disk_mirrors()
+            raise
+
+    def disk_mirrors(self):
+        return self._mirrors.states()
+
+    def complete_disk_mirrors(self, timeout):
+        self._mirrors.complete(timeout)
+
+    def cancel_disk_mirrors(self):
+        if self.is_alive():
+            self._mirrors.cancel()
+
+
 class Exports(object):
     """NBD exports of a paused destination's disks, for its writer.
 

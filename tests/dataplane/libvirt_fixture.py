@@ -147,7 +147,15 @@ def _alive(pid):
         return False
 
 
-def source_xml(name, kernel):
+def source_xml(name, kernel, memory_mb=GUEST_MEMORY_MB, disk=None):
+    """A one-vCPU TCG guest booting ``kernel``; ``disk`` a qcow2 as vda."""
+    disk_xml = '' if disk is None else textwrap.dedent('''\
+        <disk type='file' device='disk'>
+          <driver name='qemu' type='qcow2' cache='none'/>
+          <source file='%s'/>
+          <target dev='vda' bus='virtio'/>
+        </disk>
+        ''') % disk
     return textwrap.dedent('''\
         <domain type='qemu'>
           <name>%s</name>
@@ -160,6 +168,7 @@ def source_xml(name, kernel):
           </os>
           <devices>
             <emulator>/usr/bin/qemu-system-x86_64</emulator>
+            %s
           </devices>
         </domain>
-        ''') % (name, uuid.uuid4(), GUEST_MEMORY_MB, kernel)
+        ''') % (name, uuid.uuid4(), memory_mb, kernel, disk_xml)

@@ -50,29 +50,6 @@ WAIT = 120
 wait_for = demo_session_base.wait_for
 
 
-def disk_xml(name, kernel, path):
-    return '''\
-<domain type='qemu'>
-  <name>%s</name>
-  <uuid>%s</uuid>
-  <memory unit='MiB'>%d</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>%s</kernel>
-  </os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='%s'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-  </devices>
-</domain>
-''' % (name, uuid.uuid4(), libvirt_fixture.GUEST_MEMORY_MB, kernel, path)
-
-
 def qemu_io_offline(path, command):
     subprocess.run(['qemu-io', '-f', 'qcow2', '-c', command, path],
                    check=True, capture_output=True)
@@ -105,7 +82,8 @@ class LibvirtDiskTest(testtools.TestCase):
         qemu_io_offline(self.top, 'write -P 0x22 %dM %dM'
                         % (BASE_MB // 2, TOP_MB))
         self.name = 'multidest-src-%s' % uuid.uuid4().hex[:8]
-        self.conn.createXML(disk_xml(self.name, kernel, self.top), 0)
+        self.conn.createXML(
+            libvirt_fixture.source_xml(self.name, kernel, disk=self.top), 0)
         self.hv = libvirt_ext.LibvirtHypervisor(
             lambda: self.conn, rename_destinations=True,
             work_dir=self.work_dir)

@@ -30,6 +30,7 @@ from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import qemu
 from nova_multidest import vocabulary
+from tests.dataplane import libvirt_fixture
 from tests.dataplane import test_libvirt_disks as disks_test
 from tests.dataplane import test_libvirt_endpoint as endpoint_test
 
@@ -47,6 +48,7 @@ class BlockMigrationOverLibvirtTest(endpoint_test.EndpointOverLibvirtBase):
         return guest_image.DirtyingGuest(pages_per_tick=16)
 
     def setUp(self):
+        self._fixture_xml = libvirt_fixture.source_xml
         self.useFixture(fixtures.MockPatch(
             'tests.dataplane.libvirt_fixture.source_xml',
             side_effect=self._disk_xml))
@@ -74,7 +76,7 @@ class BlockMigrationOverLibvirtTest(endpoint_test.EndpointOverLibvirtBase):
         qemu.create_image(self.image('src'), disks_test.DISK_MB * MiB,
                           backing=self.base)
         disks_test.qemu_io_offline(self.image('src'), 'write -P 0x22 4M 16M')
-        return disks_test.disk_xml(name, kernel, self.image('src'))
+        return self._fixture_xml(name, kernel, disk=self.image('src'))
 
     def _pre_live_migration(self, host, ctxt, inst, bdi, ni, disk_info, md):
         self.assertEqual('[]', disk_info)

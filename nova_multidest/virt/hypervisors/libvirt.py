@@ -383,7 +383,8 @@ class _LibvirtGuest(hypervisor.Guest):
             shutil.rmtree(directory, ignore_errors=True)
 
 
-class LibvirtSource(_LibvirtGuest, hypervisor.SourceGuest):
+class LibvirtSource(qmp_disks.MirroringSource, _LibvirtGuest,
+                    hypervisor.SourceGuest):
 
     def __init__(self, domain):
         super().__init__(domain)
@@ -462,33 +463,13 @@ class LibvirtSource(_LibvirtGuest, hypervisor.SourceGuest):
                 shallow=bool(image.get('backing-filename'))))
         return result
 
-    @property
-    def _mirrors(self):
-        if getattr(self, '_mirror_jobs', None) is None:
-            self._mirror_jobs = qmp_disks.Mirrors(
-                functools.partial(_qmp, self.domain),
-                functools.partial(_getfd, self.domain), self.name)
-        return self._mirror_jobs
+    def _mirror_commands(self):
+        return (functools.partial(_qmp, self.domain),
+                functools.partial(_getfd, self.domain))
 
-    def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
+    def _disk_nodes(self, disks):
         nodes = _block_nodes(self.domain, self.domain.XMLDesc(0))
-        try:
-            for disk in disks:
-                self._mirrors.start(disk, nodes[disk.name][0],
-                                    sockets[disk.name], max_bandwidth)
-        except Exception:
-            self.cancel_disk_mirrors()
-            raise
-
-    def disk_mirrors(self):
-        return self._mirrors.states()
-
-    def complete_disk_mirrors(self, timeout):
-        self._mirrors.complete(timeout)
-
-    def cancel_disk_mirrors(self):
-        if self.is_alive():
-            self._mirrors.cancel()
+        return {disk.name: nodes[disk.name][0] for disk in disks}
 
     def cancel(self):
         try:
