@@ -71,6 +71,10 @@ class EndpointOverLibvirtBase(base.TestCase):
             return_value=objects.BlockDeviceMappingList(objects=[]))
         patcher.start()
         self.addCleanup(patcher.stop)
+        # No conductor gives a migration up here (no database either).
+        self.useFixture(fixtures.MockPatch(
+            'nova_multidest.compute.endpoint.ComputeEndpoint._still_wanted',
+            return_value=True))
 
         kernel = self.guest().write(work_dir)
         self.domain_name = 'instance-%s' % uuid.uuid4().hex[:8]

@@ -53,10 +53,6 @@ class BlockMigrationOverLibvirtTest(endpoint_test.EndpointOverLibvirtBase):
             'tests.dataplane.libvirt_fixture.source_xml',
             side_effect=self._disk_xml))
         super().setUp()
-        # No conductor gives a migration up here (no database either).
-        self.useFixture(fixtures.MockPatch(
-            'nova_multidest.compute.endpoint.ComputeEndpoint._still_wanted',
-            return_value=True))
         for host, endpoint in self.dests.items():
             driver = endpoint.driver
             driver.pre_live_migration.side_effect = functools.partial(
