@@ -221,6 +221,14 @@ class Guest(abc.ABC):
         report completion must win even if the engine thread is busy.
         """
 
+    def stop_watching(self) -> None:
+        """Drop what ``subscribe`` registered; idempotent.
+
+        A hypervisor may refuse a second watch of the same guest (libvirt
+        does), so the next migration of a guest that stays here needs the
+        first one's watch gone.
+        """
+
     @abc.abstractmethod
     def is_running(self) -> bool:
         """True if the guest's vCPUs run (not paused, not gone)."""

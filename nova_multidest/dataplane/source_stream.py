@@ -370,6 +370,7 @@ class SourceStream(object):
         if self.disks is not None:
             self._done.wait(self.settings.switch_over_timeout)
             self.disks.close()
+        self.source.stop_watching()
 
     def disk_progress(self):
         """``{destination: disk_copy.DiskProgress}``; empty without disks."""

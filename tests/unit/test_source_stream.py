@@ -224,6 +224,9 @@ class StreamTest(StreamTestBase):
         stream.close()
         self.source.cancel.assert_called_once_with()
         self.relay.close.assert_called_once_with()
+        # The guest stays here after an abort; its next migration watches
+        # it again.
+        self.source.stop_watching.assert_called_once_with()
 
     def test_failed_migration_start_closes_the_relay(self):
         self.source.migrate.side_effect = RuntimeError('refused')
