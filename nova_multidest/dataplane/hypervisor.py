@@ -470,6 +470,15 @@ class DestinationGuest(Guest):
         writer = getattr(self, '_disk_writer', None)
         return writer.reason if writer is not None else None
 
+    def check_disks_copied(self) -> None:
+        """Raise HypervisorError unless resuming cannot lose a disk write."""
+        if self.copies_disks and not self.disks_copied():
+            raise exceptions.HypervisorError(
+                operation='resume %s' % self.name,
+                reason='its disks are not copied: %s'
+                       % (self.disk_copy_reason() or 'the copy is not '
+                          'finished'))
+
     def close_disk_stream(self) -> None:
         for attribute in ('_disk_agent', '_disk_writer'):
             part = getattr(self, attribute, None)

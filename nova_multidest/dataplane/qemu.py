@@ -412,12 +412,7 @@ class QemuDestination(_QemuGuest, hypervisor.DestinationGuest):
             {disk.name: self.process.disk(disk.name).node for disk in disks})
 
     def resume(self):
-        if self.copies_disks and not self.disks_copied():
-            raise exceptions.HypervisorError(
-                operation='resume %s' % self.name,
-                reason='its disks are not copied: %s'
-                       % (self.disk_copy_reason() or 'the copy is not '
-                          'finished'))
+        self.check_disks_copied()
         try:
             self.process.exports.stop()
             self.process.qmp.execute('cont')

@@ -559,12 +559,7 @@ class LibvirtDestination(_LibvirtGuest, hypervisor.DestinationGuest):
                 operation='resume %s' % self.name,
                 reason='its incoming migration is %s, not completed'
                        % status)
-        if self.copies_disks and not self.disks_copied():
-            raise exceptions.HypervisorError(
-                operation='resume %s' % self.name,
-                reason='its disks are not copied: %s'
-                       % (self.disk_copy_reason() or 'the copy is not '
-                          'finished'))
+        self.check_disks_copied()
         try:
             if self.copies_disks:
                 # The guest may write its disks only once nobody else can.
