@@ -32,6 +32,7 @@ from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import source_stream
+from nova_multidest import exceptions
 from nova_multidest.virt.hypervisors import libvirt as libvirt_ext
 from nova_multidest import vocabulary
 from tests.dataplane import libvirt_fixture
@@ -302,3 +303,24 @@ class LibvirtExtensionTest(testtools.TestCase):
                          waiter.wait_final(STREAM_TIMEOUT))
         dest.destroy()
         self.assertEqual([self.name], self._domain_names())
+
+    def test_refused_event_callback_says_what_libvirt_refused(self):
+        # Two watchers of one domain on one connection: libvirt refuses
+        # the second's callbacks. The error names the callback and
+        # libvirt's reason, not a guess at the cause.
+        first = self.hv.source(self.name)
+        first.subscribe(lambda event: None)
+        self.addCleanup(first.stop_watching)
+        second = self.hv.source(self.name)
+        error = self.assertRaises(exceptions.HypervisorError,
+                                  second.subscribe, lambda event: None)
+        message = str(error)
+        self.assertIn('its lifecycle events', message)
+        self.assertIn('already tracked', message)
+        self.assertNotIn('event loop', message)
+        # Nothing of the refused watcher stays registered: once the first
+        # one stops, another watcher gets every callback.
+        first.stop_watching()
+        third = self.hv.source(self.name)
+        third.subscribe(lambda event: None)
+        third.stop_watching()

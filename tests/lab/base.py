@@ -43,6 +43,11 @@ POLL_INTERVAL = 0.5
 
 
 def poll(predicate, timeout, what):
+    """Until ``predicate`` returns something true.
+
+    A predicate that sees the awaited state can no longer come raises
+    AssertionError itself, saying why, instead of letting the poll run out.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -116,21 +121,45 @@ class LabTestCase(testtools.TestCase):
         self.assertIn('accepted', result.stdout)
         return result
 
-    def wait_streaming(self, server_id, count):
-        """Until ``count`` destinations receive the server's memory."""
+    def wait_streaming(self, server_id, count, before=()):
+        """Until ``count`` destinations receive the server's memory.
+
+        Fails at once, with every status, when fewer than ``count`` of the
+        migrations started after ``before`` (uuids) can still stream.
+        """
         def streaming():
-            rows = self.sql(
-                "SELECT dest_compute, status, memory_processed FROM "
-                "migrations WHERE instance_uuid = '%s' AND deleted = 0 AND "
-                "status = 'running' AND memory_processed > 0" % server_id)
-            return [row[0] for row in rows] if len(rows) >= count else None
+            rows = [dict(zip(('uuid', 'dest', 'status', 'memory'), row))
+                    for row in self.sql(
+                        "SELECT uuid, dest_compute, status, memory_processed "
+                        "FROM migrations WHERE instance_uuid = '%s' AND "
+                        "deleted = 0 ORDER BY id" % server_id)
+                    if row[0] not in before]
+            live = [row for row in rows if row['status'] not in
+                    vocabulary.MigrationStatus.NOVA_FINAL]
+            if rows and len(live) < count:
+                raise AssertionError(
+                    '%d destinations of %s streaming: impossible, the '
+                    'migrations are %s' % (count, server_id, ', '.join(
+                        '%(dest)s %(status)s' % row for row in rows)))
+            streams = [row['dest'] for row in live
+                       if row['status'] == 'running' and
+                       row['memory'].isdigit() and int(row['memory'])]
+            return streams if len(streams) >= count else None
         return poll(streaming, MIGRATION_TIMEOUT,
                     '%d destinations of %s streaming' % (count, server_id))
 
     def wait_done(self, server_id):
-        """Until the server has no task and every migration is final."""
+        """Until the server has no task and every migration is final.
+
+        Fails at once when the server goes to ERROR.
+        """
         def done():
             server = self.show(server_id)
+            if server['status'] == 'ERROR':
+                raise AssertionError('server %s went to ERROR: %s; '
+                                     'migrations %s' % (
+                                         server_id, server.get('fault'),
+                                         self.migration_statuses(server_id)))
             return server['OS-EXT-STS:task_state'] is None and all(
                 m['status'] in vocabulary.MigrationStatus.NOVA_FINAL
                 for m in self.migrations(server_id)) and server

@@ -78,10 +78,11 @@ class FaultTest(base.LabTestCase):
         gets too little CPU to dirty its memory, as on a loaded machine.
         """
         self.throttle(source)
+        before = self.known(server_id)
         self.start_migration(server_id, '--warm-up', *[
             option for host in destinations
             for option in ('--destination', host)])
-        self.wait_streaming(server_id, len(destinations))
+        self.wait_streaming(server_id, len(destinations), before)
 
     def switch_over(self, server_id, source, destination):
         """Force complete, then give the source its full link again."""

@@ -290,13 +290,16 @@ class _LibvirtGuest(hypervisor.Guest):
     def _register(self):
         connection = self.domain.connect()
         registrations = []
+        what = None
         try:
             for name in MONITOR_EVENTS:
+                what = 'QEMU monitor event %s' % name
                 registrations.append((
                     libvirt_qemu.qemuMonitorEventDeregister,
                     libvirt_qemu.qemuMonitorEventRegister(
                         connection, self.domain, name,
                         self._on_monitor_event, None, 0)))
+            what = 'lifecycle events'
             registrations.append((
                 lambda conn, callback_id: conn.domainEventDeregisterAny(
                     callback_id),
@@ -307,8 +310,8 @@ class _LibvirtGuest(hypervisor.Guest):
             self._deregister(connection, registrations)
             raise exceptions.HypervisorError(
                 operation='watch the events of %s' % self.name,
-                reason='%s; the process must register a libvirt event loop '
-                       'before it connects, as nova-compute does' % exc)
+                reason='libvirt refused the callback for its %s: %s'
+                       % (what, exc))
         return connection, registrations
 
     @staticmethod
