@@ -226,9 +226,10 @@ class Cloud(object):
 
     def _start_epmd(self):
         process = self.procs['epmd']
-        process.start(self._in_controller(['epmd', '-port', '4369']))
+        port = layout_mod.PORTS['epmd']
+        process.start(self._in_controller(['epmd', '-port', str(port)]))
         return process, lambda: _port_open(self.lab.controller.address,
-                                           4369)
+                                           port)
 
     def start_rabbitmq(self):
         process = self.procs['rabbitmq']
@@ -324,6 +325,36 @@ class Cloud(object):
         holder = self.procs['%s-namespaces' % host].pid
         return process, lambda: storage.mounted(
             holder, storage.mount_point(self.lab))
+
+    def local_instances(self, host):
+        """Give ``host`` an instances_path of its own: local disks.
+
+        Its mount of the shared volume stops and a directory of the host's
+        own is bound on instances_path in its mount namespace, so that the
+        disks of its servers are local to it (Nova's default, where a live
+        migration copies the disks). ``shared_instances`` undoes it.
+        """
+        path = storage.mount_point(self.lab)
+        holder = self.procs['%s-namespaces' % host].pid
+        self.procs['%s-instances' % host].stop()
+        if storage.mounted(holder, path):
+            self._run('%s-instances' % host,
+                      self._in_host(host, ['umount', '--lazy', path]))
+        local = storage.local_directory(self.lab, host)
+        os.makedirs(local, exist_ok=True)
+        self._run('%s-instances' % host, self._in_host(
+            host, ['mount', '--bind', local, path]))
+
+    def shared_instances(self, host):
+        """Mount the shared volume on ``host``'s instances_path again."""
+        path = storage.mount_point(self.lab)
+        holder = self.procs['%s-namespaces' % host].pid
+        while storage.mount_types(holder, path) and \
+                not storage.mounted(holder, path):
+            self._run('%s-instances' % host,
+                      self._in_host(host, ['umount', path]))
+        if not self.procs['%s-instances' % host].alive():
+            self._wait([self._mount_instances(host)])
 
     def start_libvirtd(self, host):
         directory = self.lab.libvirt_dir(host)
@@ -491,6 +522,10 @@ class Cloud(object):
 
     def _start_all(self, log):
         procs = self.procs
+        check_ports_free(self.lab.controller.address, {
+            name: port for name, port in dict(
+                layout_mod.PORTS, **{'shared-storage': storage.PORT}).items()
+            if not procs[name].alive()})
         first = []
         if not procs['mariadb'].alive():
             first.append(self._start_mariadb())
@@ -649,6 +684,24 @@ def _preflight():
                             capture_output=True, text=True).stdout
     if 'tcg' not in accels and 'kvm' not in accels:
         raise LabError('QEMU offers neither KVM nor TCG here: %s' % accels)
+
+
+def check_ports_free(address, ports):
+    """Refuse to start services whose port something else already holds.
+
+    ``ports`` maps each service about to start to its port. Such a service
+    would die at start (or, worse, the holder would pass for it), so the
+    lab names both and starts nothing.
+    """
+    taken = ['%s (port %d)' % (name, port)
+             for name, port in sorted(ports.items())
+             if _port_open(address, port)]
+    if taken:
+        raise LabError(
+            'cannot start %s: another process already listens on %s at '
+            'that port; stop it (a lab started from another copy of this '
+            'checkout?), or run "tools/run lab down" if it is a leftover '
+            'of this lab' % (', '.join(taken), address))
 
 
 def _exe_name(pid):

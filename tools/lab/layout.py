@@ -30,7 +30,7 @@ HOSTS = ('host1', 'host2', 'host3', 'host4')
 CONTROLLER = 'controller'
 PORTS = {'keystone': 5000, 'glance': 9292, 'placement': 8778,
          'neutron': 9696, 'nova-api': 8774, 'mariadb': 3306,
-         'rabbitmq': 5672}
+         'rabbitmq': 5672, 'epmd': 4369}
 
 
 @dataclasses.dataclass(frozen=True)
