@@ -667,12 +667,12 @@ class _Run(object):
         for compute, entries in self._journal_entries().items():
             found.append('journal entries left on %s: %s' % (compute,
                                                              entries))
+        states = {service['host']: service['state'] for service in
+                  h.admin_api.get_services(binary='nova-compute')}
         for compute in h.hostnames:
-            service = h.admin_api.get_services(
-                binary='nova-compute', host=compute)[0]
-            if service['state'] != 'up':
+            if states.get(compute) != 'up':
                 found.append('compute %s is %s' % (compute,
-                                                   service['state']))
+                                                   states.get(compute)))
         return found
 
     def _journal_entries(self):
