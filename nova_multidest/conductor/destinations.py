@@ -126,7 +126,7 @@ def _claim_for_new_migration(context, report_client, spec, selection,
     return None
 
 
-def _drop_claim(context, report_client, consumer_uuid):
+def drop_claim(context, report_client, consumer_uuid):
     report_client.delete_allocation_for_instance(
         context, consumer_uuid, consumer_type='migration', force=True)
 
@@ -168,7 +168,7 @@ def schedule(context, query_client, report_client, spec, instance, count,
         except Exception as error:
             # The scheduler may have claimed for first_uuid all the same
             # (a reply lost or late).
-            _drop_claim(context, report_client, first_uuid)
+            drop_claim(context, report_client, first_uuid)
             pending_claim(None)
             if not picked:
                 raise exceptions.SchedulingFailed(reason=error)
@@ -184,12 +184,12 @@ def schedule(context, query_client, report_client, spec, instance, count,
             try:
                 before_claim(first.service_host, first.nodename, first_uuid)
             except Exception:
-                _drop_claim(context, report_client, first_uuid)
+                drop_claim(context, report_client, first_uuid)
                 raise
             picked.append(Candidate(first.service_host, first.nodename,
                                     first_uuid))
         else:
-            _drop_claim(context, report_client, first_uuid)
+            drop_claim(context, report_client, first_uuid)
         pending_claim(None)
         alternates = [s for s in wanted if s is not first]
         if alternates:
@@ -230,7 +230,7 @@ def claim_host(context, query_client, report_client, spec, instance, host,
         raise
     except Exception:
         # A reply lost or late: the scheduler may have claimed all the same.
-        _drop_claim(context, report_client, consumer_uuid)
+        drop_claim(context, report_client, consumer_uuid)
         raise
 
 

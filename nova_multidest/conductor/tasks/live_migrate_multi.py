@@ -270,6 +270,15 @@ class LiveMigrateMultiTask(base.TaskBase):
             self.group.check_not_stopping()
             self._refused_by_scheduler(host, migration, checks, error)
             return None
+        try:
+            self.group.check_not_stopping()
+        except exceptions.ConductorStopping:
+            # The next conductor's recovery may have released this
+            # Migration's claims while the call was in flight: the claim
+            # the call made is this thread's to drop.
+            dest_mod.drop_claim(self.context, self.clients.report_client,
+                                migration.uuid)
+            raise
         if selection.nodename:
             migration.dest_node = selection.nodename
             migration.dest_compute_id = self._compute_node_id(

@@ -383,6 +383,24 @@ class NamedHostsTest(TaskTestBase):
         self.compute.revert_destination.assert_not_called()
         self.assertEqual(2, self.compute.prepare_destination.call_count)
 
+    def test_a_claim_made_after_the_conductor_stopped_is_dropped(self):
+        self.task.requested_hosts = ['a']
+        stopping = threading.Event()
+
+        def before(host):
+            # The conductor stops, and the next one's recovery runs,
+            # while the scheduler call is in flight.
+            stopping.set()
+
+        self.task.group._stopping = stopping.is_set
+        self.select(before=before)
+        self.assertRaises(exceptions.ConductorStopping,
+                          self.task._prepare_round, 1)
+        self.clients.report_client.delete_allocation_for_instance.\
+            assert_called_once_with(mock.ANY, 'mig-a',
+                                    consumer_type='migration', force=True)
+        self.compute.prepare_destination.assert_not_called()
+
 
 class FinishTest(TaskTestBase):
 
