@@ -36,9 +36,13 @@ when a chosen destination had no fault.
 writes one JSON line per run (the file is resumed when it exists), and
 prints success per (N, p) next to 1 - p^N, with source-side (correlated)
 faults, restarts and aborts apart. Runs go by batches, each in a worker
-process with a fresh harness, so that a hang or a broken harness costs
-one batch only. ``tests/functional/test_campaign.py`` runs a short
-fixed-seed subset in the functional tier.
+process with one harness (one cloud) that serves every run of the batch:
+each run deletes its server and port, and after each one the cloud must
+hold nothing of it (``CampaignHarness.leftovers``), or the batch ends
+there. A hang or a broken harness costs one batch only; each record
+has the run's wall and CPU seconds per phase, for profiles.
+``tests/functional/test_campaign.py`` runs a short fixed-seed subset in
+the functional tier.
 """
 
 import argparse
@@ -56,6 +60,7 @@ import traceback
 import unittest
 
 import fixtures
+from nova import objects
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.api import client as api_client
 
@@ -86,6 +91,10 @@ GATE_TIMEOUT = 30
 # A source that cannot start its stream must say so at once.
 ERROR_BOUND = 15
 SAMPLE_INTERVAL = 0.005
+# How often the end of a group is looked for in the database.
+WATCH_INTERVAL = 0.2
+# Seconds between two wake-ups of an idle pool thread (see setUp).
+IDLE_WORKER_WAKEUP = 1.0
 SETUP_TRIES = 3
 # Polls (0.5 s apart) a server may take to boot on a loaded machine.
 BOOT_RETRIES = 300
@@ -227,7 +236,13 @@ class CampaignHarness(base.MultiDestMigrationTestBase):
     sink = None
 
     def setUp(self):
+        started = time.monotonic()
         super().setUp()
+        # Nova's test base has every idle worker of every thread pool wake
+        # up 100 times a second (so that its clean-up is quick); a cloud
+        # that serves many runs spent most of its CPU there.
+        self.useFixture(fixtures.MonkeyPatch(
+            'futurist._thread.ThreadWorker.MAX_IDLE_FOR', IDLE_WORKER_WAKEUP))
         # Short limits: a run must end well within HANG_TIMEOUT.
         self.flags(rpc_response_timeout=20)
         self.flags(prepare_timeout=20, completion_timeout=30,
@@ -236,10 +251,73 @@ class CampaignHarness(base.MultiDestMigrationTestBase):
         self.connections = {host: self.fake_connection(host)
                             for host in self.hostnames}
         self.dirty = None
+        self.baseline_ports = set(self.neutron._ports)
+        self.baseline_directories = set(
+            os.listdir(base.CONF.instances_path)) | {'multidest-journal'}
+        self.setup_seconds = round(time.monotonic() - started, 2)
+
+    def leftovers(self):
+        """What earlier runs left in this cloud; empty between two runs.
+
+        Every run deletes its server (and its port), so nothing of any
+        earlier run may remain: a domain, an allocation, a Migration in
+        progress, a port or port binding, a volume attachment, a journal
+        entry, an instance directory, a relay of the fake hypervisor.
+        """
+        found = []
+        for host, conn in self.connections.items():
+            if conn._vms:
+                found.append('domains on %s: %s' % (host, sorted(
+                    d.UUIDString() for d in conn._vms.values())))
+        for host, rp_uuid in self.compute_rp_uuids.items():
+            held = self.placement.get(
+                '/resource_providers/%s/allocations' % rp_uuid
+            ).body['allocations']
+            if held:
+                found.append('allocations on %s: %s' % (host, sorted(held)))
+        busy = [(m.instance_uuid, m.dest_compute, m.status) for m in
+                objects.MigrationList.get_by_filters(
+                    self.cell_context(), {'deleted': False})
+                if m.status not in vocabulary.MigrationStatus.NOVA_FINAL]
+        if busy:
+            found.append('migrations in progress: %s' % busy)
+        ports = [port['id'] for port in self.neutron._ports.values()
+                 if port['id'] not in self.baseline_ports]
+        if ports:
+            found.append('ports: %s' % ports)
+        bindings = {port_id: sorted(hosts) for port_id, hosts in
+                    self.neutron._port_bindings.items()
+                    if hosts and port_id not in self.baseline_ports}
+        if bindings:
+            found.append('port bindings: %s' % bindings)
+        attachments = {volume_id: sorted(attachments) for
+                       volume_id, attachments in
+                       self.cinder.volume_to_attachment.items()
+                       if attachments}
+        if attachments:
+            found.append('volume attachments: %s' % attachments)
+        journal = os.path.join(base.CONF.instances_path, 'multidest-journal')
+        entries = {host: os.listdir(os.path.join(journal, host))
+                   for host in self.hostnames
+                   if os.path.isdir(os.path.join(journal, host))}
+        entries = {host: names for host, names in entries.items() if names}
+        if entries:
+            found.append('journal entries: %s' % entries)
+        directories = sorted(set(os.listdir(base.CONF.instances_path)) -
+                             self.baseline_directories)
+        if directories:
+            found.append('instance directories: %s' % directories)
+        streams = fake.open_streams()
+        if streams:
+            found.append('streams of the fake hypervisor still open: %s' %
+                         streams)
+        return found
 
     def run_batch(self):
         for scenario in self.scenarios:
             record = self.run_scenario(scenario)
+            record['harness_setup_seconds'] = self.setup_seconds
+            self.setup_seconds = 0
             self.sink(record)
             if self.dirty:
                 break
@@ -248,6 +326,7 @@ class CampaignHarness(base.MultiDestMigrationTestBase):
 
     def run_scenario(self, scenario):
         started = time.monotonic()
+        cpu_started = time.process_time()
         record = dataclasses.asdict(scenario)
         record['faults'] = {str(k): v for k, v in scenario.faults.items()}
         record.update(violations=[], restart_done=False, action_status=None)
@@ -262,6 +341,8 @@ class CampaignHarness(base.MultiDestMigrationTestBase):
         finally:
             run.close()
         record['seconds'] = round(time.monotonic() - started, 2)
+        # The whole process's CPU: what a run costs, whatever the load.
+        record['cpu_seconds'] = round(time.process_time() - cpu_started, 2)
         if record['violations'] or record.get('hang'):
             record['log'] = self.stdlog.logger.output[log_start:]
         if self.dirty:
@@ -281,14 +362,23 @@ class _Run(object):
         self.gates = []
         self.ended = threading.Event()
         self.server = None
+        self.port_id = None
         self.sampler = None
         self.threads = []
+        self.phases = record.setdefault('phases', {})
+        self._phase_start = time.monotonic()
         others = [host for i, host in enumerate(harness.hostnames)
                   if i != scenario.source_slot]
         self.source = harness.hostnames[scenario.source_slot]
         self.slots = [others[i] for i in scenario.order]
         self.faulty = {self.slots[slot]: phase
                        for slot, phase in scenario.faults.items()}
+
+    def _phase_done(self, name):
+        """Record how long the phase that ends now took (for profiles)."""
+        now = time.monotonic()
+        self.phases[name] = round(now - self._phase_start, 3)
+        self._phase_start = now
 
     # -- set-up ---------------------------------------------------------------
 
@@ -299,6 +389,7 @@ class _Run(object):
         h.notifier.reset()
         try:
             self.server = self._boot()
+            self._phase_done('boot')
         except Exception:
             # Not the product's fault (the machine is loaded): the run is
             # done again later, on a fresh harness.
@@ -338,15 +429,18 @@ class _Run(object):
             return
         self.record['group_seconds'] = round(
             self.ended_at - self.requested_at, 2)
+        self._phase_done('group')
         for gate in self.gates:
             gate.release()
         self._check()
+        self._phase_done('check')
 
     def _boot(self):
         h, s = self.h, self.s
         networks = 'none'
         if s.kind in ('ports', 'volumes'):
             port = h.neutron.create_port()['port']
+            self.port_id = port['id']
             networks = [{'port': port['id']}]
         body = h._build_server(networks=networks, host=self.source)
         server = h.admin_api.post_server({'server': body})
@@ -386,7 +480,7 @@ class _Run(object):
                     self.ended_at = time.monotonic()
                     self.ended.set()
                     return
-                time.sleep(0.05)
+                time.sleep(WATCH_INTERVAL)
         self._spawn(watch)
 
     # -- gates --------------------------------------------------------------
@@ -677,6 +771,26 @@ class _Run(object):
         except Exception:
             self.h.dirty = 'server %s not deleted: %s' % (
                 self.server['id'], traceback.format_exc(limit=3))
+            return
+        for thread in self.threads:
+            thread.join(GATE_TIMEOUT)
+        if self.port_id is not None:
+            port = self.h.neutron.show_port(self.port_id)['port']
+            if port.get('device_id') or port.get('binding:host_id'):
+                self.violations.append('port %s still bound after the '
+                                       'server was deleted: %s' % (
+                                           self.port_id, port))
+            self.h.neutron.delete_port(self.port_id)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        left = self.h.leftovers()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = self.h.leftovers()
+        if left:
+            self.violations.append('left after the server was deleted: %s'
+                                   % '; '.join(left))
+            self.h.dirty = 'leftovers'
+        self._phase_done('delete')
 
 
 # -- the campaign: batches of runs in worker processes ---------------------

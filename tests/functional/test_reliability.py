@@ -13,16 +13,20 @@
 """Regressions of issue 9: restarts, lost replies and two conductors."""
 
 import datetime
+import threading
 
 import fixtures
 import oslo_messaging
 from oslo_utils import timeutils
 
+from nova.compute import rpcapi as nova_compute_rpcapi
 from nova.compute import task_states
 from nova import context as nova_context
 from nova import objects
 from nova.scheduler.client import query
 
+from nova_multidest.compute import driver
+from nova_multidest.conductor import group
 from nova_multidest.conductor import rpcapi as conductor_rpcapi
 from nova_multidest.conductor import unstarted
 from nova_multidest import vocabulary
@@ -127,6 +131,79 @@ class TwoConductorsTest(ReliabilityTestBase):
         waits.release()
         result = self.wait_for_group_end(self.server)
         self.assertEqual('completed', result['result'])
+        self.assert_ended_on(result['host'])
+
+
+class SourceRestartAfterElectionTest(ReliabilityTestBase):
+    """The source restarts once the winner runs, before Nova knows.
+
+    Nova's start-up would reset the MIGRATING server on its old host (the
+    winning Migration set to error, task_state cleared) and fail when the
+    group ended meanwhile; the source must start and the winner stay.
+    """
+
+    def restart_source_while(self, gate):
+        self.request_migration(self.server,
+                               destinations=self.hostnames[1:3])
+        gate.wait_reached()
+        winner_uuid = self.get_instance(
+            self.server['id']).system_metadata[vocabulary.SYSMETA_WINNER]
+        self.restart_compute_service(self.source)
+        gate.release()
+        result = self.wait_for_group_end(self.server)
+        [winner] = [m for m in self.get_migrations(self.server['id'])
+                    if m.uuid == winner_uuid]
+        self.assertEqual({'result': 'completed',
+                          'host': winner.dest_compute}, result)
+        self.assertEqual('completed', winner.status)
+        [service] = self.admin_api.get_services(binary='nova-compute',
+                                                host=self.source)
+        self.assertEqual('up', service['state'])
+        self.assert_ended_on(winner.dest_compute)
+
+    def test_source_restart_between_election_and_bookkeeping(self):
+        self.restart_source_while(self.useFixture(base.CallGate(
+            group.Group, 'finish', limit=1, host_of=None)))
+
+    def test_source_restart_during_bookkeeping(self):
+        self.restart_source_while(self.useFixture(base.CallGate(
+            nova_compute_rpcapi.ComputeAPI,
+            'post_live_migration_at_destination', limit=1, host_of=None)))
+
+    def test_the_group_ends_while_the_source_starts(self):
+        """The group ends after Nova listed the source's instances.
+
+        Nova's start-up then holds a MIGRATING copy of a server whose
+        task_state is already gone: resetting it would fail the start.
+        """
+        finish = self.useFixture(base.CallGate(
+            group.Group, 'finish', limit=1, host_of=None))
+        startup = self.useFixture(base.CallGate(
+            driver.MultiDestLibvirtDriver, 'process_instances_at_startup',
+            limit=1, host_of=None))
+        self.request_migration(self.server,
+                               destinations=self.hostnames[1:3])
+        finish.wait_reached()
+        started = []
+
+        def restart():
+            try:
+                started.append(self.restart_compute_service(self.source))
+            except Exception as error:
+                started.append(error)
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        startup.wait_reached()
+        finish.release()
+        result = self.wait_for_group_end(self.server)
+        startup.release()
+        thread.join(60)
+        self.assertNotIsInstance(started[0], Exception, started)
+        self.assertEqual('completed', result['result'])
+        [service] = self.admin_api.get_services(binary='nova-compute',
+                                                host=self.source)
+        self.assertEqual('up', service['state'])
         self.assert_ended_on(result['host'])
 
 

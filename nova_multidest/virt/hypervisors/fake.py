@@ -146,6 +146,13 @@ def reset():
         _REGISTRY.reset()
 
 
+def open_streams():
+    """Relays and incoming streams still open, for leak checks."""
+    with _REGISTRY.lock:
+        return sorted(_REGISTRY.relays) + sorted(
+            '%s:%s' % address for address in _REGISTRY.agents)
+
+
 def guests_settled():
     """Hold while sampling which copies run.
 
