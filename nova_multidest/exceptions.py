@@ -86,6 +86,17 @@ class RequestNotStarted(MultiDestError):
                'nova-multidest-conductor is up, then retry.')
 
 
+class NoConductorListening(MultiDestError):
+    msg_fmt = ('No nova-multidest-conductor listens on the message queue '
+               '%(topic)s: none runs, or the message broker was restarted '
+               'and the conductors have not subscribed again yet (that '
+               'takes them a few seconds). Nothing was changed; the server '
+               'stays on its source. Check that nova-multidest-conductor '
+               'runs and is connected (its log says "Reconnected to AMQP '
+               'server"), then retry.')
+    code = 503
+
+
 class GroupNotStarted(MultiDestError):
     msg_fmt = ('nova-multidest-conductor could not start the migration: '
                '%(reason)s. Nothing was changed; the server stays on its '

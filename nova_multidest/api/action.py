@@ -108,7 +108,7 @@ class MigrateLiveMultiController(wsgi.Controller):
         self.conductor_api = conductor_rpcapi.ConductorAPI()
 
     @wsgi.response(202)
-    @wsgi.expected_errors((400, 403, 404, 409))
+    @wsgi.expected_errors((400, 403, 404, 409, 503))
     @wsgi.action(vocabulary.SERVER_ACTION)
     def _migrate_live_multi(self, req, id, body):
         context = req.environ['nova.context']
@@ -256,6 +256,10 @@ class MigrateLiveMultiController(wsgi.Controller):
                 count=args['count'],
                 block_migration=args['block_migration'],
                 warm_up=args['warm_up'])
+        except exceptions.NoConductorListening as error:
+            instance.task_state = None
+            instance.save(expected_task_state=[task_states.MIGRATING])
+            raise webob.exc.HTTPServiceUnavailable(explanation=error.message)
         except Exception:
             with excutils.save_and_reraise_exception():
                 instance.task_state = None

@@ -126,7 +126,7 @@ def _claim_for_new_migration(context, report_client, spec, selection,
     return None
 
 
-def _drop_claim(context, report_client, consumer_uuid):
+def drop_claim(context, report_client, consumer_uuid):
     report_client.delete_allocation_for_instance(
         context, consumer_uuid, consumer_type='migration', force=True)
 
@@ -168,7 +168,7 @@ def schedule(context, query_client, report_client, spec, instance, count,
         except Exception as error:
             # The scheduler may have claimed for first_uuid all the same
             # (a reply lost or late).
-            _drop_claim(context, report_client, first_uuid)
+            drop_claim(context, report_client, first_uuid)
             pending_claim(None)
             if not picked:
                 raise exceptions.SchedulingFailed(reason=error)
@@ -184,12 +184,12 @@ def schedule(context, query_client, report_client, spec, instance, count,
             try:
                 before_claim(first.service_host, first.nodename, first_uuid)
             except Exception:
-                _drop_claim(context, report_client, first_uuid)
+                drop_claim(context, report_client, first_uuid)
                 raise
             picked.append(Candidate(first.service_host, first.nodename,
                                     first_uuid))
         else:
-            _drop_claim(context, report_client, first_uuid)
+            drop_claim(context, report_client, first_uuid)
         pending_claim(None)
         alternates = [s for s in wanted if s is not first]
         if alternates:
@@ -204,6 +204,36 @@ def schedule(context, query_client, report_client, spec, instance, count,
     return picked
 
 
+def claim_host(context, query_client, report_client, spec, instance, host,
+               consumer_uuid):
+    """Claim the named ``host`` alone, for ``consumer_uuid``.
+
+    As Nova's live migration to a named host does: the request spec's
+    requested destination is that host, so placement and the filters look
+    at it alone and the scheduler's claim is the only one. Each call works
+    on its own copy of ``spec``, so that the named hosts of a group are
+    claimed concurrently. Returns the scheduler's Selection; raises
+    NoValidHost if the filters or placement refuse the host; any other
+    failure drops whatever claim the call may have made, and raises.
+    """
+    spec = spec.obj_clone()
+    spec.ignore_hosts = [instance.host]
+    cell = (spec.requested_destination.cell
+            if spec.obj_attr_is_set('requested_destination') and
+            spec.requested_destination else None)
+    spec.requested_destination = objects.Destination(host=host, cell=cell)
+    try:
+        return query_client.select_destinations(
+            context, spec, [consumer_uuid], return_objects=True,
+            return_alternates=False)[0][0]
+    except nova_exception.NoValidHost:
+        raise
+    except Exception:
+        # A reply lost or late: the scheduler may have claimed all the same.
+        drop_claim(context, report_client, consumer_uuid)
+        raise
+
+
 def check_explicit(instance, hosts):
     """Refuse what the API already refuses, for direct RPC callers too."""
     if len(set(hosts)) != len(hosts):
@@ -214,9 +244,3 @@ def check_explicit(instance, hosts):
             reason='the source host %s cannot be a destination' %
             instance.host)
     return list(hosts)
-
-
-def other_hosts(context, instance, hosts):
-    """Compute hosts of the instance's cell that were not named."""
-    nodes = objects.ComputeNodeList.get_all(context)
-    return {node.host for node in nodes} - set(hosts)

@@ -229,10 +229,15 @@ class Group(object):
     def finish(self, winner, losers):
         """Nova's post-live-migration bookkeeping for the winner.
 
-        The losers are reverted, the winner's port bindings activated and
-        its claim made the instance's allocation while the source is
-        cleaned up: only what Nova's post_live_migration_at_destination
-        needs waits, so the server is ACTIVE on the winner sooner.
+        As in Nova's own, the server is ACTIVE on the winner first (its
+        port bindings activated, then post_live_migration_at_destination)
+        and the rest follows: the losers are reverted, the winner's claim
+        made the instance's allocation and the source cleaned up, all at
+        once. The losers are paused copies that never ran: their revert
+        has no reason to compete with the winner for the conductor, the
+        database and the computes before the server is ACTIVE. A source
+        whose volumes the winner adopts is cleaned up before, as it must
+        disconnect them while its BDMs still name them.
         """
         context, instance, clients = self.context, self.instance, self.clients
         if instance.host == winner.host:
@@ -249,28 +254,26 @@ class Group(object):
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
             phase=obj_fields.NotificationPhase.START)
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            bindings = pool.submit(
+                clients.network_api.migrate_instance_start, context,
+                instance, objects.Migration(source_compute=self.source,
+                                            dest_compute=winner.host))
+            if winner.attachment_ids:
+                self._cleanup_source(winner)
+                resources.adopt_attachments(
+                    context, clients.volume_api, instance,
+                    winner.attachment_ids)
+            bindings.result()
+            clients.compute_rpcapi.post_live_migration_at_destination(
+                context, instance, self.block_migration, winner.host)
             side_work = [
                 pool.submit(self.revert_all, losers,
                             vocabulary.MigrationStatus.CANCELLED,
                             LOST_ELECTION),
                 pool.submit(clients.report_client.move_allocations,
                             context, winner.migration.uuid, instance.uuid)]
-            bindings = pool.submit(
-                clients.network_api.migrate_instance_start, context,
-                instance, objects.Migration(source_compute=self.source,
-                                            dest_compute=winner.host))
-            if winner.attachment_ids:
-                # The source disconnects the volumes its BDMs name: it must
-                # be done before they name the winner's attachments.
-                self._cleanup_source(winner)
-                resources.adopt_attachments(
-                    context, clients.volume_api, instance,
-                    winner.attachment_ids)
-            else:
+            if not winner.attachment_ids:
                 side_work.append(pool.submit(self._cleanup_source, winner))
-            bindings.result()
-            clients.compute_rpcapi.post_live_migration_at_destination(
-                context, instance, self.block_migration, winner.host)
             for future in side_work:
                 future.result()
         instance.refresh()

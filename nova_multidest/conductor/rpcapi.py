@@ -28,6 +28,7 @@ from nova.objects import base as objects_base
 from nova import rpc
 
 from nova_multidest import conf
+from nova_multidest import exceptions
 
 CONF = conf.CONF
 
@@ -59,8 +60,21 @@ class ConductorAPI(object):
         else ``count`` hosts come from the scheduler (the flavor's
         ``multidest:destinations`` extra spec or ``[multidest]
         default_destinations`` when both are None).
+
+        The cast is published as mandatory (``at_least_once``): a broker
+        that has no queue for the topic returns it, and the caller gets
+        NoConductorListening at once instead of a request lost without a
+        trace until ``[multidest] accept_timeout``. That happens after a
+        broker restart, until the conductors declare their (non-durable)
+        queue again.
         """
-        cctxt = self.client.prepare(version='1.0')
-        cctxt.cast(context, 'live_migrate_multi', instance=instance,
-                   destinations=destinations, count=count,
-                   block_migration=block_migration, warm_up=warm_up)
+        cctxt = self.client.prepare(
+            version='1.0',
+            transport_options=messaging.TransportOptions(at_least_once=True))
+        try:
+            cctxt.cast(context, 'live_migrate_multi', instance=instance,
+                       destinations=destinations, count=count,
+                       block_migration=block_migration, warm_up=warm_up)
+        except messaging.MessageUndeliverable:
+            raise exceptions.NoConductorListening(
+                topic=CONF.multidest.conductor_topic)

@@ -138,8 +138,10 @@ class DiskCopy(object):
     def abort(self, reason):
         """Stop copying; the source and its disks go on untouched.
 
-        The relay goes first: its closed exports fail any write QEMU
-        still waits for, so that cancelling the mirrors cannot hang.
+        The relay goes first: from then on it answers every write of the
+        mirrors with an error, so that they end at once whatever the
+        destinations do. Cancelling them returns once QEMU reported each
+        job ended and their targets are deleted.
         """
         self.relay.abort(reason)
         if self._started:

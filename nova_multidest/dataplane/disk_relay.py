@@ -193,13 +193,17 @@ class DiskRelay(object):
         """Fail every destination and every mirror job: no disk is copied.
 
         The source's disks are only ever read, so they stay as they are.
+        QEMU's connections stay open and every write on them is answered
+        with an error until QEMU disconnects (its mirror ended and its
+        target was deleted) or ``close``: cut under it, QEMU 7.2's NBD
+        client waits forever for room to send a write the relay never
+        read, and its mirror job can neither fail nor be cancelled.
         """
         self._relay.abort(reason)
         with self._lock:
             channels = list(self._channels.values())
         for channel in channels:
             channel.broken = channel.broken or reason
-            hops.shutdown(channel.sock)
             hops.shutdown(channel.stream)
 
     def close(self):

@@ -339,7 +339,9 @@ class SourceGuest(Guest):
     def cancel_disk_mirrors(self) -> None:
         """Stop every mirror at once, without a complete copy; idempotent.
 
-        The guest and its disks go on as if nothing was mirrored.
+        Returns once every mirror ended (the hypervisor's event) and its
+        target is gone. The guest and its disks go on as if nothing was
+        mirrored.
         """
 
 

@@ -281,6 +281,7 @@ class _QemuGuest(hypervisor.Guest):
         self._subscribers.emit(event)
 
     def _on_qmp_event(self, event):
+        self._on_job_event(event.name, event.data)
         kind = {'STOP': hypervisor.EVENT_STOPPED,
                 'RESUME': hypervisor.EVENT_RESUMED,
                 'MIGRATION': hypervisor.EVENT_MIGRATION}.get(event.name)
@@ -296,6 +297,12 @@ class _QemuGuest(hypervisor.Guest):
 
     def subscribe(self, callback):
         self._subscribers.add(callback)
+
+    def _on_job_event(self, name, data):
+        """Block job events; a source mirroring disks takes them."""
+
+    def _watch_jobs(self):
+        """QMP events always reach ``_on_qmp_event``."""
 
     def is_alive(self):
         return self.process.is_alive()

@@ -18,15 +18,18 @@ mirror and export disks with the same commands, so the commands live
 here once. ``execute(command, **arguments)`` runs one QMP command and
 ``getfd(name, fd)`` hands QEMU a file descriptor.
 
-Mirror jobs are created with ``auto-dismiss: false`` and followed with
+Mirror jobs are created with ``auto-dismiss: false`` and read with
 ``query-jobs``, which keeps a finished job and its error until it is
-dismissed: no event can be missed, and libvirt, which does not know these
-jobs, leaves them alone.
+dismissed, and libvirt, which does not know these jobs, leaves them
+alone. Ending a job is awaited on QEMU's own BLOCK_JOB_COMPLETED or
+BLOCK_JOB_CANCELLED event, which the guest passes to ``job_event``: its
+target node can be deleted only once the job let it go.
 """
 
 import logging
 import os
 import socket
+import threading
 import time
 
 from nova_multidest.dataplane import hypervisor as hv
@@ -36,6 +39,7 @@ LOG = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.01
 CANCEL_TIMEOUT = 30.0
+JOB_END_EVENTS = ('BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED')
 JOB_PREFIX = 'multidest-mirror-'
 TARGET_PREFIX = 'multidest-target-'
 EXPORT_PREFIX = 'multidest-export-'
@@ -52,6 +56,8 @@ class Mirrors(object):
         self._guest_name = guest_name
         self._disks = []
         self._final = {}
+        self._ended = threading.Condition()
+        self._end_events = 0
 
     def start(self, disk, node, sock, max_bandwidth=0):
         """Mirror ``disk`` (format node ``node``) into the connected ``sock``.
@@ -75,6 +81,14 @@ class Mirrors(object):
             'target': target, 'sync': 'top' if disk.shallow else 'full',
             'copy-mode': 'write-blocking', 'speed': int(max_bandwidth),
             'auto-dismiss': False})
+
+    def job_event(self, name, data):
+        """Take one QEMU event; called from the guest's event thread."""
+        job = (data or {}).get('device') or ''
+        if name in JOB_END_EVENTS and job.startswith(JOB_PREFIX):
+            with self._ended:
+                self._end_events += 1
+                self._ended.notify_all()
 
     def states(self):
         """``{disk: MirrorState}`` of every mirror started."""
@@ -122,18 +136,20 @@ class Mirrors(object):
                     else 'its mirror did not end in %ss' % timeout))
 
     def cancel(self, timeout=CANCEL_TIMEOUT):
-        """Stop every mirror without a complete copy; idempotent."""
+        """Stop every mirror without a complete copy; idempotent.
+
+        Waits for each job's end event, then deletes the targets.
+        """
         if not self._disks:
             return
         for name in self._disks:
             if name not in self._final:
                 self._cancel_job(name, force=True)
         states = self._wait_final(timeout)
-        unfinished = sorted(name for name, state in states.items()
-                            if state.status not in _FINAL)
-        if unfinished:
+        if _unfinished(states):
             LOG.error('The mirrors of %s on %s did not stop in %ss',
-                      ', '.join(unfinished), self._guest_name, timeout)
+                      ', '.join(_unfinished(states)), self._guest_name,
+                      timeout)
         self._remove_targets()
 
     def _cancel_job(self, name, force):
@@ -146,14 +162,24 @@ class Mirrors(object):
                      self._guest_name, exc)
 
     def _wait_final(self, timeout):
+        """Every state once each job ended, or as they are at ``timeout``.
+
+        Reads the jobs again after each end event QEMU sends, and once
+        more at the deadline (an event lost with its connection must not
+        leave a finished job unseen).
+        """
         deadline = time.monotonic() + timeout
         while True:
+            with self._ended:
+                seen = self._end_events
             states = self.states()
-            if all(s.status in _FINAL for s in states.values()):
+            if not _unfinished(states):
                 return states
-            if time.monotonic() > deadline:
-                return states
-            time.sleep(POLL_INTERVAL)
+            with self._ended:
+                if not self._ended.wait_for(
+                        lambda: self._end_events > seen,
+                        deadline - time.monotonic()):
+                    return self.states()
 
     def _remove_targets(self):
         present = {node.get('node-name') for node in
@@ -162,6 +188,11 @@ class Mirrors(object):
             if TARGET_PREFIX + name in present:
                 self._execute('blockdev-del',
                               **{'node-name': TARGET_PREFIX + name})
+
+
+def _unfinished(states):
+    return sorted(name for name, state in states.items()
+                  if state.status not in _FINAL)
 
 
 def _state(job):
@@ -191,8 +222,9 @@ class MirroringSource(object):
 
     Mixed in before ``hypervisor.SourceGuest``; the guest provides
     ``_mirror_commands()`` (``execute`` and ``getfd`` as ``Mirrors`` takes
-    them), ``_disk_nodes(disks)`` (disk name to QEMU format node) and
-    ``is_alive()``.
+    them), ``_disk_nodes(disks)`` (disk name to QEMU format node),
+    ``_watch_jobs()`` (start passing QEMU's events to ``_on_job_event``)
+    and ``is_alive()``.
     """
 
     _mirror_jobs = None
@@ -204,7 +236,12 @@ class MirroringSource(object):
             self._mirror_jobs = Mirrors(execute, getfd, self.name)
         return self._mirror_jobs
 
+    def _on_job_event(self, name, data):
+        if self._mirror_jobs is not None:
+            self._mirror_jobs.job_event(name, data)
+
     def start_disk_mirrors(self, sockets, disks, max_bandwidth=0):
+        self._watch_jobs()
         nodes = self._disk_nodes(disks)
         try:
             for disk in disks:

@@ -29,7 +29,9 @@ import fixtures
 import testtools
 
 from nova_multidest.dataplane import disk_copy
+from nova_multidest.dataplane import disk_relay
 from nova_multidest.dataplane import guest
+from nova_multidest.dataplane import nbd
 from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import qemu
 from nova_multidest import exceptions
@@ -268,6 +270,33 @@ class TestDiskCopy(DiskCopyTestBase):
         copy.abort('aborted by request')
         self.assertEqual('running', self.process.run_state())
         self.assert_source_untouched()
+        for name in ('d1', 'd2'):
+            self.assert_not_copied(name)
+
+    def test_aborted_relay_answers_mirror_writes_with_an_error(self):
+        """QEMU's connection is answered, never cut, after an abort.
+
+        Cut under a write QEMU could not finish sending, QEMU 7.2's NBD
+        client waits for good and its mirror job can neither fail nor be
+        cancelled: a write larger than the socket buffers, sent after the
+        abort, must still be read whole and refused.
+        """
+        self.boot(top_mb=4)
+        disks, addresses = self.prepare(['d1', 'd2'])
+        relay = disk_relay.DiskRelay(self.secret, addresses,
+                                     {d.name: d.size for d in disks})
+        self.addCleanup(relay.close)
+        relay.start()
+        client = nbd.Client(relay.take_source_socket('vda'), 'vda')
+        self.addCleanup(client.sock.close)
+        client.send_request(nbd.CMD_WRITE, 1, 0, MiB,
+                            payload=bytes(MiB))
+        self.assertEqual((1, 0), client.read_reply())
+        relay.abort('aborted by request')
+        client.send_request(nbd.CMD_WRITE, 2, MiB, 8 * MiB,
+                            payload=bytes(8 * MiB))
+        self.assertEqual((2, nbd.EIO), client.read_reply())
+        client.disconnect()
         for name in ('d1', 'd2'):
             self.assert_not_copied(name)
 

@@ -124,8 +124,11 @@ class LabTestCase(testtools.TestCase):
     def wait_streaming(self, server_id, count, before=()):
         """Until ``count`` destinations receive the server's memory.
 
-        Fails at once, with every status, when fewer than ``count`` of the
-        migrations started after ``before`` (uuids) can still stream.
+        ``count`` destinations were asked for. The conductor records their
+        migrations one after the other, so fewer rows than ``count`` only
+        mean it is not done yet; this fails at once, with every status,
+        when one of the migrations started after ``before`` (uuids) has
+        ended, so that ``count`` can no longer stream.
         """
         def streaming():
             rows = [dict(zip(('uuid', 'dest', 'status', 'memory'), row))
@@ -136,7 +139,7 @@ class LabTestCase(testtools.TestCase):
                     if row[0] not in before]
             live = [row for row in rows if row['status'] not in
                     vocabulary.MigrationStatus.NOVA_FINAL]
-            if rows and len(live) < count:
+            if len(live) < len(rows):
                 raise AssertionError(
                     '%d destinations of %s streaming: impossible, the '
                     'migrations are %s' % (count, server_id, ', '.join(

@@ -28,6 +28,7 @@ a new one.
 import subprocess
 
 from nova_multidest import vocabulary
+from tools.lab import cloud as cloud_mod
 from tools.lab import resources
 
 from tests.lab import base
@@ -215,14 +216,47 @@ class FaultTest(base.LabTestCase):
     # -- scenario 10 -----------------------------------------------------
 
     def test_rabbitmq_restarted_while_idle(self):
+        """The broker forgets every (non-durable) queue when it restarts.
+
+        Each service declares its queues again when it reconnects. A
+        request made while no conductor has declared its queue yet (here:
+        the conductor is down across the restart) is refused at once with
+        503 and changes nothing: the broker returns the cast instead of
+        dropping it. Once every service consumes its queues again, as
+        ``rabbitmqctl list_queues`` shows, a migration succeeds.
+        """
         server_id, source = self.server()
         before = self.known(server_id)
+        consumed = self.cloud.consumed_queues()
+        conductor = {name for name in consumed
+                     if name.startswith(vocabulary.CONDUCTOR_BINARY)}
+        self.assertIn(vocabulary.CONDUCTOR_BINARY, conductor)
+        self.kill_service(vocabulary.CONDUCTOR_BINARY)
         self.cloud.procs['rabbitmq'].stop()
         self.restart(self.cloud.start_rabbitmq)
+        self.wait_consumed(consumed - conductor)
         destinations = self.others(source)[:2]
+        options = [option for host in destinations
+                   for option in ('--destination', host)]
+
+        refused = self.openstack('server', 'migrate', '--multi-destination',
+                                 *options, server_id, check=False)
+        self.assertEqual(1, refused.returncode, refused.stdout)
+        self.assertIn('HTTP 503', refused.stderr)
+        self.assertIn('No nova-multidest-conductor listens', refused.stderr)
+        self.assertEqual(before, self.known(server_id))
+        self.assert_only_on(server_id, source)
+
+        self.restart(self.cloud.start_controller_service,
+                     vocabulary.CONDUCTOR_BINARY)
+        self.wait_consumed(consumed)
         result = self.openstack('server', 'migrate', '--multi-destination',
-                                *[option for host in destinations
-                                  for option in ('--destination', host)],
-                                '--wait', server_id)
+                                *options, '--wait', server_id)
         winner = self.assert_won(server_id, destinations, before)
         self.assertIn('now runs on %s.' % winner, result.stdout)
+
+    def wait_consumed(self, queues):
+        """Until each of ``queues`` has a consumer again."""
+        base.poll(lambda: queues <= self.cloud.consumed_queues(),
+                  cloud_mod.START_TIMEOUT,
+                  'consumers on %s' % ', '.join(sorted(queues)))

@@ -251,6 +251,32 @@ class Cloud(object):
             connection.collect()
         return True
 
+    def rabbitmqctl(self, *args):
+        """Output of the lab broker's rabbitmqctl, run on the controller."""
+        return subprocess.run(
+            self._in_controller(['/usr/lib/rabbitmq/bin/rabbitmqctl', '-q'] +
+                                list(args)),
+            env=dict(os.environ, **self.conf['rabbitmq']),
+            capture_output=True, text=True, check=True, timeout=60).stdout
+
+    def consumed_queues(self):
+        """Names of the services' queues that have a consumer.
+
+        Reply and fanout queues are left out: their names change when a
+        service connects again. After a broker restart, a service takes
+        its requests again once its topic queues are back in this set.
+        """
+        names = set()
+        for line in self.rabbitmqctl('list_queues', '--no-table-headers',
+                                     'name', 'consumers').splitlines():
+            fields = line.split()
+            if (len(fields) == 2 and fields[1].isdigit() and
+                    int(fields[1]) > 0 and
+                    not fields[0].startswith('reply_') and
+                    '_fanout_' not in fields[0]):
+                names.add(fields[0])
+        return names
+
     def _start_wsgi(self, name, app):
         directory = config.gunicorn(self.lab, name, app,
                                     layout_mod.PORTS[name])

@@ -243,44 +243,73 @@ class LiveMigrateMultiTask(base.TaskBase):
         return objects.ComputeNode.get_by_host_and_nodename(
             self.context, host, node).id
 
-    def _choose(self, round_number, checks=None):
-        """Destinations of this round, each with its Migration record.
-
-        Named hosts go through the scheduler too, in one call that ignores
-        every other host: its filters and placement claim each of them,
-        and a named host it refuses fails alone, at the claim phase.
-        """
-        if self.requested_hosts and round_number == 1:
-            hosts = dest_mod.check_explicit(self.instance,
-                                            self.requested_hosts)
-            others = dest_mod.other_hosts(self.context, self.instance, hosts)
-            chosen = self._schedule(len(hosts), self.tried_hosts | others)
-            found = {d.host for d in chosen}
-            for host in hosts:
-                if host not in found:
-                    self._refused_by_scheduler(host, (checks or {}).get(host))
-        else:
-            chosen = self._schedule(self._wanted_count(), self.tried_hosts)
+    def _choose(self, round_number):
+        """This round's destinations from the scheduler, each claimed."""
+        chosen = self._schedule(self._wanted_count(), self.tried_hosts)
         self.tried_hosts.update(d.host for d in chosen)
         return chosen
 
-    def _refused_by_scheduler(self, host, checks=None):
+    def _claim_named(self, host, checks=None):
+        """Claim one named host through the scheduler; None if refused.
+
+        Its Migration record, the claim's consumer, is written with its
+        host before the call: a crash during the call leaves a record
+        recovery finds. A host the scheduler refuses fails alone, at the
+        claim phase.
+        """
+        self.group.check_not_stopping()
+        migration = self._new_migration(host)
+        try:
+            selection = dest_mod.claim_host(
+                self.context, self.clients.query_client,
+                self.clients.report_client, self._request_spec(),
+                self.instance, host, migration.uuid)
+        except exceptions.ConductorStopping:
+            raise
+        except Exception as error:
+            self.group.check_not_stopping()
+            self._refused_by_scheduler(host, migration, checks, error)
+            return None
+        try:
+            self.group.check_not_stopping()
+        except exceptions.ConductorStopping:
+            # The next conductor's recovery may have released this
+            # Migration's claims while the call was in flight: the claim
+            # the call made is this thread's to drop.
+            dest_mod.drop_claim(self.context, self.clients.report_client,
+                                migration.uuid)
+            raise
+        if selection.nodename:
+            migration.dest_node = selection.nodename
+            migration.dest_compute_id = self._compute_node_id(
+                host, selection.nodename)
+            migration.save()
+        destination = group_mod.Destination(host, migration,
+                                            node=selection.nodename)
+        self.group.add(destination)
+        return destination
+
+    def _refused_by_scheduler(self, host, migration, checks=None,
+                              error=None):
         """Fail a named host the scheduler refused, saying why if known.
 
         The host's own checks, run meanwhile, usually tell (its service is
         down, disabled...) where the scheduler only says "no valid host".
         """
-        destination = group_mod.Destination(host, self._new_migration(host))
+        destination = group_mod.Destination(host, migration)
         failed_check = checks.exception() if checks is not None else None
         if failed_check is not None:
             destination.fail(vocabulary.DestinationPhase.CHECKS,
                              failed_check)
-        else:
+        elif error is None or isinstance(error, nova_exception.NoValidHost):
             destination.fail(vocabulary.DestinationPhase.CLAIM,
                              'no valid host: the scheduler filters or '
                              'placement refused it')
+        else:
+            destination.fail(vocabulary.DestinationPhase.CLAIM,
+                             'the scheduler call failed: %s'
+                             % remote_reason(error))
         self.group.revert(destination, vocabulary.MigrationStatus.FAILED)
-        self.tried_hosts.add(host)
 
     def _schedule(self, wanted, exclude):
         # Each claim's consumer is recorded before the claim (a Migration
@@ -332,18 +361,24 @@ class LiveMigrateMultiTask(base.TaskBase):
         """Choose and prepare this round's destinations, all at once.
 
         Each destination runs on a thread of its own, so preparing N takes
-        about as long as the slowest. Named hosts are checked while the
-        scheduler claims them.
+        about as long as the slowest. A named host is checked while the
+        scheduler claims it (one scheduler call per named host, all at
+        once), and is prepared as soon as its own claim and checks are
+        done, whatever the other hosts' calls still do.
         """
         named = []
         if self.requested_hosts and round_number == 1:
             named = self.requested_hosts
+        self.secret = os.urandom(32)
         workers = 2 * CONF.multidest.max_destinations
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            checks = {host: pool.submit(self._run_checks, host)
-                      for host in named}
             try:
-                chosen = self._choose(round_number, checks)
+                if named:
+                    named = dest_mod.check_explicit(self.instance, named)
+                    # Built once, before the threads share it.
+                    self._request_spec()
+                else:
+                    chosen = self._choose(round_number)
             except exceptions.ConductorStopping:
                 raise
             except Exception as error:
@@ -353,12 +388,30 @@ class LiveMigrateMultiTask(base.TaskBase):
                             instance=self.instance)
                 self.group.reasons['scheduler'] = str(error)
                 return []
-            self.secret = os.urandom(32)
-            futures = [pool.submit(self._prepare_one, d, checks.get(d.host))
-                       for d in chosen]
+            if named:
+                self.tried_hosts.update(named)
+                checks = {host: pool.submit(self._run_checks, host)
+                          for host in named}
+                futures = [pool.submit(self._claim_and_prepare, host,
+                                       checks[host])
+                           for host in named]
+            else:
+                futures = [pool.submit(self._prepare_chosen, d)
+                           for d in chosen]
             results = [future.result() for future in futures]
         self.group.check_not_stopping()
-        return [d for d, ok in zip(chosen, results) if ok]
+        return [d for d in results if d is not None]
+
+    def _claim_and_prepare(self, host, checks):
+        destination = self._claim_named(host, checks)
+        if destination is None:
+            return None
+        return self._prepare_chosen(destination, checks)
+
+    def _prepare_chosen(self, destination, checks=None):
+        if self._prepare_one(destination, checks):
+            return destination
+        return None
 
     def _run_checks(self, host):
         """Nova's live-migration checks of one destination host."""

@@ -278,21 +278,33 @@ class _LibvirtGuest(hypervisor.Guest):
 
     def subscribe(self, callback):
         self._subscribers.add(callback)
-        with self._lock:
-            if self._registrations is not None:
-                return
-            self._registrations = self._register()
+        if not self._watch():
+            return
         if not self.is_alive():
             self._emit(hypervisor.GuestEvent(
                 guest=self.name, kind=hypervisor.EVENT_EXITED,
                 timestamp=time.time()))
+
+    def _watch(self):
+        """Register the event callbacks once; True the first time."""
+        with self._lock:
+            if self._registrations is not None:
+                return False
+            self._registrations = self._register()
+        return True
+
+    def _watch_jobs(self):
+        self._watch()
+
+    def _on_job_event(self, name, data):
+        """Block job events; a source mirroring disks takes them."""
 
     def _register(self):
         connection = self.domain.connect()
         registrations = []
         what = None
         try:
-            for name in MONITOR_EVENTS:
+            for name in tuple(MONITOR_EVENTS) + qmp_disks.JOB_END_EVENTS:
                 what = 'QEMU monitor event %s' % name
                 registrations.append((
                     libvirt_qemu.qemuMonitorEventDeregister,
@@ -325,6 +337,9 @@ class _LibvirtGuest(hypervisor.Guest):
 
     def _on_monitor_event(self, conn, dom, event, seconds, micros, details,
                           opaque):
+        if event in qmp_disks.JOB_END_EVENTS:
+            self._on_job_event(event, json.loads(details or '{}'))
+            return
         kind = MONITOR_EVENTS.get(event)
         if kind is None:
             return

@@ -31,6 +31,7 @@ from nova import policies as nova_policies
 from nova_multidest.api import filter as multidest_filter
 from nova_multidest.api import policies
 from nova_multidest import conf as multidest_conf
+from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
 SERVER = '0b7c9a3e-5b1e-4f55-8f0e-3e6f4f2d6a10'
@@ -426,6 +427,19 @@ class TestMigrateLiveMulti(FilterTestCase):
         self.useFixture(fixtures.MockPatch('nova.version.support_string',
                                            return_value=''))
         self.assertEqual(500, self.migrate().status_int)
+        self.assertIsNone(self.instance.task_state)
+        self.instance.save.assert_called_with(
+            expected_task_state=[task_states.MIGRATING])
+
+    def test_no_conductor_listening_is_503_and_restores_task_state(self):
+        self.conductor.live_migrate_multi.side_effect = (
+            exceptions.NoConductorListening(topic='md-topic'))
+        response = self.migrate()
+        self.assertEqual(503, response.status_int, response.text)
+        [fault] = response.json.values()
+        self.assertIn('No nova-multidest-conductor listens',
+                      fault['message'])
+        self.assertIn('Nothing was changed', fault['message'])
         self.assertIsNone(self.instance.task_state)
         self.instance.save.assert_called_with(
             expected_task_state=[task_states.MIGRATING])

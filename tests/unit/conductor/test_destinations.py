@@ -16,10 +16,14 @@ import fixtures
 import oslo_messaging
 
 from nova import exception as nova_exception
+from nova import objects
 
 from nova_multidest.conductor import destinations
 from nova_multidest import exceptions
 from tests import base
+
+objects.register_all()
+CELL = '3f0b9c2e-5d1a-4e8f-a7c6-0b2d4e6f8a10'
 
 
 def selection(host):
@@ -144,3 +148,46 @@ class ExplicitTest(base.TestCase):
                           ['a', 'src'])
         self.assertEqual(['a', 'b'],
                          destinations.check_explicit(instance, ['a', 'b']))
+
+
+class ClaimHostTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.query = mock.Mock()
+        self.report = mock.Mock()
+        self.spec = objects.RequestSpec(
+            ignore_hosts=['other'], requested_destination=objects.Destination(
+                cell=objects.CellMapping(uuid=CELL)))
+
+    def claim(self):
+        return destinations.claim_host(
+            mock.Mock(), self.query, self.report, self.spec,
+            mock.Mock(host='src'), 'a', 'mig-a')
+
+    def test_the_scheduler_is_asked_for_the_named_host_alone(self):
+        self.query.select_destinations.return_value = [[selection('a')]]
+        self.assertEqual('a', self.claim().service_host)
+        args, kwargs = self.query.select_destinations.call_args
+        spec, consumers = args[1], args[2]
+        self.assertEqual(['mig-a'], consumers)
+        self.assertEqual('a', spec.requested_destination.host)
+        self.assertEqual(CELL, spec.requested_destination.cell.uuid)
+        self.assertEqual(['src'], spec.ignore_hosts)
+        self.assertFalse(kwargs['return_alternates'])
+        # The group's spec is untouched: other hosts are claimed with it.
+        self.assertNotIn('host', self.spec.requested_destination)
+        self.assertEqual(['other'], self.spec.ignore_hosts)
+
+    def test_a_refused_host_leaves_no_claim_to_drop(self):
+        self.query.select_destinations.side_effect = (
+            nova_exception.NoValidHost(reason='full'))
+        self.assertRaises(nova_exception.NoValidHost, self.claim)
+        self.report.delete_allocation_for_instance.assert_not_called()
+
+    def test_a_call_without_answer_drops_the_claim_it_may_have_made(self):
+        self.query.select_destinations.side_effect = (
+            oslo_messaging.MessagingTimeout('no reply'))
+        self.assertRaises(oslo_messaging.MessagingTimeout, self.claim)
+        self.report.delete_allocation_for_instance.assert_called_once_with(
+            mock.ANY, 'mig-a', consumer_type='migration', force=True)

@@ -16,6 +16,7 @@ from unittest import mock
 import fixtures
 import oslo_messaging
 
+from nova import exception as nova_exception
 from nova import objects
 
 from nova_multidest.conductor import group as group_mod
@@ -25,6 +26,9 @@ from nova_multidest.conductor.tasks import live_migrate_multi as task_mod
 from nova_multidest import exceptions
 from nova_multidest import vocabulary
 from tests import base
+
+objects.register_all()
+CELL = 'c5b4c3a1-7f1e-4d0c-9b7a-2a7e3c1d9f00'
 
 
 def destination(host, prepared=False):
@@ -275,6 +279,156 @@ class TaskTest(TaskTestBase):
             oslo_messaging.MessagingTimeout('no reply'), None]
         self.assertTrue(self.task.group.elect(winner))
         self.assertEqual('mig-a', records.resumed(self.instance))
+
+
+class NamedHostsTest(TaskTestBase):
+    """Named hosts: one scheduler call each, all at once, then prepared."""
+
+    def setUp(self):
+        super().setUp()
+        self.task.requested_hosts = ['a', 'b', 'c']
+        self.migrations = {}
+
+        def new_migration(host):
+            migration = mock.Mock(uuid='mig-%s' % host, dest_compute=host,
+                                  status=vocabulary.MigrationStatus.ACCEPTED)
+            self.migrations[host] = migration
+            return migration
+
+        self.useFixture(_patch_object(self.task, '_new_migration',
+                                      side_effect=new_migration))
+        self.useFixture(_patch_object(self.task, '_compute_node_id',
+                                      return_value=7))
+        self.useFixture(_patch_object(
+            self.task, '_request_spec', return_value=objects.RequestSpec(
+                requested_destination=objects.Destination(
+                    cell=objects.CellMapping(uuid=CELL)))))
+        self.query = self.clients.query_client
+        self.compute.prepare_destination.side_effect = (
+            lambda ctxt, inst, migration, *args: {
+                'agent_address': ['127.0.0.1', 1]})
+
+    def select(self, hosts_seen=None, before=None):
+        """A scheduler that picks the one host it is asked for."""
+
+        def select_destinations(ctxt, spec, consumers, return_objects,
+                                return_alternates):
+            host = spec.requested_destination.host
+            if hosts_seen is not None:
+                hosts_seen.append((host, consumers, spec.ignore_hosts,
+                                   return_alternates))
+            if before is not None:
+                before(host)
+            return [[mock.Mock(service_host=host, nodename='%s-node' % host)]]
+
+        self.query.select_destinations.side_effect = select_destinations
+
+    def hosts(self, destinations):
+        return [d.host for d in destinations]
+
+    def test_each_named_host_is_claimed_alone_all_at_once(self):
+        calls = []
+        all_in_flight = threading.Barrier(3, timeout=10)
+        self.select(calls, lambda host: all_in_flight.wait())
+        ready = self.task._prepare_round(1)
+        self.assertEqual(['a', 'b', 'c'], self.hosts(ready))
+        self.assertEqual(
+            [('a', ['mig-a'], ['src'], False),
+             ('b', ['mig-b'], ['src'], False),
+             ('c', ['mig-c'], ['src'], False)], sorted(calls))
+        self.assertEqual(['a-node', 'b-node', 'c-node'],
+                         [d.node for d in ready])
+        self.assertEqual('a-node', self.migrations['a'].dest_node)
+        # The shared spec is left as it was, for the next round.
+        self.assertNotIn('host', self.task._request_spec()
+                         .requested_destination)
+
+    def test_a_host_is_prepared_while_another_is_still_being_claimed(self):
+        self.task.requested_hosts = ['slow', 'fast']
+        fast_prepared = threading.Event()
+
+        def before(host):
+            if host == 'slow' and not fast_prepared.wait(10):
+                raise nova_exception.NoValidHost(reason='fast never '
+                                                 'prepared')
+
+        def prepare(ctxt, instance, migration, *args):
+            if migration.dest_compute == 'fast':
+                fast_prepared.set()
+            return {'agent_address': ['127.0.0.1', 1]}
+
+        self.select(before=before)
+        self.compute.prepare_destination.side_effect = prepare
+        self.assertEqual(['slow', 'fast'],
+                         self.hosts(self.task._prepare_round(1)))
+
+    def test_a_failed_scheduler_call_fails_its_host_alone(self):
+        def before(host):
+            if host == 'b':
+                raise oslo_messaging.MessagingTimeout('no reply')
+
+        self.select(before=before)
+        self.assertEqual(['a', 'c'], self.hosts(self.task._prepare_round(1)))
+        # The call may have claimed all the same: dropped, then released.
+        self.clients.report_client.delete_allocation_for_instance.\
+            assert_called_once_with(mock.ANY, 'mig-b',
+                                    consumer_type='migration', force=True)
+        self.assertEqual([('b', 'mig-b')],
+                         [(c.args[3], c.args[4])
+                          for c in self.release.call_args_list])
+        self.assertEqual(vocabulary.MigrationStatus.FAILED,
+                         self.migrations['b'].status)
+        self.assertEqual('claim: the scheduler call failed: no reply',
+                         self.task.group.reasons['b'])
+        self.compute.revert_destination.assert_not_called()
+        self.assertEqual(2, self.compute.prepare_destination.call_count)
+
+    def test_a_claim_made_after_the_conductor_stopped_is_dropped(self):
+        self.task.requested_hosts = ['a']
+        stopping = threading.Event()
+
+        def before(host):
+            # The conductor stops, and the next one's recovery runs,
+            # while the scheduler call is in flight.
+            stopping.set()
+
+        self.task.group._stopping = stopping.is_set
+        self.select(before=before)
+        self.assertRaises(exceptions.ConductorStopping,
+                          self.task._prepare_round, 1)
+        self.clients.report_client.delete_allocation_for_instance.\
+            assert_called_once_with(mock.ANY, 'mig-a',
+                                    consumer_type='migration', force=True)
+        self.compute.prepare_destination.assert_not_called()
+
+
+class FinishTest(TaskTestBase):
+
+    def test_the_winner_is_active_before_the_losers_are_reverted(self):
+        winner = destination('a', prepared=True)
+        losers = [destination('b', prepared=True),
+                  destination('c', prepared=True)]
+        calls = []
+        self.clients.compute_rpcapi.post_live_migration_at_destination.\
+            side_effect = lambda *args: calls.append('post')
+        self.compute.revert_destination.side_effect = (
+            lambda ctxt, instance, migration: calls.append(
+                'revert %s' % migration.dest_compute))
+        self.useFixture(_patch('nova.availability_zones.'
+                               'get_host_availability_zone'))
+        self.useFixture(_patch(
+            'nova_multidest.conductor.notifications.end'))
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.task.group.finish(winner, losers)
+        self.assertEqual('post', calls[0])
+        self.assertEqual(['revert b', 'revert c'], sorted(calls[1:]))
+        self.assertEqual([vocabulary.MigrationStatus.CANCELLED] * 2,
+                         [d.migration.status for d in losers])
+        self.assertEqual(vocabulary.MigrationStatus.COMPLETED,
+                         winner.migration.status)
+        self.compute.cleanup_source.assert_called_once()
+        self.clients.report_client.move_allocations.assert_called_once_with(
+            mock.ANY, 'mig-a', 'inst')
 
 
 class RollbackTest(TaskTestBase):
@@ -566,13 +720,17 @@ class HostCheckTest(TaskTestBase):
         failed = mock.Mock()
         failed.exception.return_value = exceptions.DestinationUnusable(
             host='b', state='its compute service is disabled')
-        self.task._refused_by_scheduler('b', failed)
+        self.task._refused_by_scheduler('b', mock.Mock(), failed)
         destination = revert.call_args.args[0]
         self.assertEqual('checks: Destination host b cannot be used: its '
                          'compute service is disabled.', destination.reason)
-        self.task._refused_by_scheduler('c', None)
+        self.task._refused_by_scheduler('c', mock.Mock(), None)
         self.assertIn('claim: no valid host',
                       revert.call_args.args[0].reason)
+        self.task._refused_by_scheduler(
+            'd', mock.Mock(), None, oslo_messaging.MessagingTimeout('late'))
+        self.assertEqual('claim: the scheduler call failed: late',
+                         revert.call_args.args[0].reason)
 
     def test_host_states(self):
         task = task_mod.LiveMigrateMultiTask(

@@ -13,8 +13,10 @@
 from unittest import mock
 
 import fixtures
+import oslo_messaging as messaging
 
 from nova_multidest.conductor import rpcapi
+from nova_multidest import exceptions
 from tests import base
 
 
@@ -40,8 +42,25 @@ class ConductorAPITest(base.TestCase):
         api.live_migrate_multi(context, instance, destinations=['h1', 'h2'],
                                block_migration=False, warm_up=True)
         client = self.get_client.return_value
-        client.prepare.assert_called_once_with(version='1.0')
+        client.prepare.assert_called_once_with(
+            version='1.0', transport_options=mock.ANY)
+        self.assertTrue(client.prepare.call_args.kwargs[
+            'transport_options'].at_least_once)
         client.prepare.return_value.cast.assert_called_once_with(
             context, 'live_migrate_multi', instance=instance,
             destinations=['h1', 'h2'], count=None, block_migration=False,
             warm_up=True)
+
+    def test_cast_returned_by_the_broker_says_no_conductor_listens(self):
+        """A broker without a queue for the topic returns the cast."""
+        self.flags(conductor_topic='md-topic')
+        api = rpcapi.ConductorAPI()
+        cast = self.get_client.return_value.prepare.return_value.cast
+        cast.side_effect = messaging.MessageUndeliverable(
+            Exception('NO_ROUTE'), 'nova', 'md-topic', {})
+        error = self.assertRaises(
+            exceptions.NoConductorListening, api.live_migrate_multi,
+            mock.Mock(), mock.Mock(), destinations=['h1', 'h2'])
+        self.assertIn('md-topic', error.message)
+        self.assertIn('Nothing was changed', error.message)
+        self.assertEqual(503, error.code)
