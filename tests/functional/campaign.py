@@ -49,6 +49,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -64,6 +65,7 @@ from nova import objects
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.api import client as api_client
 
+from benchmarks import results
 from nova_multidest.virt.hypervisors import fake
 from nova_multidest import vocabulary
 from tests.functional import base
@@ -80,6 +82,7 @@ MOMENTS = {
                     'delay'),
 }
 DEFAULT_PS = (0.1, 0.3)
+TITLE = 'Randomized fault campaign on Nova\'s functional harness'
 COMPUTES = 5
 
 # Bounds of one run, in seconds. The harness runs with short timeouts of
@@ -91,8 +94,11 @@ GATE_TIMEOUT = 30
 # A source that cannot start its stream must say so at once.
 ERROR_BOUND = 15
 SAMPLE_INTERVAL = 0.005
-# How often the end of a group is looked for in the database.
+# How often the end of a group is looked for in the database, and the
+# server's deletion through the API (a GET costs as much CPU as a run's
+# step).
 WATCH_INTERVAL = 0.2
+POLL_INTERVAL = 0.5
 # Seconds between two wake-ups of an idle pool thread (see setUp).
 IDLE_WORKER_WAKEUP = 1.0
 SETUP_TRIES = 3
@@ -251,6 +257,8 @@ class CampaignHarness(base.MultiDestMigrationTestBase):
         self.connections = {host: self.fake_connection(host)
                             for host in self.hostnames}
         self.dirty = None
+        # Looked up once: the image list is an API call per boot otherwise.
+        self.image_uuid = self._build_server()['imageRef']
         self.baseline_ports = set(self.neutron._ports)
         self.baseline_directories = set(
             os.listdir(base.CONF.instances_path)) | {'multidest-journal'}
@@ -442,7 +450,8 @@ class _Run(object):
             port = h.neutron.create_port()['port']
             self.port_id = port['id']
             networks = [{'port': port['id']}]
-        body = h._build_server(networks=networks, host=self.source)
+        body = h._build_server(networks=networks, host=self.source,
+                               image_uuid=h.image_uuid)
         server = h.admin_api.post_server({'server': body})
         self.server = server
         server = h._wait_for_server_parameter(
@@ -658,12 +667,12 @@ class _Run(object):
         for compute, entries in self._journal_entries().items():
             found.append('journal entries left on %s: %s' % (compute,
                                                              entries))
+        states = {service['host']: service['state'] for service in
+                  h.admin_api.get_services(binary='nova-compute')}
         for compute in h.hostnames:
-            service = h.admin_api.get_services(
-                binary='nova-compute', host=compute)[0]
-            if service['state'] != 'up':
+            if states.get(compute) != 'up':
                 found.append('compute %s is %s' % (compute,
-                                                   service['state']))
+                                                   states.get(compute)))
         return found
 
     def _journal_entries(self):
@@ -767,7 +776,7 @@ class _Run(object):
         try:
             self.h.admin_api.delete_server(self.server['id'])
             base.wait_until(self._deleted, timeout=BOOT_RETRIES / 2,
-                            interval=0.2)
+                            interval=POLL_INTERVAL)
         except Exception:
             self.h.dirty = 'server %s not deleted: %s' % (
                 self.server['id'], traceback.format_exc(limit=3))
@@ -869,6 +878,8 @@ def _run_worker(args, indices, batch_timeout):
 
 
 def _campaign_main(args):
+    report = results.Report('campaign', TITLE, benchmark='')
+    report.command = 'tools/run campaign %s' % ' '.join(args.argv)
     todo = [i for i in range(args.first, args.first + args.runs)]
     if args.only is not None:
         todo = [args.only]
@@ -930,6 +941,8 @@ def _campaign_main(args):
                                                   args.seed).items())
                if i in set(todo)]
     print(summary(records))
+    if args.results:
+        write_results(args, records, report)
     bad = [r for r in records if r.get('violations') or r.get('hang')]
     return 1 if bad else 0
 
@@ -951,9 +964,54 @@ def _progress(args, done, total):
         time.strftime('%H:%M:%S'), len(done), total, bad), flush=True)
 
 
-def summary(records):
-    """The campaign's table, as text."""
-    lines = []
+def write_results(args, records, report):
+    """The campaign's tables as ``benchmarks/results/campaign.md``."""
+    elapsed = (datetime.datetime.now(datetime.timezone.utc) -
+               report.started).total_seconds()
+    report.note('Seed %d, p in %s, restart rate %s, source fault rate %s; '
+                '%d of the %d runs asked for are in the JSON lines (%d '
+                'workers). This invocation took %.0f min; the runs in the '
+                'file took %.0f min of run time, %.0f min of CPU.' % (
+                    args.seed, args.p, args.restart_rate, args.source_rate,
+                    len(records), args.runs, args.workers, elapsed / 60,
+                    sum(r.get('seconds', 0) for r in records) / 60,
+                    sum(r.get('cpu_seconds', 0) for r in records) / 60))
+    for note in args.note or ():
+        report.note(note)
+    restarts = sum(1 for r in records if r.get('restart_done'))
+    hangs = sum(1 for r in records if r.get('hang'))
+    bad = [r['index'] for r in records if r.get('violations')]
+    report.table('All runs', [
+        'runs', 'p', 'violations', 'hangs', 'restart share', 'aborts',
+        'warm-ups', 'source faults', 'copy samples'], [[
+            len(records), ' and '.join(str(p) for p in args.p), len(bad),
+            hangs, '%d (%.0f%%)' % (restarts,
+                                    100.0 * restarts / max(len(records), 1)),
+            sum(1 for r in records if r.get('action') == 'abort'),
+            sum(1 for r in records if r.get('warm_up')),
+            sum(1 for r in records if r.get('source_fault')),
+            sum(r.get('samples', 0) for r in records)]],
+        notes=['Runs with violations: %s' % bad] if bad else ())
+    plain = _plain_outcomes(records)
+    report.table('Destination faults only: success against 1 - p^N',
+                 ['N', 'p', 'runs', 'succeeded', 'rate', '1 - p^N'],
+                 [[n, p, runs, ok, '%.3f' % (ok / runs), '%.3f' % (1 - p ** n)]
+                  for (n, p), (runs, ok) in sorted(plain.items())])
+    moments = collections.Counter(
+        (r['restart'], r.get('moment')) for r in records
+        if r.get('restart_done'))
+    report.table('Restarts done, by target and moment',
+                 ['target', 'moment', 'runs'],
+                 [[t, m, c] for (t, m), c in sorted(moments.items())])
+    source = [r for r in records if r.get('source_fault')]
+    report.note('Source-side (correlated) faults: %d runs, %d succeeded.' % (
+        len(source), sum(1 for r in source if r.get('success'))))
+    path = report.write(os.path.dirname(os.path.abspath(args.results)))[0]
+    if os.path.abspath(path) != os.path.abspath(args.results):
+        os.replace(path, args.results)
+
+
+def _plain_outcomes(records):
     plain = collections.defaultdict(lambda: [0, 0])
     for record in records:
         if (record.get('restart') is None and record.get('action') != 'abort'
@@ -962,6 +1020,13 @@ def summary(records):
             cell = plain[(record['n'], record['p'])]
             cell[0] += 1
             cell[1] += bool(record['success'])
+    return plain
+
+
+def summary(records):
+    """The campaign's table, as text."""
+    lines = []
+    plain = _plain_outcomes(records)
     lines.append('Destination faults only (success when one chosen '
                  'destination had none):')
     lines.append('  %2s  %4s  %5s  %7s  %7s  %7s' % (
@@ -1029,9 +1094,17 @@ def parse_args(argv):
                         help='Runs per harness (default 20).')
     parser.add_argument('--workers', type=int, default=1,
                         help='Harnesses run at once (default 1).')
+    parser.add_argument('--results', default=None,
+                        help='Also write the tables, the command and the '
+                             'load average as Markdown to this file '
+                             '(e.g. benchmarks/results/campaign.md).')
+    parser.add_argument('--note', action='append',
+                        help='A paragraph for the Markdown results (repeat '
+                             'for several).')
     worker.add_argument('--indices', required=True,
                         type=lambda text: [int(i) for i in text.split(',')])
     args = parser.parse_args(argv)
+    args.argv = list(argv)
     args.p = args.p or list(DEFAULT_PS)
     if args.out is None:
         args.out = 'campaign-%d.jsonl' % args.seed

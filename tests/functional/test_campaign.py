@@ -20,7 +20,7 @@ destination faults, abort, warm-up) in every functional run.
 from tests.functional import campaign
 
 SEED = 9
-RUNS = 12
+RUNS = 40
 
 
 class ShortCampaignTest(campaign.CampaignHarness):
