@@ -114,8 +114,11 @@ class ComputeEndpoint(object):
         self._streams = {}
         self._start_errors = {}
         self._tls = None
-        # Migration uuids whose prepare_destination call is in progress.
+        # Migration uuids whose prepare_destination call is in progress,
+        # and those of them a revert reached meanwhile (fenced: the
+        # prepare reverts what it made when it ends).
         self._preparing = set()
+        self._fenced = set()
         self._swept = threading.Event()
         self.servicegroup_api = servicegroup.API()
 
@@ -166,6 +169,7 @@ class ComputeEndpoint(object):
         finally:
             with self._lock:
                 self._preparing.discard(migration.uuid)
+                self._fenced.discard(migration.uuid)
 
     def _prepare(self, context, instance, migration, prepared, secret,
                  migrate_data, copy_disks=False):
@@ -215,7 +219,9 @@ class ComputeEndpoint(object):
                                   'failed', self.host, instance=instance)
         with self._lock:
             self._destinations[migration.uuid] = prepared
-        if not self._still_wanted(context, instance, migration.uuid):
+            fenced = migration.uuid in self._fenced
+        if fenced or not self._still_wanted(context, instance,
+                                            migration.uuid):
             self._revert(context, instance, prepared,
                          delete_attachments=True)
             with self._lock:
@@ -392,6 +398,10 @@ class ComputeEndpoint(object):
     def revert_destination(self, context, instance, migration):
         self._check_destination_side(instance, migration)
         with self._lock:
+            if migration.uuid in self._preparing:
+                # The group gives this destination up before its prepare
+                # ended: the prepare must not hand over what it makes.
+                self._fenced.add(migration.uuid)
             prepared = self._destinations.get(migration.uuid)
         if prepared is None:
             record = self.journal.read(migration.uuid)

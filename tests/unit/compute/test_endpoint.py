@@ -373,6 +373,26 @@ class DestinationSideTest(EndpointTestBase):
         self.assertEqual({}, endpoint._destinations)
         self.assertEqual([], endpoint.journal.migration_uuids())
 
+    def test_a_revert_during_the_prepare_fences_it(self):
+        endpoint = self.endpoint()
+
+        def reverted(*args, **kwargs):
+            # Recovery's revert arrives while the prepare runs; the
+            # Migration is set failed only once that revert returned.
+            endpoint.revert_destination('ctxt', self.instance,
+                                        self.migration)
+            return SOURCE_XML
+
+        self.driver.multidest_destination_xml.side_effect = reverted
+        error = self.assertRaises(
+            exceptions.DestinationFailed, endpoint.prepare_destination,
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        self.assertIn('gave migration mig-1 up', str(error))
+        self.assertEqual({}, endpoint._destinations)
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.assertEqual(set(), endpoint._fenced)
+
     def prepared_endpoint(self):
         endpoint = self.endpoint()
         endpoint.prepare_destination('ctxt', self.instance, self.migration,
