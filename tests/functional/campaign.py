@@ -879,7 +879,9 @@ def _run_worker(args, indices, batch_timeout):
 
 def _campaign_main(args):
     report = results.Report('campaign', TITLE, benchmark='')
-    report.command = 'tools/run campaign %s' % ' '.join(args.argv)
+    shown = [a for i, a in enumerate(args.argv) if a != '--note' and
+             (i == 0 or args.argv[i - 1] != '--note')]
+    report.command = 'tools/run campaign %s' % ' '.join(shown)
     todo = [i for i in range(args.first, args.first + args.runs)]
     if args.only is not None:
         todo = [args.only]
@@ -969,8 +971,8 @@ def write_results(args, records, report):
     elapsed = (datetime.datetime.now(datetime.timezone.utc) -
                report.started).total_seconds()
     report.note('Seed %d, p in %s, restart rate %s, source fault rate %s; '
-                '%d of the %d runs asked for are in the JSON lines (%d '
-                'workers). This invocation took %.0f min; the runs in the '
+                '%d of the %d runs asked for are in the JSON lines (workers: '
+                '%d). This invocation took %.0f min; the runs in the '
                 'file took %.0f min of run time, %.0f min of CPU.' % (
                     args.seed, args.p, args.restart_rate, args.source_rate,
                     len(records), args.runs, args.workers, elapsed / 60,

@@ -77,3 +77,19 @@ class LabStartErrorTest(testtools.TestCase):
                                   log=lambda message: None)
         self.assertIn('the lab needs root', str(error))
         self.assertEqual([], self.cloud.procs.names())
+
+    def test_purge_then_start_again_with_the_same_object(self):
+        """What ``bench lab --lab-start`` does: down --purge, then up."""
+        old_secrets = dict(self.cloud.secrets)
+        self.useFixture(fixtures.MockPatch(
+            'tools.lab.network.remove'))
+        self.cloud.down(purge=True, log=lambda message: None)
+        self.assertEqual([], self.cloud.procs.names())
+        process = self.cloud.procs['keystone']
+        process.start([sys.executable, '-c', 'pass'])
+        self.assertEqual(['keystone'], self.cloud.procs.names())
+        self.cloud._stop_processes()
+        new_secrets = self.cloud.secrets
+        self.assertNotEqual(old_secrets, new_secrets)
+        self.assertEqual(new_secrets, cloud_mod.Cloud(
+            self.cloud.lab).secrets)

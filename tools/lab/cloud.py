@@ -597,6 +597,10 @@ class Cloud(object):
         network.remove(self.lab)
         if purge and os.path.isdir(self.lab.dir):
             shutil.rmtree(self.lab.dir)
+            # A later up() of this object starts afresh, as a new one would.
+            self.procs = processes.ProcessTable(self.lab.path('pids'),
+                                                self.lab.path('logs'))
+            self._secrets = None
         log('Lab %s is down%s' % (
             self.lab.id, ' and its state removed' if purge else ''))
 
