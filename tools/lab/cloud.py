@@ -352,36 +352,6 @@ class Cloud(object):
         return process, lambda: storage.mounted(
             holder, storage.mount_point(self.lab))
 
-    def local_instances(self, host):
-        """Give ``host`` an instances_path of its own: local disks.
-
-        Its mount of the shared volume stops and a directory of the host's
-        own is bound on instances_path in its mount namespace, so that the
-        disks of its servers are local to it (Nova's default, where a live
-        migration copies the disks). ``shared_instances`` undoes it.
-        """
-        path = storage.mount_point(self.lab)
-        holder = self.procs['%s-namespaces' % host].pid
-        self.procs['%s-instances' % host].stop()
-        if storage.mounted(holder, path):
-            self._run('%s-instances' % host,
-                      self._in_host(host, ['umount', '--lazy', path]))
-        local = storage.local_directory(self.lab, host)
-        os.makedirs(local, exist_ok=True)
-        self._run('%s-instances' % host, self._in_host(
-            host, ['mount', '--bind', local, path]))
-
-    def shared_instances(self, host):
-        """Mount the shared volume on ``host``'s instances_path again."""
-        path = storage.mount_point(self.lab)
-        holder = self.procs['%s-namespaces' % host].pid
-        while storage.mount_types(holder, path) and \
-                not storage.mounted(holder, path):
-            self._run('%s-instances' % host,
-                      self._in_host(host, ['umount', path]))
-        if not self.procs['%s-instances' % host].alive():
-            self._wait([self._mount_instances(host)])
-
     def start_libvirtd(self, host):
         directory = self.lab.libvirt_dir(host)
         process = self.procs['%s-libvirtd' % host]
