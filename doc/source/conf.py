@@ -13,10 +13,8 @@
 """Sphinx configuration of the nova-multidest guide.
 
 The configuration and policy references are generated from the code
-(oslo_config.sphinxext, oslo_policy.sphinxext). The release notes stay
-out of the guide: reno's scan of this repository's history stops at two
-merge commits that edit a note their branch added (reno 4.1 refuses a
-note both added and modified in one commit). The default theme: openstackdocstheme needs the
+(oslo_config.sphinxext, oslo_policy.sphinxext), the release notes from
+the repository by reno. The default theme: openstackdocstheme needs the
 OpenStack docs infrastructure this project does not publish to.
 """
 
@@ -25,6 +23,7 @@ copyright = 'nova-multidest developers'
 extensions = [
     'oslo_config.sphinxext',
     'oslo_policy.sphinxext',
+    'reno.sphinxext',
 ]
 exclude_patterns = []
 html_theme = 'alabaster'
