@@ -577,7 +577,7 @@ class ComputeEndpoint(object):
                      for d in destinations], secret, topology=topology,
                     lag_limit=CONF.multidest.lag_limit_mb * MiB,
                     tls=self._tls_contexts()[1], on_drop=on_drop,
-                    max_bandwidth=CONF.multidest.max_bandwidth_mb * MiB)
+                    max_bandwidth=settings.max_bandwidth)
             except Exception:
                 fanout.close()
                 raise
@@ -623,11 +623,10 @@ class ComputeEndpoint(object):
                     None if complete else stats.remaining or None)
                 disk = disks.get(host)
                 if disk is not None:
-                    migration.disk_total_bytes = disk.total_bytes or None
-                    migration.disk_processed_bytes = (
-                        disk.processed_bytes or None)
-                    migration.disk_remaining_bytes = (
-                        disk.remaining_bytes or None)
+                    # The API shows these as disk_*_bytes.
+                    migration.disk_total = disk.total_bytes or None
+                    migration.disk_processed = disk.processed_bytes or None
+                    migration.disk_remaining = disk.remaining_bytes or None
                 if migration.obj_what_changed():
                     migration.save()
         return record

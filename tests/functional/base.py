@@ -22,14 +22,17 @@ driver is ``MultiDestLibvirtDriver`` over Nova's fake libvirt.
 server runs on exactly one host and nothing of it is left anywhere else.
 """
 
+import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
 import urllib.parse
 
 import fixtures
+from oslo_messaging.rpc import dispatcher as oslo_dispatcher
 from oslo_utils import uuidutils
 
 from nova.compute import vm_states
@@ -40,6 +43,8 @@ from nova.objects import fields
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional import integrated_helpers
 from nova.tests.functional.libvirt import base as libvirt_base
+from nova import thread_pool_factory
+from nova.virt.libvirt import migration as libvirt_migration
 
 from nova_multidest import conf as multidest_conf
 from nova_multidest import vocabulary
@@ -74,6 +79,107 @@ def wait_until(predicate, timeout=60.0, interval=0.05, message=None):
             raise AssertionError(message or 'timed out waiting for %s' %
                                  predicate)
         time.sleep(interval)
+
+
+class _HostLocalConf(object):
+    """Nova's CONF, with ``instances_path`` as the calling host sees it."""
+
+    def __init__(self, conf, storage):
+        self._conf = conf
+        self._storage = storage
+
+    @property
+    def instances_path(self):
+        return self._storage.instances_path()
+
+    def __getattr__(self, name):
+        return getattr(self._conf, name)
+
+
+class HostLocalStorage(fixtures.Fixture):
+    """Each compute its own instances_path, as hosts without shared storage.
+
+    Every compute of the harness runs in this process with one CONF, so
+    one instances_path is what shared storage would be. With this fixture
+    Nova's libvirt driver and utils read ``instances_path`` as
+    ``<root>/hosts/<host>`` for the host whose work the calling thread
+    does: the host of the RPC endpoint (Nova's compute manager or ours)
+    that dispatched the call, carried over to the threads it spawns.
+    Paths a source's domain XML names are this host's own in the
+    destination's XML, as the same path names each host's own file on
+    real hosts.
+    """
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+        self._local = threading.local()
+
+    def _setUp(self):
+        conf = _HostLocalConf(CONF, self)
+        for module in ('nova.virt.libvirt.utils', 'nova.virt.libvirt.driver'):
+            self.useFixture(fixtures.MonkeyPatch(module + '.CONF', conf))
+        dispatch = oslo_dispatcher.RPCDispatcher._do_dispatch
+        storage = self
+
+        def do_dispatch(dispatcher, endpoint, method, ctxt, args):
+            with storage.working_for(getattr(endpoint, 'host', None)):
+                return dispatch(dispatcher, endpoint, method, ctxt, args)
+        self.useFixture(fixtures.MonkeyPatch(
+            'oslo_messaging.rpc.dispatcher.RPCDispatcher._do_dispatch',
+            do_dispatch))
+        spawn_on = thread_pool_factory.spawn_on
+
+        def spawn_on_for_host(executor_type, func, *args, **kwargs):
+            host = storage.current_host()
+
+            def run(*args, **kwargs):
+                with storage.working_for(host):
+                    return func(*args, **kwargs)
+            return spawn_on(executor_type, run, *args, **kwargs)
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.thread_pool_factory.spawn_on', spawn_on_for_host))
+        updated_xml = libvirt_migration.get_updated_guest_xml
+
+        def get_updated_guest_xml(*args, **kwargs):
+            return storage.localize(updated_xml(*args, **kwargs))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.migration.get_updated_guest_xml',
+            get_updated_guest_xml))
+
+    @contextlib.contextmanager
+    def working_for(self, host):
+        """The calling thread works for ``host`` (if not None) meanwhile."""
+        previous = self.current_host()
+        if host is not None:
+            self._local.host = host
+        try:
+            yield
+        finally:
+            self._local.host = previous
+
+    def current_host(self):
+        return getattr(self._local, 'host', None)
+
+    def host_path(self, host):
+        return os.path.join(self.root, 'hosts', host)
+
+    def instances_path(self):
+        host = self.current_host()
+        if host is None:
+            raise AssertionError(
+                'instances_path read outside of any compute host\'s work')
+        path = self.host_path(host)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def localize(self, xml):
+        """``xml`` with every host's instances_path made this host's."""
+        pattern = re.escape(os.path.join(self.root, 'hosts', '')) + r'[^/]+/'
+        return re.sub(pattern, os.path.join(self.instances_path(), ''), xml)
+
+    def instance_dir(self, host, server_id):
+        return os.path.join(self.host_path(host), server_id)
 
 
 class MultiDestTestBase(libvirt_base.ServersTestBase,
@@ -116,6 +222,7 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
             'nova.tests.fixtures.libvirt.Domain.migrateToURI3',
             self._fake_libvirt_migration))
         self.multidest_conductor = None
+        self.local_storage = None
         self._nova_notification_source = (
             fields.NotificationSource.get_source_by_binary)
         self.useFixture(fixtures.MonkeyPatch(
@@ -159,6 +266,15 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
         if self.multidest_conductor is not None:
             self.multidest_conductor.stop()
         return self.start_multidest_conductor()
+
+    def use_local_storage(self):
+        """From now on each compute has its own, non-shared instances_path.
+
+        Call it once the computes run and before the first server boots.
+        """
+        self.local_storage = self.useFixture(
+            HostLocalStorage(CONF.instances_path))
+        return self.local_storage
 
     def compute_driver(self, hostname):
         return self.computes[hostname].driver
@@ -237,7 +353,7 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
         self.assert_port_bindings_only_on(server_id, expected_host)
         self.assert_volume_attachments_only_on(server_id, expected_host)
         self.assert_domain_only_on(server_id, expected_host)
-        self.assert_instance_dir_single(server_id)
+        self.assert_instance_dir_single(server_id, expected_host)
         self.assert_no_group_in_progress(instance)
         return server
 
@@ -320,16 +436,35 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
                 self.assertEqual([], domains,
                                  'domain left on %s' % hostname)
 
-    def assert_instance_dir_single(self, server_id):
+    def assert_instance_dir_single(self, server_id, host=None):
         """No directory of the instance but its own.
 
         The harness shares one instances_path between all computes (as
         shared storage would), so a leaked per-destination directory shows
         as any entry of the instance other than its own directory.
         """
+        if self.local_storage is not None:
+            return self.assert_instance_dir_only_on(server_id, host)
         entries = [name for name in os.listdir(CONF.instances_path)
                    if name.startswith(server_id)]
         self.assertIn(entries, ([], [server_id]))
+
+    def assert_instance_dir_only_on(self, server_id, host):
+        """With local storage: no directory of the instance but on ``host``.
+
+        Nova's harness writes no disk at spawn, so the host's own may be
+        missing too.
+        """
+        for hostname in self.computes:
+            path = self.local_storage.host_path(hostname)
+            entries = [name for name in (os.listdir(path) if
+                                         os.path.isdir(path) else [])
+                       if name.startswith(server_id)]
+            if hostname == host:
+                self.assertIn(entries, ([], [server_id]))
+            else:
+                self.assertEqual([], entries,
+                                 'instance files left on %s' % hostname)
 
     def assert_no_group_in_progress(self, instance):
         group_keys = [key for key in instance.system_metadata

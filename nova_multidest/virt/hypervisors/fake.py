@@ -18,6 +18,9 @@ extension simulates the stream (bytes over time, in a fraction of a
 second), lets a test make one destination host fail in one phase, and
 keeps domains on the host's fake libvirt connection in step, so that a
 test can see which copies exist, which run and which were left behind.
+Local disks are the files the domain XML names: a block migration copies
+the source's files into the destinations' (which Nova's pre-live-migration
+made), and only reads the source's.
 
 Everything it shares between computes lives in one module-level registry,
 because every compute of a functional test runs in this process:
@@ -28,12 +31,14 @@ because every compute of a functional test runs in this process:
 
 import collections
 import itertools
+import os
 import threading
 import time
 from xml.etree import ElementTree
 
 from oslo_log import log as logging
 
+from nova_multidest.dataplane import disk_copy
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import relay
 from nova_multidest.dataplane import source_stream
@@ -48,7 +53,8 @@ FAULTS = {
     vocabulary.DestinationPhase.PREPARE:
         'start_incoming fails after the domain exists',
     vocabulary.DestinationPhase.STREAM:
-        'the destination dies half-way through the stream',
+        'the destination dies half-way through the stream (through the '
+        'disk copy first, when local disks are copied)',
     vocabulary.DestinationPhase.COMPLETE:
         'the last bytes arrive but loading them fails',
     vocabulary.DestinationPhase.RESUME: 'the elected copy cannot run',
@@ -190,6 +196,47 @@ def _memory_bytes(xml):
     return int(element.text) * scale.get(unit, 1 << 10)
 
 
+def disk_files(xml):
+    """``{target dev: file}`` of the disks a block migration copies.
+
+    As Nova's libvirt driver chooses them: file disks, neither read-only
+    nor shareable.
+    """
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return {}
+    files = {}
+    for disk in root.findall('devices/disk'):
+        target = disk.find('target')
+        source = disk.find('source')
+        if (target is None or source is None or
+                disk.get('type') != 'file' or
+                disk.get('device', 'disk') != 'disk' or
+                disk.find('readonly') is not None or
+                disk.find('shareable') is not None):
+            continue
+        files[target.get('dev')] = source.get('file')
+    return files
+
+
+def _register_agent(agent, listen):
+    """Listen at ``listen`` (any port if 0); OSError if it is taken."""
+    with _REGISTRY.lock:
+        port = listen[1] or next(_REGISTRY.ports)
+        address = (listen[0], port)
+        if address in _REGISTRY.agents:
+            raise OSError('address %s:%s in use' % address)
+        _REGISTRY.agents[address] = agent
+    return address
+
+
+def _unregister_agent(agent, address):
+    with _REGISTRY.lock:
+        if _REGISTRY.agents.get(address) is agent:
+            del _REGISTRY.agents[address]
+
+
 def _domain_name(xml, default):
     try:
         name = ElementTree.fromstring(xml).findtext('name')
@@ -243,6 +290,7 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
         self.cancelled = False
         self.error = None
         self._paused = False
+        self._continued = threading.Event()
 
     def set_capabilities(self, capabilities):
         _apply(self.host, 'capabilities', dict(capabilities))
@@ -292,6 +340,38 @@ class FakeSource(_FakeGuest, hypervisor.SourceGuest):
     def cancel(self):
         _apply(self.host, 'cancel', True)
         self.cancelled = True
+        self._continued.set()
+
+    def continue_migration(self):
+        self._continued.set()
+
+    def wait_continued(self, timeout):
+        """True once told to go on from pre-switchover (or cancelled)."""
+        return self._continued.wait(timeout)
+
+    def local_disks(self, devices=None):
+        files = self._guest_disk_files()
+        if devices is None:
+            devices = list(files)
+        result = []
+        for dev in devices:
+            path = files.get(dev)
+            if path is None or not os.path.isfile(path):
+                raise exceptions.DiskNotMirrorable(
+                    disk=dev, reason='the guest %s has no disk file for it'
+                                     % self.name)
+            result.append(hypervisor.LocalDisk(
+                name=dev, size=os.path.getsize(path), shallow=False))
+        return result
+
+    def disk_file(self, name):
+        """The file of disk ``name`` on this host."""
+        return self._guest_disk_files()[name]
+
+    def _guest_disk_files(self):
+        if self.domain is None:
+            return {}
+        return disk_files(self.domain.XMLDesc(0))
 
     def pause(self):
         self._paused = True
@@ -333,6 +413,7 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
         self.destroyed = False
         self.capabilities = {}
         self.multifd_channels = 0
+        self._disk_agent = None
 
     @property
     def incoming_target(self):
@@ -350,24 +431,61 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
 
     def open_stream(self, secret, listen=('127.0.0.1', 0), tls=None,
                     forward_tls=None):
-        with _REGISTRY.lock:
-            port = listen[1] or next(_REGISTRY.ports)
-            address = (listen[0], port)
-            if address in _REGISTRY.agents:
-                raise OSError('address %s:%s in use' % address)
-            _REGISTRY.agents[address] = self
+        self.secret = secret
+        address = _register_agent(self, listen)
         _apply(self.name, 'tls', tls is not None)
         self.address = address
-        self.secret = secret
         return address
 
     def stream_bytes_received(self):
         return self.received
 
     def close_stream(self):
-        with _REGISTRY.lock:
-            if _REGISTRY.agents.get(self.address) is self:
-                del _REGISTRY.agents[self.address]
+        _unregister_agent(self, self.address)
+        self.close_disk_stream()
+
+    def export_disks(self, disks):
+        """This copy's disk files, which must exist at their full size."""
+        files = (disk_files(self.domain.XMLDesc(0))
+                 if self.domain is not None else {})
+        exports = {}
+        for disk in disks:
+            path = files.get(disk.name)
+            if path is None or not os.path.isfile(path):
+                raise exceptions.HypervisorError(
+                    operation='export disks of %s' % self.name,
+                    reason='disk %s has no file here (%s); pre-live-migration'
+                           ' makes it' % (disk.name, path))
+            if os.path.getsize(path) < disk.size:
+                raise exceptions.HypervisorError(
+                    operation='export disks of %s' % self.name,
+                    reason='disk %s is smaller here than on the source'
+                           % disk.name)
+            exports[disk.name] = (path, disk.name)
+        return exports
+
+    def open_disk_stream(self, secret, exports, listen=('127.0.0.1', 0),
+                         tls=None, forward_tls=None):
+        agent = _FakeDiskAgent(self, secret, exports)
+        agent.address = _register_agent(agent, listen)
+        self._disk_agent = agent
+        return agent.address
+
+    def disks_copied(self):
+        if self._disk_agent is None:
+            return None
+        return self._disk_agent.copied
+
+    @property
+    def copies_disks(self):
+        return self._disk_agent is not None
+
+    def disk_copy_reason(self):
+        return self._disk_agent.reason if self._disk_agent else None
+
+    def close_disk_stream(self):
+        if self._disk_agent is not None:
+            _unregister_agent(self._disk_agent, self._disk_agent.address)
 
     def receive(self, size):
         """Take ``size`` bytes; False once this destination failed."""
@@ -396,6 +514,8 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
         return True
 
     def fail(self, reason):
+        if self._disk_agent is not None and self._disk_agent.copied is None:
+            self._disk_agent.fail(reason)
         if self.status in vocabulary.QemuStatus.FINAL:
             return
         self.status = vocabulary.QemuStatus.FAILED
@@ -412,6 +532,7 @@ class FakeDestination(_FakeGuest, hypervisor.DestinationGuest):
             raise exceptions.HypervisorError(
                 operation='resume %s' % self.name,
                 reason='the incoming stream is %s' % self.status)
+        self.check_disks_copied()
         message = _fault(self.name, vocabulary.DestinationPhase.RESUME)
         if message:
             raise exceptions.HypervisorError(
@@ -506,7 +627,8 @@ class FakeRelay(object):
 
     def _live_targets(self):
         live = self.live_destinations()
-        return [(name, self._targets[name]) for name in live]
+        return [(name, self._targets[name]) for name in live
+                if name in self._targets]
 
     def _mark_failed(self, name, reason, notify=True):
         with self._lock:
@@ -571,6 +693,21 @@ class FakeRelay(object):
 
     def _complete(self, source):
         source.pause()
+        if source.capabilities.get('pause-before-switchover'):
+            # QEMU waits here until the disk mirrors ended.
+            source.status = vocabulary.QemuStatus.PRE_SWITCHOVER
+            source._emit(hypervisor.EVENT_MIGRATION, status=source.status)
+            while not source.wait_continued(0.05):
+                if self._stop.is_set():
+                    source.finish(vocabulary.QemuStatus.FAILED,
+                                  'relay closed')
+                    return
+            if source.cancelled:
+                for name, _ in self._live_targets():
+                    self._mark_failed(name, 'migration cancelled', False)
+                source.finish(vocabulary.QemuStatus.CANCELLED)
+                return
+            source.status = vocabulary.QemuStatus.ACTIVE
         self._send(source.remaining)
         source.remaining = 0
         completed = 0
@@ -614,6 +751,185 @@ class FakeRelay(object):
         with _REGISTRY.lock:
             if _REGISTRY.relays.get(self.source_uri) is self:
                 del _REGISTRY.relays[self.source_uri]
+
+
+class _FakeDiskAgent(object):
+    """A destination's disk writer: writes into the files it exports."""
+
+    def __init__(self, destination, secret, exports):
+        self.destination = destination
+        self.secret = secret
+        self.exports = dict(exports)
+        self.address = None
+        self.copied = None
+        self.reason = None
+
+    def write(self, disk, offset, data):
+        with open(self.exports[disk][0], 'r+b') as f:
+            f.seek(offset)
+            f.write(data)
+
+    def complete(self):
+        if self.copied is None:
+            self.copied = True
+            self.destination._emit(hypervisor.EVENT_MIGRATION,
+                                   status=self.destination.status)
+
+    def fail(self, reason):
+        if self.copied is None:
+            self.copied = False
+            self.reason = reason
+            self.destination.fail(reason)
+
+
+class FakeDiskCopy(object):
+    """``disk_copy.DiskCopy`` over files: the source's, read only.
+
+    Copies every disk file of ``source`` into each live destination's,
+    in steps as the memory stream goes; a destination with a STREAM fault
+    dies half-way through. Once every destination has the whole of every
+    disk the mirrors are "in sync": the fake guest never writes, so they
+    stay so until the switch-over.
+    """
+
+    def __init__(self, source, disks, destinations, secret, on_drop=None,
+                 **kwargs):
+        self.source = source
+        self.disks = list(disks)
+        if not self.disks:
+            raise exceptions.InvalidSettings(
+                reason='a disk copy needs at least one disk')
+        self.secret = secret
+        self.on_drop = on_drop
+        self.names = [name for name, _ in destinations]
+        self.addresses = {name: tuple(address)
+                          for name, address in destinations}
+        self.total = sum(disk.size for disk in self.disks)
+        self._agents = {}
+        self._failed = {}
+        self._processed = dict.fromkeys(self.names, 0)
+        self._lock = threading.Lock()
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        with _REGISTRY.lock:
+            for name in self.names:
+                agent = _REGISTRY.agents.get(self.addresses[name])
+                if (not isinstance(agent, _FakeDiskAgent) or
+                        agent.secret != self.secret):
+                    self._failed[name] = (
+                        'no disk agent with this secret at %s'
+                        % (self.addresses[name],))
+                else:
+                    self._agents[name] = agent
+            steps = max(_REGISTRY.steps, 1)
+            step_seconds = _REGISTRY.step_seconds
+        if not self._agents:
+            raise exceptions.AllDestinationsFailed(
+                reasons='; '.join('%s: %s' % item
+                                  for item in self._failed.items()))
+        self._thread = threading.Thread(
+            target=self._copy, args=(max(self.total // steps, 1),
+                                     step_seconds),
+            daemon=True, name='fake-disk-copy-%s' % self.source.name)
+        self._thread.start()
+
+    def _live_agents(self):
+        with self._lock:
+            return [(name, agent) for name, agent in self._agents.items()
+                    if name not in self._failed]
+
+    def _mark_failed(self, name, reason, notify=True):
+        with self._lock:
+            if name in self._failed:
+                return
+            self._failed[name] = reason
+            agent = self._agents.get(name)
+        if agent is not None:
+            agent.fail(reason)
+        if notify and self.on_drop is not None:
+            self.on_drop(name, reason)
+
+    def _copy(self, chunk, step_seconds):
+        try:
+            for disk in self.disks:
+                if not self._copy_disk(disk, chunk, step_seconds):
+                    return
+        except (OSError, KeyError) as exc:
+            for name, _ in self._live_agents():
+                self._mark_failed(name, 'reading the source disks: %s' % exc)
+            return
+        self._synced.set()
+
+    def _copy_disk(self, disk, chunk, step_seconds):
+        with open(self.source.disk_file(disk.name), 'rb') as f:
+            offset = 0
+            while offset < disk.size:
+                if self._stop.is_set():
+                    return False
+                data = f.read(min(chunk, disk.size - offset))
+                if not data:
+                    break
+                for name, agent in self._live_agents():
+                    self._write(name, agent, disk.name, offset, data)
+                offset += len(data)
+                self._stop.wait(step_seconds)
+        return True
+
+    def _write(self, name, agent, disk, offset, data):
+        destination = agent.destination
+        if destination.destroyed or (destination.status ==
+                                     vocabulary.QemuStatus.FAILED):
+            self._mark_failed(name, destination.reason or 'destination gone')
+            return
+        message = _fault(name, vocabulary.DestinationPhase.STREAM)
+        if message and self._processed[name] * 2 >= self.total:
+            self._mark_failed(name, message)
+            return
+        try:
+            agent.write(disk, offset, data)
+        except OSError as exc:
+            self._mark_failed(name, 'writing disk %s: %s' % (disk, exc))
+            return
+        with self._lock:
+            self._processed[name] += len(data)
+
+    def ready(self):
+        if not self._live_agents():
+            raise exceptions.AllDestinationsFailed(
+                reasons='every destination failed during the disk copy')
+        return self._synced.is_set()
+
+    def complete(self, timeout=disk_copy.COMPLETE_TIMEOUT):
+        live = self._live_agents()
+        if not live:
+            raise exceptions.AllDestinationsFailed(
+                reasons='every destination failed during the disk copy')
+        for _name, agent in live:
+            agent.complete()
+
+    def progress(self):
+        with self._lock:
+            return {name: disk_copy.DiskProgress(
+                self.total, self._processed[name],
+                self.total - self._processed[name]) for name in self.names}
+
+    def drop(self, name, reason):
+        self._mark_failed(name, 'dropped: %s' % reason)
+
+    def abort(self, reason):
+        self.close()
+        for name, agent in self._live_agents():
+            if agent.copied is None:
+                self._mark_failed(name, reason, False)
+
+    def close(self):
+        self._stop.set()
+        if (self._thread is not None and
+                self._thread is not threading.current_thread()):
+            self._thread.join(5)
 
 
 class FakeHypervisor(hypervisors.NovaHypervisor):
@@ -670,3 +986,7 @@ class FakeHypervisor(hypervisors.NovaHypervisor):
         _apply(conn.getHostname() if conn is not None else None,
                'relay_tls', kwargs.get('tls') is not None)
         return FakeRelay(secret, destinations, **kwargs)
+
+    def create_disk_copy(self, source, disks, destinations, secret,
+                         **kwargs):
+        return FakeDiskCopy(source, disks, destinations, secret, **kwargs)
