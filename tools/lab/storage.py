@@ -146,16 +146,21 @@ def shared_command(lab):
 
 
 def kind(pid, path):
-    """LOCAL or SHARED: what process ``pid`` sees on ``path``; or None.
-
-    The last mount of ``path`` in its mount table is the one it sees.
-    """
+    """LOCAL or SHARED: what process ``pid`` sees on ``path``; or None."""
     try:
         with open('/proc/%d/mounts' % pid) as f:
-            types = [fields[2] for fields in (line.split() for line in f)
-                     if fields[1] == path]
+            return kind_in(f, path)
     except (OSError, TypeError):
         return None
+
+
+def kind_in(mounts, path):
+    """LOCAL or SHARED on ``path`` in a mount table; None if unmounted.
+
+    Of mounts stacked on one path, the last one listed is the one seen.
+    """
+    types = [fields[2] for fields in (line.split() for line in mounts)
+             if fields[1] == path]
     if not types:
         return None
     return SHARED if types[-1] == FS_TYPE else LOCAL
