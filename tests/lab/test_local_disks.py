@@ -39,8 +39,10 @@ SOURCE = 'host1'
 DESTINATIONS = ('host2', 'host3', 'host4')
 # Written into the disk before the migration, one pattern byte per chunk,
 # so that a chunk landing at the wrong offset changes the digest too.
+# About 12 s at the lab's bandwidth; QEMU's mirror copied 48 MiB in its
+# first second here, above its speed limit, so the copy must be longer.
 CHUNK = 8 * MiB
-CHUNKS = 16
+CHUNKS = 24
 # Still to copy when the fault lands: two seconds at the lab's bandwidth,
 # more than the progress in a Migration record lags behind the copy.
 LEFT_AT_FAULT = 32 * MiB
