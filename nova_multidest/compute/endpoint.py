@@ -623,11 +623,10 @@ class ComputeEndpoint(object):
                     None if complete else stats.remaining or None)
                 disk = disks.get(host)
                 if disk is not None:
-                    migration.disk_total_bytes = disk.total_bytes or None
-                    migration.disk_processed_bytes = (
-                        disk.processed_bytes or None)
-                    migration.disk_remaining_bytes = (
-                        disk.remaining_bytes or None)
+                    # Nova's Migration fields; its API adds "_bytes".
+                    migration.disk_total = disk.total_bytes or None
+                    migration.disk_processed = disk.processed_bytes or None
+                    migration.disk_remaining = disk.remaining_bytes or None
                 if migration.obj_what_changed():
                     migration.save()
         return record

@@ -114,11 +114,10 @@ class BlockMigrationOverLibvirtTest(endpoint_test.EndpointOverLibvirtBase):
         status = self.source.source_status('ctxt', self.instance)
         self.assertEqual('completed', status['state'], status)
         for migration in self.migrations.values():
-            self.assertGreaterEqual(migration.disk_total_bytes, 16 * MiB)
-            self.assertEqual(migration.disk_total_bytes,
-                             migration.disk_processed_bytes)
+            self.assertGreaterEqual(migration.disk_total, 16 * MiB)
+            self.assertEqual(migration.disk_total, migration.disk_processed)
             # Nova's API takes null, not 0, for "nothing left".
-            self.assertIsNone(migration.disk_remaining_bytes)
+            self.assertIsNone(migration.disk_remaining)
 
         stored = mock.Mock(system_metadata={
             vocabulary.SYSMETA_ACTIVE: vocabulary.SYSMETA_ACTIVE_VALUE,
