@@ -623,7 +623,7 @@ class ComputeEndpoint(object):
                     None if complete else stats.remaining or None)
                 disk = disks.get(host)
                 if disk is not None:
-                    # The API shows these as disk_*_bytes.
+                    # Nova's Migration fields; its API adds "_bytes".
                     migration.disk_total = disk.total_bytes or None
                     migration.disk_processed = disk.processed_bytes or None
                     migration.disk_remaining = disk.remaining_bytes or None

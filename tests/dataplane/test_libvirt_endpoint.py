@@ -86,8 +86,10 @@ class EndpointOverLibvirtBase(base.TestCase):
         self.source = self.endpoint('src', rename=False)
         self.dests = {host: self.endpoint(host, rename=True)
                       for host in ('dst1', 'dst2')}
+        # spec_set: a name that is no field of Nova's Migration fails.
         self.migrations = {
-            host: mock.Mock(uuid=str(uuid.uuid4()), source_compute='src',
+            host: mock.Mock(spec_set=objects.Migration,
+                            uuid=str(uuid.uuid4()), source_compute='src',
                             dest_compute=host)
             for host in self.dests}
 

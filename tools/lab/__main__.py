@@ -19,6 +19,7 @@ import sys
 
 from tools.lab import cloud as cloud_mod
 from tools.lab import layout
+from tools.lab import storage as storage_mod
 
 
 def main(argv=None):
@@ -40,6 +41,15 @@ def main(argv=None):
                                           'lab for the openstack command')
     env.add_argument('--user', choices=('admin', cloud_mod.DEMO_USER),
                      default='admin')
+    storage = commands.add_parser(
+        'storage', help="show or switch the hosts' instances_path: the "
+                        "shared volume, or each host's own directory (only "
+                        "on a host without domains)")
+    storage.add_argument('kind', nargs='?',
+                         choices=(storage_mod.LOCAL, storage_mod.SHARED),
+                         help='switch HOSTs to this; show them without it')
+    storage.add_argument('hosts', nargs='*', metavar='HOST',
+                         help='hosts (default: every host)')
     args = parser.parse_args(argv)
 
     top = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -64,6 +74,16 @@ def main(argv=None):
                 print('  %-28s %s' % (name, 'running' if running
                                       else 'stopped'))
             return 0 if all(status.values()) else 3
+        elif args.command == 'storage':
+            unknown = set(args.hosts) - set(layout.HOSTS)
+            if unknown:
+                parser.error('no host %s; the hosts are %s' % (
+                    ', '.join(sorted(unknown)), ', '.join(layout.HOSTS)))
+            for host in args.hosts or layout.HOSTS:
+                if args.kind:
+                    cloud.set_instances_storage(host, args.kind)
+                print('%s: %s instances_path' % (
+                    host, cloud.instances_storage(host)))
         elif args.command == 'env':
             for key, value in cloud.env(args.user).items():
                 print('export %s=%s' % (key, shlex.quote(value)))

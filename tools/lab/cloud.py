@@ -352,6 +352,52 @@ class Cloud(object):
         return process, lambda: storage.mounted(
             holder, storage.mount_point(self.lab))
 
+    def instances_storage(self, host):
+        """storage.LOCAL or storage.SHARED: the host's instances_path."""
+        holder = self.procs['%s-namespaces' % host]
+        if not holder.alive():
+            raise LabError('%s is not up' % host)
+        return storage.kind(holder.pid, storage.mount_point(self.lab))
+
+    def set_instances_storage(self, host, kind):
+        """Give ``host`` its own instances_path (LOCAL) or the shared one.
+
+        Only while the host runs no domain at all: a guest's files would
+        vanish from under it. nova-compute and libvirtd see the change at
+        once; the shared volume stays mounted underneath.
+        """
+        if kind not in (storage.LOCAL, storage.SHARED):
+            raise ValueError('storage must be %s or %s, not %r'
+                             % (storage.LOCAL, storage.SHARED, kind))
+        if self.instances_storage(host) == kind:
+            return
+        domains = self._domain_names(host)
+        if domains:
+            raise LabError(
+                'cannot switch the instances_path of %s to %s storage while '
+                'it has domains (%s): delete its servers first'
+                % (host, kind, ', '.join(sorted(domains))))
+        if kind == storage.LOCAL:
+            os.makedirs(storage.local_directory(self.lab, host),
+                        exist_ok=True)
+            argv = storage.local_command(self.lab, host)
+        else:
+            argv = storage.shared_command(self.lab)
+        self._run('%s-instances-storage' % host, self._in_host(host, argv),
+                  timeout=60)
+        if self.instances_storage(host) != kind:
+            raise LabError('the instances_path of %s is still not %s'
+                           % (host, kind))
+
+    def _domain_names(self, host):
+        import libvirt
+        libvirt.registerErrorHandler(lambda context, error: None, None)
+        connection = libvirt.open(libvirtd.uri(self.lab.libvirt_dir(host)))
+        try:
+            return {domain.name() for domain in connection.listAllDomains(0)}
+        finally:
+            connection.close()
+
     def start_libvirtd(self, host):
         directory = self.lab.libvirt_dir(host)
         process = self.procs['%s-libvirtd' % host]

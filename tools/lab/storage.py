@@ -113,3 +113,54 @@ def mounted(pid, path):
                        for fields in (line.split() for line in f))
     except (OSError, TypeError):
         return False
+
+
+# -- a host's own instances_path ------------------------------------------
+#
+# A compute whose instances_path is its own local directory, as on most
+# Nova clouds without Ceph: live migrations of its servers must copy their
+# disks (``--block-migration``). The lab switches a running host to it
+# and back by mounting the host's own directory over the volume inside the
+# host's mount namespace only: libvirtd and nova-compute, which share that
+# namespace, see the local directory at once, without a restart, and the
+# volume stays mounted underneath for the next switch back.
+
+LOCAL = 'local'
+SHARED = 'shared'
+
+
+def local_directory(lab, host):
+    """The directory ``host`` sees as instances_path while local."""
+    return os.path.join(lab.host_dir(host), 'instances')
+
+
+def local_command(lab, host):
+    """Mount the host's own directory over instances_path (in its ns)."""
+    return ['mount', '--bind', local_directory(lab, host),
+            mount_point(lab)]
+
+
+def shared_command(lab):
+    """Unmount the host's own directory: the volume shows again."""
+    return ['umount', mount_point(lab)]
+
+
+def kind(pid, path):
+    """LOCAL or SHARED: what process ``pid`` sees on ``path``; or None."""
+    try:
+        with open('/proc/%d/mounts' % pid) as f:
+            return kind_in(f, path)
+    except (OSError, TypeError):
+        return None
+
+
+def kind_in(mounts, path):
+    """LOCAL or SHARED on ``path`` in a mount table; None if unmounted.
+
+    Of mounts stacked on one path, the last one listed is the one seen.
+    """
+    types = [fields[2] for fields in (line.split() for line in mounts)
+             if fields[1] == path]
+    if not types:
+        return None
+    return SHARED if types[-1] == FS_TYPE else LOCAL

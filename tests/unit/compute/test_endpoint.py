@@ -20,6 +20,7 @@ import fixtures
 from nova import objects
 
 from nova_multidest.compute import endpoint as compute_endpoint
+from nova_multidest.dataplane import disk_copy
 from nova_multidest.dataplane import hypervisor
 from nova_multidest.dataplane import source_stream
 from nova_multidest import exceptions
@@ -30,6 +31,7 @@ from tests import base
 SECRET_HEX = 'ab' * 32
 SOURCE_ATTACHMENT = '2c0c5a3e-7f8e-4b55-9a43-6c1f0d3c6a01'
 DEST_ATTACHMENT = '9d2b1c44-1e0f-4c7a-8a3b-5e6f7a8b9c02'
+MIGRATION_UUID = '5a7e0c1d-3b2f-4e6a-9c8d-1f2e3d4c5b6a'
 SOURCE_XML = ("<domain><name>instance-1</name>"
               "<memory unit='KiB'>4096</memory></domain>")
 
@@ -495,6 +497,22 @@ class SourceSideTest(EndpointTestBase):
         status = self.source.source_status('ctxt', self.instance)
         self.assertEqual('completed', status['state'])
         self.assertEqual('complete', status['destinations']['dst']['state'])
+
+    def test_disk_progress_lands_in_nova_migration_fields(self):
+        """The counters the migrations API shows as disk_*_bytes."""
+        migration = objects.Migration(uuid=MIGRATION_UUID,
+                                      dest_compute='dst')
+        migration.obj_reset_changes()
+        record = self.source._progress_recorder(
+            {'dst': migration}, lambda: {'dst': disk_copy.DiskProgress(
+                64 << 20, 16 << 20, 48 << 20)})
+        with mock.patch.object(migration, 'save') as save:
+            record(hypervisor.MigrationStats(
+                status=vocabulary.QemuStatus.ACTIVE, total=1 << 20), {})
+        save.assert_called_once_with()
+        self.assertEqual((64 << 20, 16 << 20, 48 << 20),
+                         (migration.disk_total, migration.disk_processed,
+                          migration.disk_remaining))
 
     def test_nova_settings_reach_the_source_and_every_destination(self):
         self.config.config(group='libvirt',
