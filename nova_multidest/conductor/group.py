@@ -169,8 +169,21 @@ class Group(object):
         self.destinations[destination.migration.uuid] = destination
 
     def stream(self, ready):
-        """Record that ``ready`` receive the stream from now on."""
+        """Record that the source starts its stream to ``ready``.
+
+        Their Migrations stay ``preparing`` until ``streaming``.
+        """
         records.set_phase(self.instance, vocabulary.GroupPhase.STREAMING)
+
+    def streaming(self, ready):
+        """The source holds its stream: the Migrations of ``ready`` run.
+
+        Nova accepts force complete and abort of a ``running`` Migration
+        only, and casts them to the source compute, which acts on the
+        stream it holds. Marked earlier, a request answered 202 could reach
+        the source before its stream and be dropped there: a warm-up then
+        held until the completion timeout and the group failed.
+        """
         for destination in ready:
             records.set_status(destination.migration,
                                vocabulary.MigrationStatus.RUNNING)

@@ -26,6 +26,7 @@ from nova import objects
 from nova.scheduler.client import query
 
 from nova_multidest.compute import driver
+from nova_multidest.compute import rpcapi as compute_rpcapi
 from nova_multidest.conductor import group
 from nova_multidest.conductor import rpcapi as conductor_rpcapi
 from nova_multidest.conductor import unstarted
@@ -204,6 +205,54 @@ class SourceRestartAfterElectionTest(ReliabilityTestBase):
         [service] = self.admin_api.get_services(binary='nova-compute',
                                                 host=self.source)
         self.assertEqual('up', service['state'])
+        self.assert_ended_on(result['host'])
+
+
+class ForceCompleteTest(ReliabilityTestBase):
+    """A force complete Nova accepts always reaches the stream.
+
+    Campaign seed 1204, run 49: a warm-up group whose Migrations were
+    ``running`` before the source held its stream; a force complete sent
+    then was answered 202, found no stream on the source and was lost, so
+    the warm-up held until the completion timeout and every destination
+    failed, though three of the four had no fault.
+    """
+
+    def force_complete(self, migration):
+        return self.admin_api.api_post(
+            '/servers/%s/migrations/%d/action' % (
+                self.server['id'], migration.id),
+            {'force_complete': None}, check_response_status=None)
+
+    def running(self):
+        return [m for m in self.get_migrations(self.server['id'])
+                if m.status == vocabulary.MigrationStatus.RUNNING]
+
+    def test_force_complete_as_the_stream_starts(self):
+        self.admin_api.microversion = '2.80'
+        # A lost force complete ends the group then, not minutes later.
+        self.flags(completion_timeout=60, group='multidest')
+        faulty = self.hostnames[2]
+        self.inject_fault(faulty, vocabulary.DestinationPhase.COMPLETE)
+        starting = self.useFixture(base.CallGate(
+            compute_rpcapi.ComputeAPI, 'start_stream', limit=1,
+            host_of=None))
+        self.request_migration(self.server, destinations=self.hostnames[1:],
+                               warm_up=True)
+        starting.wait_reached()
+        # The source does not stream yet: Nova must refuse, not drop it.
+        migrations = self.get_migrations(self.server['id'])
+        self.assertEqual(4, len(migrations))
+        for migration in migrations:
+            self.assertEqual(400, self.force_complete(migration).status,
+                             migration.status)
+        starting.release()
+        running = base.wait_until(self.running, timeout=60,
+                                  message='no destination ever ran')
+        self.assertEqual(202, self.force_complete(running[0]).status)
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual('completed', result['result'], result)
+        self.assertNotEqual(faulty, result['host'])
         self.assert_ended_on(result['host'])
 
 

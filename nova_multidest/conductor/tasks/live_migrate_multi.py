@@ -557,6 +557,8 @@ class LiveMigrateMultiTask(base.TaskBase):
                 destination.fail(vocabulary.DestinationPhase.STREAM,
                                  'the source could not start its stream')
             return None, list(ready)
+        self.group.check_not_stopping()
+        self.group.streaming(ready)
         timeout = migration_limits.conductor_wait(
             self.instance.flavor.memory_mb)
         reports = queue.Queue()

@@ -174,6 +174,27 @@ class TaskTest(TaskTestBase):
         self.assertEqual([['127.0.0.1', 10], ['127.0.0.1', 11]],
                          [d['disk_agent_address'] for d in args.args[2]])
 
+    def test_migrations_run_once_the_source_holds_its_stream(self):
+        """Nova's force complete and abort go to the stream that runs."""
+        ready = [destination('a', prepared=True),
+                 destination('b', prepared=True)]
+        for d in ready:
+            d.migration.status = vocabulary.MigrationStatus.PREPARING
+        at_start = []
+
+        def start_stream(*args, **kwargs):
+            at_start.extend(d.migration.status for d in ready)
+
+        self.compute.start_stream.side_effect = start_stream
+        self.compute.wait_destination.return_value = 'failed'
+        self.useFixture(_patch_object(self.task.group, 'revert'))
+        self.task.secret = b'x'
+        self.task._stream_and_elect(ready)
+        self.assertEqual([vocabulary.MigrationStatus.PREPARING] * 2,
+                         at_start)
+        self.assertEqual([vocabulary.MigrationStatus.RUNNING] * 2,
+                         [d.migration.status for d in ready])
+
     def test_winner_is_recorded_before_it_resumes(self):
         winner = destination('a')
         seen = {}
@@ -448,6 +469,7 @@ class RollbackTest(TaskTestBase):
         for dest in chosen:
             self.task.group.add(dest)
         self.task.group.stream(chosen)
+        self.task.group.streaming(chosen)
         self.migrations = [d.migration for d in chosen]
         return chosen
 
