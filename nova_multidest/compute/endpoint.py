@@ -219,13 +219,19 @@ class ComputeEndpoint(object):
                                   'failed', self.host, instance=instance)
         with self._lock:
             self._destinations[migration.uuid] = prepared
-            fenced = migration.uuid in self._fenced
-        if fenced or not self._still_wanted(context, instance,
-                                            migration.uuid):
-            self._revert(context, instance, prepared,
-                         delete_attachments=True)
-            with self._lock:
-                self._destinations.pop(migration.uuid, None)
+        wanted = self._still_wanted(context, instance, migration.uuid)
+        # The fence is read last: a revert may come during the check.
+        with self._lock:
+            given_up = migration.uuid in self._fenced or not wanted
+            # Whoever takes a destination out of the table reverts it.
+            mine = (given_up and
+                    self._destinations.get(migration.uuid) is prepared)
+            if mine:
+                del self._destinations[migration.uuid]
+        if given_up:
+            if mine:
+                self._revert(context, instance, prepared,
+                             delete_attachments=True)
             raise exceptions.DestinationFailed(
                 destination=self.host,
                 reason='the conductor gave migration %s up while this host '
@@ -402,17 +408,25 @@ class ComputeEndpoint(object):
                 # The group gives this destination up before its prepare
                 # ended: the prepare must not hand over what it makes.
                 self._fenced.add(migration.uuid)
-            prepared = self._destinations.get(migration.uuid)
+            # Taken out of the table, it is this revert's alone.
+            prepared = self._destinations.pop(migration.uuid, None)
         if prepared is None:
             record = self.journal.read(migration.uuid)
             if record is None:
                 LOG.info('Nothing to revert here for migration %s',
                          migration.uuid, instance=instance)
                 return
-            prepared = _PreparedDestination(migration.uuid, record)
-        self._revert(context, instance, prepared, delete_attachments=False)
-        with self._lock:
-            self._destinations.pop(migration.uuid, None)
+            self._revert(context, instance,
+                         _PreparedDestination(migration.uuid, record),
+                         delete_attachments=False)
+            return
+        try:
+            self._revert(context, instance, prepared,
+                         delete_attachments=False)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                with self._lock:
+                    self._destinations.setdefault(migration.uuid, prepared)
 
     def _revert(self, context, instance, prepared, delete_attachments):
         """Remove every trace of one destination from this host.

@@ -224,7 +224,7 @@ def in_progress(compute, server_id):
     if response.status_code >= 400:
         return {}
     return {migration['id']: {key: value for key, value in migration.items()
-                              if key.startswith('memory_')}
+                              if key.startswith(('memory_', 'disk_'))}
             for migration in response.json()['migrations']}
 
 

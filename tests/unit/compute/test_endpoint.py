@@ -290,6 +290,17 @@ class DestinationSideTest(EndpointTestBase):
                           self.instance, self.migration)
         self.driver.rollback_live_migration_at_destination.assert_not_called()
 
+    def test_a_refused_revert_keeps_the_destination_for_its_resume(self):
+        endpoint = self.prepared_endpoint()
+        prepared = endpoint._destinations['mig-1']
+        with mock.patch.object(prepared.guest, 'is_running',
+                               return_value=True):
+            self.assertRaises(exceptions.DestinationFailed,
+                              endpoint.revert_destination, 'ctxt',
+                              self.instance, self.migration)
+        self.assertIs(prepared, endpoint._destinations['mig-1'])
+        self.assertEqual(['mig-1'], endpoint.journal.migration_uuids())
+
     def stored_instance(self, **system_metadata):
         stored = mock.Mock(system_metadata=system_metadata)
         patcher = mock.patch.object(objects.Instance, 'get_by_uuid',
@@ -394,6 +405,41 @@ class DestinationSideTest(EndpointTestBase):
         self.assertEqual({}, endpoint._destinations)
         self.assertEqual([], endpoint.journal.migration_uuids())
         self.assertEqual(set(), endpoint._fenced)
+
+    def revert_while_checking_still_wanted(self, given_up):
+        """A revert comes after the prepare registered its destination.
+
+        Recovery's revert reaches the prepare while it checks that its
+        destination is still wanted, after it was in the table.
+        """
+        endpoint = self.endpoint()
+        still_wanted = endpoint._still_wanted
+
+        def reverted_meanwhile(*args):
+            endpoint.revert_destination('ctxt', self.instance,
+                                        self.migration)
+            if given_up:
+                # The group sets it failed once the revert returned.
+                self.migration.status = 'failed'
+            return still_wanted(*args)
+
+        endpoint._still_wanted = reverted_meanwhile
+        error = self.assertRaises(
+            exceptions.DestinationFailed, endpoint.prepare_destination,
+            'ctxt', self.instance, self.migration, SECRET_HEX, False,
+            self.migrate_data())
+        self.assertIn('gave migration mig-1 up', str(error))
+        # Reverted once, by the revert; nothing left.
+        self.driver.rollback_live_migration_at_destination.assert_called_once()
+        self.assertEqual({}, endpoint._destinations)
+        self.assertEqual([], endpoint.journal.migration_uuids())
+        self.assertEqual(set(), endpoint._fenced)
+
+    def test_a_revert_after_the_fence_check_while_still_wanted(self):
+        self.revert_while_checking_still_wanted(given_up=False)
+
+    def test_a_revert_after_the_fence_check_once_given_up(self):
+        self.revert_while_checking_still_wanted(given_up=True)
 
     def prepared_endpoint(self):
         endpoint = self.endpoint()

@@ -96,7 +96,8 @@ class FakeCompute:
             if migrations is None:
                 return FakeResponse(403, {'forbidden': {'message': 'no'}})
             return FakeResponse(200, {'migrations': [
-                {k: v for k, v in m.items() if not k.startswith('memory_')}
+                {k: v for k, v in m.items()
+                 if not k.startswith(('memory_', 'disk_'))}
                 for m in migrations]})
         if url == '/servers/%s/migrations' % SERVER:
             return FakeResponse(200, {'migrations': [
@@ -249,6 +250,18 @@ class TestTakeAction(HookTestCase):
                       out)
         self.assertNotIn('c9', out)
         self.assertIn('now runs on c3', out)
+
+    def test_wait_counts_the_disk_bytes(self):
+        copying = dict(migration(9, 'c3', 'running', remaining=100),
+                       disk_total_bytes=300 << 20,
+                       disk_processed_bytes=100 << 20,
+                       disk_remaining_bytes=200 << 20)
+        compute = FakeCompute(
+            [server(task_state='migrating'), server(host='c3')],
+            [[], [copying], [migration(9, 'c3', 'completed', remaining=0)]])
+        self.run_hook(compute, '--wait')
+        self.assertIn('c3 [#########.....................]  33%  running  '
+                      'disks 100/300 MiB', self.app.stdout.getvalue())
 
     def test_wait_outlasts_the_cleared_task_state(self):
         # The winner's compute clears task_state before the conductor
