@@ -23,6 +23,7 @@ losers' and the source's.
 import hashlib
 import os
 
+from nova_multidest.compute import rpcapi
 from nova_multidest import vocabulary
 from tests.functional import base
 
@@ -135,3 +136,36 @@ class LocalDiskTest(base.MultiDestMigrationTestBase):
         for host in self.destinations:
             self.assertFalse(os.path.exists(self.instance_dir(host)),
                              'instance directory left on %s' % host)
+
+    def test_a_destination_too_old_for_disks_is_left_out(self):
+        # A compute of the previous release: its node record says it
+        # serves compute RPC 1.2, which copies no disk.
+        old = self.destinations[0]
+        self.compute_driver(old).multidest_rpc_version = '1.2'
+        self.computes[old].manager.update_available_resource(
+            self.admin_context())
+        self.assertEqual('1.2', rpcapi.host_version(self.admin_context(),
+                                                    old))
+        result = self.migrate(block_migration=True)
+        self.assertEqual('completed', result['result'])
+        winner = result['host']
+        self.assertIn(winner, self.destinations[1:])
+        migrations = self.migrations_by_host(self.server['id'])
+        self.assertEqual('failed', migrations[old].status)
+        self.assertEqual(DISK_BYTES, migrations[winner].disk_processed)
+        self.assert_invariants(self.server, winner)
+        self.assertEqual(self.source_digest,
+                         digest(self.disk_files(self.server, winner)['vda']))
+        self.assertFalse(os.path.exists(self.instance_dir(old)))
+        # What `openstack server event show` gives the operator.
+        self.admin_api.microversion = '2.84'
+        request_id = self.admin_api.api_get(
+            '/servers/%s/os-instance-actions' % self.server['id']
+        ).body['instanceActions'][0]['request_id']
+        events = self.admin_api.get_instance_action_details(
+            self.server['id'], request_id)['events']
+        [event] = [e for e in events
+                   if e['event'] == 'multidest_destination_%s' % old]
+        self.assertIn('Host %s serves nova-multidest compute RPC version '
+                      '1.2' % old, event['details'])
+        self.assertIn('needs version 1.3', event['details'])
