@@ -168,10 +168,10 @@ class Group(object):
     def add(self, destination):
         self.destinations[destination.migration.uuid] = destination
 
-    def stream(self, ready):
-        """Record that the source starts its stream to ``ready``.
+    def stream(self):
+        """Record that the source starts its stream.
 
-        Their Migrations stay ``preparing`` until ``streaming``.
+        The Migrations stay ``preparing`` until ``streaming``.
         """
         records.set_phase(self.instance, vocabulary.GroupPhase.STREAMING)
 

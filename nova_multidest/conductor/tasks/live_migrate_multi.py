@@ -532,7 +532,7 @@ class LiveMigrateMultiTask(base.TaskBase):
         Every destination that reported a failure was reverted; those left
         have not reported yet (or timed out).
         """
-        self.group.stream(ready)
+        self.group.stream()
         self.group.check_not_stopping()
         copy_disks = any(d.disk_agent_address for d in ready)
         streamed = []

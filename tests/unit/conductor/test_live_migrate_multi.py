@@ -468,7 +468,7 @@ class RollbackTest(TaskTestBase):
         chosen = [destination(host, prepared=True) for host in hosts]
         for dest in chosen:
             self.task.group.add(dest)
-        self.task.group.stream(chosen)
+        self.task.group.stream()
         self.task.group.streaming(chosen)
         self.migrations = [d.migration for d in chosen]
         return chosen
