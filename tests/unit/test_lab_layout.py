@@ -12,6 +12,8 @@
 
 """How many compute hosts a lab has, and that every command agrees."""
 
+import os
+
 import fixtures
 import testtools
 
@@ -32,7 +34,9 @@ class LabHostsTest(testtools.TestCase):
         self.assertEqual(list(layout.HOSTS), self.names(lab))
 
     def test_a_grown_lab_is_seen_grown_by_the_next_command(self):
-        layout.Lab(self.top, 'abc').grow(5)
+        lab = layout.Lab(self.top, 'abc')
+        os.makedirs(lab.host_dir('host1'))
+        lab.grow(5)
         lab = layout.Lab(self.top, 'abc')
         self.assertEqual(['host1', 'host2', 'host3', 'host4', 'host5'],
                          self.names(lab))

@@ -73,7 +73,7 @@ class Lab(object):
 
     def _recorded_hosts(self):
         try:
-            with open(self.path('hosts')) as f:
+            with open(self.path('compute-hosts')) as f:
                 return tuple(f.read().split())
         except FileNotFoundError:
             return None
@@ -96,7 +96,7 @@ class Lab(object):
                 'again with %d' % (self.id, len(self.hosts), count))
         names = tuple('host%d' % index for index in range(1, count + 1))
         os.makedirs(self.dir, exist_ok=True)
-        with open(self.path('hosts'), 'w') as f:
+        with open(self.path('compute-hosts'), 'w') as f:
             f.write('\n'.join(names) + '\n')
         self._set_hosts(names)
 
