@@ -638,6 +638,8 @@ class _AgentChannel(object):
             return
         self._local_sock = sock
         lane = self.local_lane
+        if lane is not None:
+            lane.attach(sock)
         try:
             while True:
                 if lane is not None:

@@ -289,6 +289,8 @@ class Forwarder(object):
         cursor = self.cursor
         sock = self._sock
         lane = self.lane
+        if lane is not None:
+            lane.attach(sock)
         while True:
             if lane is not None:
                 try:

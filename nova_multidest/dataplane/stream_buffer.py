@@ -28,16 +28,31 @@ that no cursor ever reads.
 
 import collections
 import logging
+import mmap
 import threading
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 2**20
+DEFAULT_CHUNK_BYTES = 2 * 2**20
 # Bytes run ahead of the consumers are bytes QEMU counts as sent, which
 # overrates the bandwidth it plans with and queues ahead of the last pages
 # at switch-over (protocol.SOCKET_BUFFER_BYTES says the same of sockets).
 DEFAULT_WINDOW_BYTES = 2**20
 _FREE_CHUNKS = 16
+
+
+def allocate_chunk(size):
+    """Memory for ``size`` stream bytes, its pages in place at once.
+
+    A chain keeps what it sent for a repaired hop to resume from, so each
+    byte it forwards lands in memory touched for the first time until the
+    retained window is full. A bytearray zero-fills that memory in user
+    space and takes a page fault for every 4 KiB of it, which together
+    cost more CPU than the forwarding itself. An anonymous mapping is zero
+    already, and MAP_POPULATE maps its pages in one system call.
+    """
+    return mmap.mmap(-1, size, flags=(mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS |
+                                      getattr(mmap, 'MAP_POPULATE', 0)))
 
 
 class StreamAborted(Exception):
@@ -75,7 +90,7 @@ class StreamBuffer(object):
         self.base = 0
         self.eof = False
         self.abort_reason = None
-        # [start, bytearray, bytes filled]; a gap may lie between two.
+        # [start, chunk, bytes filled]; a gap may lie between two.
         self._chunks = collections.deque()
         self._sealed = False
         self._free = []
@@ -247,8 +262,13 @@ class StreamBuffer(object):
             self._trim_locked()
             self._cond.notify_all()
 
-    def advance(self, cursor, count):
-        """Record that ``count`` more bytes reached the consumer."""
+    def advance(self, cursor, count, notify=True):
+        """Record that ``count`` more bytes reached the consumer.
+
+        ``notify=False`` is for a producer that sent them itself: nobody
+        waits for that, and waking every thread on the stream for each
+        round costs more CPU than moving the round (a drop still wakes).
+        """
         laggards = []
         with self._cond:
             if cursor.dropped:
@@ -256,7 +276,8 @@ class StreamBuffer(object):
             cursor.offset += count
             laggards = self._check_lag_locked()
             self._trim_locked()
-            self._cond.notify_all()
+            if notify or laggards:
+                self._cond.notify_all()
         self._notify_dropped(laggards)
 
     def _check_lag_locked(self):
@@ -321,7 +342,7 @@ class StreamBuffer(object):
                 _, chunk, filled = self._chunks[-1]
                 return memoryview(chunk)[filled:]
             chunk = (self._free.pop() if self._free
-                     else bytearray(self.chunk_size))
+                     else allocate_chunk(self.chunk_size))
             self._chunks.append([self.head, chunk, 0])
             self._sealed = False
             return memoryview(chunk)
@@ -335,27 +356,34 @@ class StreamBuffer(object):
         _, chunk, filled = self._chunks[-1]
         return filled < len(chunk)
 
-    def publish(self, count):
-        """Make ``count`` bytes just written into the writable view visible."""
+    def publish(self, count, notify=True):
+        """Make ``count`` bytes just written into the writable view visible.
+
+        ``notify=False``: the caller wakes the consumers itself (see
+        advance).
+        """
         with self._cond:
             self._chunks[-1][2] += count
             self.head += count
             laggards = self._check_lag_locked()
-            self._cond.notify_all()
+            if notify or laggards:
+                self._cond.notify_all()
         self._notify_dropped(laggards)
 
-    def skip(self, count):
+    def skip(self, count, notify=True):
         """Count ``count`` bytes that no consumer will read from memory.
 
         Every consumer gets them another way (through a kernel pipe), so
-        they advance the stream without being stored.
+        they advance the stream without being stored. ``notify``: as for
+        publish.
         """
         with self._cond:
             self.head += count
             self._sealed = True
             laggards = self._check_lag_locked()
             self._trim_locked()
-            self._cond.notify_all()
+            if notify or laggards:
+                self._cond.notify_all()
         self._notify_dropped(laggards)
 
     def finish(self):

@@ -224,6 +224,11 @@ class Fanout(object):
     for a repaired hop to resume from) every round is also read into the
     StreamBuffer, which is one copy instead of three.
 
+    The producer also sends each round on to the consumers itself when
+    their sockets take it at once (Lane.push), so that a consumer's thread
+    only wakes when its socket is full: handing every round from one
+    thread to another costs more CPU than moving it.
+
     The StreamBuffer keeps the books: its head counts every byte, each
     consumer's cursor advances when its pipe has sent a round, so the lag
     policy, drops and progress work as for copied bytes. A consumer whose
@@ -365,11 +370,13 @@ class Fanout(object):
                     lane.busy = False
                     if lane.closed:
                         lane.close_fds()
+        # The consumers are woken (or served) once, below.
         if moved:
-            buffer.skip(moved)
+            buffer.skip(moved, notify=False)
         if moved < count:
             self._store(count - moved)
         with self._cond:
+            claimed = []
             for lane in live:
                 sent = got.get(lane, 0)
                 if lane.generation != generations[lane]:
@@ -379,7 +386,12 @@ class Fanout(object):
                 if sent < count:
                     lane.add_segment_locked(start + sent, count - sent,
                                             False)
-            self._cond.notify_all()
+                if lane.claim_locked():
+                    claimed.append(lane)
+            if len(claimed) < len(buffer.live_cursors()):
+                self._cond.notify_all()
+        for lane in claimed:
+            lane.push()
 
     @staticmethod
     def _pipe_call(call, *args):
@@ -408,7 +420,7 @@ class Fanout(object):
                 os.read(self._read_fd, count)
                 return
             got = os.readv(self._read_fd, [view[:count]])
-            buffer.publish(got)
+            buffer.publish(got, notify=False)
             self.stored_bytes += got
             count -= got
 
@@ -417,9 +429,17 @@ class Lane(object):
     """One consumer's pipe of a Fanout.
 
     Its stream comes in segments, each either waiting in the pipe or
-    stored in the buffer. The consumer asks ``next()``: a count of bytes
-    at the head of its pipe (``send()`` them), or 0 to take the next bytes
-    from the buffer with ``peek()``, cut by ``clip()``, as without a pipe.
+    stored in the buffer. The consumer ``attach()``es its socket, then asks
+    ``next()``: a count of bytes at the head of its pipe (``send()`` them),
+    or 0 to take the next bytes from the buffer with ``peek()``, cut by
+    ``clip()``, as without a pipe.
+
+    While the consumer waits inside ``next()`` (parked), the producer may
+    claim the lane and send what the pipe holds to the attached socket as
+    far as the socket takes it without blocking (``push()``); the consumer
+    wakes only for what is left. A claim is short (nothing blocks in it),
+    and the consumer never leaves ``next()`` while the lane is claimed, so
+    the socket is never used by both, nor closed under the producer.
     """
 
     def __init__(self, fanout, cursor, framed, pipe_bytes):
@@ -427,13 +447,16 @@ class Lane(object):
         self.framed = framed
         self.read_fd, self.write_fd, self.capacity = _new_pipe(pipe_bytes)
         self.rounds = 1
-        # [start, count, in the pipe]
+        # [start, count, in the pipe, frame header not yet sent]
         self.segments = collections.deque()
         self.piped = 0
         self.resend_until = 0
         self.generation = 0
         self.busy = False
         self.closed = False
+        self.sock = None
+        self.parked = False
+        self.claimed = False
         self._fanout = fanout
         self._buffer = fanout._buffer
         self._cond = fanout._cond
@@ -457,15 +480,93 @@ class Lane(object):
                 last[0] + last[1] == start):
             last[1] += count
             return
-        self.segments.append([start, count, piped])
+        header = b''
+        if piped and self.framed:
+            header = protocol.FRAME_HEADER.pack(protocol.FRAME_DATA, count)
+        self.segments.append([start, count, piped, header])
         if piped:
             self.piped += 1
+
+    def attach(self, sock):
+        """The socket this consumer sends to; the producer may push to it."""
+        with self._cond:
+            self.sock = sock
+
+    def claim_locked(self):
+        """Producer: take the lane to push() its pipe, if the consumer waits.
+
+        Only when the consumer is parked in next() with bytes at the head
+        of the pipe to send; True if claimed.
+        """
+        if (self.sock is None or not self.parked or self.claimed or
+                self.closed or self.cursor.dropped or
+                self.cursor.offset < self.resend_until):
+            return False
+        head = self._head_locked()
+        if head is None or not head[2]:
+            return False
+        self.claimed = True
+        return True
+
+    def push(self):
+        """Producer, on a claimed lane: send what the socket takes now.
+
+        Sends the piped segments at the head without blocking; whatever the
+        socket does not take (or a failure, which the consumer then meets
+        on its own send) is left for the consumer, woken for it.
+        """
+        sock = self.sock
+        fd = sock.fileno()
+        blocking = fd >= 0 and os.get_blocking(fd)
+        try:
+            if blocking:
+                os.set_blocking(fd, False)
+            while True:
+                with self._cond:
+                    if (self.closed or self.cursor.dropped or
+                            not self.segments or not self.segments[0][2]):
+                        break
+                    head = self.segments[0]
+                if head[3]:
+                    head[3] = head[3][os.write(fd, head[3]):]
+                    if head[3]:
+                        break
+                count = os.splice(self.read_fd, fd, head[1], flags=_FLAGS)
+                if not count:
+                    break
+                with self._cond:
+                    head[0] += count
+                    head[1] -= count
+                    if not head[1]:
+                        self.segments.popleft()
+                        self.piped -= 1
+                self._buffer.advance(self.cursor, count, notify=False)
+                if head[1]:
+                    break
+        except BlockingIOError:
+            pass
+        except OSError:
+            with self._cond:
+                self.sock = None
+        finally:
+            if blocking:
+                try:
+                    os.set_blocking(fd, True)
+                except OSError:
+                    pass
+            with self._cond:
+                self.claimed = False
+                if self.closed and not self.busy:
+                    self.close_fds()
+                if (self.segments or self.closed or self.cursor.dropped or
+                        self._buffer.eof or self._buffer.abort_reason):
+                    self._cond.notify_all()
 
     def _head_locked(self):
         """The head segment, past what the consumer already sent."""
         offset = self.cursor.offset
         while self.segments:
-            start, count, piped = self.segments[0]
+            start, count, piped, _ = self.segments[0]
             if piped:
                 if start != offset:
                     raise AssertionError('pipe holds bytes from %d, cursor '
@@ -484,22 +585,30 @@ class Lane(object):
         """
         buffer = self._buffer
         with self._cond:
-            while True:
-                if self.cursor.dropped:
-                    raise stream_buffer.CursorDropped(self.cursor.dropped)
-                if self.closed:
-                    raise stream_buffer.CursorDropped('pipe closed')
-                if self.cursor.offset < self.resend_until:
-                    return 0
-                head = self._head_locked()
-                if head is not None:
-                    return head[1] if head[2] else 0
-                if buffer.eof or buffer.abort_reason:
-                    return 0
-                if (self._fanout.abandoned and
-                        self.cursor.offset < buffer.head):
-                    return 0
-                self._cond.wait()
+            self.parked = True
+            try:
+                while True:
+                    if self.claimed:
+                        self._cond.wait()
+                        continue
+                    if self.cursor.dropped:
+                        raise stream_buffer.CursorDropped(
+                            self.cursor.dropped)
+                    if self.closed:
+                        raise stream_buffer.CursorDropped('pipe closed')
+                    if self.cursor.offset < self.resend_until:
+                        return 0
+                    head = self._head_locked()
+                    if head is not None:
+                        return head[1] if head[2] else 0
+                    if buffer.eof or buffer.abort_reason:
+                        return 0
+                    if (self._fanout.abandoned and
+                            self.cursor.offset < buffer.head):
+                        return 0
+                    self._cond.wait()
+            finally:
+                self.parked = False
 
     def clip(self, view):
         """The part of a buffer view this consumer may send from memory."""
@@ -514,9 +623,10 @@ class Lane(object):
 
     def send(self, sock, count, timeout=None):
         """Send the ``count`` bytes at the head of the pipe to ``sock``."""
-        if self.framed:
-            sock.sendall(protocol.FRAME_HEADER.pack(protocol.FRAME_DATA,
-                                                    count), socket.MSG_MORE)
+        with self._cond:
+            header = self.segments[0][3]
+        if header:
+            sock.sendall(header, socket.MSG_MORE)
         _splice_out(self.read_fd, sock, count, timeout)
         with self._cond:
             self.segments.popleft()
@@ -530,7 +640,7 @@ class Lane(object):
         is in the buffer then (a chain stores them).
         """
         with self._cond:
-            self._cond.wait_for(lambda: not self.busy)
+            self._cond.wait_for(lambda: not self.busy and not self.claimed)
             while not self.closed:
                 try:
                     if not os.read(self.read_fd, PIPE_BYTES):
@@ -546,10 +656,11 @@ class Lane(object):
     def close(self):
         with self._cond:
             self.closed = True
+            self.sock = None
             self.segments.clear()
             self.piped = 0
             self._cond.notify_all()
-            if not self.busy:
+            if not self.busy and not self.claimed:
                 self.close_fds()
 
     def close_fds(self):

@@ -15,10 +15,12 @@
 import errno
 import os
 import socket
+import threading
 
 import fixtures
 import testtools
 
+from nova_multidest.dataplane import protocol
 from nova_multidest.dataplane import stream_buffer
 from nova_multidest.dataplane import zerocopy
 
@@ -209,3 +211,103 @@ class FanoutTest(testtools.TestCase):
         self.buffer.drop(lane.cursor, 'lost the election')
         self.assertRaises(stream_buffer.CursorDropped, lane.next)
         self.assertIsNone(fanout.feed(self.source, 10, timeout=5))
+
+
+class PushTest(FanoutTest):
+    """The producer sends a round itself to a consumer that waits for it."""
+
+    def _park(self, lane, sock):
+        """A consumer thread waiting in next(); returns what next() gave."""
+        lane.attach(sock)
+        answers = []
+        thread = threading.Thread(target=lambda: answers.append(lane.next()))
+        thread.start()
+        self.addCleanup(thread.join, 5)
+        with self.buffer.condition:
+            while not lane.parked:
+                self.buffer.condition.wait(0.01)
+        return thread, answers
+
+    def _sockets(self):
+        out, sink = socket.socketpair()
+        self.addCleanup(out.close)
+        self.addCleanup(sink.close)
+        return out, sink
+
+    @staticmethod
+    def _recv(sock, size):
+        got = bytearray()
+        sock.settimeout(5)
+        while len(got) < size:
+            got += sock.recv(size - len(got))
+        return bytes(got)
+
+    def test_waiting_consumer_gets_the_round_without_waking(self):
+        fanout, (lane,) = self._fanout(1, store=True)
+        out, sink = self._sockets()
+        thread, answers = self._park(lane, out)
+        data = os.urandom(self.ROUND)
+        self._feed(fanout, data)
+        # Sent and counted by the producer; the consumer still waits.
+        self.assertEqual(data, self._recv(sink, len(data)))
+        self.assertEqual(len(data), lane.cursor.offset)
+        self.assertTrue(thread.is_alive())
+        self.assertEqual([], answers)
+        self.buffer.finish()
+        thread.join(5)
+        self.assertEqual([0], answers)
+        # A chain still keeps what it sent, for a repaired hop.
+        self.assertEqual(len(data), fanout.stored_bytes)
+
+    def test_what_the_socket_does_not_take_is_left_to_the_consumer(self):
+        fanout = zerocopy.Fanout(self.buffer)
+        self.addCleanup(fanout.close)
+        lane = fanout.add_lane(self.buffer.add_cursor('hop'), framed=True)
+        out, sink = self._sockets()
+        out.setblocking(False)
+        backlog = 0
+        while True:
+            try:
+                backlog += out.send(b'x' * 4096)
+            except BlockingIOError:
+                break
+        out.setblocking(True)
+        thread, answers = self._park(lane, out)
+        data = os.urandom(self.ROUND)
+        self._feed(fanout, data)
+        # The socket was full: the consumer wakes to send the round.
+        thread.join(5)
+        self.assertEqual([len(data)], answers)
+        self.assertEqual(0, lane.cursor.offset)
+        sender = threading.Thread(target=lane.send,
+                                  args=(out, len(data), 5))
+        sender.start()
+        self.assertEqual(b'x' * backlog, self._recv(sink, backlog))
+        header = self._recv(sink, protocol.FRAME_HEADER.size)
+        self.assertEqual((protocol.FRAME_DATA, len(data)),
+                         protocol.FRAME_HEADER.unpack(header))
+        self.assertEqual(data, self._recv(sink, len(data)))
+        sender.join(5)
+        self.assertEqual(len(data), lane.cursor.offset)
+
+    def test_repaired_hop_resumes_from_the_buffer_after_a_push(self):
+        fanout, (lane,) = self._fanout(1, store=True)
+        out, sink = self._sockets()
+        thread, answers = self._park(lane, out)
+        data = os.urandom(2 * self.ROUND)
+        self._feed(fanout, data)
+        self.assertEqual(data, self._recv(sink, len(data)))
+        self.buffer.abort('test over')
+        thread.join(5)
+        # The next hop holds only the first round: the rest is resent.
+        lane.reset()
+        self.buffer.rewind(lane.cursor, self.ROUND)
+        self.assertEqual(bytes(data[self.ROUND:]),
+                         bytes(self.buffer.peek(lane.cursor, timeout=0)))
+
+    def test_consumer_without_a_socket_is_not_pushed_to(self):
+        fanout, (lane,) = self._fanout(1)
+        data = os.urandom(self.ROUND)
+        self._feed(fanout, data)
+        self.assertEqual(0, lane.cursor.offset)
+        self.assertEqual((data, len(data)), self._take(lane, len(data)))
