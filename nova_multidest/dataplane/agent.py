@@ -443,7 +443,7 @@ class _AgentChannel(object):
         self.ingesting = False
         self.ingest_sock = None
         self.upstream_position = 0
-        self.delivered = 0
+        self._delivered = 0
         self.local_done = False
         self.delivery_over = threading.Event()
         chain = [(n, tuple(a)) for n, a in header.get('chain') or []]
@@ -478,6 +478,12 @@ class _AgentChannel(object):
             self.local_lane = self.fanout.add_lane(self.local_cursor,
                                                    framed=False)
             self.forwarder.use_lane(self.fanout)
+
+    @property
+    def delivered(self):
+        """Bytes handed to the local QEMU, also by the lane's producer."""
+        return self._delivered + (self.local_lane.pushed
+                                  if self.local_lane else 0)
 
     def start(self):
         self.agent._threads.start(self._deliver)
@@ -597,7 +603,7 @@ class _AgentChannel(object):
         except OSError as exc:
             self.buffer.drop(self.local_cursor, 'delivery failed: %s' % exc)
             return None
-        self.delivered += count
+        self._delivered += count
         self.buffer.pass_through(self.local_cursor, count)
         return count
 
@@ -646,7 +652,7 @@ class _AgentChannel(object):
                     count = lane.next()
                     if count:
                         lane.send(sock, count)
-                        self.delivered += count
+                        self._delivered += count
                         continue
                 if (self._splice_upstream is not None and
                         self.buffer.caught_up(cursor) and
@@ -660,7 +666,7 @@ class _AgentChannel(object):
                 if lane is not None:
                     view = lane.clip(view)
                 sock.sendall(view)
-                self.delivered += len(view)
+                self._delivered += len(view)
                 self.buffer.advance(cursor, len(view))
         except stream_buffer.CursorDropped:
             return
@@ -716,7 +722,7 @@ class _AgentChannel(object):
                     break
                 reader.remaining -= count
                 splicer.drain(local, count)
-                self.delivered += count
+                self._delivered += count
                 self.buffer.pass_through(cursor, count)
         if self.buffer.abort_reason:
             raise stream_buffer.StreamAborted(self.buffer.abort_reason)

@@ -138,7 +138,7 @@ class Forwarder(object):
         self.channel = channel
         self.stall_timeout = stall_timeout
         self.hops = list(hops)
-        self.sent = 0
+        self._sent = 0
         self.connected = threading.Event()
         self.hop_name = None
         self._buffer = buffer
@@ -154,6 +154,11 @@ class Forwarder(object):
         self._closing = False
         self._lock = threading.Lock()
         self.cursor = buffer.add_cursor(label, on_drop=self._cursor_dropped)
+
+    @property
+    def sent(self):
+        """Bytes sent to the hops, by this forwarder or its lane's producer."""
+        return self._sent + (self.lane.pushed if self.lane else 0)
 
     def _cursor_dropped(self, cursor, reason):
         with self._lock:
@@ -299,7 +304,7 @@ class Forwarder(object):
                     return
                 if count:
                     lane.send(sock, count, sock.gettimeout())
-                    self.sent += count
+                    self._sent += count
                     continue
             if (self._splice_source is not None and
                     not isinstance(sock, ssl.SSLSocket) and
@@ -321,7 +326,7 @@ class Forwarder(object):
                 view = lane.clip(view)
             protocol.send_frame(sock, protocol.FRAME_DATA, view)
             buffer.advance(cursor, len(view))
-            self.sent += len(view)
+            self._sent += len(view)
 
     def _pump_spliced(self, sock):
         """Splice the source to the hop; False if these sockets cannot."""
@@ -360,5 +365,5 @@ class Forwarder(object):
                 sock.sendall(protocol.FRAME_HEADER.pack(protocol.FRAME_DATA,
                                                         count))
                 splicer.drain(sock, count, sock.gettimeout())
-                self.sent += count
+                self._sent += count
                 buffer.pass_through(cursor, count)

@@ -457,6 +457,8 @@ class Lane(object):
         self.sock = None
         self.parked = False
         self.claimed = False
+        # Bytes push() sent: the consumer counts what it sent itself.
+        self.pushed = 0
         self._fanout = fanout
         self._buffer = fanout._buffer
         self._cond = fanout._cond
@@ -535,6 +537,7 @@ class Lane(object):
                 if not count:
                     break
                 with self._cond:
+                    self.pushed += count
                     head[0] += count
                     head[1] -= count
                     if not head[1]:

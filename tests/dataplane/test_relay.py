@@ -498,12 +498,24 @@ class TestZeroCopy(RelayTestCase):
             self.spliced[sock.family] += count
             return splice_out(read_fd, sock, count, timeout)
 
+        push = zerocopy.Lane.push
+
+        def counting_push(lane):
+            # The producer splices rounds to a waiting consumer's socket.
+            sock, before = lane.sock, lane.pushed
+            try:
+                return push(lane)
+            finally:
+                self.spliced[sock.family] += lane.pushed - before
+
         self.useFixture(fixtures.MonkeyPatch(
             'nova_multidest.dataplane.zerocopy.Splicer.drain',
             counting_drain))
         self.useFixture(fixtures.MonkeyPatch(
             'nova_multidest.dataplane.zerocopy._splice_out',
             counting_splice_out))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_multidest.dataplane.zerocopy.Lane.push', counting_push))
 
     def _stream(self, data, **source_options):
         sinks, agents = self.make_destinations(1)
