@@ -27,11 +27,15 @@ def main(argv=None):
         prog='tools/run lab',
         description='A real Nova cloud on this machine: MariaDB, RabbitMQ, '
                     'Keystone, Glance, Placement, Neutron, Nova and '
-                    'nova-multidest, with %d compute hosts.'
+                    'nova-multidest, with %d compute hosts by default.'
                     % len(layout.HOSTS))
     commands = parser.add_subparsers(dest='command', required=True)
-    commands.add_parser('up', help='start the lab (bootstraps it the '
-                                   'first time)')
+    up = commands.add_parser('up', help='start the lab (bootstraps it the '
+                                        'first time)')
+    up.add_argument('--hosts', type=int, metavar='N',
+                    help='grow the lab to N compute hosts (%d to %d); the '
+                         'count is kept until "down --purge"'
+                         % (len(layout.HOSTS), layout.MAX_HOSTS))
     down = commands.add_parser('down', help='stop every process of the lab '
                                             'and remove its network')
     down.add_argument('--purge', action='store_true',
@@ -61,6 +65,11 @@ def main(argv=None):
     cloud = cloud_mod.Cloud(lab)
     try:
         if args.command == 'up':
+            if args.hosts:
+                try:
+                    lab.grow(args.hosts)
+                except ValueError as exc:
+                    parser.error(str(exc))
             cloud.up()
         elif args.command == 'down':
             cloud.down(purge=args.purge)
@@ -75,11 +84,12 @@ def main(argv=None):
                                       else 'stopped'))
             return 0 if all(status.values()) else 3
         elif args.command == 'storage':
-            unknown = set(args.hosts) - set(layout.HOSTS)
+            names = [node.name for node in lab.hosts]
+            unknown = set(args.hosts) - set(names)
             if unknown:
                 parser.error('no host %s; the hosts are %s' % (
-                    ', '.join(sorted(unknown)), ', '.join(layout.HOSTS)))
-            for host in args.hosts or layout.HOSTS:
+                    ', '.join(sorted(unknown)), ', '.join(names)))
+            for host in args.hosts or names:
                 if args.kind:
                     cloud.set_instances_storage(host, args.kind)
                 print('%s: %s instances_path' % (

@@ -27,6 +27,7 @@ import sys
 
 ID_PATTERN = re.compile(r'^[a-z0-9]{1,6}$')
 HOSTS = ('host1', 'host2', 'host3', 'host4')
+MAX_HOSTS = 8
 CONTROLLER = 'controller'
 PORTS = {'keystone': 5000, 'glance': 9292, 'placement': 8778,
          'neutron': 9696, 'nova-api': 8774, 'mariadb': 3306,
@@ -43,7 +44,7 @@ class Node:
 
 class Lab(object):
 
-    def __init__(self, top, lab_id=None, hosts=HOSTS):
+    def __init__(self, top, lab_id=None, hosts=None):
         self.top = top
         self.id = (lab_id or os.environ.get('MULTIDEST_LAB_ID') or
                    hashlib.sha1(os.path.realpath(top).encode())
@@ -58,13 +59,46 @@ class Lab(object):
         self.bridge = 'mdl%s-br' % self.id
         self.controller = Node(CONTROLLER, 'mdlab-%s-ctl' % self.id,
                                'mdl%s-c' % self.id, '198.19.%d.2' % octet)
-        self.hosts = [Node(name, 'mdlab-%s-%s' % (self.id, name),
-                           'mdl%s-%d' % (self.id, index),
-                           '198.19.%d.%d' % (octet, 10 + index))
-                      for index, name in enumerate(hosts, 1)]
-        self.nodes = [self.controller] + self.hosts
+        self._octet = octet
         self.dir = os.path.join(top, '.lab', self.id)
         self.bin = os.path.dirname(os.path.abspath(sys.executable))
+        self._set_hosts(hosts or self._recorded_hosts() or HOSTS)
+
+    def _set_hosts(self, names):
+        self.hosts = [Node(name, 'mdlab-%s-%s' % (self.id, name),
+                           'mdl%s-%d' % (self.id, index),
+                           '198.19.%d.%d' % (self._octet, 10 + index))
+                      for index, name in enumerate(names, 1)]
+        self.nodes = [self.controller] + self.hosts
+
+    def _recorded_hosts(self):
+        try:
+            with open(self.path('compute-hosts')) as f:
+                return tuple(f.read().split())
+        except FileNotFoundError:
+            return None
+
+    def grow(self, count):
+        """Give the lab ``count`` compute hosts from now on.
+
+        The count is recorded in the lab's state so that every later
+        command (status, down, the tests) sees the same hosts. A lab
+        only grows: a host that leaves would leave its compute service,
+        resource provider and domains behind in the cloud.
+        """
+        if not len(HOSTS) <= count <= MAX_HOSTS:
+            raise ValueError('a lab has %d to %d compute hosts, not %d'
+                             % (len(HOSTS), MAX_HOSTS, count))
+        if count < len(self.hosts):
+            raise ValueError(
+                'lab %s already has %d compute hosts; a lab does not '
+                'shrink: run "tools/run lab down --purge" first to start '
+                'again with %d' % (self.id, len(self.hosts), count))
+        names = tuple('host%d' % index for index in range(1, count + 1))
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.path('compute-hosts'), 'w') as f:
+            f.write('\n'.join(names) + '\n')
+        self._set_hosts(names)
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
