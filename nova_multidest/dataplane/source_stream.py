@@ -423,6 +423,13 @@ class SourceStream(object):
     # -- the engine's thread -----------------------------------------------
 
     def _on_source_event(self, event):
+        if event.kind == hypervisor.EVENT_STOPPED and not self._done.is_set():
+            # The stop phase: the last pages go to the leader first.
+            try:
+                self.relay.prioritize_leader()
+            except Exception:
+                LOG.exception('The relay of %s could not put its leading '
+                              'destination first', self.source.name)
         if event.kind in (hypervisor.EVENT_MIGRATION,
                           hypervisor.EVENT_PASS,
                           hypervisor.EVENT_STOPPED,

@@ -255,6 +255,23 @@ class StreamTest(StreamTestBase):
         self.assertEqual(vocabulary.QemuStatus.COMPLETED,
                          stream.stats.status)
 
+    def test_the_stop_phase_puts_the_leading_destination_first(self):
+        stream = self.make()
+        self.relay.prioritize_leader.assert_not_called()
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(
+                guest='guest', kind=hypervisor.EVENT_STOPPED, timestamp=0))
+        self.relay.prioritize_leader.assert_called_once_with()
+        self.assertFalse(stream.wait(0))
+
+    def test_a_relay_that_cannot_prioritize_does_not_stop_the_stream(self):
+        self.relay.prioritize_leader.side_effect = RuntimeError('gone')
+        stream = self.make()
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(
+                guest='guest', kind=hypervisor.EVENT_STOPPED, timestamp=0))
+        self.assertTrue(stream._wake.is_set())
+
     def test_close_cancels_a_running_migration_and_the_relay(self):
         stream = self.make()
         stream.close()

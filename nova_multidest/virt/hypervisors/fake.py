@@ -620,6 +620,10 @@ class FakeRelay(object):
             return [name for name in self.names
                     if self._state[name] != vocabulary.StreamState.FAILED]
 
+    def prioritize_leader(self):
+        """Simulated bytes share no link: nobody goes first."""
+        return None
+
     @property
     def bytes_from_source(self):
         with self._lock:
