@@ -232,6 +232,9 @@ class DirectTarget(object):
     def progress(self):
         return {}
 
+    def prioritize_leader(self):
+        pass
+
 
 def migrate_direct(hypervisor, source):
     hypervisor.direct = True
