@@ -684,6 +684,7 @@ class FakeRelay(object):
                 source.remaining = source.total - source.transferred - size
             elif source.holding:
                 source.iterations += 1
+                source._emit(hypervisor.EVENT_PASS)
                 size = max(chunk // 4, 1)
                 source.remaining = size
             else:
