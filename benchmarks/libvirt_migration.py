@@ -30,14 +30,23 @@ destinations, as libvirt starts its destination QEMU inside the call) to
 the winner's RESUME event. Downtime: the
 source's STOP event to that RESUME event. Both events come from QEMU
 through libvirt's monitor-event API, with QEMU's own timestamps, the same
-way for every case.
+way for every case. Cores busy: the machine's busy CPU time over the
+same interval, divided by it; at the machine's core count a case is bound
+by CPU, not by what loopback could carry.
+
+``--bandwidth`` caps every case at the same migration bandwidth (QEMU's
+``max-bandwidth``, which Nova sets from ``live_migration_bandwidth``), as
+a cloud's migration network does: without it, loopback carries whatever
+the cores can produce.
 
     tools/run bench libvirt_migration [--repetitions 3] [--memory 128]
+        [--bandwidth MiB/s]
 """
 
 import argparse
 import contextlib
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -110,7 +119,8 @@ class EventLoop(object):
 
 class Bench(object):
 
-    def __init__(self, memory_mb, work_dir):
+    def __init__(self, memory_mb, work_dir, bandwidth_mb=0):
+        self.bandwidth_mb = bandwidth_mb
         self.memory_mb = memory_mb
         self.work_dir = work_dir
         self.events = EventLoop()
@@ -159,28 +169,31 @@ class Bench(object):
         finally:
             self._clean()
 
-    def _result(self, started, source_name, winners):
+    def _result(self, started, busy, source_name, winners):
         resumed_name, resumed = self.events.wait(
             self.dest_host.connection.getURI(), 'RESUME', winners)
+        cores = ((results.busy_cpu_seconds() - busy) /
+                 (time.time() - started))
         _, stopped = self.events.wait(
             self.source_host.connection.getURI(), 'STOP', [source_name])
-        return resumed - started, (resumed - stopped) * 1000
+        return resumed - started, (resumed - stopped) * 1000, cores
 
     def _libvirt(self, name):
         domain = self.source_host.connection.lookupByName(name)
         domain.migrateSetMaxDowntime(DOWNTIME_LIMIT_MS, 0)
         params = {libvirt.VIR_MIGRATE_PARAM_URI: 'tcp://127.0.0.1',
-                  libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 1 << 20}
-        started = time.time()
+                  libvirt.VIR_MIGRATE_PARAM_BANDWIDTH:
+                      self.bandwidth_mb or 1 << 20}
+        busy, started = results.busy_cpu_seconds(), time.time()
         domain.migrateToURI3(self.dest_host.uri, params,
                              libvirt.VIR_MIGRATE_LIVE |
                              libvirt.VIR_MIGRATE_PEER2PEER)
-        return self._result(started, name, [name])
+        return self._result(started, busy, name, [name])
 
     def _multidest(self, name, topology, count):
         # libvirt's own migration starts its destination QEMU inside the
         # measured call: so does this one.
-        started = time.time()
+        busy, started = results.busy_cpu_seconds(), time.time()
         secret = protocol.new_secret()
         source = self.source_hv.source(name)
         xml = self.source_hv.source_xml(name)
@@ -206,7 +219,8 @@ class Bench(object):
                                             topology=topology)
         stream = source_stream.SourceStream(
             source, relay, source_stream.StreamSettings(
-                downtime_limit_ms=DOWNTIME_LIMIT_MS, sample_interval=0.1))
+                downtime_limit_ms=DOWNTIME_LIMIT_MS, sample_interval=0.1,
+                max_bandwidth=self.bandwidth_mb * MiB))
         stream.start(lambda func: threading.Thread(
             target=func, daemon=True).start())
         try:
@@ -219,7 +233,7 @@ class Bench(object):
                 raise RuntimeError('no destination completed: %s'
                                    % stream.status())
             winner[0].resume()
-            return self._result(started, name, [winner[0].name])
+            return self._result(started, busy, name, [winner[0].name])
         finally:
             stream.close()
             for dest in destinations.values():
@@ -231,17 +245,23 @@ def main(argv=None):
                                      description=__doc__.split('\n')[0])
     parser.add_argument('--repetitions', type=int, default=3)
     parser.add_argument('--memory', type=int, default=128, metavar='MiB')
+    parser.add_argument('--bandwidth', type=int, default=0, metavar='MiB/s',
+                        help='migration bandwidth of every case (default: '
+                             'unlimited)')
     args = parser.parse_args(argv)
     # Losers are cut off on purpose; their agents' warnings would clutter
     # the table.
     logging.basicConfig(level=logging.ERROR)
     libvirt.registerErrorHandler(lambda context, error: None, None)
+    # A capped run has a results file of its own beside the unlimited one.
     report = results.Report(
-        'libvirt_migration', "The libvirt path against libvirt's own live "
-        "migration", argv)
+        'libvirt_migration' + ('_%dmib' % args.bandwidth
+                               if args.bandwidth else ''),
+        "The libvirt path against libvirt's own live migration" +
+        (', %d MiB/s' % args.bandwidth if args.bandwidth else ''), argv)
     samples = {label: [] for label, _, _ in CASES}
     with tempfile.TemporaryDirectory(prefix='mdbench-libvirt-') as work:
-        bench = Bench(args.memory, work)
+        bench = Bench(args.memory, work, args.bandwidth)
         try:
             for rep in range(args.repetitions):
                 order = CASES[rep % len(CASES):] + CASES[:rep % len(CASES)]
@@ -251,23 +271,30 @@ def main(argv=None):
                     sys.stdout.flush()
         finally:
             bench.close()
-    base_total = statistics.median(t for t, _ in samples['libvirt'])
-    base_down = statistics.median(d for _, d in samples['libvirt'])
+    base_total = statistics.median(t for t, _, _ in samples['libvirt'])
+    base_down = statistics.median(d for _, d, _ in samples['libvirt'])
     rows = []
-    print('\n%-22s %8s %9s %11s %9s' % ('case', 'total s', 'x libvirt',
-                                        'downtime ms', 'x libvirt'))
+    print('\n%-22s %8s %9s %11s %9s %6s' % (
+        'case', 'total s', 'x libvirt', 'downtime ms', 'x libvirt',
+        'cores'))
     for label, runs in samples.items():
-        total = statistics.median(t for t, _ in runs)
-        down = statistics.median(d for _, d in runs)
+        total = statistics.median(t for t, _, _ in runs)
+        down = statistics.median(d for _, d, _ in runs)
+        cores = statistics.median(c for _, _, c in runs)
         rows.append((label, total, total / base_total, down,
-                     down / base_down))
-        print('%-22s %8.3f %8.2fx %11.1f %8.2fx' % rows[-1])
+                     down / base_down, cores))
+        print('%-22s %8.3f %8.2fx %11.1f %8.2fx %6.2f' % rows[-1])
     report.table(
-        '%d MiB guest (TCG), downtime limit %d ms, medians of %d'
-        % (args.memory, DOWNTIME_LIMIT_MS, args.repetitions),
-        ('case', 'total s', 'x libvirt', 'downtime ms', 'x libvirt'),
-        [(label, '%.3f' % t, '%.2fx' % tx, '%.1f' % d, '%.2fx' % dx)
-         for label, t, tx, d, dx in rows],
+        '%d MiB guest (TCG), downtime limit %d ms, bandwidth %s, '
+        'medians of %d'
+        % (args.memory, DOWNTIME_LIMIT_MS,
+           '%d MiB/s' % args.bandwidth if args.bandwidth else 'unlimited',
+           args.repetitions),
+        ('case', 'total s', 'x libvirt', 'downtime ms', 'x libvirt',
+         'cores busy (of %d)' % os.cpu_count()),
+        [(label, '%.3f' % t, '%.2fx' % tx, '%.1f' % d, '%.2fx' % dx,
+          '%.2f' % c)
+         for label, t, tx, d, dx, c in rows],
         notes=['Targets (issue 11): N=1 within 1.10x total and 1.2x '
                'downtime; chain N=3 within 1.25x total. The extension '
                "hears QEMU's events through libvirt's monitor events; "

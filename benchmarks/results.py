@@ -31,6 +31,20 @@ def load_average():
     return '%.2f %.2f %.2f' % os.getloadavg()
 
 
+def busy_cpu_seconds():
+    """CPU seconds every core of this machine has spent busy since boot.
+
+    The difference over a measured interval, divided by its wall time, is
+    how many cores were busy: at the machine's core count, a case is
+    bound by CPU, whatever its network could carry.
+    """
+    with open('/proc/stat') as f:
+        fields = [int(value) for value in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is in user)
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK')
+
+
 class Report(object):
     """Tables and bar charts of one benchmark run."""
 

@@ -121,6 +121,76 @@ class ChannelGate(object):
             self._cond.notify_all()
 
 
+class LeaderFirst(object):
+    """Holds every destination of a star but the leading one at the end.
+
+    A star's source link carries one copy per destination, so in the stop
+    phase the last pages reach each destination at 1/N of the link while
+    the guest runs nowhere. The destination that leads gets them first,
+    with the whole link; the others follow once its forwarders are done
+    (they lose the election if it runs). A leader that fails, or that
+    takes nothing for ``stall_timeout`` seconds (a frozen host sends no
+    reset), ends the hold: the others must not wait for it.
+    """
+
+    def __init__(self, stall_timeout):
+        self.stall_timeout = stall_timeout
+        self._cond = threading.Condition()
+        self.leader = None
+        self._pending = set()
+        self._last = (0, 0.0)
+
+    def start(self, leader, forwarders):
+        """Hold every other destination until ``forwarders`` finish."""
+        with self._cond:
+            if self.leader is not None:
+                return False
+            self._pending = {f for f in forwarders if not f.finished}
+            if not self._pending:
+                return False
+            self.leader = leader
+            self._last = (self._leader_sent_locked(), time.monotonic())
+            return True
+
+    def holds(self, forwarder):
+        return (bool(self._pending) and
+                forwarder.destination != self.leader and
+                not forwarder.cursor.dropped and not forwarder.closing)
+
+    def wait_turn(self, forwarder):
+        with self._cond:
+            while self.holds(forwarder):
+                self._cond.wait(self.stall_timeout)
+                self._check_stall_locked()
+
+    def _leader_sent_locked(self):
+        return sum(f.sent for f in self._pending)
+
+    def _check_stall_locked(self):
+        if not self._pending:
+            return
+        sent, since = self._last
+        now = time.monotonic()
+        current = self._leader_sent_locked()
+        if current != sent:
+            self._last = (current, now)
+        elif now - since >= self.stall_timeout:
+            LOG.warning("Leading destination %s took nothing for %ss; the "
+                        "other destinations go on", self.leader,
+                        self.stall_timeout)
+            self._pending = set()
+            self._cond.notify_all()
+
+    def finished(self, forwarder):
+        with self._cond:
+            self._pending.discard(forwarder)
+            self._cond.notify_all()
+
+    def wake(self):
+        with self._cond:
+            self._cond.notify_all()
+
+
 class Forwarder(object):
     """Sends one channel of the stream along a path of agents.
 
@@ -134,8 +204,10 @@ class Forwarder(object):
     """
 
     def __init__(self, buffer, channel, hops, dial, gate, on_lost,
-                 repair, label, stall_timeout=None):
+                 repair, label, stall_timeout=None, priority=None):
         self.channel = channel
+        self.priority = priority
+        self.finished = False
         self.stall_timeout = stall_timeout
         self.hops = list(hops)
         self._sent = 0
@@ -166,6 +238,8 @@ class Forwarder(object):
             remaining = [name for name, _ in self.hops[self._index:]]
             self._index = len(self.hops)
         shutdown(sock)
+        if self.priority is not None:
+            self.priority.wake()
         if remaining and not self._closing:
             self._on_lost(remaining, reason)
 
@@ -188,10 +262,21 @@ class Forwarder(object):
         """Take the stream from a Fanout's pipe instead of from memory."""
         self.lane = fanout.add_lane(self.cursor, framed=True)
 
+    @property
+    def destination(self):
+        """The first hop: the destination a star forwarder feeds."""
+        return self.hops[0][0]
+
+    @property
+    def closing(self):
+        return self._closing
+
     def close(self):
         self._closing = True
         self._buffer.drop(self.cursor, 'relay closed')
         self._gate.close()
+        if self.priority is not None:
+            self.priority.wake()
 
     def _connect(self, resume):
         """Open the hop connection; False when no hop is left."""
@@ -281,6 +366,9 @@ class Forwarder(object):
             if self.lane is not None:
                 self.lane.close()
             self.connected.set()
+            self.finished = True
+            if self.priority is not None:
+                self.priority.finished(self)
 
     def _reconnect(self, error):
         LOG.warning("%s: channel %d lost hop %s (%s); repairing",
@@ -303,6 +391,7 @@ class Forwarder(object):
                 except stream_buffer.CursorDropped:
                     return
                 if count:
+                    self._wait_turn()
                     lane.send(sock, count, sock.gettimeout())
                     self._sent += count
                     continue
@@ -324,9 +413,14 @@ class Forwarder(object):
                 return
             if lane is not None:
                 view = lane.clip(view)
+            self._wait_turn()
             protocol.send_frame(sock, protocol.FRAME_DATA, view)
             buffer.advance(cursor, len(view))
             self._sent += len(view)
+
+    def _wait_turn(self):
+        if self.priority is not None:
+            self.priority.wait_turn(self)
 
     def _pump_spliced(self, sock):
         """Splice the source to the hop; False if these sockets cannot."""

@@ -52,6 +52,7 @@ ANNOUNCE_SELF = {'initial': 50, 'max': 550, 'rounds': 5, 'step': 100}
 EVENT_STOPPED = 'stopped'       # the guest's vCPUs stopped
 EVENT_RESUMED = 'resumed'       # the guest's vCPUs run again
 EVENT_MIGRATION = 'migration'   # migration status changed (see .status)
+EVENT_PASS = 'pass'             # another pass over dirty memory began
 EVENT_EXITED = 'exited'         # the hypervisor process is gone
 
 

@@ -284,7 +284,8 @@ class _QemuGuest(hypervisor.Guest):
         self._on_job_event(event.name, event.data)
         kind = {'STOP': hypervisor.EVENT_STOPPED,
                 'RESUME': hypervisor.EVENT_RESUMED,
-                'MIGRATION': hypervisor.EVENT_MIGRATION}.get(event.name)
+                'MIGRATION': hypervisor.EVENT_MIGRATION,
+                'MIGRATION_PASS': hypervisor.EVENT_PASS}.get(event.name)
         if kind is not None:
             self._emit(hypervisor.GuestEvent(
                 guest=self.name, kind=kind, timestamp=event.timestamp,

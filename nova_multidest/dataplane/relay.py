@@ -48,6 +48,9 @@ LOOPBACK = ('127.0.0.1', '::1', 'localhost')
 
 DROP_NOTICE_TIMEOUT = 2.0
 STALL_TIMEOUT = 60.0
+# A leading destination that takes nothing this long in the stop phase no
+# longer holds the others back (hops.LeaderFirst).
+LEADER_STALL_TIMEOUT = 1.0
 STATUS_GRACE = agent.STATUS_GRACE
 
 DestinationProgress = collections.namedtuple(
@@ -119,6 +122,7 @@ class StreamRelay(object):
         self._reported = {}
         self._channels = []
         self._gates = {}
+        self._priority = hops.LeaderFirst(LEADER_STALL_TIMEOUT)
         self._source_socks = []
         self._status_socks = []
         self._closed = False
@@ -204,6 +208,34 @@ class StreamRelay(object):
                     self._state[name], sent, self._reasons.get(name),
                     reported.get('delivered', 0))
             return result
+
+    def prioritize_leader(self):
+        """The stop phase began: the leading destination goes first.
+
+        Called when the source guest stops. In a star of several live
+        destinations, the one the relay sent the most to (the first given
+        on a tie) gets the rest of the stream before any other, so that
+        the guest's downtime is one destination's share of the source
+        link, not N. Returns that destination's name, or None where
+        there is nothing to share (chain, one destination).
+        """
+        if self.topology != vocabulary.Topology.STAR:
+            return None
+        with self._lock:
+            forwarders = [f for ch in self._channels for f in ch.forwarders]
+            live = [name for name, _ in self._destinations
+                    if self._state[name] not in hops.FINAL_STATES]
+        if len(live) < 2:
+            return None
+        sent = {name: sum(f.sent for f in forwarders
+                          if f.destination == name) for name in live}
+        leader = max(live, key=sent.get)
+        if not self._priority.start(
+                leader, [f for f in forwarders if f.destination == leader]):
+            return None
+        LOG.info("Relay %s sends the last of the stream to %s first",
+                 self.migration_id, leader)
+        return leader
 
     def drop(self, name, reason):
         """Cut one destination off now; the others keep streaming."""
@@ -476,7 +508,8 @@ class StreamRelay(object):
                 buffer, index, path, self._dial, gate, self._on_lost,
                 repair=chain,
                 label='relay->%s' % path[0][0],
-                stall_timeout=self.stall_timeout)
+                stall_timeout=self.stall_timeout,
+                priority=None if chain else self._priority)
             if channel.fanout is not None:
                 forwarder.use_lane(channel.fanout)
             channel.forwarders.append(forwarder)

@@ -34,14 +34,22 @@ whole life, wherever the source runs: in Nova's compute endpoint
   applies; a migration not done ``switch_over_timeout`` seconds after the
   request (not ready, or not converging) is forced whatever the
   downtime, and so is a second request.
-* Outside warm-up the downtime limit follows ``downtime_steps``, a
+* The first pass over memory is never cut short. Outside warm-up the
+  stream starts at the hold limit and applies its real one when QEMU
+  begins its second pass (its MIGRATION_PASS event wakes the engine):
+  QEMU would otherwise pause the guest as soon as the rest of its first
+  pass fits in the downtime limit at the bandwidth it measured, and copy
+  that rest (tens of MiB on a fast link) while the guest runs nowhere.
+  A guest whose first pass ends before QEMU's first bandwidth sample
+  completes at once, as without the hold.
+* Outside warm-up the downtime limit then follows ``downtime_steps``, a
   schedule of (seconds after the start, limit) raised over time as Nova's
   libvirt driver raises it. A migration not complete
   ``completion_timeout`` seconds after its start is cancelled (the source
   runs on and every destination fails) or forced, as ``timeout_action``
   says.
-* Events, not polling, move it: the source's migration and stop events
-  wake it at once. Only progress, which QEMU reports by no event, is
+* Events, not polling, move it: the source's migration, pass and stop
+  events wake it at once. Only progress, which QEMU reports by no event, is
   sampled, every ``sample_interval``.
 * Local disks (``disks``, a ``disk_copy.DiskCopy``) are copied as
   libvirt's block migration copies them: the memory stream starts only
@@ -321,7 +329,8 @@ class SourceStream(object):
                                        downtime_limit_ms=HOLD_DOWNTIME_MS,
                                        **extra)
         else:
-            self._downtime = s.downtime_at(0)
+            # Until the first pass is done: see _step_downtime.
+            self._downtime = HOLD_DOWNTIME_MS
             self.source.set_parameters(max_bandwidth=s.bandwidth,
                                        downtime_limit_ms=self._downtime,
                                        **extra)
@@ -414,7 +423,15 @@ class SourceStream(object):
     # -- the engine's thread -----------------------------------------------
 
     def _on_source_event(self, event):
+        if event.kind == hypervisor.EVENT_STOPPED and not self._done.is_set():
+            # The stop phase: the last pages go to the leader first.
+            try:
+                self.relay.prioritize_leader()
+            except Exception:
+                LOG.exception('The relay of %s could not put its leading '
+                              'destination first', self.source.name)
         if event.kind in (hypervisor.EVENT_MIGRATION,
+                          hypervisor.EVENT_PASS,
                           hypervisor.EVENT_STOPPED,
                           hypervisor.EVENT_EXITED):
             self._wake.set()
@@ -615,11 +632,17 @@ class SourceStream(object):
     def _step_downtime(self, elapsed):
         if self._holding or self.settings.warm_up:
             return
+        if not self.stats.first_pass_done:
+            return
         limit = self.settings.downtime_at(elapsed)
         if limit == self._downtime:
             return
-        LOG.info('Raising the downtime limit of %s to %d ms after %d s',
-                 self.source.name, limit, elapsed)
+        if self._downtime == HOLD_DOWNTIME_MS:
+            LOG.info('First pass of %s done after %.1f s: downtime limit '
+                     '%d ms', self.source.name, elapsed, limit)
+        else:
+            LOG.info('Raising the downtime limit of %s to %d ms after %d s',
+                     self.source.name, limit, elapsed)
         self._downtime = limit
         self.source.set_parameters(downtime_limit_ms=limit)
 

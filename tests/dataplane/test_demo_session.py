@@ -199,6 +199,22 @@ class ElectionTest(demo_session_base.SessionTestBase):
         self.assert_winner_only(result)
         self.assertIn('failed to resume', result.reasons[candidates[0]])
 
+    def test_events_alone_move_the_switch_over(self):
+        """No progress sample falls within this migration.
+
+        The first pass (64 MiB at 64 MiB/s) outlasts QEMU's first
+        bandwidth sample, so the stream holds it at a 1 ms downtime limit,
+        on which a guest dirtying 256 KiB per ms never converges at 64 KiB
+        per ms: only the pass event
+        can release the real limit, and only the completion event can
+        elect the winner.
+        """
+        self.boot(fill_mb=16, pages_per_tick=64)
+        result = self.make_session(['d0'], max_bandwidth=64 * MiB,
+                                   sample_interval=3600).run(60)
+        self.assert_winner_only(result)
+        self.assert_identical_survivors(['d0'])
+
     def test_refused_approval_resumes_nothing_but_the_source(self):
         self.boot(fill_mb=16)
         approvals = []

@@ -166,6 +166,10 @@ class LibvirtExtensionTest(testtools.TestCase):
         stopped = source_waiter.wait_event(hypervisor.EVENT_STOPPED,
                                            STREAM_TIMEOUT)
         self.assertEqual(1, len(stopped))
+        # QEMU's pass events, which end the hold of the first pass, come
+        # through libvirt too.
+        self.assertTrue(source_waiter.wait_event(hypervisor.EVENT_PASS,
+                                                 STREAM_TIMEOUT))
         self.assertTrue(source_waiter.wait_event(
             hypervisor.EVENT_MIGRATION, STREAM_TIMEOUT,
             status=vocabulary.QemuStatus.COMPLETED))

@@ -65,7 +65,8 @@ class FakeSink(object):
     """A destination QEMU listening for its incoming stream(s).
 
     ``die_after`` closes the connection after that many bytes (a QEMU
-    killed mid-stream); ``hang`` accepts but reads nothing until released.
+    killed mid-stream); ``hang`` accepts but reads nothing until released;
+    clearing ``reading`` freezes it mid-stream until set again.
     """
 
     def __init__(self, directory, name, channels=1, die_after=None,
@@ -77,6 +78,8 @@ class FakeSink(object):
         self.release = threading.Event()
         if not hang:
             self.release.set()
+        self.reading = threading.Event()
+        self.reading.set()
         self.received = [0] * channels
         self.progress = threading.Condition()
         self.digests = [None] * channels
@@ -120,6 +123,7 @@ class FakeSink(object):
                     if limit <= 0:
                         self.closed_early.set()
                         return
+                self.reading.wait()
                 n = conn.recv_into(buf, limit)
                 if not n:
                     break
@@ -140,6 +144,7 @@ class FakeSink(object):
 
     def close(self):
         self.release.set()
+        self.reading.set()
         try:
             self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -341,6 +346,94 @@ class TestStreamDelivery(RelayTestCase):
         source.join()
         self.assert_delivered(sinks[0], agents[0], data,
                               stream_relay.progress()['dest0'])
+
+    def _hold_for_the_leader(self, stream_relay, source, stall_timeout):
+        """Enter the stop phase with the source paused mid-stream.
+
+        Returns the leader and the bytes the relay had read by then (or a
+        little after): a held destination may finish the send it had
+        begun, of bytes read before, but start no other.
+        """
+        stream_relay._priority.stall_timeout = stall_timeout
+        self.assertTrue(source.paused.wait(WAIT))
+        leader = stream_relay.prioritize_leader()
+        read_before = stream_relay.bytes_from_source
+        self.assertIsNotNone(leader)
+        self.assertIsNone(stream_relay.prioritize_leader())
+        return leader, read_before
+
+    def test_stop_phase_goes_to_the_leader_first(self):
+        data = make_data(48 * MiB, seed=11)
+        sinks, agents = self.make_destinations(3)
+        stream_relay = self.make_relay(agents)
+        snapshots = []
+        priority = stream_relay._priority
+        finished = priority.finished
+
+        def snapshot(forwarder):
+            # Taken as the leader's stream ends, before the others go on.
+            if forwarder.destination == priority.leader:
+                snapshots.append(stream_relay.progress())
+            finished(forwarder)
+
+        priority.finished = snapshot
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        leader, read_before = self._hold_for_the_leader(
+            stream_relay, source, WAIT)
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(1, len(snapshots))
+        self.assertEqual(len(data), snapshots[0][leader].bytes_sent)
+        for name, progress in snapshots[0].items():
+            if name != leader:
+                self.assertLessEqual(progress.bytes_sent, read_before, name)
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+
+    def test_a_leader_that_stops_taking_lets_the_others_go_on(self):
+        data = make_data(48 * MiB, seed=13)
+        sinks, agents = self.make_destinations(3)
+        stream_relay = self.make_relay(agents)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        leader, _ = self._hold_for_the_leader(stream_relay, source, 0.2)
+        index = [a.name for a in agents].index(leader)
+        # The leader's host freezes: its QEMU reads nothing, no reset.
+        sinks[index].reading.clear()
+        source.resume.set()
+        others = [i for i in range(3) if i != index]
+        for i in others:
+            self.assertTrue(sinks[i].done.wait(WAIT))
+        self.assertLess(sinks[index].received[0], len(data))
+        self.assertNotEqual('complete', agents[index].state)
+        sinks[index].reading.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+        self.assertEqual({}, self.dropped)
+
+    @ddt.data(('chain', 3), ('star', 1))
+    @ddt.unpack
+    def test_nobody_goes_first_where_no_link_is_shared(self, topology,
+                                                       count):
+        data = make_data(8 * MiB, seed=12)
+        sinks, agents = self.make_destinations(count)
+        stream_relay = self.make_relay(agents, topology=topology)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=4 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertIsNone(stream_relay.prioritize_leader())
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
 
 
 @ddt.ddt

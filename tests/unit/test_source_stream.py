@@ -189,10 +189,46 @@ class WarmUpTest(StreamTestBase):
 
 class StreamTest(StreamTestBase):
 
-    def test_without_warm_up_the_real_limits_apply_at_once(self):
-        self.make(max_bandwidth=64 * MiB)
-        self.assertEqual([{'max_bandwidth': 64 * MiB,
-                           'downtime_limit_ms': 300}], self.parameters())
+    def test_without_warm_up_the_first_pass_is_held(self):
+        stream = self.make(max_bandwidth=64 * MiB)
+        self.assertEqual(
+            [{'max_bandwidth': 64 * MiB,
+              'downtime_limit_ms': source_stream.HOLD_DOWNTIME_MS}],
+            self.parameters())
+        self.step(stream, 5)
+        self.assertEqual(1, len(self.parameters()))
+        self.set_stats(iterations=2)
+        self.step(stream)
+        self.assertEqual({'downtime_limit_ms': 300}, self.parameters()[-1])
+        self.step(stream, 5)
+        self.assertEqual(2, len(self.parameters()))
+
+    def test_the_pass_event_releases_the_limit_without_a_sample(self):
+        threads = []
+        released = threading.Event()
+
+        def spawn(func):
+            threads.append(threading.Thread(target=func, daemon=True))
+            threads[-1].start()
+
+        def set_parameters(**parameters):
+            if parameters.get('downtime_limit_ms') == 300:
+                released.set()
+        self.source.set_parameters.side_effect = set_parameters
+        stream = self.make(spawn=spawn, sample_interval=3600)
+        self.assertFalse(released.is_set())
+        self.set_stats(iterations=2)
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(
+                guest='guest', kind=hypervisor.EVENT_PASS, timestamp=0))
+        # With a sample every hour, only the event can release it.
+        self.assertTrue(released.wait(30))
+        self.set_stats(status=vocabulary.QemuStatus.COMPLETED)
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(
+                guest='guest', kind=hypervisor.EVENT_MIGRATION,
+                timestamp=0, status=vocabulary.QemuStatus.COMPLETED))
+        self.assertTrue(stream.wait(30))
 
     def test_a_request_without_warm_up_forces_at_once(self):
         stream = self.make()
@@ -219,6 +255,23 @@ class StreamTest(StreamTestBase):
         self.assertEqual(vocabulary.QemuStatus.COMPLETED,
                          stream.stats.status)
 
+    def test_the_stop_phase_puts_the_leading_destination_first(self):
+        stream = self.make()
+        self.relay.prioritize_leader.assert_not_called()
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(
+                guest='guest', kind=hypervisor.EVENT_STOPPED, timestamp=0))
+        self.relay.prioritize_leader.assert_called_once_with()
+        self.assertFalse(stream.wait(0))
+
+    def test_a_relay_that_cannot_prioritize_does_not_stop_the_stream(self):
+        self.relay.prioritize_leader.side_effect = RuntimeError('gone')
+        stream = self.make()
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(
+                guest='guest', kind=hypervisor.EVENT_STOPPED, timestamp=0))
+        self.assertTrue(stream._wake.is_set())
+
     def test_close_cancels_a_running_migration_and_the_relay(self):
         stream = self.make()
         stream.close()
@@ -241,21 +294,36 @@ STEPS = ((0, 50), (150, 95), (300, 140), (450, 185))
 class DowntimeStepTest(StreamTestBase):
     """Nova's stepped downtime, raised by the engine's own clock."""
 
-    def test_the_first_step_applies_at_the_start(self):
-        self.make(downtime_steps=STEPS, downtime_limit_ms=185)
-        self.assertEqual(50, self.parameters()[0]['downtime_limit_ms'])
+    def test_the_first_step_applies_once_the_first_pass_is_done(self):
+        stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
+        self.assertEqual(source_stream.HOLD_DOWNTIME_MS,
+                         self.parameters()[0]['downtime_limit_ms'])
+        self.set_stats(iterations=2)
+        self.step(stream, 1)
+        self.assertEqual({'downtime_limit_ms': 50}, self.parameters()[-1])
 
     def test_each_step_applies_once_its_time_has_passed(self):
         stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
+        self.set_stats(iterations=2)
+        self.step(stream)
+        self.assertEqual(2, len(self.parameters()))
         self.step(stream, 150)
-        self.assertEqual(1, len(self.parameters()))
+        self.assertEqual(2, len(self.parameters()))
         self.step(stream, 0.5)
         self.assertEqual({'downtime_limit_ms': 95}, self.parameters()[-1])
         self.step(stream, 1)
-        self.assertEqual(2, len(self.parameters()))
+        self.assertEqual(3, len(self.parameters()))
         self.step(stream, 1000)
         self.assertEqual({'downtime_limit_ms': 185}, self.parameters()[-1])
-        self.assertEqual(3, len(self.parameters()))
+        self.assertEqual(4, len(self.parameters()))
+
+    def test_a_first_pass_past_a_step_gets_that_step(self):
+        stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
+        self.step(stream, 200)
+        self.assertEqual(1, len(self.parameters()))
+        self.set_stats(iterations=2)
+        self.step(stream)
+        self.assertEqual({'downtime_limit_ms': 95}, self.parameters()[-1])
 
     def test_the_engine_wakes_for_the_next_step(self):
         stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185,
@@ -418,5 +486,6 @@ class ThrottleLogTest(StreamTestBase):
                     throttle_percent=throttle, dirty_rate=5e7,
                     bandwidth=1e7, iterations=4)
                 self.step(stream, 1)
-        self.assertEqual([20, 30], [c[0][2] for c in log.info.call_args_list])
+        self.assertEqual([20, 30], [c[0][2] for c in log.info.call_args_list
+                                    if c[0][0].startswith('Auto-converge')])
         self.assertEqual(30, stream.status()['throttle_percent'])

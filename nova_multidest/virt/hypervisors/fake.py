@@ -620,6 +620,10 @@ class FakeRelay(object):
             return [name for name in self.names
                     if self._state[name] != vocabulary.StreamState.FAILED]
 
+    def prioritize_leader(self):
+        """Simulated bytes share no link: nobody goes first."""
+        return None
+
     @property
     def bytes_from_source(self):
         with self._lock:
@@ -680,6 +684,7 @@ class FakeRelay(object):
                 source.remaining = source.total - source.transferred - size
             elif source.holding:
                 source.iterations += 1
+                source._emit(hypervisor.EVENT_PASS)
                 size = max(chunk // 4, 1)
                 source.remaining = size
             else:

@@ -68,7 +68,8 @@ MiB = 1 << 20
 # QEMU's events the election needs, as the data plane names them.
 MONITOR_EVENTS = {'STOP': hypervisor.EVENT_STOPPED,
                   'RESUME': hypervisor.EVENT_RESUMED,
-                  'MIGRATION': hypervisor.EVENT_MIGRATION}
+                  'MIGRATION': hypervisor.EVENT_MIGRATION,
+                  'MIGRATION_PASS': hypervisor.EVENT_PASS}
 SOURCE_FD_NAME = 'multidest-stream'
 
 
