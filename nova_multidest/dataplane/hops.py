@@ -383,7 +383,8 @@ class Forwarder(object):
         sock = self._sock
         lane = self.lane
         if lane is not None:
-            lane.attach(sock)
+            lane.attach(sock, None if self.priority is None else
+                        lambda: self.priority.holds(self))
         while True:
             if lane is not None:
                 try:

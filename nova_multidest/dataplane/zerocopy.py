@@ -455,6 +455,7 @@ class Lane(object):
         self.busy = False
         self.closed = False
         self.sock = None
+        self.held = None
         self.parked = False
         self.claimed = False
         # Bytes push() sent: the consumer counts what it sent itself.
@@ -489,10 +490,16 @@ class Lane(object):
         if piped:
             self.piped += 1
 
-    def attach(self, sock):
-        """The socket this consumer sends to; the producer may push to it."""
+    def attach(self, sock, held=None):
+        """The socket this consumer sends to; the producer may push to it.
+
+        ``held()``, if given, is True while this consumer must not send
+        (a star's stop phase serves its leading destination first); the
+        producer leaves the lane to the consumer then.
+        """
         with self._cond:
             self.sock = sock
+            self.held = held
 
     def claim_locked(self):
         """Producer: take the lane to push() its pipe, if the consumer waits.
@@ -502,7 +509,8 @@ class Lane(object):
         """
         if (self.sock is None or not self.parked or self.claimed or
                 self.closed or self.cursor.dropped or
-                self.cursor.offset < self.resend_until):
+                self.cursor.offset < self.resend_until or
+                (self.held is not None and self.held())):
             return False
         head = self._head_locked()
         if head is None or not head[2]:
