@@ -65,7 +65,10 @@ destination_opts = [
         default=1, min=1, max=5,
         help='Rounds to try when every destination of a round fails. Each '
              'further round asks the scheduler for hosts not yet tried; the '
-             'server keeps running on its source in between.'),
+             'server keeps running on its source in between. QEMU 7.2 '
+             'under TCG can leave guest writes out of a migration started '
+             'after a failed one (see README, "Known issue"): keep 1 on '
+             'such hosts.'),
 ]
 
 stream_opts = [
