@@ -202,6 +202,11 @@ class LibvirtDiskTest(testtools.TestCase):
         self.assertRaises(exceptions.HypervisorError, killed.resume)
         winner = self.destinations['d3']
         self.assertEqual('complete', winner._disk_writer.wait(WAIT))
+        # The source completes when its last byte left; a star's second
+        # destination takes its last pages after the leader's.
+        self.assertEqual(
+            vocabulary.QemuStatus.COMPLETED,
+            extension_test.StatusWaiter(winner).wait_final(WAIT))
         winner.resume()
         self.assertTrue(same_content(self.top, self.dest_image('d3')))
 
