@@ -64,6 +64,12 @@ class StreamTestBase(testtools.TestCase):
             status=status, transferred=100, total=1000,
             iterations=iterations, bandwidth=bandwidth)
 
+    def emit(self, kind, status=None):
+        """What the source's hypervisor tells its subscribers."""
+        for callback in self.events:
+            callback(hypervisor.GuestEvent(guest='guest', kind=kind,
+                                           timestamp=0, status=status))
+
     def make(self, spawn=lambda func: None, **settings):
         settings.setdefault('downtime_limit_ms', 300)
         stream = source_stream.SourceStream(
@@ -218,16 +224,11 @@ class StreamTest(StreamTestBase):
         stream = self.make(spawn=spawn, sample_interval=3600)
         self.assertFalse(released.is_set())
         self.set_stats(iterations=2)
-        for callback in self.events:
-            callback(hypervisor.GuestEvent(
-                guest='guest', kind=hypervisor.EVENT_PASS, timestamp=0))
+        self.emit(hypervisor.EVENT_PASS)
         # With a sample every hour, only the event can release it.
         self.assertTrue(released.wait(30))
         self.set_stats(status=vocabulary.QemuStatus.COMPLETED)
-        for callback in self.events:
-            callback(hypervisor.GuestEvent(
-                guest='guest', kind=hypervisor.EVENT_MIGRATION,
-                timestamp=0, status=vocabulary.QemuStatus.COMPLETED))
+        self.emit(hypervisor.EVENT_MIGRATION, vocabulary.QemuStatus.COMPLETED)
         self.assertTrue(stream.wait(30))
 
     def test_a_request_without_warm_up_forces_at_once(self):
@@ -247,10 +248,7 @@ class StreamTest(StreamTestBase):
         stream = self.make(spawn=spawn, sample_interval=3600)
         self.assertFalse(stream.wait(0))
         self.set_stats(status=vocabulary.QemuStatus.COMPLETED)
-        for callback in self.events:
-            callback(hypervisor.GuestEvent(
-                guest='guest', kind=hypervisor.EVENT_MIGRATION,
-                timestamp=0, status=vocabulary.QemuStatus.COMPLETED))
+        self.emit(hypervisor.EVENT_MIGRATION, vocabulary.QemuStatus.COMPLETED)
         self.assertTrue(stream.wait(30))
         self.assertEqual(vocabulary.QemuStatus.COMPLETED,
                          stream.stats.status)
@@ -258,18 +256,14 @@ class StreamTest(StreamTestBase):
     def test_the_stop_phase_puts_the_leading_destination_first(self):
         stream = self.make()
         self.relay.prioritize_leader.assert_not_called()
-        for callback in self.events:
-            callback(hypervisor.GuestEvent(
-                guest='guest', kind=hypervisor.EVENT_STOPPED, timestamp=0))
+        self.emit(hypervisor.EVENT_STOPPED)
         self.relay.prioritize_leader.assert_called_once_with()
         self.assertFalse(stream.wait(0))
 
     def test_a_relay_that_cannot_prioritize_does_not_stop_the_stream(self):
         self.relay.prioritize_leader.side_effect = RuntimeError('gone')
         stream = self.make()
-        for callback in self.events:
-            callback(hypervisor.GuestEvent(
-                guest='guest', kind=hypervisor.EVENT_STOPPED, timestamp=0))
+        self.emit(hypervisor.EVENT_STOPPED)
         self.assertTrue(stream._wake.is_set())
 
     def test_close_cancels_a_running_migration_and_the_relay(self):
