@@ -28,6 +28,9 @@ source link and chain one. It prints medians and their ratio to direct.
 
 Total time: migrate command to the winner's RESUME event. Downtime: the
 source's STOP event to that RESUME event (QEMU's own event timestamps).
+Cores busy: the machine's busy CPU time over the total time, divided by
+it (``results.BusyCores``); at the machine's core count a case is bound
+by CPU, not by what its links could carry.
 """
 
 import argparse
@@ -203,11 +206,15 @@ class BenchHypervisor(qemu.QemuHypervisor):
 # -- one measurement -------------------------------------------------------
 
 class Measurement(object):
+    """One migration; ``resumed_at`` is the winner's RESUME (wall clock)."""
 
-    def __init__(self, total_s, downtime_ms, per_destination_mbs=None):
+    def __init__(self, total_s, downtime_ms, per_destination_mbs=None,
+                 resumed_at=None):
         self.total_s = total_s
         self.downtime_ms = downtime_ms
         self.per_destination_mbs = per_destination_mbs
+        self.resumed_at = resumed_at
+        self.cores = None
 
 
 class DirectTarget(object):
@@ -268,7 +275,8 @@ def migrate_direct(hypervisor, source):
         return Measurement(
             resumed.timestamp - started,
             (resumed.timestamp - stopped.timestamp) * 1000,
-            transferred / (done.timestamp - started) / MiB)
+            transferred / (done.timestamp - started) / MiB,
+            resumed.timestamp)
     finally:
         dest.destroy()
 
@@ -289,7 +297,8 @@ def migrate_relay(hypervisor, source, topology, count, network):
     rates = [result.bytes_by_destination[n] / result.completion_s[n] / MiB
              for n in result.completion_s if result.completion_s[n] > 0]
     return Measurement(result.total_time_s, result.downtime_ms,
-                       statistics.mean(rates) if rates else None)
+                       statistics.mean(rates) if rates else None,
+                       result.resumed_at)
 
 
 SETTINGS = dict(downtime_limit_ms=300, lag_limit=1 << 30,
@@ -303,9 +312,16 @@ def measure(hypervisor, image, memory_mb, case, network):
     try:
         source = hypervisor.source(process)
         hypervisor.prepare_source(source)
-        if topology == 'direct':
-            return migrate_direct(hypervisor, source)
-        return migrate_relay(hypervisor, source, topology, count, network)
+        with results.BusyCores() as meter:
+            if topology == 'direct':
+                measurement = migrate_direct(hypervisor, source)
+            else:
+                measurement = migrate_relay(hypervisor, source, topology,
+                                            count, network)
+        measurement.cores = meter.cores(
+            measurement.resumed_at - measurement.total_s,
+            measurement.resumed_at)
+        return measurement
     finally:
         hypervisor.destroy_all()
         hypervisor.processes = []
@@ -338,27 +354,28 @@ def print_table(title, samples, repetitions, out, report=None):
     base_total = _median(m.total_s for m in base)
     base_down = _median(m.downtime_ms for m in base)
     out.write('\n%s (medians of %d)\n' % (title, repetitions))
-    out.write('%-12s %8s %8s %11s %8s %14s\n' % (
+    out.write('%-12s %8s %8s %11s %8s %14s %6s\n' % (
         'case', 'total s', 'x direct', 'downtime ms', 'x direct',
-        'MiB/s per dest'))
+        'MiB/s per dest', 'cores'))
     rows = []
     for label, runs in samples.items():
         total = _median(m.total_s for m in runs)
         down = _median(m.downtime_ms for m in runs)
         rate = _median(m.per_destination_mbs for m in runs)
-        out.write('%-12s %8.3f %8.2f %11.1f %8.2f %14.0f\n' % (
-            label, total, total / base_total, down, down / base_down, rate))
+        cores = _median(m.cores for m in runs)
         rows.append((label, total, total / base_total, down,
-                     down / base_down, rate))
+                     down / base_down, rate, cores))
+        out.write('%-12s %8.3f %8.2f %11.1f %8.2f %14.0f %6.2f\n'
+                  % rows[-1])
     out.flush()
     if report is not None:
         report.table(
             '%s (medians of %d)' % (title, repetitions),
             ('case', 'total s', 'x direct', 'downtime ms', 'x direct',
-             'MiB/s per destination'),
+             'MiB/s per destination', 'cores busy (of %d)' % os.cpu_count()),
             [(label, '%.3f' % total, '%.2fx' % total_x, '%.1f' % down,
-              '%.2fx' % down_x, '%.0f' % rate)
-             for label, total, total_x, down, down_x, rate in rows])
+              '%.2fx' % down_x, '%.0f' % rate, '%.2f' % cores)
+             for label, total, total_x, down, down_x, rate, cores in rows])
         labels = [row[0] for row in rows]
         report.chart('%s: total time, x direct' % title, labels,
                      [row[2] for row in rows], 'x direct', 1.0, 'direct')

@@ -27,12 +27,12 @@ interleaved so that machine load hits every case alike:
 
 Total time: from the migrate call (for the extension: from creating its
 destinations, as libvirt starts its destination QEMU inside the call) to
-the winner's RESUME event. Downtime: the
-source's STOP event to that RESUME event. Both events come from QEMU
-through libvirt's monitor-event API, with QEMU's own timestamps, the same
-way for every case. Cores busy: the machine's busy CPU time over the
-same interval, divided by it; at the machine's core count a case is bound
-by CPU, not by what loopback could carry.
+the winner's RESUME event. Downtime: the source's STOP event to that
+RESUME event. Both events come from QEMU through libvirt's monitor-event
+API, with QEMU's own timestamps, the same way for every case. Cores busy:
+the machine's busy CPU time over the same interval, divided by it
+(``results.BusyCores``); at the machine's core count a case is bound by
+CPU, not by what loopback could carry.
 
 ``--bandwidth`` caps every case at the same migration bandwidth (QEMU's
 ``max-bandwidth``, which Nova sets from ``live_migration_bandwidth``), as
@@ -161,22 +161,27 @@ class Bench(object):
         return name
 
     def measure(self, topology, count):
+        """(total s, downtime ms, cores busy) of one migration."""
         name = self._boot()
         try:
-            if topology == 'libvirt':
-                return self._libvirt(name)
-            return self._multidest(name, topology, count)
+            with results.BusyCores() as meter:
+                if topology == 'libvirt':
+                    started, resumed, stopped = self._libvirt(name)
+                else:
+                    started, resumed, stopped = self._multidest(
+                        name, topology, count)
+            return (resumed - started, (resumed - stopped) * 1000,
+                    meter.cores(started, resumed))
         finally:
             self._clean()
 
-    def _result(self, started, busy, source_name, winners):
-        resumed_name, resumed = self.events.wait(
+    def _result(self, started, source_name, winners):
+        """(started, resumed, stopped), the last two QEMU's timestamps."""
+        _, resumed = self.events.wait(
             self.dest_host.connection.getURI(), 'RESUME', winners)
-        cores = ((results.busy_cpu_seconds() - busy) /
-                 (time.time() - started))
         _, stopped = self.events.wait(
             self.source_host.connection.getURI(), 'STOP', [source_name])
-        return resumed - started, (resumed - stopped) * 1000, cores
+        return started, resumed, stopped
 
     def _libvirt(self, name):
         domain = self.source_host.connection.lookupByName(name)
@@ -184,16 +189,16 @@ class Bench(object):
         params = {libvirt.VIR_MIGRATE_PARAM_URI: 'tcp://127.0.0.1',
                   libvirt.VIR_MIGRATE_PARAM_BANDWIDTH:
                       self.bandwidth_mb or 1 << 20}
-        busy, started = results.busy_cpu_seconds(), time.time()
+        started = time.time()
         domain.migrateToURI3(self.dest_host.uri, params,
                              libvirt.VIR_MIGRATE_LIVE |
                              libvirt.VIR_MIGRATE_PEER2PEER)
-        return self._result(started, busy, name, [name])
+        return self._result(started, name, [name])
 
     def _multidest(self, name, topology, count):
         # libvirt's own migration starts its destination QEMU inside the
         # measured call: so does this one.
-        busy, started = results.busy_cpu_seconds(), time.time()
+        started = time.time()
         secret = protocol.new_secret()
         source = self.source_hv.source(name)
         xml = self.source_hv.source_xml(name)
@@ -233,7 +238,7 @@ class Bench(object):
                 raise RuntimeError('no destination completed: %s'
                                    % stream.status())
             winner[0].resume()
-            return self._result(started, busy, name, [winner[0].name])
+            return self._result(started, name, [winner[0].name])
         finally:
             stream.close()
             for dest in destinations.values():

@@ -22,6 +22,8 @@ import datetime
 import os
 import platform
 import sys
+import threading
+import time
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
@@ -43,6 +45,76 @@ def busy_cpu_seconds():
     # user nice system idle iowait irq softirq steal (guest time is in user)
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK')
+
+
+def busy_at(samples, when):
+    """Busy CPU seconds at wall time ``when``, between two samples.
+
+    ``samples`` are (wall time, busy CPU seconds) in time order; the
+    figure is interpolated linearly, as the counter only moves in ticks.
+    """
+    if not samples or not samples[0][0] <= when <= samples[-1][0]:
+        raise ValueError('%.3f is outside the sampled interval %s: sample '
+                         'around the whole measured interval' % (
+                             when, '%.3f to %.3f' % (samples[0][0],
+                                                     samples[-1][0])
+                             if samples else '(none)'))
+    for (t0, b0), (t1, b1) in zip(samples, samples[1:]):
+        if t0 <= when <= t1:
+            if t1 == t0:
+                return b1
+            return b0 + (b1 - b0) * (when - t0) / (t1 - t0)
+    return samples[0][1]
+
+
+def cores_busy(samples, start, end):
+    """How many cores were busy, on average, from ``start`` to ``end``."""
+    if end <= start:
+        raise ValueError('an interval must end after it starts: %.3f to '
+                         '%.3f' % (start, end))
+    return (busy_at(samples, end) - busy_at(samples, start)) / (end - start)
+
+
+class BusyCores(object):
+    """The cores this machine keeps busy over a measured interval.
+
+    While the context is open a thread samples ``busy_cpu_seconds()``;
+    ``cores(start, end)`` then covers exactly the interval a table
+    reports (its ends may be QEMU's event timestamps, wall clock like
+    the samples), not the boots and teardowns around it. At the
+    machine's core count a case is bound by CPU, whatever its network
+    could carry. The thread wakes every ``period`` seconds only to read
+    one line of /proc/stat.
+    """
+
+    def __init__(self, period=0.02, read=busy_cpu_seconds, clock=time.time):
+        self.period = period
+        self._read = read
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = None
+        self.samples = []
+
+    def _sample(self):
+        self.samples.append((self._clock(), self._read()))
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def cores(self, start, end):
+        return cores_busy(list(self.samples), start, end)
 
 
 class Report(object):

@@ -61,7 +61,11 @@ class DestinationFailed(MultiDestError):
 
 class AllDestinationsFailed(MultiDestError):
     msg_fmt = ('Every destination failed (%(reasons)s); the server keeps '
-               'running on its source. Retry on other hosts.')
+               'running on its source. Fix what the reasons name, then '
+               'migrate it again; on hosts running QEMU without KVM make '
+               'that a cold migration, since a live migration after a '
+               'failed one can lose guest writes there (README, "Known '
+               'issue").')
     code = 409
 
 

@@ -55,6 +55,7 @@ API_PIPELINE = 'composite:openstack_compute_api_v21'
 API_FILTER = 'filter:multidest'
 API_FILTER_FACTORY = 'nova_multidest.api.filter:filter_factory'
 DRIVER = 'multidest.MultiDestLibvirtDriver'
+EMULATED_VIRT_TYPE = 'qemu'
 
 
 def _services(context, binary):
@@ -89,19 +90,41 @@ def _result(problems, warnings, success):
 
 
 def _ping(context, client, host):
-    """The RPC version ``host`` serves, '1.0' for 1.0 hosts, None if none."""
+    """``host``'s ping() reply, None if it does not answer.
+
+    A host of the previous release, without ping(), gets rpc_version 1.0.
+    """
     try:
-        return client.ping(context, host,
-                           CONF.multidest.status_probe_timeout)['rpc_version']
+        return client.ping(context, host, CONF.multidest.status_probe_timeout)
     except messaging.MessagingTimeout:
         return None
     except (messaging.UnsupportedVersion, messaging.RemoteError):
         # The host serves the topic at a version without ping().
-        return '1.0'
+        return {'host': host, 'rpc_version': '1.0'}
 
 
 class UpgradeChecks(upgradecheck.UpgradeCommands):
     """The checks of ``nova-multidest-status upgrade check``."""
+
+    def __init__(self):
+        super().__init__()
+        self._replies = None
+
+    def _compute_replies(self):
+        """{host: ping() reply or None} of every nova-compute that is up.
+
+        Asked once per run: a host that does not answer costs a probe
+        timeout, and several checks need the answers.
+        """
+        if self._replies is None:
+            context = nova_context.get_admin_context()
+            hosts = sorted(s.host for s, is_up in _services(
+                context, COMPUTE_BINARY) if is_up)
+            client = compute_rpcapi.ComputeAPI(version_cap=None)
+            with futures.ThreadPoolExecutor(max_workers=8) as pool:
+                self._replies = dict(zip(hosts, pool.map(
+                    lambda host: _ping(context, client, host), hosts)))
+        return self._replies
 
     def _check_conductor(self):
         context = nova_context.get_admin_context()
@@ -123,16 +146,13 @@ class UpgradeChecks(upgradecheck.UpgradeCommands):
             vocabulary.CONDUCTOR_BINARY, ', '.join(up)))
 
     def _check_computes(self):
-        context = nova_context.get_admin_context()
-        hosts = sorted(s.host for s, is_up in _services(
-            context, COMPUTE_BINARY) if is_up)
+        replies = self._compute_replies()
+        hosts = sorted(replies)
         if not hosts:
             return Result(Code.WARNING, 'No nova-compute is up: nothing to '
                           'check. Run this check again once they are.')
-        client = compute_rpcapi.ComputeAPI(version_cap=None)
-        with futures.ThreadPoolExecutor(max_workers=8) as pool:
-            versions = dict(zip(hosts, pool.map(
-                lambda host: _ping(context, client, host), hosts)))
+        versions = {host: reply and reply['rpc_version']
+                    for host, reply in replies.items()}
         needed = compute_rpcapi.VERSION_CAP
         current = compute_rpcapi.RPC_API_VERSION
         missing = [h for h, v in versions.items() if v is None]
@@ -166,6 +186,29 @@ class UpgradeChecks(upgradecheck.UpgradeCommands):
         return _result(problems, warnings, 'Every nova-compute that is up '
                        '(%s) serves compute RPC %s.' % (', '.join(hosts),
                                                         current))
+
+    def _check_rounds(self):
+        rounds = CONF.multidest.max_rounds
+        if rounds == 1:
+            return Result(Code.SUCCESS, '[multidest] max_rounds is 1: a '
+                          'migration is not retried after a failed round.')
+        emulated = sorted(
+            host for host, reply in self._compute_replies().items()
+            if reply and reply.get('virt_type') == EMULATED_VIRT_TYPE)
+        if emulated:
+            return Result(
+                Code.WARNING,
+                '[multidest] max_rounds is %d and nova-compute on %s runs '
+                'guests under QEMU without KVM ([libvirt] virt_type = %s), '
+                'where a migration started after a failed one can leave out '
+                'guest writes (README, "Known issue, QEMU\'s"). Set '
+                'max_rounds = 1 in the nova.conf of %s, or confirm that '
+                'these hosts\' QEMU is not affected.' % (
+                    rounds, ', '.join(emulated), EMULATED_VIRT_TYPE,
+                    vocabulary.CONDUCTOR_BINARY))
+        return Result(Code.SUCCESS, '[multidest] max_rounds is %d and no '
+                      'nova-compute that answers runs QEMU without KVM.'
+                      % rounds)
 
     def _check_ports(self):
         low, high = CONF.multidest.port_min, CONF.multidest.port_max
@@ -265,6 +308,7 @@ class UpgradeChecks(upgradecheck.UpgradeCommands):
     _upgrade_checks = (
         ('Multi-destination conductor', _check_conductor),
         ('Compute drivers and RPC versions', _check_computes),
+        ('Retry rounds', _check_rounds),
         ('Stream ports', _check_ports),
         ('Stream TLS files', _check_tls),
         ('nova-api filter', _check_api_filter),

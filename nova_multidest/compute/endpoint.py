@@ -675,8 +675,13 @@ class ComputeEndpoint(object):
         return True
 
     def ping(self, context):
-        """Which RPC version this host serves, for nova-multidest-status."""
-        return {'host': self.host, 'rpc_version': self.target.version}
+        """What nova-multidest-status needs to know of this host.
+
+        ``virt_type`` came after 1.1 without a version bump: callers read
+        it with get() and older hosts simply leave it out.
+        """
+        return {'host': self.host, 'rpc_version': self.target.version,
+                'virt_type': CONF.libvirt.virt_type}
 
     def source_status(self, context, instance):
         """The stream's state; 'failed' with 'error' if it never started."""

@@ -29,6 +29,9 @@ API version history:
   ``block_migration`` and then returns the disks to copy;
   start_stream takes ``block_migration``; new check_source_disks.
 
+ping() may also return ``virt_type``, added without a bump: it is an
+optional key the caller reads with get(), and older hosts leave it out.
+
 Which version a host serves is in its compute node's stats
 (``STATS_KEY``), which the driver reports with its resources: the
 conductor caps its calls at the oldest version among the hosts of one
@@ -223,7 +226,7 @@ class ComputeAPI(object):
                           migration=migration, migrate_data=migrate_data)
 
     def ping(self, ctxt, host, timeout):
-        """{'host', 'rpc_version'} of ``host``'s endpoint (1.1).
+        """{'host', 'rpc_version', 'virt_type'} of ``host``'s endpoint (1.1).
 
         The upgrade check asks every compute, whatever the cap: a host
         that serves only 1.0 answers UnsupportedVersion (or RemoteError),

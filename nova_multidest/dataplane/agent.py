@@ -73,6 +73,8 @@ class DestinationAgent(object):
         self._channels = {}
         self._local_gate = hops.ChannelGate()
         self._forward_gate = hops.ChannelGate()
+        self._priority = hops.LeaderFirst()
+        self.local_first = threading.Event()
         self._status_socks = []
         self._sockets = set()
         self._migration_id = None
@@ -143,6 +145,7 @@ class DestinationAgent(object):
             if channel.forwarder:
                 channel.forwarder.close()
             channel.buffer.drop(channel.local_cursor, 'agent closed')
+        self._priority.wake()
         for sock in sockets:
             hops.shutdown(sock)
         self._threads.join()
@@ -271,7 +274,7 @@ class DestinationAgent(object):
                 self._status_version += 1
                 self._lock.notify_all()
             return
-        if kind == 'drop':
+        if kind in ('drop', 'local_first'):
             self._forget(sock, conn)
             return
         try:
@@ -289,7 +292,7 @@ class DestinationAgent(object):
     def _decide(self, header):
         """Accept or refuse an authenticated connection, under our lock."""
         kind = header.get('kind')
-        if kind not in ('stream', 'status', 'drop'):
+        if kind not in ('stream', 'status', 'drop', 'local_first'):
             raise exceptions.DestinationFailed(
                 destination=self.name, reason='unknown hop kind %r' % kind)
         with self._lock:
@@ -308,6 +311,8 @@ class DestinationAgent(object):
                 # Before the reply: the source cuts the stream right after.
                 self._drop_local('dropped by the source: %s'
                                  % header.get('reason'))
+            if kind == 'local_first':
+                self._start_local_first()
             if kind != 'stream':
                 return {'name': self.name}
             return self._decide_stream(header)
@@ -405,6 +410,20 @@ class DestinationAgent(object):
         channel.buffer.abort(reason)
         channel.buffer.drop(channel.local_cursor, reason)
 
+    def _start_local_first(self):
+        """The source guest stopped: feed the local QEMU before the next hop.
+
+        Under our lock. A chain's first hop gets the last pages to its own
+        QEMU first (hops.LeaderFirst); the hops behind it wait meanwhile.
+        """
+        channels = [c for c in self._channels.values()
+                    if c.forwarder is not None]
+        if not self._priority.start(self.name, channels):
+            return
+        self.local_first.set()
+        LOG.info("Agent %s feeds its own QEMU the last of the stream before "
+                 "the next destination", self.name)
+
     def _drop_local(self, reason):
         with self._lock:
             channels = list(self._channels.values())
@@ -443,7 +462,6 @@ class _AgentChannel(object):
         self.ingesting = False
         self.ingest_sock = None
         self.upstream_position = 0
-        self._delivered = 0
         self.local_done = False
         self.delivery_over = threading.Event()
         chain = [(n, tuple(a)) for n, a in header.get('chain') or []]
@@ -467,7 +485,8 @@ class _AgentChannel(object):
                                     hop_index, base),
                 agent._forward_gate, agent._report_lost, repair=True,
                 label='%s/forward' % agent.name,
-                stall_timeout=header.get('stall_timeout'))
+                stall_timeout=header.get('stall_timeout'),
+                priority=agent._priority)
         # A hop that feeds its QEMU and the next hop gives both the same
         # pages (tee); the buffer keeps a copy for the next hop's repair.
         self.fanout = None
@@ -482,8 +501,15 @@ class _AgentChannel(object):
     @property
     def delivered(self):
         """Bytes handed to the local QEMU, also by the lane's producer."""
-        return self._delivered + (self.local_lane.pushed
-                                  if self.local_lane else 0)
+        return self.local_cursor.sent
+
+    # What hops.LeaderFirst asks of the senders that feed the leader.
+    sent = delivered
+
+    @property
+    def finished(self):
+        """The local delivery is over, whether it completed or failed."""
+        return self.delivery_over.is_set()
 
     def start(self):
         self.agent._threads.start(self._deliver)
@@ -603,7 +629,6 @@ class _AgentChannel(object):
         except OSError as exc:
             self.buffer.drop(self.local_cursor, 'delivery failed: %s' % exc)
             return None
-        self._delivered += count
         self.buffer.pass_through(self.local_cursor, count)
         return count
 
@@ -630,6 +655,7 @@ class _AgentChannel(object):
             self._deliver_stream()
         finally:
             self.delivery_over.set()
+            self.agent._priority.finished(self)
 
     def _deliver_stream(self):
         agent = self.agent
@@ -652,7 +678,6 @@ class _AgentChannel(object):
                     count = lane.next()
                     if count:
                         lane.send(sock, count)
-                        self._delivered += count
                         continue
                 if (self._splice_upstream is not None and
                         self.buffer.caught_up(cursor) and
@@ -666,7 +691,6 @@ class _AgentChannel(object):
                 if lane is not None:
                     view = lane.clip(view)
                 sock.sendall(view)
-                self._delivered += len(view)
                 self.buffer.advance(cursor, len(view))
         except stream_buffer.CursorDropped:
             return
@@ -722,7 +746,6 @@ class _AgentChannel(object):
                     break
                 reader.remaining -= count
                 splicer.drain(local, count)
-                self._delivered += count
                 self.buffer.pass_through(cursor, count)
         if self.buffer.abort_reason:
             raise stream_buffer.StreamAborted(self.buffer.abort_reason)

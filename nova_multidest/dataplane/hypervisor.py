@@ -62,7 +62,9 @@ class GuestEvent:
 
     ``timestamp`` is the hypervisor's own time of the event where it gives
     one (QMP does), so that downtime (source STOPPED to winner RESUMED) is
-    not inflated by how late our threads see the events.
+    not inflated by how late our threads see the events. ``iteration``,
+    for EVENT_PASS, is the pass that began (QEMU's ``pass``: 1 as the
+    migration starts, 2 once the first pass over memory is done).
     """
 
     guest: str
@@ -70,6 +72,12 @@ class GuestEvent:
     timestamp: float
     status: typing.Optional[str] = None
     detail: typing.Optional[str] = None
+    iteration: typing.Optional[int] = None
+
+    @property
+    def first_pass_done(self):
+        """This event says that the first pass over memory is complete."""
+        return self.kind == EVENT_PASS and (self.iteration or 0) >= 2
 
 
 @dataclasses.dataclass(frozen=True)

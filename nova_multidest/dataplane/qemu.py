@@ -289,7 +289,8 @@ class _QemuGuest(hypervisor.Guest):
         if kind is not None:
             self._emit(hypervisor.GuestEvent(
                 guest=self.name, kind=kind, timestamp=event.timestamp,
-                status=event.data.get('status')))
+                status=event.data.get('status'),
+                iteration=event.data.get('pass')))
 
     def _on_exit(self, timestamp, returncode):
         self._emit(hypervisor.GuestEvent(

@@ -274,6 +274,8 @@ class SourceStream(object):
         self._warm_up_state = None
         self._probing = False
         self._holding = self.settings.warm_up
+        # Set from the hypervisor's pass event (see _step_downtime).
+        self._first_pass_done = False
         self._forced = False
         self._switch_requests = 0
         self._switch_deadline = None
@@ -423,6 +425,8 @@ class SourceStream(object):
     # -- the engine's thread -----------------------------------------------
 
     def _on_source_event(self, event):
+        if event.first_pass_done:
+            self._first_pass_done = True
         if event.kind == hypervisor.EVENT_STOPPED and not self._done.is_set():
             # The stop phase: the last pages go to the leader first.
             try:
@@ -630,9 +634,15 @@ class SourceStream(object):
             self._release()
 
     def _step_downtime(self, elapsed):
+        """Apply the configured (stepped) limit once the first pass is done.
+
+        Until the hypervisor says the second pass began, the 1 ms hold
+        keeps QEMU from pausing the guest with the rest of its first pass
+        still to copy.
+        """
         if self._holding or self.settings.warm_up:
             return
-        if not self.stats.first_pass_done:
+        if not self._first_pass_done:
             return
         limit = self.settings.downtime_at(elapsed)
         if limit == self._downtime:

@@ -50,19 +50,23 @@ _FLAGS = (getattr(os, 'SPLICE_F_MOVE', 0) |
 _NONBLOCK = getattr(os, 'SPLICE_F_NONBLOCK', 0)
 
 
-def _load_tee():
+def _load(name, argtypes):
     try:
-        function = ctypes.CDLL(None, use_errno=True).tee
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t,
-                         ctypes.c_uint)
+    function.argtypes = argtypes
     function.restype = ctypes.c_ssize_t
     return function
 
 
-_tee = _load_tee()
-TEE_SUPPORTED = SUPPORTED and _tee is not None
+_tee = _load('tee', (ctypes.c_int, ctypes.c_int, ctypes.c_size_t,
+                     ctypes.c_uint))
+_send = _load('send', (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
+                       ctypes.c_int))
+TEE_SUPPORTED = SUPPORTED and _tee is not None and _send is not None
+_MSG_MORE = getattr(socket, 'MSG_MORE', 0)
+_MSG_DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 
 
 def tee(read_fd, write_fd, count):
@@ -74,7 +78,22 @@ def tee(read_fd, write_fd, count):
     the first pipe keeps its bytes. Never blocks; BlockingIOError when the
     second pipe is full or the first one empty.
     """
-    count = _tee(read_fd, write_fd, count, _NONBLOCK)
+    return _checked(_tee(read_fd, write_fd, count, _NONBLOCK))
+
+
+def send_more(fd, data):
+    """Send the start of ``data`` to socket ``fd``, more to follow at once.
+
+    A frame header goes out with MSG_MORE, so that the kernel sends it in
+    one segment with the payload spliced right after it, not alone.
+    Never blocks (BlockingIOError when the socket takes nothing), whatever
+    the timeout of the Python socket owning ``fd``. Returns the count sent.
+    """
+    return _checked(_send(fd, bytes(data), len(data),
+                          _MSG_MORE | _MSG_DONTWAIT))
+
+
+def _checked(count):
     if count < 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
@@ -458,8 +477,6 @@ class Lane(object):
         self.held = None
         self.parked = False
         self.claimed = False
-        # Bytes push() sent: the consumer counts what it sent itself.
-        self.pushed = 0
         self._fanout = fanout
         self._buffer = fanout._buffer
         self._cond = fanout._cond
@@ -523,11 +540,13 @@ class Lane(object):
 
         Sends the piped segments at the head without blocking; whatever the
         socket does not take (or a failure, which the consumer then meets
-        on its own send) is left for the consumer, woken for it.
+        on its own send) is left for the consumer, woken for it. Returns
+        the stream bytes sent; the cursor counts them for the consumer.
         """
         sock = self.sock
         fd = sock.fileno()
         blocking = fd >= 0 and os.get_blocking(fd)
+        pushed = 0
         try:
             if blocking:
                 os.set_blocking(fd, False)
@@ -538,14 +557,14 @@ class Lane(object):
                         break
                     head = self.segments[0]
                 if head[3]:
-                    head[3] = head[3][os.write(fd, head[3]):]
+                    head[3] = head[3][send_more(fd, head[3]):]
                     if head[3]:
                         break
                 count = os.splice(self.read_fd, fd, head[1], flags=_FLAGS)
                 if not count:
                     break
+                pushed += count
                 with self._cond:
-                    self.pushed += count
                     head[0] += count
                     head[1] -= count
                     if not head[1]:
@@ -572,6 +591,7 @@ class Lane(object):
                 if (self.segments or self.closed or self.cursor.dropped or
                         self._buffer.eof or self._buffer.abort_reason):
                     self._cond.notify_all()
+        return pushed
 
     def _head_locked(self):
         """The head segment, past what the consumer already sent."""

@@ -167,9 +167,12 @@ class LibvirtExtensionTest(testtools.TestCase):
                                            STREAM_TIMEOUT)
         self.assertEqual(1, len(stopped))
         # QEMU's pass events, which end the hold of the first pass, come
-        # through libvirt too.
-        self.assertTrue(source_waiter.wait_event(hypervisor.EVENT_PASS,
-                                                 STREAM_TIMEOUT))
+        # through libvirt too, each with the pass that began (1 first).
+        passes = source_waiter.wait_event(hypervisor.EVENT_PASS,
+                                          STREAM_TIMEOUT)
+        self.assertTrue(passes)
+        self.assertEqual(list(range(1, len(passes) + 1)),
+                         [event.iteration for event in passes])
         self.assertTrue(source_waiter.wait_event(
             hypervisor.EVENT_MIGRATION, STREAM_TIMEOUT,
             status=vocabulary.QemuStatus.COMPLETED))

@@ -417,7 +417,87 @@ class TestStreamDelivery(RelayTestCase):
             self.assert_delivered(sink, agent, data, progress[agent.name])
         self.assertEqual({}, self.dropped)
 
-    @ddt.data(('chain', 3), ('star', 1))
+    def _chain_stop_phase(self, data, agents, **relay_options):
+        """A chain whose first hop was told the guest stopped, mid-stream.
+
+        Returns the relay and the source, paused until the first hop's
+        agent holds its next hop; by then no hop has more than the
+        source's first 8 MiB.
+        """
+        stream_relay = self.make_relay(agents, topology='chain',
+                                       **relay_options)
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertEqual(agents[0].name, stream_relay.prioritize_leader())
+        self.assertIsNone(stream_relay.prioritize_leader())
+        self.assertTrue(agents[0].local_first.wait(WAIT))
+        return stream_relay, source
+
+    def test_a_chain_feeds_the_first_hops_qemu_first(self):
+        data = make_data(48 * MiB, seed=14)
+        sinks, agents = self.make_destinations(3)
+        first = agents[0]
+        snapshots = []
+        finished = first._priority.finished
+
+        def snapshot(sender):
+            # Taken as the first hop's own delivery ends, before its
+            # next hop goes on.
+            if sender is first._channels[0]:
+                snapshots.append((first.bytes_delivered,
+                                  agents[1].bytes_received))
+            finished(sender)
+
+        first._priority.finished = snapshot
+        stream_relay, source = self._chain_stop_phase(data, agents)
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(1, len(snapshots))
+        delivered, next_received = snapshots[0]
+        self.assertEqual(len(data), delivered)
+        self.assertLessEqual(next_received, 8 * MiB)
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+        self.assertEqual({}, self.dropped)
+
+    def test_a_first_hop_whose_qemu_stops_taking_lets_the_chain_go_on(self):
+        data = make_data(48 * MiB, seed=15)
+        sinks, agents = self.make_destinations(3)
+        agents[0]._priority.stall_timeout = 0.2
+        stream_relay, source = self._chain_stop_phase(data, agents)
+        # The first hop's QEMU freezes: it reads nothing, no reset.
+        sinks[0].reading.clear()
+        source.resume.set()
+        for sink in sinks[1:]:
+            self.assertTrue(sink.done.wait(WAIT))
+        self.assertLess(sinks[0].received[0], len(data))
+        sinks[0].reading.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+        self.assertEqual({}, self.dropped)
+
+    def test_a_held_hop_goes_on_before_the_lag_limit_would_drop_it(self):
+        # The stop phase carries 40 MiB: held to the end, the next hop
+        # would fall more than the lag limit behind the first hop's QEMU.
+        data = make_data(48 * MiB, seed=16)
+        sinks, agents = self.make_destinations(3)
+        stream_relay, source = self._chain_stop_phase(
+            data, agents, lag_limit=16 * MiB)
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+        self.assertEqual({}, self.dropped)
+
+    @ddt.data(('chain', 1), ('star', 1))
     @ddt.unpack
     def test_nobody_goes_first_where_no_link_is_shared(self, topology,
                                                        count):
@@ -595,11 +675,10 @@ class TestZeroCopy(RelayTestCase):
 
         def counting_push(lane):
             # The producer splices rounds to a waiting consumer's socket.
-            sock, before = lane.sock, lane.pushed
-            try:
-                return push(lane)
-            finally:
-                self.spliced[sock.family] += lane.pushed - before
+            sock = lane.sock
+            count = push(lane)
+            self.spliced[sock.family] += count
+            return count
 
         self.useFixture(fixtures.MonkeyPatch(
             'nova_multidest.dataplane.zerocopy.Splicer.drain',

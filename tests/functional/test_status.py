@@ -46,6 +46,28 @@ class UpgradeCheckTest(base.MultiDestTestBase):
         groups = self.checks._check_groups()
         self.assertEqual(Code.SUCCESS, groups.code, groups.details)
 
+    def test_one_round_needs_no_probe(self):
+        result = self.checks._check_rounds()
+        self.assertEqual(Code.SUCCESS, result.code, result.details)
+        self.assertIn('max_rounds is 1', result.details)
+
+    def test_retry_rounds_on_emulated_computes_warn(self):
+        self.flags(max_rounds=2, group='multidest')
+        self.flags(virt_type='kvm', group='libvirt')
+        result = self.checks._check_rounds()
+        self.assertEqual(Code.SUCCESS, result.code, result.details)
+        self.assertIn('max_rounds is 2 and no nova-compute', result.details)
+
+        # The computes answer ping() with their own [libvirt] virt_type.
+        self.flags(virt_type='qemu', group='libvirt')
+        result = status.UpgradeChecks()._check_rounds()
+        self.assertEqual(Code.WARNING, result.code, result.details)
+        self.assertIn('max_rounds is 2 and nova-compute on compute1, '
+                      'compute2 runs guests under QEMU without KVM',
+                      result.details)
+        self.assertIn('Set max_rounds = 1 in the nova.conf of '
+                      'nova-multidest-conductor', result.details)
+
     def test_no_conductor_and_a_compute_without_the_driver(self):
         self.flags(compute_driver='libvirt.LibvirtDriver')
         self.start_compute(hostname='plain')

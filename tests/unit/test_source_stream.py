@@ -64,11 +64,17 @@ class StreamTestBase(testtools.TestCase):
             status=status, transferred=100, total=1000,
             iterations=iterations, bandwidth=bandwidth)
 
-    def emit(self, kind, status=None):
+    def emit(self, kind, status=None, iteration=None):
         """What the source's hypervisor tells its subscribers."""
         for callback in self.events:
             callback(hypervisor.GuestEvent(guest='guest', kind=kind,
-                                           timestamp=0, status=status))
+                                           timestamp=0, status=status,
+                                           iteration=iteration))
+
+    def second_pass(self):
+        """QEMU begins its second pass over memory, and says so."""
+        self.set_stats(iterations=2)
+        self.emit(hypervisor.EVENT_PASS, iteration=2)
 
     def make(self, spawn=lambda func: None, **settings):
         settings.setdefault('downtime_limit_ms', 300)
@@ -203,11 +209,21 @@ class StreamTest(StreamTestBase):
             self.parameters())
         self.step(stream, 5)
         self.assertEqual(1, len(self.parameters()))
-        self.set_stats(iterations=2)
+        self.second_pass()
         self.step(stream)
         self.assertEqual({'downtime_limit_ms': 300}, self.parameters()[-1])
         self.step(stream, 5)
         self.assertEqual(2, len(self.parameters()))
+
+    def test_only_the_pass_event_says_the_first_pass_is_done(self):
+        stream = self.make()
+        # The first pass event comes as the migration starts.
+        self.emit(hypervisor.EVENT_PASS, iteration=1)
+        self.step(stream, 5)
+        self.assertEqual(1, len(self.parameters()))
+        self.emit(hypervisor.EVENT_PASS, iteration=2)
+        self.step(stream)
+        self.assertEqual({'downtime_limit_ms': 300}, self.parameters()[-1])
 
     def test_the_pass_event_releases_the_limit_without_a_sample(self):
         threads = []
@@ -223,8 +239,7 @@ class StreamTest(StreamTestBase):
         self.source.set_parameters.side_effect = set_parameters
         stream = self.make(spawn=spawn, sample_interval=3600)
         self.assertFalse(released.is_set())
-        self.set_stats(iterations=2)
-        self.emit(hypervisor.EVENT_PASS)
+        self.second_pass()
         # With a sample every hour, only the event can release it.
         self.assertTrue(released.wait(30))
         self.set_stats(status=vocabulary.QemuStatus.COMPLETED)
@@ -292,13 +307,13 @@ class DowntimeStepTest(StreamTestBase):
         stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
         self.assertEqual(source_stream.HOLD_DOWNTIME_MS,
                          self.parameters()[0]['downtime_limit_ms'])
-        self.set_stats(iterations=2)
+        self.second_pass()
         self.step(stream, 1)
         self.assertEqual({'downtime_limit_ms': 50}, self.parameters()[-1])
 
     def test_each_step_applies_once_its_time_has_passed(self):
         stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
-        self.set_stats(iterations=2)
+        self.second_pass()
         self.step(stream)
         self.assertEqual(2, len(self.parameters()))
         self.step(stream, 150)
@@ -315,7 +330,7 @@ class DowntimeStepTest(StreamTestBase):
         stream = self.make(downtime_steps=STEPS, downtime_limit_ms=185)
         self.step(stream, 200)
         self.assertEqual(1, len(self.parameters()))
-        self.set_stats(iterations=2)
+        self.second_pass()
         self.step(stream)
         self.assertEqual({'downtime_limit_ms': 95}, self.parameters()[-1])
 

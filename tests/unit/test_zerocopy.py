@@ -259,6 +259,36 @@ class PushTest(FanoutTest):
         # A chain still keeps what it sent, for a repaired hop.
         self.assertEqual(len(data), fanout.stored_bytes)
 
+    def test_a_framed_round_leaves_with_its_header_in_one_send(self):
+        calls = []
+        send = zerocopy._send
+
+        def spy(fd, data, size, flags):
+            calls.append((data, flags))
+            return send(fd, data, size, flags)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_multidest.dataplane.zerocopy._send', spy))
+        fanout = zerocopy.Fanout(self.buffer)
+        self.addCleanup(fanout.close)
+        lane = fanout.add_lane(self.buffer.add_cursor('hop'), framed=True)
+        out, sink = self._sockets()
+        thread, answers = self._park(lane, out)
+        data = os.urandom(self.ROUND)
+        self._feed(fanout, data)
+        header = self._recv(sink, protocol.FRAME_HEADER.size)
+        self.assertEqual((protocol.FRAME_DATA, len(data)),
+                         protocol.FRAME_HEADER.unpack(header))
+        self.assertEqual(data, self._recv(sink, len(data)))
+        # The header waits in the kernel for the payload behind it.
+        self.assertEqual([(header, socket.MSG_MORE | socket.MSG_DONTWAIT)],
+                         calls)
+        # One count of what reached the hop, whoever sent it.
+        self.assertEqual(len(data), lane.cursor.sent)
+        self.assertTrue(thread.is_alive())
+        self.buffer.finish()
+        thread.join(5)
+
     def test_what_the_socket_does_not_take_is_left_to_the_consumer(self):
         fanout = zerocopy.Fanout(self.buffer)
         self.addCleanup(fanout.close)

@@ -255,10 +255,10 @@ class _FakeGuest(hypervisor.Guest):
     def subscribe(self, callback):
         self._subscribers.add(callback)
 
-    def _emit(self, kind, status=None, detail=None):
+    def _emit(self, kind, status=None, detail=None, iteration=None):
         event = hypervisor.GuestEvent(guest=self.name, kind=kind,
                                       timestamp=time.time(), status=status,
-                                      detail=detail)
+                                      detail=detail, iteration=iteration)
         self._subscribers.emit(event)
 
     def _domain_state(self):
@@ -684,7 +684,8 @@ class FakeRelay(object):
                 source.remaining = source.total - source.transferred - size
             elif source.holding:
                 source.iterations += 1
-                source._emit(hypervisor.EVENT_PASS)
+                source._emit(hypervisor.EVENT_PASS,
+                             iteration=source.iterations)
                 size = max(chunk // 4, 1)
                 source.remaining = size
             else:

@@ -344,12 +344,11 @@ class _LibvirtGuest(hypervisor.Guest):
         kind = MONITOR_EVENTS.get(event)
         if kind is None:
             return
-        status = None
-        if kind == hypervisor.EVENT_MIGRATION:
-            status = json.loads(details or '{}').get('status')
+        data = json.loads(details or '{}')
         self._emit(hypervisor.GuestEvent(
             guest=self.name, kind=kind, timestamp=seconds + micros / 1e6,
-            status=status))
+            status=data.get('status') if kind == hypervisor.EVENT_MIGRATION
+            else None, iteration=data.get('pass')))
 
     def _on_lifecycle_event(self, conn, dom, event, detail, opaque):
         if event in (libvirt.VIR_DOMAIN_EVENT_STOPPED,
