@@ -73,8 +73,6 @@ class DestinationAgent(object):
         self._channels = {}
         self._local_gate = hops.ChannelGate()
         self._forward_gate = hops.ChannelGate()
-        self._priority = hops.LeaderFirst()
-        self.local_first = threading.Event()
         self._status_socks = []
         self._sockets = set()
         self._migration_id = None
@@ -145,7 +143,6 @@ class DestinationAgent(object):
             if channel.forwarder:
                 channel.forwarder.close()
             channel.buffer.drop(channel.local_cursor, 'agent closed')
-        self._priority.wake()
         for sock in sockets:
             hops.shutdown(sock)
         self._threads.join()
@@ -274,7 +271,7 @@ class DestinationAgent(object):
                 self._status_version += 1
                 self._lock.notify_all()
             return
-        if kind in ('drop', 'local_first'):
+        if kind == 'drop':
             self._forget(sock, conn)
             return
         try:
@@ -292,7 +289,7 @@ class DestinationAgent(object):
     def _decide(self, header):
         """Accept or refuse an authenticated connection, under our lock."""
         kind = header.get('kind')
-        if kind not in ('stream', 'status', 'drop', 'local_first'):
+        if kind not in ('stream', 'status', 'drop'):
             raise exceptions.DestinationFailed(
                 destination=self.name, reason='unknown hop kind %r' % kind)
         with self._lock:
@@ -311,8 +308,6 @@ class DestinationAgent(object):
                 # Before the reply: the source cuts the stream right after.
                 self._drop_local('dropped by the source: %s'
                                  % header.get('reason'))
-            if kind == 'local_first':
-                self._start_local_first()
             if kind != 'stream':
                 return {'name': self.name}
             return self._decide_stream(header)
@@ -410,20 +405,6 @@ class DestinationAgent(object):
         channel.buffer.abort(reason)
         channel.buffer.drop(channel.local_cursor, reason)
 
-    def _start_local_first(self):
-        """The source guest stopped: feed the local QEMU before the next hop.
-
-        Under our lock. A chain's first hop gets the last pages to its own
-        QEMU first (hops.LeaderFirst); the hops behind it wait meanwhile.
-        """
-        channels = [c for c in self._channels.values()
-                    if c.forwarder is not None]
-        if not self._priority.start(self.name, channels):
-            return
-        self.local_first.set()
-        LOG.info("Agent %s feeds its own QEMU the last of the stream before "
-                 "the next destination", self.name)
-
     def _drop_local(self, reason):
         with self._lock:
             channels = list(self._channels.values())
@@ -485,8 +466,7 @@ class _AgentChannel(object):
                                     hop_index, base),
                 agent._forward_gate, agent._report_lost, repair=True,
                 label='%s/forward' % agent.name,
-                stall_timeout=header.get('stall_timeout'),
-                priority=agent._priority)
+                stall_timeout=header.get('stall_timeout'))
         # A hop that feeds its QEMU and the next hop gives both the same
         # pages (tee); the buffer keeps a copy for the next hop's repair.
         self.fanout = None
@@ -502,14 +482,6 @@ class _AgentChannel(object):
     def delivered(self):
         """Bytes handed to the local QEMU, also by the lane's producer."""
         return self.local_cursor.sent
-
-    # What hops.LeaderFirst asks of the senders that feed the leader.
-    sent = delivered
-
-    @property
-    def finished(self):
-        """The local delivery is over, whether it completed or failed."""
-        return self.delivery_over.is_set()
 
     def start(self):
         self.agent._threads.start(self._deliver)
@@ -655,7 +627,6 @@ class _AgentChannel(object):
             self._deliver_stream()
         finally:
             self.delivery_over.set()
-            self.agent._priority.finished(self)
 
     def _deliver_stream(self):
         agent = self.agent

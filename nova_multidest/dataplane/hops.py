@@ -121,49 +121,31 @@ class ChannelGate(object):
             self._cond.notify_all()
 
 
-# A leading destination that takes nothing this long in the stop phase no
-# longer holds the others back (LeaderFirst).
-LEADER_STALL_TIMEOUT = 1.0
-
-
 class LeaderFirst(object):
-    """Holds every destination but the leading one in the stop phase.
+    """Holds every destination of a star but the leading one at the end.
 
-    Once the source guest stops, it runs nowhere until a destination has
-    the last pages, so those go to the destination that leads first:
-
-    - A star's source link carries one copy per destination, so the last
-      pages would reach each at 1/N of the link; the leader gets them
-      with the whole link, from the relay.
-    - A chain's first hop both feeds its own QEMU and forwards to the
-      next hop, and every hop behind it spends CPU (its agent, its QEMU
-      loading pages) that the first one needs; its agent feeds its own
-      QEMU first and forwards after.
-
-    The others follow once the leader's senders are done (they lose the
-    election if it runs). A leader that fails, or that takes nothing for
-    ``stall_timeout`` seconds (a frozen host sends no reset), ends the
-    hold: the others must not wait for it.
+    A star's source link carries one copy per destination, so in the stop
+    phase the last pages reach each destination at 1/N of the link while
+    the guest runs nowhere. The destination that leads gets them first,
+    with the whole link; the others follow once its forwarders are done
+    (they lose the election if it runs). A leader that fails, or that
+    takes nothing for ``stall_timeout`` seconds (a frozen host sends no
+    reset), ends the hold: the others must not wait for it.
     """
 
-    def __init__(self, stall_timeout=LEADER_STALL_TIMEOUT):
+    def __init__(self, stall_timeout):
         self.stall_timeout = stall_timeout
         self._cond = threading.Condition()
         self.leader = None
         self._pending = set()
         self._last = (0, 0.0)
 
-    def start(self, leader, senders):
-        """Hold every forwarder not to ``leader`` until ``senders`` finish.
-
-        ``senders`` feed the leader: objects with ``finished`` (true once
-        done, whether they failed or not) and ``sent`` (bytes so far).
-        False if there is nothing to hold for, or a hold began before.
-        """
+    def start(self, leader, forwarders):
+        """Hold every other destination until ``forwarders`` finish."""
         with self._cond:
             if self.leader is not None:
                 return False
-            self._pending = {f for f in senders if not f.finished}
+            self._pending = {f for f in forwarders if not f.finished}
             if not self._pending:
                 return False
             self.leader = leader
@@ -171,16 +153,9 @@ class LeaderFirst(object):
             return True
 
     def holds(self, forwarder):
-        """Whether ``forwarder`` must wait; never past half its lag limit.
-
-        A held destination falls behind the leader: the hold ends before
-        the lag policy would drop it (a forced switch-over may leave much
-        of the stream to the stop phase).
-        """
         return (bool(self._pending) and
                 forwarder.destination != self.leader and
-                not forwarder.cursor.dropped and not forwarder.closing and
-                not forwarder.far_behind)
+                not forwarder.cursor.dropped and not forwarder.closing)
 
     def wait_turn(self, forwarder):
         with self._cond:
@@ -206,9 +181,9 @@ class LeaderFirst(object):
             self._pending = set()
             self._cond.notify_all()
 
-    def finished(self, sender):
+    def finished(self, forwarder):
         with self._cond:
-            self._pending.discard(sender)
+            self._pending.discard(forwarder)
             self._cond.notify_all()
 
     def wake(self):
@@ -250,8 +225,6 @@ class Forwarder(object):
         self._closing = False
         self._lock = threading.Lock()
         self.cursor = buffer.add_cursor(label, on_drop=self._cursor_dropped)
-        if priority is not None:
-            self.cursor.on_far_behind = lambda cursor: priority.wake()
 
     @property
     def sent(self):
@@ -296,11 +269,6 @@ class Forwarder(object):
     @property
     def closing(self):
         return self._closing
-
-    @property
-    def far_behind(self):
-        """Half the lag limit behind the fastest consumer of the stream."""
-        return self.cursor.far_behind
 
     def close(self):
         self._closing = True

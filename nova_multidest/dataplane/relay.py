@@ -48,6 +48,9 @@ LOOPBACK = ('127.0.0.1', '::1', 'localhost')
 
 DROP_NOTICE_TIMEOUT = 2.0
 STALL_TIMEOUT = 60.0
+# A leading destination that takes nothing this long in the stop phase no
+# longer holds the others back (hops.LeaderFirst).
+LEADER_STALL_TIMEOUT = 1.0
 STATUS_GRACE = agent.STATUS_GRACE
 
 DestinationProgress = collections.namedtuple(
@@ -119,8 +122,7 @@ class StreamRelay(object):
         self._reported = {}
         self._channels = []
         self._gates = {}
-        self._priority = hops.LeaderFirst()
-        self._leader_told = False
+        self._priority = hops.LeaderFirst(LEADER_STALL_TIMEOUT)
         self._source_socks = []
         self._status_socks = []
         self._closed = False
@@ -210,54 +212,30 @@ class StreamRelay(object):
     def prioritize_leader(self):
         """The stop phase began: the leading destination goes first.
 
-        Called when the source guest stops (hops.LeaderFirst). In a star
-        of several live destinations, the one the relay sent the most to
-        (the first given on a tie) gets the rest of the stream before any
-        other, so that the guest's downtime is one destination's share of
-        the source link, not N. In a chain of several, the first live hop
-        leads: its agent is told to feed its own QEMU before the next hop
-        (in the background: this runs on the hypervisor's event thread).
-        Returns the leader's name, or None where there is nothing to hold
-        (one destination).
+        Called when the source guest stops. In a star of several live
+        destinations, the one the relay sent the most to (the first given
+        on a tie) gets the rest of the stream before any other, so that
+        the guest's downtime is one destination's share of the source
+        link, not N. Returns that destination's name, or None where
+        there is nothing to share (chain, one destination).
         """
+        if self.topology != vocabulary.Topology.STAR:
+            return None
         with self._lock:
             forwarders = [f for ch in self._channels for f in ch.forwarders]
             live = [name for name, _ in self._destinations
                     if self._state[name] not in hops.FINAL_STATES]
-            closed = self._closed
-        if len(live) < 2 or closed:
+        if len(live) < 2:
             return None
-        if self.topology == vocabulary.Topology.CHAIN:
-            leader = next((f.hop_name for f in forwarders
-                           if f.hop_name in live), None)
-            with self._lock:
-                if leader is None or self._leader_told:
-                    return None
-                self._leader_told = True
-            self._threads.start(self._send_local_first, leader,
-                                dict(self._destinations)[leader])
-        else:
-            sent = {name: sum(f.sent for f in forwarders
-                              if f.destination == name) for name in live}
-            leader = max(live, key=sent.get)
-            if not self._priority.start(
-                    leader,
-                    [f for f in forwarders if f.destination == leader]):
-                return None
+        sent = {name: sum(f.sent for f in forwarders
+                          if f.destination == name) for name in live}
+        leader = max(live, key=sent.get)
+        if not self._priority.start(
+                leader, [f for f in forwarders if f.destination == leader]):
+            return None
         LOG.info("Relay %s sends the last of the stream to %s first",
                  self.migration_id, leader)
         return leader
-
-    def _send_local_first(self, name, address):
-        try:
-            sock, _ = protocol.connect(
-                address, self.secret, self._header(kind='local_first'),
-                self.tls, min(self.connect_timeout, DROP_NOTICE_TIMEOUT))
-            hops.close_socket(sock)
-        except (exceptions.DestinationFailed,
-                exceptions.AuthenticationFailed) as exc:
-            LOG.info("Could not tell %s to feed its own QEMU first: %s",
-                     name, exc)
 
     def drop(self, name, reason):
         """Cut one destination off now; the others keep streaming."""

@@ -69,9 +69,6 @@ class Cursor(object):
     ``sent`` counts every byte the consumer sent, whoever moved it (its
     own thread, or a producer pushing into its pipe), resent ones too:
     ``offset`` goes back when a repaired hop resumes, ``sent`` never.
-    ``far_behind`` is true while the consumer is more than half the lag
-    limit behind the fastest; ``on_far_behind(cursor)``, if set, is called
-    each time it becomes so.
     """
 
     def __init__(self, name, offset, on_drop):
@@ -80,8 +77,6 @@ class Cursor(object):
         self.sent = 0
         self.dropped = None
         self.on_drop = on_drop
-        self.far_behind = False
-        self.on_far_behind = None
 
     def __repr__(self):
         return '<Cursor %s at %d%s>' % (
@@ -305,20 +300,10 @@ class StreamBuffer(object):
                           '(lag limit %d)' % (behind, self.lag_limit))
                 self._drop_locked(cursor, reason)
                 laggards.append((cursor, reason))
-            elif behind * 2 > self.lag_limit:
-                if not cursor.far_behind and cursor.on_far_behind:
-                    laggards.append((cursor, None))
-                cursor.far_behind = True
-            else:
-                cursor.far_behind = False
         return laggards
 
     def _notify_dropped(self, laggards):
-        """Tell the owners of dropped (or, reason None, far behind) ones."""
         for cursor, reason in laggards:
-            if reason is None:
-                cursor.on_far_behind(cursor)
-                continue
             LOG.warning("Dropping stream consumer %s: %s", cursor.name,
                         reason)
             if cursor.on_drop:

@@ -48,6 +48,7 @@ from nova.virt.libvirt import migration as libvirt_migration
 
 from nova_multidest import conf as multidest_conf
 from nova_multidest import vocabulary
+from tests.functional import database
 
 CONF = nova_conf.CONF
 
@@ -217,6 +218,10 @@ class MultiDestTestBase(libvirt_base.ServersTestBase,
         # logs are shown with it when it fails, never otherwise.
         self.useFixture(fixtures.FakeLogger(
             format='%(asctime)s %(levelname)s [%(name)s] %(message)s'))
+        # Nova's DatabaseWriteLock serializes writers, yet a writer's
+        # first write may still find SQLite's write lock taken by a
+        # reader (see the module).
+        self.useFixture(database.ImmediateWriterTransactions())
         super().setUp()
         self.useFixture(fixtures.MonkeyPatch(
             'nova.tests.fixtures.libvirt.Domain.migrateToURI3',

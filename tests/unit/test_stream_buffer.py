@@ -111,26 +111,6 @@ class StreamBufferTest(testtools.TestCase):
         self.assertLessEqual(peak, 32 * KiB + 8 * KiB + 4 * KiB)
         self.assertLessEqual(buffer.retained_bytes, 8 * KiB + 4 * KiB)
 
-    def test_half_the_lag_limit_behind_is_told_once_each_time(self):
-        buffer = self.make(lag_limit=32 * KiB, window=8 * KiB)
-        fast = buffer.add_cursor('fast', on_drop=self.on_drop)
-        slow = buffer.add_cursor('slow', on_drop=self.on_drop)
-        told = []
-        slow.on_far_behind = told.append
-        for _ in range(20):
-            produce(buffer, b'y' * KiB)
-            consume(buffer, fast, KiB)
-        self.assertEqual([slow], told)
-        self.assertTrue(slow.far_behind)
-        consume(buffer, slow, 20 * KiB)
-        produce(buffer, b'y' * KiB)
-        self.assertFalse(slow.far_behind)
-        for _ in range(20):
-            produce(buffer, b'y' * KiB)
-            consume(buffer, fast, KiB)
-        self.assertEqual([slow, slow], told)
-        self.assertEqual([], self.dropped)
-
     def test_no_consumer_stops_the_producer(self):
         buffer = self.make()
         cursor = buffer.add_cursor('only', on_drop=self.on_drop)
