@@ -83,11 +83,23 @@ def in_netns(name):
             _libc.setns(own.fileno(), CLONE_NEWNET)
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ShapedNetwork(object):
     """Hosts on a switch; every host link shaped to ``rate_mbit``."""
 
+    PREFIX = 'mdb'
+
     def __init__(self, hosts, rate_mbit):
-        self.prefix = 'mdb%d' % os.getpid()
+        self.prefix = '%s%d' % (self.PREFIX, os.getpid())
         self.switch = '%s-sw' % self.prefix
         self.hosts = list(hosts)
         self.rate_mbit = rate_mbit
@@ -108,7 +120,32 @@ class ShapedNetwork(object):
              device, 'root', 'tbf', 'rate', '%dmbit' % self.rate_mbit,
              'burst', '1mb', 'latency', '50ms'], check=True)
 
+    @classmethod
+    def remove_stale(cls):
+        """Namespaces of networks whose process is gone, removed.
+
+        A benchmark or test killed by a signal never runs remove(); its
+        namespaces are named after its pid, so a later run can tell them
+        from a live run's. Returns the names removed.
+        """
+        listing = subprocess.run(['ip', 'netns', 'list'], check=True,
+                                 capture_output=True, text=True).stdout
+        stale = []
+        for line in listing.splitlines():
+            name = line.split(' ', 1)[0]
+            owner = name[len(cls.PREFIX):].partition('-')[0]
+            if (not name.startswith(cls.PREFIX) or '-' not in name or
+                    not owner.isdigit() or _pid_alive(int(owner))):
+                continue
+            subprocess.run(['ip', 'netns', 'del', name])
+            stale.append(name)
+        return stale
+
     def create(self):
+        removed = self.remove_stale()
+        if removed:
+            print('Removed the namespaces of an earlier run that was '
+                  'killed: %s' % ' '.join(removed), file=sys.stderr)
         self._ip('netns', 'add', self.switch)
         self.namespaces.append(self.switch)
         self._ip('-n', self.switch, 'link', 'add', 'br0', 'type', 'bridge')
