@@ -121,8 +121,18 @@ class MultiDestinationMigrateHook(hooks.CommandHook):
                          server.id, describe_targets(accepted),
                          accepted['request_id']))
         if parsed_args.wait:
+            bars = progress.ProgressBars(
+                stdout, memory_bytes=flavor_memory_bytes(server))
             wait_for_outcome(compute, server, known, accepted['request_id'],
-                             progress.ProgressBars(stdout), stdout)
+                             bars, stdout)
+
+
+def flavor_memory_bytes(server):
+    """The server's RAM as its embedded flavor tells (2.47+), else 0."""
+    flavor = getattr(server, 'flavor', None) or {}
+    ram = (flavor.get('ram') if isinstance(flavor, dict)
+           else getattr(flavor, 'ram', None))
+    return ram * progress.MiB if isinstance(ram, int) else 0
 
 
 def check_options(parsed_args):

@@ -49,20 +49,28 @@ def _done_and_total(migration, kind):
     return max(0, min(total, done)), total
 
 
-def percent(migration):
-    """Share of guest memory and local disks a destination received."""
+def percent(migration, memory_bytes=0):
+    """Share of guest memory and local disks a destination received.
+
+    Disks are copied before memory, and the hypervisor reports memory's
+    total only once memory starts: ``memory_bytes`` (the flavor's RAM)
+    stands in for it until then, so the bar does not fill with the disks
+    alone and fall back when memory begins.
+    """
     if migration.get('status') == vocabulary.MigrationStatus.COMPLETED:
         return 100
     memory_done, memory_total = _done_and_total(migration, 'memory')
     disk_done, disk_total = _done_and_total(migration, 'disk')
+    if not memory_total and disk_total:
+        memory_total = memory_bytes or 0
     total = memory_total + disk_total
     if total <= 0:
         return 0
     return max(0, min(100, int(100 * (memory_done + disk_done) / total)))
 
 
-def render_row(migration, host_width, note=None):
-    share = percent(migration)
+def render_row(migration, host_width, note=None, memory_bytes=0):
+    share = percent(migration, memory_bytes)
     filled = BAR_WIDTH * share // 100
     row = '%-*s [%s%s] %3d%%  %s%s' % (
         host_width, migration.get('dest_compute') or '?',
@@ -76,12 +84,12 @@ def render_row(migration, host_width, note=None):
     return row
 
 
-def render(migrations, notes=None):
+def render(migrations, notes=None, memory_bytes=0):
     if not migrations:
         return ['waiting for destinations...']
     notes = notes or {}
     width = max(len(m.get('dest_compute') or '?') for m in migrations)
-    return [render_row(m, width, notes.get(m['id']))
+    return [render_row(m, width, notes.get(m['id']), memory_bytes)
             for m in sorted(migrations, key=lambda m: m['id'])]
 
 
@@ -131,8 +139,9 @@ class ProgressBars:
     it is written again only when it changed, so a log stays readable.
     """
 
-    def __init__(self, stream, clock=time.monotonic):
+    def __init__(self, stream, clock=time.monotonic, memory_bytes=0):
         self.stream = stream
+        self.memory_bytes = memory_bytes
         self.interactive = getattr(stream, 'isatty', lambda: False)()
         self._shown = []
         self._counters = {}
@@ -141,7 +150,7 @@ class ProgressBars:
     def update(self, migrations):
         notes = {m['id']: self._convergence.note(m) for m in migrations}
         rows = render([self._with_last_counters(m) for m in migrations],
-                      notes)
+                      notes, self.memory_bytes)
         if rows == self._shown:
             return
         if self.interactive and self._shown:

@@ -44,9 +44,11 @@ class FakeResponse:
         return self._body
 
 
-def server(status='ACTIVE', task_state=None, host='c1', fault=None):
+def server(status='ACTIVE', task_state=None, host='c1', fault=None,
+           ram_mb=None):
     return mock.Mock(id=SERVER, status=status, task_state=task_state,
-                     compute_host=host, fault=fault)
+                     compute_host=host, fault=fault,
+                     flavor={'ram': ram_mb} if ram_mb else {})
 
 
 def migration(mid, dest, status, total=100, remaining=100):
@@ -262,6 +264,21 @@ class TestTakeAction(HookTestCase):
         self.run_hook(compute, '--wait')
         self.assertIn('c3 [#########.....................]  33%  running  '
                       'disks 100/300 MiB', self.app.stdout.getvalue())
+
+    def test_wait_leaves_room_for_memory_while_disks_copy(self):
+        # No memory counters yet: the hypervisor copies the disks first.
+        disks_copied = {'id': 9, 'dest_compute': 'c3', 'status': 'running',
+                        'disk_total_bytes': 300 << 20,
+                        'disk_remaining_bytes': 0}
+        compute = FakeCompute(
+            [server(task_state='migrating'), server(host='c3')],
+            [[], [disks_copied],
+             [migration(9, 'c3', 'completed', remaining=0)]])
+        compute.find_server = lambda name, ignore_missing: server(
+            ram_mb=100)
+        self.run_hook(compute, '--wait')
+        self.assertIn('c3 [######################........]  75%  running  '
+                      'disks 300/300 MiB', self.app.stdout.getvalue())
 
     def test_wait_outlasts_the_cleared_task_state(self):
         # The winner's compute clears task_state before the conductor

@@ -58,6 +58,19 @@ class TestDiskProgress(testtools.TestCase):
                  disk_remaining_bytes=2000)
         self.assertEqual(50, progress.percent(m))
 
+    def test_disk_phase_leaves_room_for_memory(self):
+        # The hypervisor reports no memory total while disks copy.
+        disks_done = migration(1, 'c2', 'running', total=0)
+        disks_done.update(disk_total_bytes=2000, disk_remaining_bytes=0)
+        memory_begins = migration(1, 'c2', 'running', total=1000,
+                                  remaining=900)
+        memory_begins.update(disk_total_bytes=2000, disk_remaining_bytes=0)
+        shares = [progress.percent(m, memory_bytes=1000)
+                  for m in (disks_done, memory_begins)]
+        self.assertEqual([66, 70], shares)
+        # Without the flavor's RAM the disks alone fill the bar.
+        self.assertEqual(100, progress.percent(disks_done))
+
     def test_row_shows_disk_bytes(self):
         m = migration(1, 'c2', 'running', total=1000, remaining=1000)
         m.update(disk_total_bytes=64 << 20, disk_processed_bytes=16 << 20,
