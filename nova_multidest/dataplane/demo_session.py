@@ -196,6 +196,9 @@ class Session(object):
         self.on_destination_ready = on_destination_ready
         self.result = SessionResult()
         self.warm_up_ready = threading.Event()
+        # The WarmUpState that met the exit condition first; the latest
+        # one (warm_up_state) moves on, through the stop phase too.
+        self.warm_up_ready_state = None
         self.switch_over_requested = threading.Event()
         self._events = queue.Queue()
         self._done = threading.Event()
@@ -286,6 +289,7 @@ class Session(object):
         self._events.put(('sample', (stream, stats, progress)))
 
     def _on_warm_up_ready(self, state):
+        self.warm_up_ready_state = state
         self.warm_up_ready.set()
 
     # -- the session thread ------------------------------------------------
