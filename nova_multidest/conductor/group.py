@@ -38,6 +38,7 @@ the same ends through ``settle``, from Nova's records alone.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import time
 import typing
@@ -145,23 +146,31 @@ class Group(object):
             stored = objects.Instance.get_by_uuid(
                 self.context, self.instance.uuid,
                 expected_attrs=['system_metadata']).system_metadata
-            if (not vocabulary.group_in_progress(stored) or
-                    records.ownership(stored) != self.ownership):
-                raise exceptions.GroupFenced(
-                    instance_uuid=self.instance.uuid,
-                    owner='%s (generation %s)' % records.ownership(stored))
+            records.check_held(self.instance.uuid, stored, self.ownership)
 
     def hold(self):
         """This process now holds the group as its records say."""
         self.ownership = records.ownership(self.instance.system_metadata)
+
+    def owned(self):
+        """Where the group's records are written: only while we hold it.
+
+        ``check_not_stopping`` stops a fenced owner before its next step;
+        this makes the write itself conditional, so a takeover between
+        the check and the write cannot be undone by it.
+        """
+        if self.ownership is None:
+            return contextlib.nullcontext()
+        return records.owned(self.context, self.instance, self.ownership)
 
     # -- the way forward ----------------------------------------------------
 
     def start_round(self, round_number):
         self.destinations = {}
         self.round_number = round_number
-        records.start_group(self.instance, round_number,
-                            self.owner or CONF.host)
+        with self.owned():
+            records.start_group(self.instance, round_number,
+                                self.owner or CONF.host)
         self.started = True
         self.hold()
 
@@ -173,7 +182,8 @@ class Group(object):
 
         The Migrations stay ``preparing`` until ``streaming``.
         """
-        records.set_phase(self.instance, vocabulary.GroupPhase.STREAMING)
+        with self.owned():
+            records.set_phase(self.instance, vocabulary.GroupPhase.STREAMING)
 
     def streaming(self, ready):
         """The source holds its stream: the Migrations of ``ready`` run.
@@ -195,8 +205,9 @@ class Group(object):
         which copy may run. False if it could not resume; it is then
         reverted and another completed destination may be elected.
         """
-        records.record_winner(self.instance, destination.migration.uuid,
-                              destination.attachment_ids)
+        with self.owned():
+            records.record_winner(self.instance, destination.migration.uuid,
+                                  destination.attachment_ids)
         if not self._resume_elected(destination):
             self.revert(destination, vocabulary.MigrationStatus.FAILED)
             return False
@@ -234,9 +245,11 @@ class Group(object):
                 LOG.warning('Elected destination %s failed to resume: %s',
                             destination.host, error, instance=self.instance)
                 destination.fail(vocabulary.DestinationPhase.RESUME, error)
-                records.clear_winner(self.instance)
+                with self.owned():
+                    records.clear_winner(self.instance)
                 return False
-        records.record_resumed(self.instance, destination.migration.uuid)
+        with self.owned():
+            records.record_resumed(self.instance, destination.migration.uuid)
         return True
 
     def finish(self, winner, losers):
@@ -308,8 +321,9 @@ class Group(object):
             LOG.warning('task_state was reset to %s meanwhile; setting it '
                         'back to finish the migration',
                         self.instance.task_state, instance=self.instance)
-            self.instance.task_state = task_states.MIGRATING
-            self.instance.save()
+            with self.owned():
+                self.instance.task_state = task_states.MIGRATING
+                self.instance.save()
 
     def _cleanup_source(self, winner):
         self.clients.multidest_compute.cleanup_source(
@@ -324,14 +338,16 @@ class Group(object):
             self.context, self.instance, self.source)
         resources.sweep_attachments(self.context, self.clients.volume_api,
                                     self.instance)
-        records.end_group(self.instance,
-                          vocabulary.MigrationStatus.COMPLETED, winner.host)
-        self.instance.availability_zone = (
-            availability_zones.get_host_availability_zone(
-                self.context, winner.host))
-        if self.instance.task_state == task_states.MIGRATING:
-            self.instance.task_state = None
-        self.instance.save()
+        zone = availability_zones.get_host_availability_zone(
+            self.context, winner.host)
+        with self.owned():
+            records.end_group(self.instance,
+                              vocabulary.MigrationStatus.COMPLETED,
+                              winner.host)
+            self.instance.availability_zone = zone
+            if self.instance.task_state == task_states.MIGRATING:
+                self.instance.task_state = None
+            self.instance.save()
         LOG.info('Live migration to %s completed', winner.host,
                  instance=self.instance)
         notifications.end(self.context, self, winner)
@@ -379,7 +395,9 @@ class Group(object):
 
     def give_up(self, destinations, status, reason):
         """Revert what is left of this round; the source runs on."""
-        records.set_phase(self.instance, vocabulary.GroupPhase.REVERTING)
+        with self.owned():
+            records.set_phase(self.instance,
+                              vocabulary.GroupPhase.REVERTING)
         self.revert_all(destinations, status, reason)
         self.resume_source()
 
@@ -425,11 +443,12 @@ class Group(object):
             'no destination found')
         compute_utils.add_instance_fault_from_exc(
             self.context, instance, error, fault_message=str(error))
-        records.end_group(instance, vocabulary.MigrationStatus.FAILED,
-                          self.source, reasons=self.reasons)
-        instance.task_state = None
-        instance.power_state = power_state.RUNNING
-        instance.save(expected_task_state=[task_states.MIGRATING, None])
+        with self.owned():
+            records.end_group(instance, vocabulary.MigrationStatus.FAILED,
+                              self.source, reasons=self.reasons)
+            instance.task_state = None
+            instance.power_state = power_state.RUNNING
+            instance.save(expected_task_state=[task_states.MIGRATING, None])
         compute_utils.notify_about_instance_action(
             self.context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_ROLLBACK,
@@ -480,7 +499,8 @@ class Group(object):
             losers.append(winner)
         notifications.recovery(self.context, self,
                                vocabulary.RecoveryAction.ROLLBACK, reason)
-        records.set_phase(instance, vocabulary.GroupPhase.REVERTING)
+        with self.owned():
+            records.set_phase(instance, vocabulary.GroupPhase.REVERTING)
         self.revert_all(losers, vocabulary.MigrationStatus.FAILED, reason)
         self.clients.multidest_compute.abort_stream(self.context, instance)
         self.resume_source()
@@ -494,7 +514,8 @@ class Group(object):
             return
         resources.release(self.context, self.clients, self.instance, None,
                           consumer_uuid, None)
-        records.set_pending_claim(self.instance, None)
+        with self.owned():
+            records.set_pending_claim(self.instance, None)
 
     def _without_hostless(self, migrations):
         """Drop Migrations that never got a destination host.

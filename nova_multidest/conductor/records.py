@@ -20,11 +20,15 @@ read the same keys: the one to refuse a second request while a group
 runs, the others to let only the elected copy run.
 """
 
+import contextlib
 import json
 
+from nova.db.main import api as main_db_api
+from nova.db.main import models as main_models
 from nova import objects
 from nova.objects import fields as obj_fields
 
+from nova_multidest import exceptions
 from nova_multidest import vocabulary
 
 # system_metadata values are limited to 255 characters.
@@ -46,19 +50,67 @@ def start_group(instance, round_number, owner):
     instance.save()
 
 
-def take_over(instance, owner):
-    """Make ``owner`` the group's owner, fencing the previous one."""
+def take_over(context, instance, owner):
+    """Make ``owner`` the group's owner, fencing the previous one.
+
+    Two conductors that both find the owner down must not both take the
+    group: the takeover is written only if the ownership is still the one
+    ``instance`` was read with, so the second one is fenced.
+    """
     meta = instance.system_metadata
-    meta[vocabulary.SYSMETA_OWNER] = owner
-    meta[vocabulary.SYSMETA_GENERATION] = str(
-        int(meta.get(vocabulary.SYSMETA_GENERATION) or 0) + 1)
-    instance.save()
+    with owned(context, instance, ownership(meta)):
+        meta[vocabulary.SYSMETA_OWNER] = owner
+        meta[vocabulary.SYSMETA_GENERATION] = str(
+            int(meta.get(vocabulary.SYSMETA_GENERATION) or 0) + 1)
+        instance.save()
 
 
 def ownership(system_metadata):
     """(owner, generation) of a group, from its system_metadata."""
     return (system_metadata.get(vocabulary.SYSMETA_OWNER),
             system_metadata.get(vocabulary.SYSMETA_GENERATION))
+
+
+def check_held(instance_uuid, stored, held):
+    """Raise GroupFenced unless ``stored`` keys say ``held`` owns the group."""
+    if (not vocabulary.group_in_progress(stored) or
+            ownership(stored) != held):
+        raise exceptions.GroupFenced(
+            instance_uuid=instance_uuid,
+            owner='%s (generation %s)' % ownership(stored))
+
+
+_OWNERSHIP_KEYS = (vocabulary.SYSMETA_ACTIVE, vocabulary.SYSMETA_OWNER,
+                   vocabulary.SYSMETA_GENERATION)
+
+
+def _locked_ownership(context, instance_uuid):
+    rows = (context.session.query(main_models.InstanceSystemMetadata)
+            .filter_by(instance_uuid=instance_uuid, deleted=0)
+            .filter(main_models.InstanceSystemMetadata.key.in_(
+                _OWNERSHIP_KEYS))
+            .with_for_update()
+            .all())
+    return {row.key: row.value for row in rows}
+
+
+@contextlib.contextmanager
+def owned(context, instance, held):
+    """Let the writes made inside happen only while ``held`` owns the group.
+
+    A check and a later write leave a window in which another conductor
+    can take the group over; Instance.save writes the whole
+    system_metadata, so the stale owner's write would undo the new
+    owner's records. The ownership keys are read locked (SELECT ... FOR
+    UPDATE) in the transaction that writes, which ``instance.save()``
+    joins: a takeover waits for the write, or the write sees it and
+    raises GroupFenced with nothing written.
+    """
+    with main_db_api.get_context_manager(context).writer.using(context):
+        check_held(instance.uuid,
+                   _locked_ownership(context, instance.uuid), held)
+        with instance.obj_alternate_context(context):
+            yield
 
 
 def set_phase(instance, phase):

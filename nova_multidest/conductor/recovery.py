@@ -108,7 +108,7 @@ def recover_instance(context, clients, instance, stopping=None, host=None):
         instance.refresh()
         if not records.group_in_progress(instance):
             return
-        records.take_over(instance, host)
+        records.take_over(context, instance, host)
         group.hold()
         error = group.settle(REASON)
     except exceptions.ConductorStopping:

@@ -28,8 +28,10 @@ from nova.scheduler.client import query
 from nova_multidest.compute import driver
 from nova_multidest.compute import rpcapi as compute_rpcapi
 from nova_multidest.conductor import group
+from nova_multidest.conductor import records
 from nova_multidest.conductor import rpcapi as conductor_rpcapi
 from nova_multidest.conductor import unstarted
+from nova_multidest import exceptions
 from nova_multidest import vocabulary
 from tests.functional import base
 
@@ -133,6 +135,55 @@ class TwoConductorsTest(ReliabilityTestBase):
         result = self.wait_for_group_end(self.server)
         self.assertEqual('completed', result['result'])
         self.assert_ended_on(result['host'])
+
+
+class FencedWriteTest(ReliabilityTestBase):
+    """Ownership is checked in the transaction that writes, not before it.
+
+    A conductor frozen between its ownership check and its next write, or
+    two conductors that both find the owner down, must not write over the
+    records of the one that holds the group.
+    """
+
+    def test_a_stale_owner_and_a_second_takeover_write_nothing(self):
+        waits = self.hold_compute_calls('wait_destination')
+        self.request_migration(self.server, destinations=self.hostnames[1:3])
+        waits.wait_reached(2)
+        ctxt = self.cell_context()
+        stale_owner = group.Group(ctxt, self.get_instance(self.server['id']),
+                                  clients=None, owner=base.CONF.host)
+        stale_owner.hold()
+        late_rescuer = self.get_instance(self.server['id'])
+
+        records.take_over(ctxt, self.get_instance(self.server['id']),
+                          'conductor-2')
+
+        def elect_after_check():
+            with stale_owner.owned():
+                records.record_winner(stale_owner.instance, 'stale-winner')
+
+        self.assertRaises(exceptions.GroupFenced, elect_after_check)
+        self.assertRaises(exceptions.GroupFenced, records.take_over, ctxt,
+                          late_rescuer, 'conductor-3')
+        stored = self.get_instance(self.server['id']).system_metadata
+        self.assertEqual(('conductor-2', '2'), records.ownership(stored))
+        self.assertNotIn(vocabulary.SYSMETA_WINNER, stored)
+
+        # The new owner ends the group; the first conductor's task, once
+        # its calls return, is fenced at its next step.
+        first_host = base.CONF.host
+        self.flags(host='conductor-2')
+        second = self.start_service(
+            'multidest-conductor', host='conductor-2',
+            binary=vocabulary.CONDUCTOR_BINARY,
+            manager=base.CONDUCTOR_MANAGER,
+            topic=base.CONF.multidest.conductor_topic)
+        waits.release()
+        second.manager.recover(at_start=False)
+        self.flags(host=first_host)
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual('failed', result['result'])
+        self.assert_ended_on(self.source)
 
 
 class SourceRestartAfterElectionTest(ReliabilityTestBase):

@@ -325,7 +325,8 @@ class LiveMigrateMultiTask(base.TaskBase):
 
         def pending_claim(consumer_uuid):
             self.group.check_not_stopping()
-            records.set_pending_claim(self.instance, consumer_uuid)
+            with self.group.owned():
+                records.set_pending_claim(self.instance, consumer_uuid)
 
         try:
             candidates = dest_mod.schedule(

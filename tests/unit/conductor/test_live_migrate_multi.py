@@ -10,6 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import contextlib
 import threading
 from unittest import mock
 
@@ -36,6 +37,13 @@ def destination(host, prepared=False):
         host, mock.Mock(uuid='mig-%s' % host, dest_compute=host,
                         status=vocabulary.MigrationStatus.ACCEPTED),
         prepare_sent=prepared)
+
+
+@contextlib.contextmanager
+def _owned_in_memory(context, instance, held):
+    """records.owned without a database: the instance is the record."""
+    records.check_held(instance.uuid, dict(instance.system_metadata), held)
+    yield
 
 
 class TaskTestBase(base.TestCase):
@@ -73,6 +81,8 @@ class TaskTestBase(base.TestCase):
             'nova.objects.Instance.get_by_uuid',
             side_effect=lambda *a, **k: mock.Mock(
                 system_metadata=dict(self.instance.system_metadata))))
+        self.useFixture(_patch('nova_multidest.conductor.records.owned',
+                               side_effect=_owned_in_memory))
 
     def choose(self, *hosts):
         chosen = [destination(host) for host in hosts]
@@ -650,7 +660,7 @@ class OwnershipTest(RollbackTest):
 
     def test_take_over_bumps_the_generation(self):
         records.start_group(self.instance, 1, 'conductor-1')
-        records.take_over(self.instance, 'conductor-2')
+        records.take_over(mock.Mock(), self.instance, 'conductor-2')
         self.assertEqual(('conductor-2', '2'),
                          records.ownership(self.instance.system_metadata))
 
