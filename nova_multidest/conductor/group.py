@@ -290,8 +290,7 @@ class Group(object):
                     context, clients.volume_api, instance,
                     winner.attachment_ids)
             bindings.result()
-            clients.compute_rpcapi.post_live_migration_at_destination(
-                context, instance, self.block_migration, winner.host)
+            self._post_live_migration_at_destination(winner)
             side_work = [
                 pool.submit(self.revert_all, losers,
                             vocabulary.MigrationStatus.CANCELLED,
@@ -308,6 +307,27 @@ class Group(object):
             context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
             phase=obj_fields.NotificationPhase.END)
+
+    def _post_live_migration_at_destination(self, winner):
+        """Run Nova's bookkeeping on the winner, once, whoever asked first.
+
+        The same call of a previous owner may still be in flight (sent
+        before it died or was fenced) and land first: Nova then refuses
+        ours (the task_state is no longer MIGRATING), and the server
+        already runs on the winner, which is all ours was for.
+        """
+        try:
+            self.clients.compute_rpcapi.post_live_migration_at_destination(
+                self.context, self.instance, self.block_migration,
+                winner.host)
+        except Exception as error:
+            self.instance.refresh()
+            if (self.instance.host != winner.host or
+                    self.instance.task_state is not None):
+                raise
+            LOG.info('Nova\'s post-live-migration on %s ran already (a call '
+                     'of a previous owner): %s', winner.host, error,
+                     instance=self.instance)
 
     def _reclaim_task_state(self):
         """Put back the task_state a restarted source compute reset.

@@ -461,6 +461,41 @@ class FinishTest(TaskTestBase):
         self.clients.report_client.move_allocations.assert_called_once_with(
             mock.ANY, 'mig-a', 'inst')
 
+    def finish_after_another_call(self, host_after, task_state_after):
+        """Our post-live call is refused; the records then read so."""
+        winner = destination('a', prepared=True)
+        self.clients.compute_rpcapi.post_live_migration_at_destination.\
+            side_effect = nova_exception.UnexpectedTaskStateError(
+                instance_uuid='inst', expected='migrating', actual=None)
+
+        def refresh():
+            self.instance.host = host_after
+            self.instance.task_state = task_state_after
+
+        self.instance.refresh.side_effect = refresh
+        self.useFixture(_patch('nova.availability_zones.'
+                               'get_host_availability_zone'))
+        self.useFixture(_patch(
+            'nova_multidest.conductor.notifications.end'))
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.task.group.finish(winner, [destination('b', prepared=True)])
+        return winner
+
+    def test_a_previous_owners_post_live_call_that_landed_first(self):
+        winner = self.finish_after_another_call('a', None)
+        self.assertEqual(vocabulary.MigrationStatus.COMPLETED,
+                         winner.migration.status)
+        self.clients.report_client.move_allocations.assert_called_once_with(
+            mock.ANY, 'mig-a', 'inst')
+        self.assertFalse(records.group_in_progress(self.instance))
+
+    def test_a_refused_post_live_call_on_a_server_elsewhere_fails(self):
+        self.assertRaises(nova_exception.UnexpectedTaskStateError,
+                          self.finish_after_another_call, 'src', None)
+        self.assertRaises(nova_exception.UnexpectedTaskStateError,
+                          self.finish_after_another_call, 'a', 'migrating')
+        self.clients.report_client.move_allocations.assert_not_called()
+
 
 class RollbackTest(TaskTestBase):
     """An unexpected failure ends the group as recovery would."""
