@@ -447,8 +447,9 @@ class _AgentChannel(object):
         self.delivery_over = threading.Event()
         chain = [(n, tuple(a)) for n, a in header.get('chain') or []]
         lag_limit = int(header.get('lag_limit') or 256 * 2**20)
+        repairs = hops.repairs(chain)
         self.buffer = stream_buffer.StreamBuffer(
-            lag_limit, retain=lag_limit if chain else 0)
+            lag_limit, retain=lag_limit if repairs else 0)
         self.local_cursor = self.buffer.add_cursor(
             '%s/local' % agent.name, on_drop=self._local_dropped)
         self._local_sock = None
@@ -464,16 +465,17 @@ class _AgentChannel(object):
                 lambda address, channel, rest, resume, hop_index:
                     agent._hop_dial(address, channel, rest, resume,
                                     hop_index, base),
-                agent._forward_gate, agent._report_lost, repair=True,
+                agent._forward_gate, agent._report_lost, repair=repairs,
                 label='%s/forward' % agent.name,
                 stall_timeout=header.get('stall_timeout'))
         # A hop that feeds its QEMU and the next hop gives both the same
-        # pages (tee); the buffer keeps a copy for the next hop's repair.
+        # pages (tee); the buffer keeps a copy only for a repair this hop
+        # can make (hops.repairs).
         self.fanout = None
         self.local_lane = None
         if (self.forwarder is not None and zerocopy.TEE_SUPPORTED and
                 not header.get('tls') and agent.forward_tls is None):
-            self.fanout = zerocopy.Fanout(self.buffer, store=True)
+            self.fanout = zerocopy.Fanout(self.buffer, store=repairs)
             self.local_lane = self.fanout.add_lane(self.local_cursor,
                                                    framed=False)
             self.forwarder.use_lane(self.fanout)

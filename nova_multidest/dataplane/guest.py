@@ -29,13 +29,14 @@ much real data instead of cheap zero pages. With ``pages_per_tick`` set it
 instead writes that many pages per timer tick and halts in between, which
 keeps a steady dirty rate at almost no host CPU.
 
-It deliberately has no "hot" page written over and over: QEMU 7.2 under
+It deliberately has no "hot" page whose content changes: QEMU 7.2 under
 TCG loses writes to a page whose TLB entry survives a dirty-bitmap sync
 (the sync's fast path does not re-arm the TLB; fixed upstream in 2024,
 "cpu_physical_memory_dirty_bits_cleared"), so such a page would differ
 between source and destination. KVM is not affected. Sweeping many more
 pages than the TCG TLB holds evicts each entry before its page is written
-again, which keeps every write tracked.
+again, which keeps every write tracked. The one page written at every
+tick, the timer mode's interrupt frame, gets the same bytes every time.
 """
 
 import dataclasses
@@ -161,10 +162,14 @@ class DirtyingGuest:
         """Write ``pages_per_tick`` pages per PIT tick, halted in between.
 
         Costs the host almost no CPU, which matters when several QEMUs
-        share two cores. Interrupts are enabled only inside ``sti; hlt``,
-        so the interrupt frame pushed on the stack is the same bytes every
-        time (no "hot" page with changing content); the handler clobbers
-        only AL, which the loop does not use.
+        share two cores. Interrupts are enabled only inside ``sti; hlt``
+        and the flags are set to the same value just before, so the
+        interrupt frame pushed on the stack is the same bytes every time:
+        its page is written at every tick, and a change to it could be
+        lost (see the module docstring). Without the ``xor`` the pushed
+        carry flag changed once per sweep, and QEMU 7.2 TCG left the
+        source's last frame out of the stream now and then. The handler
+        clobbers only AL, and the loop does not use EAX.
         """
         out = b'\xe6'                                       # out imm8, al
         for port, value in ((0x20, 0x11), (0xA0, 0x11), (0x21, 0x20),
@@ -197,6 +202,9 @@ class DirtyingGuest:
         code.emit(b'\xbb', struct.pack('<I', self.dirty_start))  # mov ebx
         code.emit(b'\x49')                                  # dec ecx
         code.jump(b'\x75', burst)                           # jnz burst
+        # Flags fixed before the frame pushes them: CF is the last cmp's,
+        # clear when a burst ends at the sweep's wrap, set otherwise.
+        code.emit(b'\x31\xc0')                              # xor eax, eax
         code.emit(b'\xfb\xf4\xfa')                          # sti; hlt; cli
         code.jump(b'\xeb', tick)                            # jmp tick
         handler = ENTRY_ADDRESS + code.here()

@@ -191,6 +191,20 @@ class LeaderFirst(object):
             self._cond.notify_all()
 
 
+def repairs(path):
+    """Whether a chain forwarder on ``path`` (its hops, in order) repairs.
+
+    A repair replaces a dead hop by the one after it, which resumes from
+    what it holds: the forwarder must keep what it sent (a copy of every
+    byte into memory, up to the lag limit) to resend it. With one hop on
+    the path there is no hop after it, so that copy would serve nothing
+    and the stream goes through pipes only: the relay of a one-host chain,
+    and the last forwarding host of any chain. The hop before that one
+    still repairs around it, from its own copy.
+    """
+    return len(path) > 1
+
+
 class Forwarder(object):
     """Sends one channel of the stream along a path of agents.
 

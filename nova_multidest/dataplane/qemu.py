@@ -19,6 +19,7 @@ directory. Removing that directory and killing that PID removes every bit
 of a guest, which is what "destroy a loser" must mean.
 """
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -27,10 +28,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
 import time
+import zlib
 
 from nova_multidest.dataplane import guest as guest_image
 from nova_multidest.dataplane import hypervisor
@@ -50,6 +53,7 @@ _RESUMABLE = vocabulary.QemuRunState.PAUSED_AFTER_MIGRATION + (
     vocabulary.QemuRunState.PRELAUNCH, vocabulary.QemuRunState.INMIGRATE)
 QEMU_IMG = 'qemu-img'
 DIGEST_CHUNK = 4 * MiB
+PAGE = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,17 +258,106 @@ class QemuProcess(object):
         return digest.hexdigest()
 
     def memory_digest(self):
+        return self.memory_image().digest
+
+    def memory_image(self):
+        """The guest's RAM as a MemoryImage (the guest should be paused)."""
         path = os.path.join(self.dir, 'memory.bin')
         self.qmp.execute('pmemsave', val=0, size=self.memory_mb * MiB,
                          filename=path, timeout=120)
-        digest = hashlib.sha256()
         try:
             with open(path, 'rb') as f:
-                for block in iter(lambda: f.read(4 * MiB), b''):
-                    digest.update(block)
+                return MemoryImage(f.read())
         finally:
             os.unlink(path)
-        return digest.hexdigest()
+
+
+PageDifference = collections.namedtuple(
+    'PageDifference', 'address expected actual')
+
+
+class MemoryImage(object):
+    """Guest-physical RAM from address 0, compared page by page.
+
+    A digest tells that two copies differ; which words of which pages,
+    and what each copy holds there, tells why: e.g. a copy holding an
+    older value of the guest's counter than its source lacks a write the
+    source made. Kept compressed (a test keeps several).
+    """
+
+    def __init__(self, data):
+        self.digest = hashlib.sha256(data).hexdigest()
+        self.size = len(data)
+        self._packed = zlib.compress(data, 1)
+
+    @property
+    def data(self):
+        return zlib.decompress(self._packed)
+
+    def __eq__(self, other):
+        return (isinstance(other, MemoryImage) and
+                self.digest == other.digest)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(self.digest)
+
+    def __repr__(self):
+        return '<MemoryImage %d MiB sha256 %s>' % (self.size // MiB,
+                                                   self.digest[:16])
+
+    def differences(self, other):
+        """A PageDifference per differing page, at its first differing word.
+
+        ``address`` is that word's; ``expected`` is this image's 32-bit
+        word there, ``actual`` the other's (None past the end of the
+        shorter image).
+        """
+        if self == other:
+            return []
+        mine, theirs = self.data, other.data
+        found = []
+        for page in range(0, max(len(mine), len(theirs)), PAGE):
+            a, b = mine[page:page + PAGE], theirs[page:page + PAGE]
+            if a == b:
+                continue
+            offset = next((i for i in range(0, PAGE, 4)
+                           if a[i:i + 4] != b[i:i + 4]), 0)
+            found.append(PageDifference(page + offset, _word(a, offset),
+                                        _word(b, offset)))
+        return found
+
+    def words(self, address, count):
+        """``count`` 32-bit words from ``address``."""
+        data = self.data
+        return [_word(data, address + 4 * i) for i in range(count)]
+
+    def describe_differences(self, other, limit=8):
+        """For a failure message: how many pages differ, the first few.
+
+        This image is the reference (the source), ``other`` the copy.
+        """
+        found = self.differences(other)
+        text = '%d of %d pages differ' % (len(found),
+                                          -(-self.size // PAGE))
+        if found:
+            text += (' (first differing word: in the reference / in the '
+                     'copy): ' + ', '.join(
+                         '%#x: %s / %s' % (d.address, _hex(d.expected),
+                                           _hex(d.actual))
+                         for d in found[:limit]))
+        return text
+
+
+def _word(data, offset):
+    chunk = data[offset:offset + 4]
+    return struct.unpack('<I', chunk)[0] if len(chunk) == 4 else None
+
+
+def _hex(word):
+    return 'none' if word is None else '%#x' % word
 
 
 class _QemuGuest(hypervisor.Guest):

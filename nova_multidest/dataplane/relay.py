@@ -487,26 +487,27 @@ class StreamRelay(object):
 
     def _new_channel(self, index):
         chain = self.topology == vocabulary.Topology.CHAIN
-        buffer = stream_buffer.StreamBuffer(
-            self.lag_limit, retain=self.lag_limit if chain else 0)
-        channel = _RelayChannel(index, buffer)
         with self._lock:
             paths = self._paths()
+        repairs = chain and bool(paths) and hops.repairs(paths[0])
+        buffer = stream_buffer.StreamBuffer(
+            self.lag_limit, retain=self.lag_limit if repairs else 0)
+        channel = _RelayChannel(index, buffer)
+        with self._lock:
             self._channels.append(channel)
-        # One destination of a star takes the source socket's bytes
-        # straight (Forwarder.splice_from); the others share them through
-        # a Fanout's pipes, and a chain keeps them for repairs too.
+        # One destination takes the source socket's bytes straight
+        # (Forwarder.splice_from); several share them through a Fanout's
+        # pipes, and a chain that can repair keeps them too.
         if (self.tls is None and zerocopy.TEE_SUPPORTED and
-                (len(paths) > 1 or self.topology == 'chain')):
-            channel.fanout = zerocopy.Fanout(
-                buffer, store=self.topology == 'chain')
+                (len(paths) > 1 or repairs)):
+            channel.fanout = zerocopy.Fanout(buffer, store=repairs)
         for path in paths:
             # A chain has one gate for its single path.
             gate_key = self.topology if chain else path[0][0]
             gate = self._gates.setdefault(gate_key, hops.ChannelGate())
             forwarder = hops.Forwarder(
                 buffer, index, path, self._dial, gate, self._on_lost,
-                repair=chain,
+                repair=repairs,
                 label='relay->%s' % path[0][0],
                 stall_timeout=self.stall_timeout,
                 priority=None if chain else self._priority)

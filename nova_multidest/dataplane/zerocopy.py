@@ -668,7 +668,7 @@ class Lane(object):
         """Forget what the pipe holds: the consumer resends from the buffer.
 
         A repaired chain hop resumes from an offset it reports; every byte
-        is in the buffer then (a chain stores them).
+        is in the buffer then (a chain that repairs stores them).
         """
         with self._cond:
             self._cond.wait_for(lambda: not self.busy and not self.claimed)

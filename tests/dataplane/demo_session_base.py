@@ -168,7 +168,7 @@ class SessionTestBase(testtools.TestCase):
         pass
 
     def take_snapshots(self, winner):
-        """Digest RAM and registers of every paused copy.
+        """RAM (a MemoryImage) and registers of every paused copy.
 
         The source and each destination that completed, before the winner
         may run.
@@ -178,24 +178,41 @@ class SessionTestBase(testtools.TestCase):
         for name in live:
             wait_for(lambda: self.destinations[name].migration_status() in
                      ('completed', 'failed'), timeout=10)
-        self.snapshots['source'] = (self.source.memory_digest(),
+        self.snapshots['source'] = (self.process.memory_image(),
                                     self.process.registers())
         for name in live:
             dest = self.destinations[name]
             if dest.migration_status() == 'completed':
-                self.snapshots[name] = (dest.memory_digest(),
+                self.snapshots[name] = (dest.process.memory_image(),
                                         dest.process.registers())
 
     def assert_identical_survivors(self, expected):
         self.assertEqual(sorted(expected),
                          sorted(n for n in self.snapshots if n != 'source'))
         for name in expected:
-            self.assertEqual(self.snapshots['source'][0],
-                             self.snapshots[name][0],
-                             'RAM of %s differs from the source' % name)
+            self.assert_same_ram(name)
             self.assertEqual(self.snapshots['source'][1],
                              self.snapshots[name][1],
                              'registers of %s differ from the source' % name)
+
+    def assert_same_ram(self, name):
+        """The RAM of copy ``name`` is the source's, page for page.
+
+        On failure, which pages differ and whether the other copies hold
+        the same RAM as this one: copies that agree with each other got
+        one stream, so what they lack was never sent.
+        """
+        source, copy = self.snapshots['source'][0], self.snapshots[name][0]
+        if source == copy:
+            return
+        others = ', '.join(
+            '%s %s' % (other, 'the same' if ram == copy else
+                       'different RAM')
+            for other, (ram, _) in sorted(self.snapshots.items())
+            if other not in ('source', name))
+        self.fail('RAM of %s differs from the source: %s; other copies: %s'
+                  % (name, source.describe_differences(copy),
+                     others or 'none'))
 
     def assert_guest_advances(self, process):
         first = process.read_u32(self.image.dirty_start)

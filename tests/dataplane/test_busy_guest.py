@@ -26,6 +26,15 @@ A guest that spins instead of waiting for its timer dirties so fast
 under TCG that even QEMU's largest throttle (99%) leaves it faster than
 the link; one that halts between ticks loses the ticks its throttled
 vCPU sleeps through.
+
+Every completed copy must hold the source's RAM. That holds under QEMU
+7.2's TCG only because the guest writes no page over and over with
+changing bytes (nova_multidest/dataplane/guest.py): when its interrupt
+frame still changed once per sweep, this test failed now and then with
+that page older in all three copies alike, and a plain QEMU-to-QEMU
+migration of the same guest lost it too (1 of 26 runs; 1 of
+17 through the chain): a write the source never sent
+(benchmarks/ram_integrity.py; README, "Known issue, QEMU's").
 """
 
 from benchmarks import dataplane as shaped
@@ -107,9 +116,8 @@ class BusyGuestTest(demo_session_base.SessionTestBase):
                               capabilities={'auto-converge': True})
         self.assert_winner_only(result)
         self.assertIn(result.winner, self.snapshots)
-        self.assertEqual(self.snapshots['source'][0],
-                         self.snapshots[result.winner][0],
-                         'RAM of the winner differs from the source')
+        for name in sorted(set(self.snapshots) - {'source'}):
+            self.assert_same_ram(name)
         self.assertGreater(max(self.throttle), 0)
         self.assertLess(result.total_time_s, AUTO_CONVERGE_TIMEOUT)
 
@@ -118,8 +126,6 @@ class BusyGuestTest(demo_session_base.SessionTestBase):
                               timeout_action=(
                                   vocabulary.TimeoutAction.FORCE_COMPLETE))
         self.assert_winner_only(result)
-        self.assertEqual(self.snapshots['source'][0],
-                         self.snapshots[result.winner][0],
-                         'RAM of the winner differs from the source')
+        self.assert_same_ram(result.winner)
         self.assertGreater(result.total_time_s, SHORT_TIMEOUT)
         self.assertEqual({0}, set(self.throttle))

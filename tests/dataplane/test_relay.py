@@ -762,6 +762,25 @@ class TestZeroCopy(RelayTestCase):
         self.assertGreater(self.spliced[socket.AF_INET], len(data))
         self.assertGreater(self.spliced[socket.AF_UNIX], len(data))
 
+    def test_only_hosts_that_can_repair_keep_a_copy(self):
+        # A kept copy serves one repair: the hop after a dead next hop
+        # resumes from it. The last forwarding host has no such hop.
+        data = make_data(24 * MiB, seed=39)
+        sinks, agents = self.make_destinations(3)
+        stream_relay = self.make_relay(agents, topology='chain')
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+        self.assertEqual(len(data),
+                         stream_relay._channels[0].fanout.stored_bytes)
+        self.assertEqual(len(data), agents[0]._channels[0].fanout.stored_bytes)
+        # Only rounds its QEMU's pipe had no room for, if any.
+        self.assertLess(agents[1]._channels[0].fanout.stored_bytes,
+                        len(data))
+
     def test_multifd(self):
         channel_data = [make_data(size, seed=35 + index) for index, size
                         in enumerate((16 * MiB, 8 * MiB, 8 * MiB))]
@@ -884,6 +903,32 @@ class TestChainRepair(RelayTestCase):
         self.assertEqual(['dest0'], list(self.dropped))
         progress = stream_relay.progress()
         for index in (1, 2):
+            self.assert_delivered(sinks[index], agents[index], data,
+                                  progress[agents[index].name])
+
+    def test_first_of_two_killed_relay_repairs(self):
+        data = make_data(32 * MiB, seed=10)
+        sinks, agents, stream_relay, source = self._start_chain(2, data)
+        agents[0].close()
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest0'], list(self.dropped))
+        self.assert_delivered(sinks[1], agents[1], data,
+                              stream_relay.progress()['dest1'])
+
+    def test_last_agent_killed_the_others_complete(self):
+        # The last forwarding host keeps no copy: nothing follows the
+        # dead hop, so nothing is repaired, and nothing else is lost.
+        data = make_data(32 * MiB, seed=11)
+        sinks, agents, stream_relay, source = self._start_chain(3, data)
+        agents[2].close()
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest2'], list(self.dropped))
+        progress = stream_relay.progress()
+        for index in (0, 1):
             self.assert_delivered(sinks[index], agents[index], data,
                                   progress[agents[index].name])
 
