@@ -266,12 +266,13 @@ class Group(object):
         disconnect them while its BDMs still name them.
         """
         context, instance, clients = self.context, self.instance, self.clients
+        self.check_not_stopping()
         if instance.host == winner.host:
             # A conductor that died got past Nova's post-live-migration.
             self.revert_all(losers, vocabulary.MigrationStatus.CANCELLED,
                             LOST_ELECTION)
-            clients.report_client.move_allocations(
-                context, winner.migration.uuid, instance.uuid)
+            resources.adopt_claim(context, clients.report_client, instance,
+                                  winner.migration.uuid)
             self._end_completed(winner)
             return
         self._reclaim_task_state()
@@ -291,12 +292,15 @@ class Group(object):
                     winner.attachment_ids)
             bindings.result()
             self._post_live_migration_at_destination(winner)
+            # The call may have been long, or answered by another owner's.
+            self.check_not_stopping()
             side_work = [
                 pool.submit(self.revert_all, losers,
                             vocabulary.MigrationStatus.CANCELLED,
                             LOST_ELECTION),
-                pool.submit(clients.report_client.move_allocations,
-                            context, winner.migration.uuid, instance.uuid)]
+                pool.submit(resources.adopt_claim, context,
+                            clients.report_client, instance,
+                            winner.migration.uuid)]
             if not winner.attachment_ids:
                 side_work.append(pool.submit(self._cleanup_source, winner))
             for future in side_work:
@@ -492,6 +496,9 @@ class Group(object):
         instance.refresh()
         if not records.group_in_progress(instance):
             return None
+        # An owner that is stopping or was taken over must leave the group
+        # to the next one: both finishing it at once race in Placement.
+        self.check_not_stopping()
         self._drop_pending_claim()
         migrations = self._without_hostless(
             records.group_migrations(self.context, instance))

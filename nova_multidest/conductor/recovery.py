@@ -111,12 +111,11 @@ def recover_instance(context, clients, instance, stopping=None, host=None):
         records.take_over(context, instance, host)
         group.hold()
         error = group.settle(REASON)
-    except exceptions.ConductorStopping:
-        LOG.info('Stopping: recovery continues at the next start',
-                 instance=instance)
+    except exceptions.ConductorStopping as error:
+        LOG.info('Recovery stops here: %s', error, instance=instance)
     except Exception as error:
         LOG.exception('Could not recover the multi-destination migration; '
-                      'it is retried at the next conductor start',
+                      'the periodic recovery of this conductor retries it',
                       instance=instance)
         record_fault(context, instance, error)
     else:

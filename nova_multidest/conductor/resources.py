@@ -28,6 +28,9 @@ from nova import objects
 
 LOG = logging.getLogger(__name__)
 
+# Looks at Placement before a claim that keeps changing is given up.
+_ADOPT_ATTEMPTS = 3
+
 
 def bind_ports(context, network_api, instance, host, migrate_data):
     """Create inactive port bindings on ``host``; record them in vifs.
@@ -140,3 +143,24 @@ def adopt_attachments(context, volume_api, instance, attachment_ids):
                 volume_api.attachment_delete(context, old_id)
             except nova_exception.VolumeAttachmentNotFound:
                 pass
+
+
+def adopt_claim(context, report_client, instance, migration_uuid):
+    """Make the winner's claim the instance's allocation.
+
+    Another conductor may be moving the same claim (a previous owner whose
+    step was in flight when it was fenced): Placement then refuses one of
+    the two writes with a consumer generation conflict. Looking again
+    settles it, since Nova's move_allocations counts a claim already moved
+    as done; a claim that still changes after every look is raised.
+    """
+    for attempt in range(1, _ADOPT_ATTEMPTS + 1):
+        try:
+            return report_client.move_allocations(
+                context, migration_uuid, instance.uuid)
+        except nova_exception.AllocationMoveFailed as error:
+            if attempt == _ADOPT_ATTEMPTS:
+                raise
+            LOG.info('The claim of migration %s changed while it was moved '
+                     '(attempt %d of %d); looking again: %s', migration_uuid,
+                     attempt, _ADOPT_ATTEMPTS, error, instance=instance)

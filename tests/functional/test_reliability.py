@@ -22,6 +22,7 @@ from oslo_utils import timeutils
 from nova.compute import rpcapi as nova_compute_rpcapi
 from nova.compute import task_states
 from nova import context as nova_context
+from nova import exception as nova_exception
 from nova import objects
 from nova.scheduler.client import query
 
@@ -29,6 +30,7 @@ from nova_multidest.compute import driver
 from nova_multidest.compute import rpcapi as compute_rpcapi
 from nova_multidest.conductor import group
 from nova_multidest.conductor import records
+from nova_multidest.conductor import resources
 from nova_multidest.conductor import rpcapi as conductor_rpcapi
 from nova_multidest.conductor import unstarted
 from nova_multidest import exceptions
@@ -96,6 +98,53 @@ class ConductorRestartTest(ReliabilityTestBase):
         result = self.restart_at(gate, lose=True)
         self.assertEqual('failed', result['result'])
         self.assert_ended_on(self.source)
+
+
+class RecoveryRetryTest(ReliabilityTestBase):
+    """A recovery that fails is retried by the periodic look, alone.
+
+    The previous owner's call that was in flight at its restart fails
+    afterwards: its rollback must leave the group to the new owner, whose
+    own attempt fails once in Placement and is retried a minute later.
+    """
+
+    def test_failed_recovery_is_retried_and_the_old_owner_stays_out(self):
+        real_adopt = resources.adopt_claim
+        adoptions = []
+
+        def fail_first(*args, **kwargs):
+            adoptions.append(args[3])
+            if len(adoptions) == 1:
+                raise nova_exception.AllocationMoveFailed(
+                    source_consumer=args[3], target_consumer=args[2].uuid,
+                    error='injected')
+            return real_adopt(*args, **kwargs)
+
+        self.useFixture(fixtures.MockPatch(
+            'nova_multidest.conductor.resources.adopt_claim',
+            side_effect=fail_first))
+        post_live = self.useFixture(base.CallGate(
+            nova_compute_rpcapi.ComputeAPI,
+            'post_live_migration_at_destination', limit=1, host_of=None))
+        self.request_migration(self.server,
+                               destinations=self.hostnames[1:3])
+        post_live.wait_reached()
+        manager = self.restart_multidest_conductor().manager
+        base.wait_until(lambda: manager._recovery.done(),
+                        message='recovery at start never ended')
+        faults = self.get_instance_faults(self.server['id'])
+        self.assertIn('could not finish or roll back', faults[0].message)
+        self.assertIn('injected', faults[0].message)
+        self.assertFalse(self.group_ended(self.server['id']))
+
+        post_live.lose()
+        manager._recover_expired(nova_context.get_admin_context())
+        result = self.wait_for_group_end(self.server)
+        self.assertEqual('completed', result['result'])
+        # One claim, moved by the new owner's second attempt only.
+        self.assertEqual(2, len(adoptions))
+        self.assertEqual(1, len(set(adoptions)))
+        self.assert_ended_on(result['host'])
 
 
 class SchedulerErrorTest(ReliabilityTestBase):

@@ -155,8 +155,9 @@ class LiveMigrateMultiTask(base.TaskBase):
 
         A stopping conductor leaves its groups to the next one's recovery,
         and a group whose every destination failed has already ended.
-        Never raises: what cannot be settled now is recovered at the next
-        conductor start.
+        Never raises: what cannot be settled now is left to recovery
+        (periodic, and at every start). A stopping or fenced owner settles
+        nothing: the next owner does.
         """
         if isinstance(ex, (exceptions.ConductorStopping,
                            exceptions.AllDestinationsFailed,
@@ -164,12 +165,12 @@ class LiveMigrateMultiTask(base.TaskBase):
             return
         try:
             self.group.settle('the conductor failed: %s' % ex)
-        except exceptions.ConductorStopping:
-            LOG.info('Stopping: the migration is left to recovery',
+        except exceptions.ConductorStopping as error:
+            LOG.info('The rollback stops here: %s', error,
                      instance=self.instance)
         except Exception as error:
             LOG.exception('Could not end the multi-destination migration; '
-                          'it is recovered at the next conductor start',
+                          'the periodic recovery of this conductor retries it',
                           instance=self.instance)
             recovery.record_fault(self.context, self.instance, error)
 

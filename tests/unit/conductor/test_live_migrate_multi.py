@@ -489,6 +489,17 @@ class FinishTest(TaskTestBase):
             mock.ANY, 'mig-a', 'inst')
         self.assertFalse(records.group_in_progress(self.instance))
 
+    def test_a_stopped_owner_whose_call_another_answered_stops(self):
+        # Its call was lost at its restart; the next owner's landed.
+        self.task.group._stopping = lambda: self.clients.compute_rpcapi.\
+            post_live_migration_at_destination.called
+        self.assertRaises(exceptions.ConductorStopping,
+                          self.finish_after_another_call, 'a', None)
+        self.clients.report_client.move_allocations.assert_not_called()
+        self.compute.revert_destination.assert_not_called()
+        self.compute.cleanup_source.assert_not_called()
+        self.assertTrue(records.group_in_progress(self.instance))
+
     def test_a_refused_post_live_call_on_a_server_elsewhere_fails(self):
         self.assertRaises(nova_exception.UnexpectedTaskStateError,
                           self.finish_after_another_call, 'src', None)
@@ -603,6 +614,20 @@ class RollbackTest(TaskTestBase):
         self.compute.revert_destination.assert_not_called()
         self.assertEqual('mig-a', records.winner(self.instance))
 
+    def test_a_stopped_owner_does_not_finish_a_resumed_winner(self):
+        # The next conductor's recovery finishes it: both at once race.
+        winner, loser = self.start_streaming('a', 'b')
+        records.record_winner(self.instance, winner.migration.uuid)
+        records.record_resumed(self.instance, winner.migration.uuid)
+        self.task.group._stopping = lambda: True
+        self.task.rollback(RuntimeError('held call lost at restart'))
+        self.clients.compute_rpcapi.post_live_migration_at_destination.\
+            assert_not_called()
+        self.clients.report_client.move_allocations.assert_not_called()
+        self.compute.revert_destination.assert_not_called()
+        self.assertTrue(records.group_in_progress(self.instance))
+        self.fault.assert_not_called()
+
 
 class RecoveryRecordsTest(RollbackTest):
     """Recovery never trips on the records it finds."""
@@ -692,6 +717,38 @@ class OwnershipTest(RollbackTest):
         # Fenced is a kind of stopping: the rollback touches nothing.
         self.task.rollback(error)
         self.compute.revert_destination.assert_not_called()
+
+    def take_over_behind_our_back(self):
+        stored = dict(self.instance.system_metadata)
+        stored[vocabulary.SYSMETA_OWNER] = 'conductor-2'
+        stored[vocabulary.SYSMETA_GENERATION] = '2'
+        self.useFixture(_patch('nova.objects.Instance.get_by_uuid',
+                               return_value=mock.Mock(
+                                   system_metadata=stored)))
+
+    def test_a_fenced_owner_does_not_settle(self):
+        winner, loser = self.start_streaming('a', 'b')
+        self.task.group.hold()
+        records.record_winner(self.instance, winner.migration.uuid)
+        records.record_resumed(self.instance, winner.migration.uuid)
+        self.take_over_behind_our_back()
+        self.task.rollback(RuntimeError('held call lost'))
+        self.clients.compute_rpcapi.post_live_migration_at_destination.\
+            assert_not_called()
+        self.clients.report_client.move_allocations.assert_not_called()
+        self.compute.revert_destination.assert_not_called()
+        self.compute.resume_source.assert_not_called()
+        self.fault.assert_not_called()
+
+    def test_a_fenced_owner_does_not_finish(self):
+        winner, loser = self.start_streaming('a', 'b')
+        self.task.group.hold()
+        self.take_over_behind_our_back()
+        self.assertRaises(exceptions.GroupFenced, self.task.group.finish,
+                          winner, [loser])
+        self.clients.compute_rpcapi.post_live_migration_at_destination.\
+            assert_not_called()
+        self.clients.report_client.move_allocations.assert_not_called()
 
     def test_take_over_bumps_the_generation(self):
         records.start_group(self.instance, 1, 'conductor-1')
