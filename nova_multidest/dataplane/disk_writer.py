@@ -127,7 +127,10 @@ class DiskWriter(object):
         self._shutdown_all()
 
     def close(self):
-        self._set_state(FAILED, 'disk writer closed before the copy ended')
+        # Closed before any agent connected (a port the agent could not
+        # take, a destination reverted early) is not worth a warning.
+        self._set_state(FAILED, 'disk writer closed before the copy ended',
+                        warn=self._state != WAITING)
         with self._lock:
             if self._closed:
                 return
@@ -145,7 +148,7 @@ class DiskWriter(object):
 
     # -- state -----------------------------------------------------------
 
-    def _set_state(self, state, reason=None):
+    def _set_state(self, state, reason=None, warn=True):
         with self._lock:
             if self._state in FINAL_STATES or self._state == state:
                 return
@@ -153,7 +156,8 @@ class DiskWriter(object):
             self._reason = reason
             self._lock.notify_all()
         if state == FAILED:
-            LOG.warning("Disk writer %s failed: %s", self.name, reason)
+            (LOG.warning if warn else LOG.info)(
+                "Disk writer %s failed: %s", self.name, reason)
         else:
             LOG.info("Disk writer %s is %s", self.name, state)
         if self.on_state is not None:

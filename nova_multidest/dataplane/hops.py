@@ -259,6 +259,28 @@ class Forwarder(object):
     def stop(self, reason):
         self._buffer.drop(self.cursor, reason)
 
+    def skip_failed_hop(self, name, reason):
+        """Repair around ``name`` now if it is the hop this one sends to.
+
+        Called when the destination's agent is known to be gone. Before
+        the source starts a channel its forwarder sends nothing, so a
+        broken hop would only show at the first send, after the hops
+        behind it gave up waiting for a repair (the agent's repair
+        timeout) and failed too.
+        """
+        with self._lock:
+            if (not self._repair or self._closing or self.finished or
+                    self._index + 1 >= len(self.hops) or
+                    self.hops[self._index][0] != name):
+                return
+            self._index += 1
+            sock = self._sock
+        LOG.info("%s: channel %d skips failed hop %s (%s)", self._label,
+                 self.channel, name, reason)
+        shutdown(sock)
+        self._buffer.interrupt(self.cursor, 'hop %s failed: %s'
+                               % (name, reason))
+
     def splice_from(self, source):
         """Take the stream straight from ``source``, the lone producer.
 
@@ -297,15 +319,16 @@ class Forwarder(object):
             with self._lock:
                 if self._index >= len(self.hops) or self._closing:
                     return False
-                name, address = self.hops[self._index]
-                rest = self.hops[self._index + 1:]
+                index = self._index
+                name, address = self.hops[index]
+                rest = self.hops[index + 1:]
             try:
                 sock, reply = self._dial(address, self.channel, rest, resume,
-                                         self._index)
+                                         index)
             except (exceptions.DestinationFailed,
                     exceptions.AuthenticationFailed) as exc:
                 self._lose_current('cannot open the stream to it: %s' % exc,
-                                   connection_error=True)
+                                   connection_error=True, index=index)
                 if not self._repair:
                     return False
                 continue
@@ -330,9 +353,12 @@ class Forwarder(object):
                       self._label, self.channel, name, offset)
             return True
 
-    def _lose_current(self, reason, connection_error=False):
+    def _lose_current(self, reason, connection_error=False, index=None):
         with self._lock:
             if self._index >= len(self.hops):
+                return
+            if index is not None and index != self._index:
+                # skip_failed_hop moved past it meanwhile.
                 return
             name = self.hops[self._index][0]
             self._index += 1

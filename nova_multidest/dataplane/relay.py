@@ -253,6 +253,7 @@ class StreamRelay(object):
         # The agent hears the reason before its stream stops.
         self._send_drop(name, address, reason)
         self._stop_forwarders(name, reason)
+        self._repair_around(name, reason)
 
     def _stop_forwarders(self, name, reason):
         """In a star, stop sending to a failed destination at once."""
@@ -263,6 +264,22 @@ class StreamRelay(object):
                           for f in ch.forwarders if f.hops[0][0] == name]
         for forwarder in forwarders:
             forwarder.stop(reason)
+
+    def _repair_around(self, name, reason):
+        """In a chain, stop sending to a destination that is gone, now.
+
+        Only for a destination cut off or whose agent is gone: an agent
+        whose QEMU failed still forwards, and its hop stays. Before the
+        source starts a channel nothing is sent on it, so a dead hop would
+        otherwise show only at the first send, after the destinations
+        behind it gave up waiting for a repair (Forwarder.skip_failed_hop).
+        """
+        if self.topology == vocabulary.Topology.STAR:
+            return
+        with self._lock:
+            forwarders = [f for ch in self._channels for f in ch.forwarders]
+        for forwarder in forwarders:
+            forwarder.skip_failed_hop(name, reason)
 
     def wait_finished(self, timeout=None):
         """Wait until every destination is complete or failed.
@@ -458,8 +475,11 @@ class StreamRelay(object):
             LOG.debug("Status of %s unreadable: %s", name, exc)
         with self._lock:
             final = self._state[name] in hops.FINAL_STATES or self._closed
+            gone = not self._closed and self._state[name] != 'complete'
         if not final:
             self._mark_failed(name, reason)
+        if gone:
+            self._repair_around(name, reason)
 
     def _send_drop(self, name, address, reason):
         try:

@@ -63,6 +63,14 @@ class CursorDropped(Exception):
     """This consumer was dropped (by the lag policy or by its owner)."""
 
 
+class HopLost(ConnectionAbortedError):
+    """The hop this consumer sends to was declared lost (``interrupt``).
+
+    A connection error, so the consumer handles it as one: a chain
+    forwarder repairs around the hop.
+    """
+
+
 class Cursor(object):
     """One consumer's position; ``on_drop(cursor, reason)`` is called once.
 
@@ -77,6 +85,8 @@ class Cursor(object):
         self.sent = 0
         self.dropped = None
         self.on_drop = on_drop
+        # Why the consumer's hop is lost: raised once at its next peek.
+        self.interrupted = None
 
     def __repr__(self):
         return '<Cursor %s at %d%s>' % (
@@ -171,17 +181,31 @@ class StreamBuffer(object):
             cursor.offset = offset
             self._cond.notify_all()
 
+    def interrupt(self, cursor, reason):
+        """Make ``cursor``'s consumer raise HopLost, waiting or not.
+
+        An idle consumer only finds its hop gone when it next sends, and
+        the hops behind that one stop waiting for a repair long before.
+        """
+        with self._cond:
+            cursor.interrupted = reason
+            self._cond.notify_all()
+
     def peek(self, cursor, timeout=None):
         """Wait for bytes after ``cursor``; return a view of them.
 
         Returns an empty view at the end of the stream and None when the
-        timeout expired. Raises CursorDropped or StreamAborted. In pull
-        mode the caller reads the source itself when nothing is buffered.
+        timeout expired. Raises CursorDropped, HopLost or StreamAborted.
+        In pull mode the caller reads the source itself when nothing is
+        buffered.
         """
         while True:
             with self._cond:
                 if cursor.dropped:
                     raise CursorDropped(cursor.dropped)
+                if cursor.interrupted:
+                    reason, cursor.interrupted = cursor.interrupted, None
+                    raise HopLost(reason)
                 if cursor.offset < self.head:
                     return self._view_locked(cursor.offset)
                 if self.abort_reason:

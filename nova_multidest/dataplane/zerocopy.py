@@ -611,8 +611,8 @@ class Lane(object):
     def next(self):
         """Wait for bytes to send: a count in the pipe, or 0 for the buffer.
 
-        0 also when the stream ended or failed, which peek() then tells.
-        Raises CursorDropped.
+        0 also when the stream ended or failed, or the hop was lost, which
+        peek() then tells. Raises CursorDropped.
         """
         buffer = self._buffer
         with self._cond:
@@ -627,7 +627,8 @@ class Lane(object):
                             self.cursor.dropped)
                     if self.closed:
                         raise stream_buffer.CursorDropped('pipe closed')
-                    if self.cursor.offset < self.resend_until:
+                    if (self.cursor.interrupted or
+                            self.cursor.offset < self.resend_until):
                         return 0
                     head = self._head_locked()
                     if head is not None:

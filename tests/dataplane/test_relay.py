@@ -917,6 +917,29 @@ class TestChainRepair(RelayTestCase):
         self.assert_delivered(sinks[1], agents[1], data,
                               stream_relay.progress()['dest1'])
 
+    def test_first_agent_lost_before_the_source_starts(self):
+        # The relay's forwarder sends nothing before the source starts; it
+        # repairs when the agent's status says it failed, well within the
+        # repair timeout the next agent waits for.
+        data = make_data(16 * MiB, seed=16)
+        sinks, agents = self.make_destinations(3, repair_timeout=2.0)
+        stream_relay = self.make_relay(agents, topology='chain')
+        self.assertTrue(wait_until(lambda: 0 in agents[1]._channels))
+        upstream = agents[1]._channels[0].generation
+        agents[0].close()
+        self.assertTrue(wait_until(
+            lambda: agents[1].state == 'failed' or
+            agents[1]._channels[0].generation != upstream, timeout=WAIT))
+        self.assertNotEqual('failed', agents[1].state, agents[1].reason)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest0'], list(self.dropped))
+        progress = stream_relay.progress()
+        for index in (1, 2):
+            self.assert_delivered(sinks[index], agents[index], data,
+                                  progress[agents[index].name])
+
     def test_last_agent_killed_the_others_complete(self):
         # The last forwarding host keeps no copy: nothing follows the
         # dead hop, so nothing is repaired, and nothing else is lost.
