@@ -19,6 +19,7 @@ change of the pinned versions) starts it afresh.
 """
 
 import concurrent.futures
+import datetime
 import hashlib
 import json
 import os
@@ -312,9 +313,10 @@ class Cloud(object):
 
     def start_controller_service(self, name):
         process = self.procs[name]
+        since = _utcnow_seconds()
         process.start(self._in_controller([
             self.lab.tool(name), '--config-file', self.conf['nova']]))
-        return process, lambda: self._service_up(name, 'controller')
+        return process, lambda: self._service_up(name, 'controller', since)
 
     def _start_holder(self, host):
         """A process that holds the host's namespaces open.
@@ -415,10 +417,12 @@ class Cloud(object):
     def start_compute(self, host):
         """Start (or restart) the host's nova-compute."""
         process = self.procs['%s-nova-compute' % host]
+        since = _utcnow_seconds()
         process.start(self._in_host(host, [
             self.lab.tool('nova-compute'), '--config-file',
             self.conf['nova'], '--config-file', self.conf[host]]))
-        return process, lambda: self._service_up('nova-compute', host)
+        return process, lambda: self._service_up('nova-compute', host,
+                                                 since)
 
     # -- readiness through the APIs, as an operator sees it ---------------
 
@@ -431,13 +435,21 @@ class Cloud(object):
             password=env['OS_PASSWORD'], project_name=user,
             user_domain_name='Default', project_domain_name='Default'))
 
-    def _service_up(self, binary, host):
+    def _service_up(self, binary, host, since):
+        """Up, by a heartbeat of the process started at ``since``.
+
+        A service restarted within Nova's service_down_time still shows
+        the heartbeat of the process it replaced: "up" alone would call it
+        ready before it consumes its queue.
+        """
         response = self._admin().get(
             '/os-services', endpoint_filter={'service_type': 'compute'},
             params={'binary': binary, 'host': host}, raise_exc=False)
         if response.status_code != 200:
             return False
-        return any(service['state'] == 'up'
+        return any(service['state'] == 'up' and service['updated_at'] and
+                   datetime.datetime.fromisoformat(
+                       service['updated_at']) > since
                    for service in response.json()['services'])
 
     def _admin(self):
@@ -770,3 +782,9 @@ def _http_answers(url):
     except urllib.error.HTTPError:
         pass
     return True
+
+
+def _utcnow_seconds():
+    """Now in UTC, naive and whole seconds, as Nova's updated_at."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(
+        tzinfo=None, microsecond=0)
