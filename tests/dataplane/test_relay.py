@@ -298,6 +298,44 @@ class RelayTestCase(testtools.TestCase):
         stream_relay.start()
         return stream_relay
 
+    def start_chain(self, count, data):
+        sinks, agents = self.make_destinations(count)
+        stream_relay = self.make_relay(agents, topology='chain')
+        source = FakeSource(stream_relay.source_uri, [data],
+                            pause_after=8 * MiB)
+        self.assertTrue(source.paused.wait(WAIT))
+        self.assertTrue(wait_until(
+            lambda: all(s.received[0] == 8 * MiB for s in sinks)))
+        return sinks, agents, stream_relay, source
+
+    def check_survivors(self, sinks, agents, stream_relay, source, data,
+                        lost):
+        """Only agent ``lost`` was dropped; the others got everything."""
+        source.resume.set()
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        self.assertEqual(['dest%d' % lost], list(self.dropped))
+        progress = stream_relay.progress()
+        self.assertEqual('failed', progress['dest%d' % lost].state)
+        for index in range(len(sinks)):
+            if index != lost:
+                self.assert_delivered(sinks[index], agents[index], data,
+                                      progress['dest%d' % index])
+
+    def stream_everywhere(self, count, data, topology='star',
+                          agent_kwargs=None, **relay_kwargs):
+        """Stream ``data`` to ``count`` agents; check each got all of it."""
+        sinks, agents = self.make_destinations(count, **(agent_kwargs or {}))
+        stream_relay = self.make_relay(agents, topology=topology,
+                                       **relay_kwargs)
+        source = FakeSource(stream_relay.source_uri, [data])
+        self.assertTrue(stream_relay.wait_finished(WAIT))
+        source.join()
+        progress = stream_relay.progress()
+        for sink, agent in zip(sinks, agents):
+            self.assert_delivered(sink, agent, data, progress[agent.name])
+        return sinks, agents, stream_relay
+
     def assert_delivered(self, sink, agent, data, progress):
         self.assertTrue(sink.done.wait(WAIT))
         self.assertEqual([len(data)], sink.received)
@@ -652,15 +690,8 @@ class TestZeroCopy(RelayTestCase):
             'nova_multidest.dataplane.zerocopy.os.splice', refuse))
         data = make_data(16 * MiB, seed=39)
         for topology in ('star', 'chain'):
-            sinks, agents = self.make_destinations(2)
-            stream_relay = self.make_relay(agents, topology=topology)
-            source = FakeSource(stream_relay.source_uri, [data])
-            self.assertTrue(stream_relay.wait_finished(WAIT))
-            source.join()
-            progress = stream_relay.progress()
-            for sink, agent in zip(sinks, agents):
-                self.assert_delivered(sink, agent, data,
-                                      progress[agent.name])
+            sinks, agents, stream_relay = self.stream_everywhere(
+                2, data, topology)
         self.assertEqual({}, dict(+self.spliced))
 
     def test_sink_dying(self):
@@ -711,14 +742,7 @@ class TestZeroCopy(RelayTestCase):
 
     def test_star_fans_out_through_pipes(self):
         data = make_data(48 * MiB, seed=37)
-        sinks, agents = self.make_destinations(3)
-        stream_relay = self.make_relay(agents)
-        source = FakeSource(stream_relay.source_uri, [data])
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        progress = stream_relay.progress()
-        for sink, agent in zip(sinks, agents):
-            self.assert_delivered(sink, agent, data, progress[agent.name])
+        sinks, agents, stream_relay = self.stream_everywhere(3, data)
         # Every copy to an agent and from an agent to its QEMU is
         # spliced, but for rounds a busy destination got by copy.
         self.assertGreater(self.spliced[socket.AF_INET], len(data))
@@ -727,14 +751,7 @@ class TestZeroCopy(RelayTestCase):
 
     def test_chain_hops_feed_their_qemu_and_forward_through_pipes(self):
         data = make_data(48 * MiB, seed=38)
-        sinks, agents = self.make_destinations(3)
-        stream_relay = self.make_relay(agents, topology='chain')
-        source = FakeSource(stream_relay.source_uri, [data])
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        progress = stream_relay.progress()
-        for sink, agent in zip(sinks, agents):
-            self.assert_delivered(sink, agent, data, progress[agent.name])
+        self.stream_everywhere(3, data, 'chain')
         # Relay to dest0, dest0 to dest1, dest1 to dest2; and every QEMU.
         self.assertGreater(self.spliced[socket.AF_INET], 3 * len(data) // 2)
         self.assertGreater(self.spliced[socket.AF_UNIX], 3 * len(data) // 2)
@@ -743,22 +760,9 @@ class TestZeroCopy(RelayTestCase):
         # A repair resends from the retained buffer; the last hop resumes
         # from what it counted.
         data = make_data(48 * MiB, seed=36)
-        sinks, agents = self.make_destinations(3)
-        stream_relay = self.make_relay(agents, topology='chain')
-        source = FakeSource(stream_relay.source_uri, [data],
-                            pause_after=8 * MiB)
-        self.assertTrue(source.paused.wait(WAIT))
-        self.assertTrue(wait_until(
-            lambda: all(s.received[0] == 8 * MiB for s in sinks)))
+        sinks, agents, stream_relay, source = self.start_chain(3, data)
         agents[1].close()
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(['dest1'], list(self.dropped))
-        progress = stream_relay.progress()
-        for index in (0, 2):
-            self.assert_delivered(sinks[index], agents[index], data,
-                                  progress[agents[index].name])
+        self.check_survivors(sinks, agents, stream_relay, source, data, 1)
         self.assertGreater(self.spliced[socket.AF_INET], len(data))
         self.assertGreater(self.spliced[socket.AF_UNIX], len(data))
 
@@ -766,14 +770,7 @@ class TestZeroCopy(RelayTestCase):
         # A kept copy serves one repair: the hop after a dead next hop
         # resumes from it. The last forwarding host has no such hop.
         data = make_data(24 * MiB, seed=39)
-        sinks, agents = self.make_destinations(3)
-        stream_relay = self.make_relay(agents, topology='chain')
-        source = FakeSource(stream_relay.source_uri, [data])
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        progress = stream_relay.progress()
-        for sink, agent in zip(sinks, agents):
-            self.assert_delivered(sink, agent, data, progress[agent.name])
+        _, agents, stream_relay = self.stream_everywhere(3, data, 'chain')
         self.assertEqual(len(data),
                          stream_relay._channels[0].fanout.stored_bytes)
         self.assertEqual(len(data), agents[0]._channels[0].fanout.stored_bytes)
@@ -807,6 +804,7 @@ sys.stdin.read()
 """
 
 
+@ddt.ddt
 class TestChainRepair(RelayTestCase):
 
     def _chain_with_middle_process(self, data, **relay_kwargs):
@@ -840,14 +838,7 @@ class TestChainRepair(RelayTestCase):
         return sinks, agents, middle, stream_relay, source
 
     def _check_bypassed(self, sinks, agents, stream_relay, source, data):
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(['dest1'], list(self.dropped))
-        progress = stream_relay.progress()
-        for index in (0, 2):
-            self.assert_delivered(sinks[index], agents[index], data,
-                                  progress['dest%d' % index])
+        self.check_survivors(sinks, agents, stream_relay, source, data, 1)
 
     def test_agent_process_sigkilled_mid_chain(self):
         data = make_data(32 * MiB, seed=12)
@@ -869,53 +860,16 @@ class TestChainRepair(RelayTestCase):
         self.assertRegex(self.dropped['dest1'],
                          'timed out|sent no status for 3.0s')
 
-    def _start_chain(self, count, data):
-        sinks, agents = self.make_destinations(count)
-        stream_relay = self.make_relay(agents, topology='chain')
-        source = FakeSource(stream_relay.source_uri, [data],
-                            pause_after=8 * MiB)
-        self.assertTrue(source.paused.wait(WAIT))
-        self.assertTrue(wait_until(
-            lambda: all(s.received[0] == 8 * MiB for s in sinks)))
-        return sinks, agents, stream_relay, source
-
-    def test_agent_killed_mid_chain_is_bypassed(self):
-        data = make_data(32 * MiB, seed=7)
-        sinks, agents, stream_relay, source = self._start_chain(3, data)
-        agents[1].close()
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(['dest1'], list(self.dropped))
-        progress = stream_relay.progress()
-        self.assertEqual('failed', progress['dest1'].state)
-        for index in (0, 2):
-            self.assert_delivered(sinks[index], agents[index], data,
-                                  progress[agents[index].name])
-
-    def test_first_agent_killed_relay_repairs(self):
-        data = make_data(32 * MiB, seed=8)
-        sinks, agents, stream_relay, source = self._start_chain(3, data)
-        agents[0].close()
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(['dest0'], list(self.dropped))
-        progress = stream_relay.progress()
-        for index in (1, 2):
-            self.assert_delivered(sinks[index], agents[index], data,
-                                  progress[agents[index].name])
-
-    def test_first_of_two_killed_relay_repairs(self):
-        data = make_data(32 * MiB, seed=10)
-        sinks, agents, stream_relay, source = self._start_chain(2, data)
-        agents[0].close()
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(['dest0'], list(self.dropped))
-        self.assert_delivered(sinks[1], agents[1], data,
-                              stream_relay.progress()['dest1'])
+    @ddt.data((3, 1), (3, 0), (2, 0), (3, 2))
+    @ddt.unpack
+    def test_a_killed_agent_is_bypassed(self, count, lost):
+        # In the middle and first (the relay repairs), or last: nothing
+        # follows it, so nothing is repaired and nothing else is lost.
+        data = make_data(32 * MiB, seed=count * 3 + lost)
+        sinks, agents, stream_relay, source = self.start_chain(count, data)
+        agents[lost].close()
+        self.check_survivors(sinks, agents, stream_relay, source, data,
+                             lost)
 
     def test_first_agent_lost_before_the_source_starts(self):
         # The relay's forwarder sends nothing before the source starts; it
@@ -932,32 +886,11 @@ class TestChainRepair(RelayTestCase):
             agents[1]._channels[0].generation != upstream, timeout=WAIT))
         self.assertNotEqual('failed', agents[1].state, agents[1].reason)
         source = FakeSource(stream_relay.source_uri, [data])
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(['dest0'], list(self.dropped))
-        progress = stream_relay.progress()
-        for index in (1, 2):
-            self.assert_delivered(sinks[index], agents[index], data,
-                                  progress[agents[index].name])
-
-    def test_last_agent_killed_the_others_complete(self):
-        # The last forwarding host keeps no copy: nothing follows the
-        # dead hop, so nothing is repaired, and nothing else is lost.
-        data = make_data(32 * MiB, seed=11)
-        sinks, agents, stream_relay, source = self._start_chain(3, data)
-        agents[2].close()
-        source.resume.set()
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        self.assertEqual(['dest2'], list(self.dropped))
-        progress = stream_relay.progress()
-        for index in (0, 1):
-            self.assert_delivered(sinks[index], agents[index], data,
-                                  progress[agents[index].name])
+        self.check_survivors(sinks, agents, stream_relay, source, data, 0)
 
     def test_downstream_dropped_when_no_hop_is_left(self):
         data = make_data(32 * MiB, seed=9)
-        sinks, agents, stream_relay, source = self._start_chain(3, data)
+        sinks, agents, stream_relay, source = self.start_chain(3, data)
         agents[1].close()
         agents[2].close()
         source.resume.set()
@@ -1090,16 +1023,10 @@ class TestTLS(RelayTestCase):
     @ddt.data('star', 'chain')
     def test_stream_over_tls(self, topology):
         data = make_data(32 * MiB, seed=40)
-        sinks, agents = self.make_destinations(
-            2, tls=self.server_tls, forward_tls=self.client_tls)
-        stream_relay = self.make_relay(agents, topology=topology,
-                                       tls=self.client_tls)
-        source = FakeSource(stream_relay.source_uri, [data])
-        self.assertTrue(stream_relay.wait_finished(WAIT))
-        source.join()
-        progress = stream_relay.progress()
-        for sink, agent in zip(sinks, agents):
-            self.assert_delivered(sink, agent, data, progress[agent.name])
+        self.stream_everywhere(
+            2, data, topology, tls=self.client_tls,
+            agent_kwargs={'tls': self.server_tls,
+                          'forward_tls': self.client_tls})
 
     def test_plain_relay_cannot_reach_tls_agent(self):
         sinks, agents = self.make_destinations(1, tls=self.server_tls)

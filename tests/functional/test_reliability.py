@@ -48,6 +48,21 @@ class ReliabilityTestBase(base.MultiDestMigrationTestBase):
         self.server = self.boot_server(
             host=self.source, networks=[{'port': self.neutron.port_1['id']}])
 
+    def start_second_conductor(self):
+        """Another nova-multidest-conductor, conductor-2, in this process.
+
+        CONF.host names it meanwhile; returns it and the host the caller
+        sets back (self.flags) once its calls to it are made.
+        """
+        first_host = base.CONF.host
+        self.flags(host='conductor-2')
+        second = self.start_service(
+            'multidest-conductor', host='conductor-2',
+            binary=vocabulary.CONDUCTOR_BINARY,
+            manager=base.CONDUCTOR_MANAGER,
+            topic=base.CONF.multidest.conductor_topic)
+        return second, first_host
+
     def assert_no_hostless_migration(self):
         for migration in self.get_migrations(self.server['id']):
             self.assertIsNotNone(migration.dest_compute, migration.status)
@@ -167,13 +182,7 @@ class TwoConductorsTest(ReliabilityTestBase):
         waits = self.hold_compute_calls('wait_destination')
         self.request_migration(self.server, destinations=self.hostnames[1:3])
         waits.wait_reached(2)
-        first_host = base.CONF.host
-        self.flags(host='conductor-2')
-        second = self.start_service(
-            'multidest-conductor', host='conductor-2',
-            binary=vocabulary.CONDUCTOR_BINARY,
-            manager=base.CONDUCTOR_MANAGER,
-            topic=base.CONF.multidest.conductor_topic)
+        second, first_host = self.start_second_conductor()
         second.manager.recover()
         second.manager.recover(at_start=False)
         self.flags(host=first_host)
@@ -220,13 +229,7 @@ class FencedWriteTest(ReliabilityTestBase):
 
         # The new owner ends the group; the first conductor's task, once
         # its calls return, is fenced at its next step.
-        first_host = base.CONF.host
-        self.flags(host='conductor-2')
-        second = self.start_service(
-            'multidest-conductor', host='conductor-2',
-            binary=vocabulary.CONDUCTOR_BINARY,
-            manager=base.CONDUCTOR_MANAGER,
-            topic=base.CONF.multidest.conductor_topic)
+        second, first_host = self.start_second_conductor()
         waits.release()
         second.manager.recover(at_start=False)
         self.flags(host=first_host)

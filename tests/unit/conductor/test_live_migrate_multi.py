@@ -705,12 +705,7 @@ class OwnershipTest(RollbackTest):
         records.start_group(self.instance, 1, 'conductor-1')
         self.task.group.hold()
         self.task.group.check_not_stopping()
-        stored = dict(self.instance.system_metadata)
-        stored[vocabulary.SYSMETA_OWNER] = 'conductor-2'
-        stored[vocabulary.SYSMETA_GENERATION] = '2'
-        self.useFixture(_patch('nova.objects.Instance.get_by_uuid',
-                               return_value=mock.Mock(
-                                   system_metadata=stored)))
+        self.take_over_behind_our_back()
         error = self.assertRaises(exceptions.GroupFenced,
                                   self.task.group.check_not_stopping)
         self.assertIn('conductor-2 (generation 2)', str(error))
