@@ -271,6 +271,10 @@ class DestinationAgent(object):
                 self._status_version += 1
                 self._lock.notify_all()
             return
+        if kind == 'gone':
+            self._forget(sock, conn)
+            self._skip_hop(header.get('name'), header.get('reason'))
+            return
         if kind == 'drop':
             self._forget(sock, conn)
             return
@@ -278,6 +282,19 @@ class DestinationAgent(object):
             self._ingest(conn, header, reply['generation'])
         finally:
             self._forget(sock, conn)
+
+    def _skip_hop(self, name, reason):
+        """The relay says destination ``name`` is gone: forward around it.
+
+        Before the source starts a channel nothing flows on it, so this
+        agent would find its next hop gone only at its first send, after
+        the destinations behind that hop gave up waiting for a repair.
+        """
+        with self._lock:
+            forwarders = [ch.forwarder for ch in self._channels.values()
+                          if ch.forwarder is not None]
+        for forwarder in forwarders:
+            forwarder.skip_failed_hop(name, reason)
 
     def _forget(self, *socks):
         with self._lock:
@@ -289,7 +306,7 @@ class DestinationAgent(object):
     def _decide(self, header):
         """Accept or refuse an authenticated connection, under our lock."""
         kind = header.get('kind')
-        if kind not in ('stream', 'status', 'drop'):
+        if kind not in ('stream', 'status', 'drop', 'gone'):
             raise exceptions.DestinationFailed(
                 destination=self.name, reason='unknown hop kind %r' % kind)
         with self._lock:

@@ -31,8 +31,9 @@ The client checks the server's proof before it sends its header, so a
 stray listener learns nothing; the server reads nothing past the header
 before the client's proof checks out. The header's ``kind`` is ``stream``
 (one channel of the migration stream, in frames), ``status`` (the agent
-writes one JSON line per status change) or ``drop`` (the source cut this
-destination off).
+writes one JSON line per status change), ``drop`` (the source cut this
+destination off) or ``gone`` (another destination of the chain, named in
+the header, is gone: forward around it).
 """
 
 import hashlib

@@ -277,9 +277,18 @@ class StreamRelay(object):
         if self.topology == vocabulary.Topology.STAR:
             return
         with self._lock:
+            if self._closed:
+                return
             forwarders = [f for ch in self._channels for f in ch.forwarders]
+            # The destination before it forwards to it: tell every one.
+            others = [(n, a) for n, a in self._destinations
+                      if n != name and self._state[n] not in
+                      hops.FINAL_STATES]
         for forwarder in forwarders:
             forwarder.skip_failed_hop(name, reason)
+        for other, address in others:
+            self._threads.start(self._send_gone, other, address, name,
+                                reason)
 
     def wait_finished(self, timeout=None):
         """Wait until every destination is complete or failed.
@@ -491,6 +500,23 @@ class StreamRelay(object):
         except (exceptions.DestinationFailed,
                 exceptions.AuthenticationFailed) as exc:
             LOG.info("Could not tell %s it was dropped: %s", name, exc)
+
+    def _send_gone(self, name, address, gone, reason):
+        """Tell ``name``'s agent that destination ``gone`` is gone.
+
+        An agent of an earlier release refuses the notice; its forwarder
+        then finds the hop gone at its next send, as before.
+        """
+        try:
+            sock, _ = protocol.connect(
+                address, self.secret,
+                self._header(kind='gone', name=gone, reason=reason),
+                self.tls, min(self.connect_timeout, DROP_NOTICE_TIMEOUT))
+            hops.close_socket(sock)
+        except (exceptions.DestinationFailed,
+                exceptions.AuthenticationFailed) as exc:
+            LOG.info("Could not tell %s that %s is gone: %s", name, gone,
+                     exc)
 
     def _position(self, address):
         """1-based place of a destination in the order given: chain rank."""

@@ -151,6 +151,8 @@ class RecordingServer(object):
         self.requests = []
         self.error = None
         self.ended = None
+        # Set once a connection ended, with ``ended`` saying how.
+        self.connection_ended = threading.Event()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(4)
@@ -184,6 +186,8 @@ class RecordingServer(object):
             self.ended = 'disconnected'
         except (exceptions.NBDError, EOFError, OSError) as exc:
             self.ended = str(exc)
+        finally:
+            self.connection_ended.set()
 
     def close(self):
         self._listener.shutdown(socket.SHUT_RDWR)
@@ -230,6 +234,8 @@ class TestServerAgainstQemuClients(testtools.TestCase):
         self.assertEqual([(nbd.CMD_FLUSH, 0, 0, 0)], seen[5:])
         self.assertEqual(b'\x05' * 64 * KiB, self.server.requests[0][1])
         self.assertEqual(b'\x06' * 4 * KiB, self.server.requests[3][1])
+        # qemu-io may exit before the server read its disconnect request.
+        self.assertTrue(self.server.connection_ended.wait(30))
         self.assertEqual('disconnected', self.server.ended)
 
     def test_other_export_names_are_refused(self):

@@ -871,22 +871,26 @@ class TestChainRepair(RelayTestCase):
         self.check_survivors(sinks, agents, stream_relay, source, data,
                              lost)
 
-    def test_first_agent_lost_before_the_source_starts(self):
-        # The relay's forwarder sends nothing before the source starts; it
-        # repairs when the agent's status says it failed, well within the
-        # repair timeout the next agent waits for.
-        data = make_data(16 * MiB, seed=16)
+    @ddt.data(0, 1)
+    def test_agent_lost_before_the_source_starts(self, lost):
+        # Nothing flows before the source starts, so no send finds the
+        # hop gone: the relay, told by the agent's status, repairs around
+        # it (first hop) or tells the agents to (middle hop), well within
+        # the repair timeout the agent after it waits for.
+        data = make_data(16 * MiB, seed=16 + lost)
         sinks, agents = self.make_destinations(3, repair_timeout=2.0)
         stream_relay = self.make_relay(agents, topology='chain')
-        self.assertTrue(wait_until(lambda: 0 in agents[1]._channels))
-        upstream = agents[1]._channels[0].generation
-        agents[0].close()
+        after = agents[lost + 1]
+        self.assertTrue(wait_until(lambda: 0 in after._channels))
+        upstream = after._channels[0].generation
+        agents[lost].close()
         self.assertTrue(wait_until(
-            lambda: agents[1].state == 'failed' or
-            agents[1]._channels[0].generation != upstream, timeout=WAIT))
-        self.assertNotEqual('failed', agents[1].state, agents[1].reason)
+            lambda: after.state == 'failed' or
+            after._channels[0].generation != upstream, timeout=WAIT))
+        self.assertNotEqual('failed', after.state, after.reason)
         source = FakeSource(stream_relay.source_uri, [data])
-        self.check_survivors(sinks, agents, stream_relay, source, data, 0)
+        self.check_survivors(sinks, agents, stream_relay, source, data,
+                             lost)
 
     def test_downstream_dropped_when_no_hop_is_left(self):
         data = make_data(32 * MiB, seed=9)
