@@ -268,11 +268,10 @@ class Group(object):
         context, instance, clients = self.context, self.instance, self.clients
         self.check_not_stopping()
         if instance.host == winner.host:
-            # A conductor that died got past Nova's post-live-migration.
-            self.revert_all(losers, vocabulary.MigrationStatus.CANCELLED,
-                            LOST_ELECTION)
-            resources.adopt_claim(context, clients.report_client, instance,
-                                  winner.migration.uuid)
+            # A conductor that died got past Nova's post-live-migration;
+            # what follows it may or may not have run, and runs again.
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                self._after_post_live(pool, winner, losers)
             self._end_completed(winner)
             return
         self._reclaim_task_state()
@@ -294,23 +293,32 @@ class Group(object):
             self._post_live_migration_at_destination(winner)
             # The call may have been long, or answered by another owner's.
             self.check_not_stopping()
-            side_work = [
-                pool.submit(self.revert_all, losers,
-                            vocabulary.MigrationStatus.CANCELLED,
-                            LOST_ELECTION),
-                pool.submit(resources.adopt_claim, context,
-                            clients.report_client, instance,
-                            winner.migration.uuid)]
-            if not winner.attachment_ids:
-                side_work.append(pool.submit(self._cleanup_source, winner))
-            for future in side_work:
-                future.result()
+            self._after_post_live(pool, winner, losers)
         instance.refresh()
         self._end_completed(winner)
         compute_utils.notify_about_instance_action(
             context, instance, CONF.host,
             action=obj_fields.NotificationAction.LIVE_MIGRATION_POST,
             phase=obj_fields.NotificationPhase.END)
+
+    def _after_post_live(self, pool, winner, losers):
+        """Revert the losers, adopt the claim, clean the source up: at once.
+
+        Each step can run twice (after a conductor died in the middle). A
+        source whose volumes the winner adopted was cleaned up before
+        Nova's post-live-migration, and must not be again: its BDMs name
+        the winner's connections now.
+        """
+        side_work = [
+            pool.submit(self.revert_all, losers,
+                        vocabulary.MigrationStatus.CANCELLED, LOST_ELECTION),
+            pool.submit(resources.adopt_claim, self.context,
+                        self.clients.report_client, self.instance,
+                        winner.migration.uuid)]
+        if not winner.attachment_ids:
+            side_work.append(pool.submit(self._cleanup_source, winner))
+        for future in side_work:
+            future.result()
 
     def _post_live_migration_at_destination(self, winner):
         """Run Nova's bookkeeping on the winner, once, whoever asked first.

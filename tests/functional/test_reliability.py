@@ -115,6 +115,23 @@ class ConductorRestartTest(ReliabilityTestBase):
         self.assert_ended_on(self.source)
 
 
+class PastPostLiveRestartTest(ReliabilityTestBase):
+
+    def test_restart_after_novas_post_live_migration(self):
+        # Nova moved the server; the revert of the losers, the claim and
+        # the source cleanup that follow are the recovery's to do.
+        after = self.useFixture(base.CallGate(
+            group.Group, '_after_post_live', limit=1, host_of=None))
+        self.request_migration(self.server,
+                               destinations=self.hostnames[1:3])
+        after.wait_reached()
+        self.restart_multidest_conductor()
+        result = self.wait_for_group_end(self.server)
+        after.lose()
+        self.assertEqual('completed', result['result'])
+        self.assert_ended_on(result['host'])
+
+
 class RecoveryRetryTest(ReliabilityTestBase):
     """A recovery that fails is retried by the periodic look, alone.
 

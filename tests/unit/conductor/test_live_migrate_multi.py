@@ -461,6 +461,41 @@ class FinishTest(TaskTestBase):
         self.clients.report_client.move_allocations.assert_called_once_with(
             mock.ANY, 'mig-a', 'inst')
 
+    def finish_past_post_live(self, winner, losers):
+        """Finish a group whose server Nova already moved to ``winner``."""
+        self.useFixture(_patch('nova.availability_zones.'
+                               'get_host_availability_zone'))
+        self.useFixture(_patch(
+            'nova_multidest.conductor.notifications.end'))
+        self.instance.host = winner.host
+        records.start_group(self.instance, 1, 'conductor-1')
+        self.task.group.finish(winner, losers)
+
+    def test_a_winner_past_post_live_is_finished_and_its_source_cleaned(self):
+        # A conductor died after Nova's post-live-migration: the source
+        # cleanup that follows it may never have run.
+        winner = destination('a', prepared=True)
+        loser = destination('b', prepared=True)
+        self.finish_past_post_live(winner, [loser])
+        self.clients.compute_rpcapi.post_live_migration_at_destination.\
+            assert_not_called()
+        self.compute.cleanup_source.assert_called_once_with(
+            mock.ANY, self.instance, winner.migration, migrate_data=None)
+        self.compute.revert_destination.assert_called_once_with(
+            mock.ANY, self.instance, loser.migration)
+        self.clients.report_client.move_allocations.assert_called_once_with(
+            mock.ANY, 'mig-a', 'inst')
+        self.assertEqual(vocabulary.MigrationStatus.COMPLETED,
+                         winner.migration.status)
+
+    def test_a_source_whose_volumes_moved_is_not_cleaned_again(self):
+        winner = destination('a', prepared=True)
+        winner.attachment_ids = {'vol-1': 'attachment-2'}
+        self.finish_past_post_live(winner, [])
+        self.compute.cleanup_source.assert_not_called()
+        self.assertEqual(vocabulary.MigrationStatus.COMPLETED,
+                         winner.migration.status)
+
     def finish_after_another_call(self, host_after, task_state_after):
         """Our post-live call is refused; the records then read so."""
         winner = destination('a', prepared=True)
