@@ -294,10 +294,11 @@ class LabTestCase(testtools.TestCase):
     # -- the lab's processes -----------------------------------------------
 
     def kill_service(self, name):
-        """SIGKILL one of the lab's recorded processes; until it is gone."""
+        """SIGKILL a lab service and its workers; until all are gone."""
         process = self.cloud.procs[name]
-        self.assertTrue(process.signal(signal.SIGKILL), name)
-        poll(lambda: not process.alive(), GUEST_TIMEOUT, '%s gone' % name)
+        self.assertTrue(process.kill(), name)
+        poll(lambda: not process.group_alive(), GUEST_TIMEOUT,
+             '%s and its workers gone' % name)
 
     def restart(self, starter, *args):
         """Start a lab process again with the lab's own start function."""

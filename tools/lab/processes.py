@@ -139,6 +139,24 @@ class Process(object):
                                                 log_tail(self.log_path)))
             time.sleep(POLL_INTERVAL)
 
+    def kill(self):
+        """SIGKILL its whole process group, as a crash; True if it ran.
+
+        A service's launcher and its forked workers go together: a worker
+        whose launcher alone was killed shuts down gracefully instead, and
+        may even reconnect to a restarted broker on its way out.
+        """
+        record = self.record()
+        if not record or not alive(record['pid'], record['start_time']):
+            return False
+        _signal_group(record['pid'], signal.SIGKILL)
+        return True
+
+    def group_alive(self):
+        """Whether any process of its group still runs (zombies do not)."""
+        record = self.record()
+        return bool(record) and bool(_group_members(record['pid']))
+
     def signal(self, signum):
         record = self.record()
         if record and alive(record['pid'], record['start_time']):
@@ -165,6 +183,22 @@ class Process(object):
             os.unlink(self.pid_file)
         except FileNotFoundError:
             pass
+
+
+def _group_members(pgid):
+    """PIDs of the live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != 'Z' and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
 
 
 def _signal_group(pid, signum):
