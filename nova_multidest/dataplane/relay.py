@@ -491,15 +491,8 @@ class StreamRelay(object):
             self._repair_around(name, reason)
 
     def _send_drop(self, name, address, reason):
-        try:
-            sock, _ = protocol.connect(
-                address, self.secret, self._header(kind='drop',
-                                                   reason=reason),
-                self.tls, min(self.connect_timeout, DROP_NOTICE_TIMEOUT))
-            hops.close_socket(sock)
-        except (exceptions.DestinationFailed,
-                exceptions.AuthenticationFailed) as exc:
-            LOG.info("Could not tell %s it was dropped: %s", name, exc)
+        self._notify(name, address, 'it was dropped', kind='drop',
+                     reason=reason)
 
     def _send_gone(self, name, address, gone, reason):
         """Tell ``name``'s agent that destination ``gone`` is gone.
@@ -507,16 +500,23 @@ class StreamRelay(object):
         An agent of an earlier release refuses the notice; its forwarder
         then finds the hop gone at its next send, as before.
         """
+        self._notify(name, address, '%s is gone' % gone, kind='gone',
+                     name=gone, reason=reason)
+
+    def _notify(self, agent, address, what, **fields):
+        """Send one notice to the agent of destination ``agent``.
+
+        One that does not reach it is only logged: the agent's own state
+        tells the rest.
+        """
         try:
             sock, _ = protocol.connect(
-                address, self.secret,
-                self._header(kind='gone', name=gone, reason=reason),
-                self.tls, min(self.connect_timeout, DROP_NOTICE_TIMEOUT))
+                address, self.secret, self._header(**fields), self.tls,
+                min(self.connect_timeout, DROP_NOTICE_TIMEOUT))
             hops.close_socket(sock)
         except (exceptions.DestinationFailed,
                 exceptions.AuthenticationFailed) as exc:
-            LOG.info("Could not tell %s that %s is gone: %s", name, gone,
-                     exc)
+            LOG.info("Could not tell %s that %s: %s", agent, what, exc)
 
     def _position(self, address):
         """1-based place of a destination in the order given: chain rank."""
